@@ -1,0 +1,51 @@
+"""SuperDiff: superpose diffusion models (OR / AND) with the Itô density estimator.
+
+Skreta et al., "The Superposition of Diffusion Models Using the Itô Density Estimator",
+ICLR 2025 (arXiv 2412.17762).
+"""
+
+from .sampling import (
+    MODES,
+    Guided,
+    ModelList,
+    Prediction,
+    Predictor,
+    SuperpositionResult,
+    geometric_sigmas,
+    guide,
+    ito_increment,
+    karras_sigmas,
+    kappa_and,
+    kappa_or,
+    probability_flow,
+    superpose,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MODES",
+    "Guided",
+    "ModelList",
+    "Prediction",
+    "Predictor",
+    "SuperDiffPipeline",
+    "SuperpositionResult",
+    "geometric_sigmas",
+    "guide",
+    "ito_increment",
+    "kappa_and",
+    "kappa_or",
+    "karras_sigmas",
+    "probability_flow",
+    "superpose",
+]
+
+
+def __getattr__(name):
+    # diffusers takes seconds to import: load the Stable Diffusion pipeline only when asked for.
+    if name == "SuperDiffPipeline":
+        from .pipeline_superdiff import SuperDiffPipeline
+
+        return SuperDiffPipeline
+    raise AttributeError(f"module 'superdiff' has no attribute {name!r}")

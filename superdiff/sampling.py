@@ -1,0 +1,360 @@
+"""The SuperDiff core: superposed Euler–Maruyama sampling with the Itô density estimator.
+
+Skreta, Atanackovic, Bose, Tong, Neklyudov, "The Superposition of Diffusion Models Using
+the Itô Density Estimator", ICLR 2025 (arXiv 2412.17762).
+
+VE ("sigma") form throughout: x_σ = x_0 + σ·ε, a model predicts ε̂(x, σ), the score is
+−ε̂/σ. Models are plain callables ``eps = model(x, sigma)``; the core knows nothing of text
+encoders or VAEs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+MODES = ("and", "or", "avg")
+
+EpsModel = Callable[[Tensor, float], Tensor]
+
+
+# ----------------------------------------------------------------------------- σ grids
+
+
+def geometric_sigmas(sigma_max: float, sigma_min: float, n: int) -> Tensor:
+    """n + 1 geometrically spaced σ from sigma_max down to sigma_min (k-diffusion's exponential)."""
+    _check_grid(sigma_max, sigma_min, n)
+    return torch.logspace(math.log10(sigma_max), math.log10(sigma_min), n + 1, dtype=torch.float64)
+
+
+def karras_sigmas(sigma_max: float, sigma_min: float, n: int, rho: float = 7.0) -> Tensor:
+    """n + 1 σ from Karras et al. (2022), eq. 5: denser near sigma_min."""
+    _check_grid(sigma_max, sigma_min, n)
+    ramp = torch.linspace(0, 1, n + 1, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+def _check_grid(sigma_max: float, sigma_min: float, n: int) -> None:
+    if not (0 < sigma_min < sigma_max < math.inf):
+        raise ValueError(f"sigma_max, sigma_min: need 0 < sigma_min < sigma_max, got {sigma_max}, {sigma_min}")
+    if int(n) != n or n < 1:
+        raise ValueError(f"n: number of steps must be an integer >= 1, got {n}")
+
+
+# ----------------------------------------------------------------------------- predictors
+
+
+@dataclass
+class Prediction:
+    """What N models say at (x, σ): ``eps`` for the densities, ``field`` for moving x."""
+
+    eps: Tensor  # (N, B, ...) unguided ε̂_i
+    field: Tensor  # (N, B, ...) F_i: ε̂_i, or its classifier-free-guided version
+
+
+class Predictor:
+    """N eps-models evaluated together; subclass it to batch them (one UNet call for all)."""
+
+    num_models: int
+
+    def __call__(self, x: Tensor, sigma: float) -> Prediction:
+        raise NotImplementedError
+
+
+def guide(eps: Tensor, eps_uncond: Tensor, scale: float) -> Tensor:
+    """Classifier-free guidance: F_i = ε̂_∅ + w·(ε̂_i − ε̂_∅)."""
+    return eps_uncond + scale * (eps - eps_uncond)
+
+
+class ModelList(Predictor):
+    """A list of eps-models, each called on its own; F_i = ε̂_i (no guidance)."""
+
+    def __init__(self, models: Sequence[EpsModel]):
+        if isinstance(models, Predictor):
+            raise TypeError("models: already a Predictor")
+        models = list(models)
+        if not models:
+            raise ValueError("models: expected at least one eps-model, got an empty sequence")
+        for i, m in enumerate(models):
+            if not callable(m):
+                raise ValueError(f"models: item {i} is not callable (got {type(m).__name__})")
+        self.models = models
+        self.num_models = len(models)
+
+    def eps(self, x: Tensor, sigma: float) -> Tensor:
+        """Stack ε̂_i(x, σ) into (N, B, ...), checking each matches x's shape."""
+        out = []
+        for i, m in enumerate(self.models):
+            e = m(x, sigma)
+            if not isinstance(e, Tensor) or e.shape != x.shape:
+                shape = tuple(e.shape) if isinstance(e, Tensor) else type(e).__name__
+                raise ValueError(f"models: model {i} returned {shape} for x of shape {tuple(x.shape)}")
+            out.append(e)
+        return torch.stack(out)
+
+    def __call__(self, x: Tensor, sigma: float) -> Prediction:
+        eps = self.eps(x, sigma)
+        return Prediction(eps, eps)
+
+
+class Guided(ModelList):
+    """Conditional eps-models with classifier-free guidance against one unconditional model."""
+
+    def __init__(self, models: Sequence[EpsModel], unconditional: EpsModel, guidance_scale: float):
+        super().__init__(models)
+        if not callable(unconditional):
+            raise ValueError("unconditional: expected an eps-model callable")
+        if not (math.isfinite(guidance_scale) and guidance_scale >= 0):
+            raise ValueError(f"guidance_scale: expected a finite number >= 0, got {guidance_scale}")
+        self.unconditional = unconditional
+        self.guidance_scale = guidance_scale
+
+    def __call__(self, x: Tensor, sigma: float) -> Prediction:
+        eps = self.eps(x, sigma)
+        return Prediction(eps, guide(eps, self.unconditional(x, sigma), self.guidance_scale))
+
+
+# ----------------------------------------------------------------------------- the math
+
+
+def _inner(a: Tensor, b: Tensor) -> Tensor:
+    """<a_n, b> summed over all dimensions but the batch: (N, B, ...), (B, ...) -> (B, N)."""
+    return torch.einsum("nbd,bd->bn", a.flatten(2), b.flatten(1))
+
+
+def ito_increment(eps: Tensor, dx: Tensor, sigma: float, dsigma: float) -> Tensor:
+    """Itô density estimator: Δ log q_i = −<dx, ε̂_i>/σ − (|dσ|/σ)·‖ε̂_i‖²; (B, N)."""
+    return -_inner(eps, dx) / sigma - (abs(dsigma) / sigma) * eps.flatten(2).square().sum(-1).T
+
+
+def gaussian_log_prob(x: Tensor, sigma: float) -> Tensor:
+    """log N(x; 0, σ²I) per batch item: the exact start of every density trace."""
+    d = x[0].numel()
+    return -0.5 * x.flatten(1).square().sum(-1) / sigma**2 - d * math.log(sigma) - 0.5 * d * math.log(2 * math.pi)
+
+
+def kappa_or(log_q: Tensor, temperature: float, log_weights: Tensor) -> Tensor:
+    """OR (mixture): κ = softmax(T·(log q_i + b_i)) over models; (B, N)."""
+    return torch.softmax(temperature * (log_q + log_weights), dim=-1)
+
+
+def kappa_and(pred: Prediction, noise: Tensor, sigma: float, dsigma: float, target: Tensor) -> Tensor:
+    """AND (equal density): κ with Σκ = 1 so that Δ log q_i − Δ log q_N = target_i − target_N; (B, N).
+
+    The step dx = 2·dσ·Σ_j κ_j F_j + noise makes the Itô increments affine in κ:
+    Δ_i = c_i + Σ_j A_ij κ_j. Writing κ = 1/N + (u, −Σu) leaves an (N−1)×(N−1) system G u = r,
+    solved with a tiny ridge so that models that agree (G ≈ 0) get κ = 1/N instead of NaN.
+    """
+    n_models = pred.eps.shape[0]
+    c = ito_increment(pred.eps, noise, sigma, dsigma)  # increments of the noise alone
+    A = -(2 * dsigma / sigma) * torch.einsum("ibd,jbd->bij", pred.eps.flatten(2), pred.field.flatten(2))
+    D = A[:, :-1] - A[:, -1:]  # rows of Δ_i − Δ_N, (B, N−1, N)
+    G = (D[:, :, :-1] - D[:, :, -1:]).double()
+    r = ((target[:-1] - target[-1]) - (c[:, :-1] - c[:, -1:]) - D.sum(-1) / n_models).double()
+    # |G_ij| <= 4·(2|dσ|/σ)·max‖ε̂‖·max‖F‖: a ridge 1e-6 of that scale only acts where G is degenerate.
+    scale = (2 * abs(dsigma) / sigma) * pred.eps.flatten(2).norm(dim=-1).amax(0) * pred.field.flatten(2).norm(
+        dim=-1
+    ).amax(0)
+    ridge = (1e-6 * scale.double()).square().clamp_min(torch.finfo(torch.float64).tiny)
+    eye = torch.eye(n_models - 1, dtype=torch.float64, device=G.device)
+    Gt = G.transpose(1, 2)
+    u = torch.linalg.solve(Gt @ G + ridge[:, None, None] * eye, (Gt @ r[..., None]))[..., 0]
+    kappa = torch.cat([u, -u.sum(-1, keepdim=True)], dim=-1) + 1.0 / n_models
+    return kappa.to(c.dtype)
+
+
+# ----------------------------------------------------------------------------- the sampler
+
+
+@dataclass
+class SuperpositionResult:
+    """Samples with the traces that explain them."""
+
+    samples: Tensor  # (B, ...)
+    kappa: Tensor  # (n, B, N) mixing weights used at each step
+    log_q: Tensor  # (n + 1, B, N) Itô estimates of log q_i along the trajectory
+    sigmas: Tensor  # (n + 1,)
+
+
+def _as_predictor(models) -> Predictor:
+    if isinstance(models, Predictor):
+        return models
+    if callable(models) and not isinstance(models, Sequence):
+        raise ValueError("models: expected a list of eps-model callables (or a Predictor), got one callable")
+    if not isinstance(models, Sequence):
+        raise ValueError(f"models: expected a list of eps-model callables, got {type(models).__name__}")
+    return ModelList(models)
+
+
+def _check_sigmas(sigmas) -> Tensor:
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
+    if sigmas.ndim != 1 or len(sigmas) < 2:
+        raise ValueError(f"sigmas: expected a 1-D tensor of at least 2 values, got shape {tuple(sigmas.shape)}")
+    if not torch.isfinite(sigmas).all() or sigmas[-1] < 0 or sigmas[0] <= 0:
+        raise ValueError("sigmas: values must be finite, the first > 0 and the last >= 0")
+    if not (sigmas[1:] < sigmas[:-1]).all():
+        raise ValueError("sigmas: must be strictly decreasing (noise level goes down during sampling)")
+    return sigmas
+
+
+def _per_model(value, name: str, n_models: int, default_last: float = 0.0) -> Tensor:
+    """A scalar (applies to model 1 vs. the rest) or one value per model, as a float64 vector."""
+    v = torch.as_tensor(value, dtype=torch.float64).cpu()
+    if v.ndim == 0:
+        v = torch.cat([v[None], torch.full((n_models - 1,), default_last, dtype=torch.float64)])
+    if v.shape != (n_models,) or not torch.isfinite(v).all():
+        raise ValueError(f"{name}: expected a finite scalar or {n_models} finite values, got {value!r}")
+    return v
+
+
+def check_superpose_args(n_models: int, mode: str, lift, temperature: float, log_weights) -> tuple[Tensor, Tensor]:
+    """Validate the superposition options; returns (lift, log_weights) as per-model vectors."""
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature: expected a finite number > 0, got {temperature!r}")
+    lift = _per_model(lift, "lift", n_models)
+    if log_weights is None:
+        log_weights = torch.zeros(n_models, dtype=torch.float64)
+    elif torch.as_tensor(log_weights).ndim == 0:
+        raise ValueError(f"log_weights: expected {n_models} values (log prior weight per model), got a scalar")
+    log_weights = _per_model(log_weights, "log_weights", n_models)
+    return lift, log_weights
+
+
+def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise shaped like x, drawn from the generator's device (seeded = reproducible)."""
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+
+
+@torch.no_grad()
+def superpose(
+    models,
+    x: Tensor,
+    sigmas,
+    *,
+    mode: str = "and",
+    lift=0.0,
+    temperature: float = 1.0,
+    log_weights=None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    callback: Callable[[dict], None] | None = None,
+) -> SuperpositionResult:
+    """Sample the superposition of N diffusion models (SuperDiff, Skreta et al. 2025, Alg. 1).
+
+    Args:
+        models: list of eps-models ``m(x, sigma)``, or a :class:`Predictor` that evaluates them together.
+        x: initial noise already scaled by ``sigmas[0]``, shape (B, ...).
+        sigmas: decreasing noise levels, n + 1 values (the last may be > 0).
+        mode: ``"and"`` (equal density), ``"or"`` (mixture) or ``"avg"`` (κ = 1/N baseline).
+        lift: AND only. log q_1 − log q_2 grows by lift/n per step and ends at +lift, so
+            ``lift > 0`` favours model 1. A scalar lifts model 1 against all others; a sequence
+            gives one value per model (log q_i − log q_j ends at lift_i − lift_j).
+        temperature: OR only, T in κ = softmax(T·(log q + log_weights)).
+        log_weights: OR only, log prior weight b_i of each model (default: equal).
+        generator: torch generator for the step noise.
+        progress: show a tqdm bar.
+        callback: called after every step with ``{"i", "sigma", "x", "kappa", "log_q"}``.
+    """
+    predictor = _as_predictor(models)
+    n_models = predictor.num_models
+    lift, log_weights = check_superpose_args(n_models, mode, lift, temperature, log_weights)
+    sigmas = _check_sigmas(sigmas)
+    if not isinstance(x, Tensor) or x.ndim < 1 or x.shape[0] < 1 or not x.is_floating_point():
+        raise ValueError("x: expected a floating-point tensor of shape (B, ...) with B >= 1")
+
+    n = len(sigmas) - 1
+    work = torch.promote_types(x.dtype, torch.float32)  # κ and log q never in half precision
+    log_q = gaussian_log_prob(x.to(work), sigmas[0].item())[:, None].repeat(1, n_models)
+    lift, log_weights = lift.to(x.device, work), log_weights.to(x.device, work)
+    kappas, log_qs = [], [log_q]
+    for i in tqdm(range(n), disable=not progress, desc=f"SuperDiff {mode.upper()}"):
+        sigma, dsigma = sigmas[i].item(), (sigmas[i + 1] - sigmas[i]).item()
+        pred = predictor(x, sigma)
+        pred = Prediction(pred.eps.to(work), pred.field.to(work))
+        noise = math.sqrt(2 * sigma * abs(dsigma)) * randn_like(x, generator).to(work)
+        if mode == "or":
+            kappa = kappa_or(log_q, temperature, log_weights)
+        elif mode == "and" and n_models > 1:
+            kappa = kappa_and(pred, noise, sigma, dsigma, lift / n)
+        else:
+            kappa = torch.full_like(log_q, 1.0 / n_models)
+        dx = 2 * dsigma * torch.einsum("bn,nb...->b...", kappa, pred.field) + noise
+        log_q = log_q + ito_increment(pred.eps, dx, sigma, dsigma)
+        x = x + dx.to(x.dtype)
+        kappas.append(kappa)
+        log_qs.append(log_q)
+        if callback is not None:
+            callback({"i": i, "sigma": sigma, "x": x, "kappa": kappa, "log_q": log_q})
+    return SuperpositionResult(x, torch.stack(kappas), torch.stack(log_qs), sigmas)
+
+
+# ----------------------------------------------------------------------------- the costly baseline
+
+
+@dataclass
+class FlowResult:
+    """Probability-flow ODE samples with their log-density trace and cost."""
+
+    samples: Tensor  # (B, ...)
+    log_q: Tensor  # (n + 1, B)
+    sigmas: Tensor
+    model_calls: int  # forward passes plus vector-Jacobian products
+
+
+def divergence(model: EpsModel, x: Tensor, sigma: float, probes: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(ε̂, ∇·ε̂): Hutchinson's E[vᵀ(∂ε̂/∂x)v] over the given probes, or exact (one VJP per dimension)."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        eps = model(x, sigma)
+        if probes is None:  # the coordinate basis, each direction for the whole batch
+            d = x[0].numel()
+            probes_ = torch.eye(d, dtype=x.dtype, device=x.device).reshape(d, 1, *x.shape[1:])
+            probes_ = probes_.expand(d, *x.shape)
+        else:
+            probes_ = probes
+        div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        for v in probes_:
+            (vjp,) = torch.autograd.grad(eps, x, v, retain_graph=True)
+            div = div + (vjp * v).flatten(1).sum(-1)
+    scale = 1.0 if probes is None else 1.0 / len(probes)
+    return eps.detach(), div.detach() * scale
+
+
+def probability_flow(
+    model: EpsModel,
+    x: Tensor,
+    sigmas,
+    *,
+    hutchinson: int | None = 1,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> FlowResult:
+    """Euler on the probability-flow ODE dx/dσ = ε̂ with d log q/dσ = −∇·ε̂ (the paper's costly baseline).
+
+    ``hutchinson``: number of Rademacher probes per step, or None for the exact divergence.
+    """
+    sigmas = _check_sigmas(sigmas)
+    if hutchinson is not None and (int(hutchinson) != hutchinson or hutchinson < 1):
+        raise ValueError(f"hutchinson: expected None (exact) or an integer >= 1, got {hutchinson!r}")
+    log_q = gaussian_log_prob(x, sigmas[0].item())
+    log_qs, calls = [log_q], 0
+    for i in tqdm(range(len(sigmas) - 1), disable=not progress, desc="PF-ODE"):
+        sigma, dsigma = sigmas[i].item(), (sigmas[i + 1] - sigmas[i]).item()
+        probes = None
+        if hutchinson is not None:
+            probes = randn_like(x[None].expand(hutchinson, *x.shape), generator).sign()
+        eps, div = divergence(model, x, sigma, probes)
+        calls += 1 + (x[0].numel() if probes is None else len(probes))
+        x = x + dsigma * eps
+        log_q = log_q - dsigma * div
+        log_qs.append(log_q)
+    return FlowResult(x, torch.stack(log_qs), sigmas, calls)

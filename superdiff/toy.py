@@ -1,0 +1,122 @@
+"""Toy models with exact answers: VE-noised Gaussian mixtures, and a small MLP eps-model trained on them."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+
+class GaussianMixture:
+    """Mixture of isotropic Gaussians under VE noise, exactly: q_σ = Σ_k w_k N(μ_k, (std² + σ²)·I).
+
+    Callable as an eps-model ``m(x, sigma)``; ``log_prob`` and ``score`` are exact.
+    """
+
+    def __init__(self, means, std: float, weights=None):
+        self.means = torch.as_tensor(means, dtype=torch.float64)
+        if self.means.ndim != 2 or len(self.means) < 1:
+            raise ValueError(f"means: expected shape (K, D) with K >= 1, got {tuple(self.means.shape)}")
+        if not (math.isfinite(std) and std > 0):
+            raise ValueError(f"std: expected a finite number > 0, got {std!r}")
+        self.std = float(std)
+        k = len(self.means)
+        w = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else torch.as_tensor(weights)
+        w = w.to(torch.float64)
+        if w.shape != (k,) or (w < 0).any() or not torch.isclose(w.sum(), torch.tensor(1.0, dtype=w.dtype)):
+            raise ValueError(f"weights: expected {k} non-negative values summing to 1, got {weights!r}")
+        self.weights = w
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def _components(self, x: Tensor, sigma: float) -> tuple[Tensor, Tensor, float]:
+        """Per-component log-densities (B, K), offsets x − μ_k (B, K, D) and the variance."""
+        var = self.std**2 + float(sigma) ** 2
+        diff = x[:, None, :] - self.means.to(x)[None]
+        log_n = -0.5 * diff.square().sum(-1) / var - 0.5 * self.dim * math.log(2 * math.pi * var)
+        return log_n + self.weights.to(x).log(), diff, var
+
+    def log_prob(self, x: Tensor, sigma: float) -> Tensor:
+        """Exact log q_σ(x); (B,)."""
+        log_n, _, _ = self._components(x, sigma)
+        return torch.logsumexp(log_n, dim=-1)
+
+    def score(self, x: Tensor, sigma: float) -> Tensor:
+        """Exact ∇_x log q_σ(x); (B, D)."""
+        log_n, diff, var = self._components(x, sigma)
+        resp = torch.softmax(log_n, dim=-1)
+        return -(resp[..., None] * diff).sum(1) / var
+
+    def __call__(self, x: Tensor, sigma: float) -> Tensor:
+        """ε̂(x, σ) = −σ·score: what a perfectly trained model predicts."""
+        return -float(sigma) * self.score(x, sigma)
+
+    def sample(self, n: int, sigma: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
+        """n exact samples of q_σ (float64)."""
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        sd = math.sqrt(self.std**2 + float(sigma) ** 2)
+        return self.means[k] + sd * torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+
+
+def up_and_down(std: float = 0.4) -> tuple[GaussianMixture, GaussianMixture]:
+    """The paper's Fig. 2 toy: "up" has modes (±1.5, 1.5), "down" has modes (±1.5, −1.5)."""
+    up = GaussianMixture([[-1.5, 1.5], [1.5, 1.5]], std)
+    down = GaussianMixture([[-1.5, -1.5], [1.5, -1.5]], std)
+    return up, down
+
+
+class MLPEps(nn.Module):
+    """A small eps-model for low-dimensional data: ε̂ = net(x/√(σ² + σ_data²), log σ)."""
+
+    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, sigma_data: float = 1.5):
+        super().__init__()
+        layers, width = [], dim + 1
+        for _ in range(depth):
+            layers += [nn.Linear(width, hidden), nn.SiLU()]
+            width = hidden
+        self.net = nn.Sequential(*layers, nn.Linear(width, dim))
+        self.sigma_data = sigma_data
+
+    def forward(self, x: Tensor, sigma) -> Tensor:
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        c_in = (sigma.square() + self.sigma_data**2).rsqrt()
+        return self.net(torch.cat([x * c_in[:, None], sigma.log()[:, None] / 4], dim=-1))
+
+
+def train_eps_model(
+    data: Tensor,
+    *,
+    sigma_min: float = 0.01,
+    sigma_max: float = 20.0,
+    steps: int = 3000,
+    batch_size: int = 512,
+    lr: float = 3e-3,
+    seed: int = 0,
+    progress: bool = False,
+) -> MLPEps:
+    """Denoising score matching on (N, D) samples, σ log-uniform in [sigma_min, sigma_max]; a few seconds on CPU."""
+    if data.ndim != 2 or len(data) < 2:
+        raise ValueError(f"data: expected samples of shape (N, D) with N >= 2, got {tuple(data.shape)}")
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    data = data.float()
+    model = MLPEps(dim=data.shape[1], sigma_data=float(data.std()))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    lo, hi = math.log(sigma_min), math.log(sigma_max)
+    bar = tqdm(range(steps), disable=not progress, desc="train eps-model")
+    for _ in bar:
+        x0 = data[torch.randint(len(data), (batch_size,), generator=gen)]
+        sigma = (lo + (hi - lo) * torch.rand(batch_size, generator=gen)).exp()
+        eps = torch.randn(x0.shape, generator=gen)
+        loss = (model(x0 + sigma[:, None] * eps, sigma) - eps).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    return model.eval().requires_grad_(False)
