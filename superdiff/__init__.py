@@ -14,9 +14,9 @@ from .sampling import (
     geometric_sigmas,
     guide,
     ito_increment,
-    karras_sigmas,
     kappa_and,
     kappa_or,
+    karras_sigmas,
     probability_flow,
     superpose,
 )

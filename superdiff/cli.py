@@ -14,7 +14,9 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="superdiff", description="SuperDiff: superposition of diffusion models.")
+    parser = argparse.ArgumentParser(
+        prog="superdiff", description="SuperDiff: superposition of diffusion models."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     argv = sys.argv[1:] if argv is None else argv
     for name, (module, help_) in COMMANDS.items():

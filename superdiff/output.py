@@ -38,8 +38,12 @@ class SuperDiffOutput:
 
     def to_pil(self) -> list[Image.Image]:
         """The images as PIL images, whatever the output_type."""
-        return [im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im.cpu() if isinstance(
-            im, Tensor) else im)) for im in self.images]
+        return [
+            im
+            if isinstance(im, Image.Image)
+            else Image.fromarray(np.asarray(im.cpu() if isinstance(im, Tensor) else im))
+            for im in self.images
+        ]
 
 
 def to_uint8(images: Tensor) -> Tensor:

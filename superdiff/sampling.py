@@ -42,7 +42,9 @@ def karras_sigmas(sigma_max: float, sigma_min: float, n: int, rho: float = 7.0) 
 
 def _check_grid(sigma_max: float, sigma_min: float, n: int) -> None:
     if not (0 < sigma_min < sigma_max < math.inf):
-        raise ValueError(f"sigma_max, sigma_min: need 0 < sigma_min < sigma_max, got {sigma_max}, {sigma_min}")
+        raise ValueError(
+            f"sigma_max, sigma_min: need 0 < sigma_min < sigma_max, got {sigma_max}, {sigma_min}"
+        )
     if int(n) != n or n < 1:
         raise ValueError(f"n: number of steps must be an integer >= 1, got {n}")
 
@@ -136,7 +138,11 @@ def ito_increment(eps: Tensor, dx: Tensor, sigma: float, dsigma: float) -> Tenso
 def gaussian_log_prob(x: Tensor, sigma: float) -> Tensor:
     """log N(x; 0, σ²I) per batch item: the exact start of every density trace."""
     d = x[0].numel()
-    return -0.5 * x.flatten(1).square().sum(-1) / sigma**2 - d * math.log(sigma) - 0.5 * d * math.log(2 * math.pi)
+    return (
+        -0.5 * x.flatten(1).square().sum(-1) / sigma**2
+        - d * math.log(sigma)
+        - 0.5 * d * math.log(2 * math.pi)
+    )
 
 
 def kappa_or(log_q: Tensor, temperature: float, log_weights: Tensor) -> Tensor:
@@ -158,9 +164,11 @@ def kappa_and(pred: Prediction, noise: Tensor, sigma: float, dsigma: float, targ
     G = (D[:, :, :-1] - D[:, :, -1:]).double()
     r = ((target[:-1] - target[-1]) - (c[:, :-1] - c[:, -1:]) - D.sum(-1) / n_models).double()
     # |G_ij| <= 4·(2|dσ|/σ)·max‖ε̂‖·max‖F‖: a ridge 1e-6 of that scale only acts where G is degenerate.
-    scale = (2 * abs(dsigma) / sigma) * pred.eps.flatten(2).norm(dim=-1).amax(0) * pred.field.flatten(2).norm(
-        dim=-1
-    ).amax(0)
+    scale = (
+        (2 * abs(dsigma) / sigma)
+        * pred.eps.flatten(2).norm(dim=-1).amax(0)
+        * pred.field.flatten(2).norm(dim=-1).amax(0)
+    )
     ridge = (1e-6 * scale.double()).square().clamp_min(torch.finfo(torch.float64).tiny)
     eye = torch.eye(n_models - 1, dtype=torch.float64, device=G.device)
     Gt = G.transpose(1, 2)
@@ -195,7 +203,9 @@ def _as_predictor(models) -> Predictor:
 def _check_sigmas(sigmas) -> Tensor:
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
     if sigmas.ndim != 1 or len(sigmas) < 2:
-        raise ValueError(f"sigmas: expected a 1-D tensor of at least 2 values, got shape {tuple(sigmas.shape)}")
+        raise ValueError(
+            f"sigmas: expected a 1-D tensor of at least 2 values, got shape {tuple(sigmas.shape)}"
+        )
     if not torch.isfinite(sigmas).all() or sigmas[-1] < 0 or sigmas[0] <= 0:
         raise ValueError("sigmas: values must be finite, the first > 0 and the last >= 0")
     if not (sigmas[1:] < sigmas[:-1]).all():
@@ -213,7 +223,9 @@ def _per_model(value, name: str, n_models: int, default_last: float = 0.0) -> Te
     return v
 
 
-def check_superpose_args(n_models: int, mode: str, lift, temperature: float, log_weights) -> tuple[Tensor, Tensor]:
+def check_superpose_args(
+    n_models: int, mode: str, lift, temperature: float, log_weights
+) -> tuple[Tensor, Tensor]:
     """Validate the superposition options; returns (lift, log_weights) as per-model vectors."""
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
@@ -223,7 +235,9 @@ def check_superpose_args(n_models: int, mode: str, lift, temperature: float, log
     if log_weights is None:
         log_weights = torch.zeros(n_models, dtype=torch.float64)
     elif torch.as_tensor(log_weights).ndim == 0:
-        raise ValueError(f"log_weights: expected {n_models} values (log prior weight per model), got a scalar")
+        raise ValueError(
+            f"log_weights: expected {n_models} values (log prior weight per model), got a scalar"
+        )
     log_weights = _per_model(log_weights, "log_weights", n_models)
     return lift, log_weights
 

@@ -98,7 +98,7 @@ def train_eps_model(
     seed: int = 0,
     progress: bool = False,
 ) -> MLPEps:
-    """Denoising score matching on (N, D) samples, σ log-uniform in [sigma_min, sigma_max]; a few seconds on CPU."""
+    """Denoising score matching on (N, D) samples with σ log-uniform in [sigma_min, sigma_max]."""
     if data.ndim != 2 or len(data) < 2:
         raise ValueError(f"data: expected samples of shape (N, D) with N >= 2, got {tuple(data.shape)}")
     gen = torch.Generator().manual_seed(seed)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -38,18 +40,27 @@ def plot_kappa(
     ax=None,
     title: str = "mixing weights κ over σ",
 ):
-    """κ_i at each step: thin lines for a few trajectories, thick for the batch median; one colour per model."""
+    """κ_i at each step: thin lines for a few trajectories, thick for the batch mean; one colour per model.
+
+    The y-range is fitted to the 1–99% quantiles, so rare AND steps with extreme κ do not flatten the plot.
+    """
     ax = _axes(ax)
     kappa = torch.as_tensor(kappa).detach().float().cpu()
     s = torch.as_tensor(sigmas, dtype=torch.float64)[:-1].numpy()  # κ_k is used on the step from σ_k
     n_models = kappa.shape[-1]
-    shown = range(n_models) if n_models > 2 else range(1)  # for two models κ_2 = 1 − κ_1
-    for i, label in zip(shown, _labels(labels, n_models), strict=False):
-        color = f"C{i}"
+    shown = list(range(n_models)) if n_models > 2 else [0]  # for two models κ_2 = 1 − κ_1
+    names = _labels(labels, n_models)
+    for i in shown:
         for b in range(min(trajectories, kappa.shape[1])):
-            ax.plot(s, kappa[:, b, i].numpy(), color=color, lw=0.6, alpha=0.35)
-        ax.plot(s, kappa[:, :, i].median(dim=1).values.numpy(), color=color, lw=2, label=f"κ of {label} (median)")
+            ax.plot(s, kappa[:, b, i].numpy(), color=f"C{i}", lw=0.6, alpha=0.35)
+        ax.plot(
+            s, kappa[:, :, i].mean(dim=1).numpy(), color=f"C{i}", lw=2, label=f"κ of {names[i]} (batch mean)"
+        )
     ax.axhline(1.0 / n_models, color="gray", ls=":", lw=1, label="1/N (averaging)")
+    shown_values = kappa[:, :trajectories, shown].flatten().double()
+    lo, hi = torch.quantile(shown_values, torch.tensor([0.01, 0.99], dtype=torch.float64)).tolist()
+    pad = 0.05 * max(hi - lo, 1.0)
+    ax.set_ylim(min(lo, 0.0) - pad, max(hi, 1.0) + pad)
     _sigma_axis(ax, title, "κ")
     ax.legend(fontsize=8)
     return ax
@@ -61,18 +72,26 @@ def plot_log_q(
     *,
     labels: Sequence[str] | None = None,
     gap: bool = False,
+    name: str | None = None,
+    color: int = 0,
     ax=None,
     title: str | None = None,
 ):
-    """Itô estimates of log q_i over σ (batch median with 10–90% band), or the gap log q_1 − log q_2."""
+    """Itô estimates of log q_i over σ (batch median with 10–90% band), or the gap log q_1 − log q_2.
+
+    ``name`` prefixes the legend (e.g. the mode) and ``color`` picks the first colour, to overlay runs.
+    """
     ax = _axes(ax)
     log_q = torch.as_tensor(log_q).detach().double().cpu()
     s = torch.as_tensor(sigmas, dtype=torch.float64).numpy()
     names = _labels(labels, log_q.shape[-1])
-    series = [(log_q[..., 0] - log_q[..., 1], f"log q({names[0]}) − log q({names[1]})")] if gap else [
-        (log_q[..., i], f"log q({name})") for i, name in enumerate(names)
-    ]
-    for i, (y, label) in enumerate(series):
+    prefix = f"{name}: " if name else ""
+    series = (
+        [(log_q[..., 0] - log_q[..., 1], f"{prefix}log q({names[0]}) − log q({names[1]})")]
+        if gap
+        else [(log_q[..., i], f"{prefix}log q({label})") for i, label in enumerate(names)]
+    )
+    for i, (y, label) in enumerate(series, start=color):
         lo, mid, hi = (torch.quantile(y, q, dim=1).numpy() for q in (0.1, 0.5, 0.9))
         ax.plot(s, mid, color=f"C{i}", lw=2, label=label)
         ax.fill_between(s, lo, hi, color=f"C{i}", alpha=0.2)
@@ -114,3 +133,14 @@ def image_grid(images, *, titles: Sequence[str] | None = None, ncols: int | None
                 ax.set_title(titles[k], fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def save_figure(fig, path) -> Path:
+    """Write a figure as PNG atomically (temp file + rename: nothing half-written) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,218 @@
+"""The SuperDiff core against exact answers: Gaussian mixtures give exact scores and log-densities."""
+
+import math
+
+import pytest
+import torch
+
+from superdiff import Guided, Prediction, geometric_sigmas, kappa_and, karras_sigmas, superpose
+from superdiff.sampling import ito_increment, probability_flow
+from superdiff.toy import GaussianMixture, up_and_down
+
+UP, DOWN = up_and_down()
+SIGMA_MAX, SIGMA_MIN = 20.0, 0.01
+
+
+def run(models, n=1000, batch=1000, seed=0, **kw):
+    """superpose on the paper's toy grid, float64, seeded."""
+    sigmas = geometric_sigmas(SIGMA_MAX, SIGMA_MIN, n)
+    g = torch.Generator().manual_seed(seed)
+    x = sigmas[0] * torch.randn(batch, 2, generator=g, dtype=torch.float64)
+    return superpose(models, x, sigmas, generator=g, **kw)
+
+
+def exact_gap(samples):
+    return UP.log_prob(samples, SIGMA_MIN) - DOWN.log_prob(samples, SIGMA_MIN)
+
+
+def estimator_error(n):
+    r = run([UP], n=n, batch=500)
+    return (r.log_q[-1, :, 0] - UP.log_prob(r.samples, SIGMA_MIN)).abs().median().item()
+
+
+def test_ito_estimate_matches_exact_log_density_and_converges():
+    errors = [estimator_error(n) for n in (100, 1000, 4000)]
+    assert errors[1] < 0.35
+    assert errors[0] > errors[1] > errors[2]
+
+
+def test_ito_trace_tracks_exact_density_at_every_step():
+    xs = []
+    r = run([UP], n=1000, batch=200, callback=lambda step: xs.append(step["x"]))
+    exact = torch.stack([UP.log_prob(x, s) for x, s in zip(xs, r.sigmas[1:].tolist(), strict=True)])
+    assert (r.log_q[1:, :, 0] - exact).abs().median(dim=1).values.max() < 0.35
+
+
+def test_and_follows_the_lift_schedule_at_every_step():
+    lift, n = 4.0, 1000
+    r = run([UP, DOWN], n=n, mode="and", lift=lift)
+    gap = r.log_q[..., 0] - r.log_q[..., 1]
+    schedule = torch.arange(n + 1, dtype=torch.float64)[:, None] * lift / n
+    torch.testing.assert_close(gap, schedule.expand_as(gap), atol=1e-6, rtol=0)
+
+
+def test_and_reaches_equal_exact_density_while_averaging_does_not():
+    assert exact_gap(run([UP, DOWN], mode="and").samples).abs().median() < 0.3
+    assert exact_gap(run([UP, DOWN], mode="avg").samples).abs().median() > 3
+
+
+def test_positive_lift_favours_model_one_by_the_lift():
+    gap = exact_gap(run([UP, DOWN], mode="and", lift=4.0).samples).median()
+    assert abs(gap - 4.0) < 0.5
+    gap_neg = exact_gap(run([UP, DOWN], mode="and", lift=-4.0).samples).median()
+    assert abs(gap_neg + 4.0) < 0.5
+
+
+def test_or_splits_samples_between_the_models():
+    up_share = (run([UP, DOWN], mode="or", n=500).samples[:, 1] > 0).double().mean()
+    assert 0.44 < up_share < 0.56
+
+
+def test_or_log_weights_and_temperature_shift_the_split():
+    b = [math.log(0.7), math.log(0.3)]
+    share = {
+        t: (run([UP, DOWN], mode="or", n=500, log_weights=b, temperature=t).samples[:, 1] > 0)
+        .double()
+        .mean()
+        .item()
+        for t in (0.5, 1.0, 2.0)
+    }
+    assert abs(share[1.0] - 0.7) < 0.06  # T = 1 with log prior weights samples the weighted mixture
+    assert share[0.5] < share[1.0] < share[2.0]  # higher T sharpens the prior's preference
+
+
+def test_or_kappa_is_softmax_of_the_traces_before_each_step():
+    b = torch.tensor([0.3, -0.2], dtype=torch.float64)
+    r = run([UP, DOWN], mode="or", n=50, batch=20, temperature=1.7, log_weights=b)
+    torch.testing.assert_close(r.kappa, torch.softmax(1.7 * (r.log_q[:-1] + b), dim=-1))
+
+
+def test_three_model_and_keeps_all_traces_equal():
+    side = GaussianMixture([[0.0, 0.0], [3.0, 0.0]], 0.4)
+    r = run([UP, DOWN, side], n=300, batch=200, mode="and")
+    torch.testing.assert_close(r.log_q[..., 0], r.log_q[..., 1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(r.log_q[..., 0], r.log_q[..., 2], atol=1e-6, rtol=0)
+    torch.testing.assert_close(r.kappa.sum(-1), torch.ones_like(r.kappa[..., 0]))
+
+
+def test_three_model_lift_vector_sets_pairwise_gaps():
+    side = GaussianMixture([[0.0, 0.0], [3.0, 0.0]], 0.4)
+    r = run([UP, DOWN, side], n=200, batch=50, mode="and", lift=[1.0, -0.5, 0.0])
+    torch.testing.assert_close(
+        r.log_q[-1, :, 0] - r.log_q[-1, :, 1], torch.full((50,), 1.5, dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        r.log_q[-1, :, 1] - r.log_q[-1, :, 2], torch.full((50,), -0.5, dtype=torch.float64)
+    )
+
+
+def test_same_seed_same_samples_different_seed_different():
+    a, b, c = (run([UP, DOWN], n=50, batch=10, seed=s).samples for s in (3, 3, 4))
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_identical_models_give_finite_uniform_kappa(dtype):
+    sigmas = geometric_sigmas(SIGMA_MAX, SIGMA_MIN, 100)
+    x = sigmas[0].to(dtype) * torch.randn(20, 2, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    r = superpose([UP, UP], x, sigmas, mode="and", generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(r.samples).all() and torch.isfinite(r.log_q).all()
+    torch.testing.assert_close(r.kappa, torch.full_like(r.kappa, 0.5))
+
+
+def test_kappa_and_solves_the_equal_increment_equation():
+    g = torch.Generator().manual_seed(0)
+    eps, field = torch.randn(3, 4, 5, generator=g), torch.randn(3, 4, 5, generator=g)
+    noise, sigma, dsigma = 0.1 * torch.randn(4, 5, generator=g), 2.0, -0.05
+    target = torch.tensor([0.2, -0.1, 0.0])
+    kappa = kappa_and(Prediction(eps, field), noise, sigma, dsigma, target)
+    dx = 2 * dsigma * torch.einsum("bn,nbd->bd", kappa, field) + noise
+    inc = ito_increment(eps, dx, sigma, dsigma)
+    torch.testing.assert_close(inc - inc[:, -1:], (target - target[-1]).expand(4, 3), atol=1e-4, rtol=0)
+
+
+def test_guidance_moves_x_with_guided_field_and_scores_densities_unguided():
+    uncond = GaussianMixture([[0.0, 0.0]], 2.0)
+    sigmas = geometric_sigmas(SIGMA_MAX, SIGMA_MIN, 200)
+    x = sigmas[0] * torch.randn(100, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    plain = superpose([UP, DOWN], x, sigmas, mode="or", generator=torch.Generator().manual_seed(1))
+    same = superpose(
+        Guided([UP, DOWN], uncond, 1.0), x, sigmas, mode="or", generator=torch.Generator().manual_seed(1)
+    )
+    torch.testing.assert_close(same.samples, plain.samples)  # w = 1 is no guidance
+    r = superpose(
+        Guided([UP, DOWN], uncond, 3.0),
+        x,
+        sigmas,
+        mode="and",
+        lift=1.0,
+        generator=torch.Generator().manual_seed(1),
+    )
+    assert not torch.allclose(r.samples, plain.samples)
+    torch.testing.assert_close(r.log_q[-1, :, 0] - r.log_q[-1, :, 1], torch.ones(100, dtype=torch.float64))
+
+
+def test_pf_ode_exact_divergence_matches_exact_log_density():
+    sigmas = geometric_sigmas(SIGMA_MAX, SIGMA_MIN, 1000)
+    x = sigmas[0] * torch.randn(200, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    r = probability_flow(UP, x, sigmas, hutchinson=None)
+    assert (r.log_q[-1] - UP.log_prob(r.samples, SIGMA_MIN)).abs().median() < 0.35
+    assert r.model_calls == 1000 * 3  # one forward and one VJP per dimension, per step
+
+
+def test_hutchinson_divergence_is_unbiased():
+    from superdiff.sampling import divergence
+
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    _, exact = divergence(UP, x, 0.7, None)
+    probes = torch.randn(4000, 8, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64).sign()
+    _, estimate = divergence(UP, x, 0.7, probes)
+    torch.testing.assert_close(estimate, exact, atol=0.05 * exact.abs().max().item(), rtol=0)
+
+
+def test_mixture_score_is_gradient_of_log_prob_and_log_prob_is_exact():
+    mix = GaussianMixture([[0.0, 1.0], [2.0, -1.0]], 0.5, weights=[0.3, 0.7])
+    x = torch.randn(16, 2, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(mix.log_prob(x, 1.3).sum(), x)
+    torch.testing.assert_close(mix.score(x, 1.3), grad)
+    sd = math.sqrt(0.5**2 + 1.3**2)
+    ref = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(torch.tensor([0.3, 0.7], dtype=torch.float64)),
+        torch.distributions.Independent(torch.distributions.Normal(mix.means, sd), 1),
+    )
+    torch.testing.assert_close(mix.log_prob(x, 1.3), ref.log_prob(x))
+
+
+def test_sigma_grids():
+    g = geometric_sigmas(20, 0.01, 10)
+    assert len(g) == 11 and g[0] == pytest.approx(20) and g[-1] == pytest.approx(0.01)
+    ratios = g[1:] / g[:-1]
+    torch.testing.assert_close(ratios, ratios[:1].expand_as(ratios))
+    k = karras_sigmas(20, 0.01, 10)
+    assert k[0] == pytest.approx(20) and k[-1] == pytest.approx(0.01) and (k[1:] < k[:-1]).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"mode": "xor"}, "mode"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"lift": float("inf")}, "lift"),
+        ({"lift": [1.0, 2.0, 3.0]}, "lift"),
+        ({"log_weights": [0.0]}, "log_weights"),
+        ({"sigmas": torch.tensor([1.0, 2.0, 0.5])}, "sigmas"),
+        ({"sigmas": torch.tensor([1.0])}, "sigmas"),
+        ({"models": []}, "models"),
+        ({"models": [UP, "down"]}, "models"),
+        ({"models": [UP, lambda x, s: x[:, :1]]}, "models"),
+        ({"x": torch.zeros(0, 2)}, "x"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
+    args = {"models": [UP, DOWN], "x": torch.zeros(4, 2), "sigmas": geometric_sigmas(20, 0.01, 5)} | kwargs
+    with pytest.raises(ValueError, match=name):
+        superpose(args.pop("models"), args.pop("x"), args.pop("sigmas"), **args)
+    with pytest.raises(ValueError, match="n"):
+        geometric_sigmas(20, 0.01, 0)
