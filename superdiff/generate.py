@@ -1,0 +1,234 @@
+"""``superdiff generate``: superpose prompts with Stable Diffusion (or offline tiny/digits models) into PNGs.
+
+    superdiff generate "a flamingo" "a candy cane" --mode and --lift 0 --steps 1000 --seed 1 \\
+        --out flamingo.png
+
+writes flamingo.png (flamingo_0.png, flamingo_1.png, ... for --batch-size > 1) and flamingo_kappa.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
+OFFLINE_MODELS = {
+    "tiny": "tiny random Stable Diffusion components (offline, seconds on CPU, noise-like images)",
+    "digits": "the shipped 8×8 digits models (offline, CPU; prompts are digit names)",
+}
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``superdiff generate``."""
+    parser.add_argument(
+        "prompts", nargs="+", help="two or more prompts to superpose (one is enough with --mode prompt_1)"
+    )
+    parser.add_argument(
+        "--mode", default="and", help="and (default) | or | avg | joint | prompt_<k> (one prompt)"
+    )
+    parser.add_argument(
+        "--lift",
+        type=float,
+        default=0.0,
+        help="AND: final log q_1 − log q_2; > 0 favours the first prompt (default 0)",
+    )
+    parser.add_argument("--temperature", type=float, default=1.0, help="OR: T in κ = softmax(T·log q)")
+    parser.add_argument("--steps", type=int, default=1000, help="number of sampling steps (default 1000)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per run (default 1)")
+    parser.add_argument(
+        "--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default 7.5)"
+    )
+    parser.add_argument(
+        "--height", type=int, default=None, help="pixels, multiple of 8 (default: the model's)"
+    )
+    parser.add_argument(
+        "--width", type=int, default=None, help="pixels, multiple of 8 (default: the model's)"
+    )
+    parser.add_argument(
+        "--out",
+        default="superdiff_output.png",
+        help="output image (PNG); the κ plot goes next to it as <name>_kappa.png",
+    )
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"Stable Diffusion 1.x/2.x Hub id or local folder "
+        f"(default {DEFAULT_MODEL}); offline: " + "; ".join(f"{k}: {v}" for k, v in OFFLINE_MODELS.items()),
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help="UNet/VAE precision (auto: float16 on GPU, float32 on CPU); κ and log q stay float32",
+    )
+    parser.add_argument("--device", default="auto", help="cuda, cuda:1, mps, cpu (default: best available)")
+    parser.add_argument("--cpu-offload", action="store_true", help="enable_model_cpu_offload (small GPUs)")
+    parser.add_argument(
+        "--attention-slicing", action="store_true", help="enable_attention_slicing (less memory)"
+    )
+
+
+def output_paths(out: str, batch_size: int) -> tuple[list[Path], Path]:
+    """(image paths, κ plot path): out itself for one image, out_<i> for several; out_kappa for the plot."""
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out: expected a .png file name, got {str(out)!r}")
+    if not out.parent.is_dir():
+        raise ValueError(f"--out: folder {str(out.parent)!r} does not exist")
+    images = [out] if batch_size == 1 else [out.with_name(f"{out.stem}_{i}.png") for i in range(batch_size)]
+    return images, out.with_name(f"{out.stem}_kappa.png")
+
+
+def pick_device(device: str) -> str:
+    """'auto' -> cuda, then mps, then cpu; an explicit device must exist here."""
+    import torch
+
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    if device == "auto":
+        return next(name for name, ok in available.items() if ok)
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as err:
+        raise ValueError(f"--device: {err}") from None
+    if not available.get(kind, True):
+        raise ValueError(f"--device: {device!r} is not available on this machine; try --device cpu")
+    return device
+
+
+def pick_dtype(dtype: str, device: str):
+    """'auto' -> float16 on an accelerator, float32 on CPU."""
+    import torch
+
+    if dtype == "auto":
+        return torch.float32 if device == "cpu" else torch.float16
+    return getattr(torch, dtype)
+
+
+def split_prompts(prompts: list[str]) -> tuple:
+    """CLI prompts -> (prompt_1, prompt_2) as the pipeline takes them (a list for N != 2)."""
+    return (prompts[0], prompts[1]) if len(prompts) == 2 else (prompts, None)
+
+
+def dtype_kwarg(dtype) -> dict:
+    """``dtype=`` where diffusers accepts it (newer ones deprecate ``torch_dtype``), else ``torch_dtype=``."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return {"torch_dtype": dtype}
+    return {"dtype": dtype}
+
+
+def load(model: str, dtype, device: str, cpu_offload: bool, attention_slicing: bool):
+    """The pipeline behind --model."""
+    import torch
+
+    if model == "digits":
+        try:
+            from superdiff.digits import load_pipeline
+        except ImportError:
+            raise ValueError("--model: the digits model is not available in this installation") from None
+        return load_pipeline()
+    if model == "tiny":
+        from superdiff.testing import tiny_pipeline
+
+        pipe = tiny_pipeline()
+    else:
+        from superdiff.pipeline_superdiff import SuperDiffPipeline
+
+        pipe = SuperDiffPipeline.from_pretrained(model, **dtype_kwarg(dtype))
+    pipe.set_progress_bar_config(disable=False)
+    if attention_slicing:
+        pipe.enable_attention_slicing()
+    if cpu_offload:
+        pipe.enable_model_cpu_offload(device=device)
+        return pipe
+    return pipe.to(device, dtype) if model == "tiny" and dtype != torch.float32 else pipe.to(device)
+
+
+def call_kwargs(args) -> dict:
+    """Pipeline keyword arguments from the CLI options, but the image size (digits have no guidance)."""
+    kwargs = dict(
+        seed=args.seed,
+        num_inference_steps=args.steps,
+        batch_size=args.batch_size,
+        lift=args.lift,
+        mode=args.mode,
+        temperature=args.temperature,
+    )
+    if args.model != "digits":
+        kwargs.update(guidance_scale=args.guidance_scale)
+    return kwargs
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomically(items: list[tuple[Path, object]]) -> None:
+    """Save (path, PIL image or figure) pairs to temp files, then rename them all: no half-written outputs."""
+    temps = []
+    try:
+        for path, obj in items:
+            fd, tmp = tempfile.mkstemp(suffix=".png", prefix=f".{path.stem}.", dir=path.parent)
+            os.close(fd)
+            temps.append(tmp)
+            if hasattr(obj, "savefig"):
+                obj.savefig(tmp, format="png", bbox_inches="tight", dpi=120)
+            else:
+                obj.save(tmp, format="png")
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        for (path, _), tmp in zip(items, temps, strict=True):
+            os.replace(tmp, path)
+    finally:
+        for tmp in temps:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def generate(args) -> list[Path]:
+    """Validate, load, sample, plot κ, write; returns the written paths."""
+    images, kappa_path = output_paths(args.out, args.batch_size)
+    prompt_1, prompt_2 = split_prompts(args.prompts)
+    if args.model != "digits":  # cheap checks before loading gigabytes of weights
+        from superdiff.pipeline_superdiff import check_inputs
+
+        size = {k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None}
+        check_inputs(prompt_1, prompt_2, **call_kwargs(args), **size)
+    device = pick_device(args.device)
+    pipe = load(args.model, pick_dtype(args.dtype, device), device, args.cpu_offload, args.attention_slicing)
+    kwargs = call_kwargs(args)
+    if args.model != "digits":
+        default_size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        kwargs.update(height=args.height or default_size, width=args.width or default_size)
+    out = pipe(prompt_1, prompt_2, **kwargs)
+
+    import matplotlib.pyplot as plt
+
+    from superdiff.viz import plot_kappa
+
+    labels = args.prompts if out.kappa.shape[-1] == len(args.prompts) else None
+    ax = plot_kappa(out.kappa, out.sigmas, labels=labels, title=f"κ over σ ({args.mode.upper()})")
+    try:
+        write_atomically(list(zip(images, out.to_pil(), strict=True)) + [(kappa_path, ax.figure)])
+    finally:
+        plt.close(ax.figure)
+    return images + [kappa_path]
+
+
+def run(args) -> int:
+    """Entry point of ``superdiff generate``: 0 on success, 2 with a one-line message on bad input."""
+    try:
+        written = generate(args)
+    except (ValueError, OSError) as err:  # bad arguments, weights unavailable, unwritable folder
+        print(f"superdiff generate: error: {err}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0

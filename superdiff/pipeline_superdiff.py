@@ -1,0 +1,383 @@
+"""SuperDiff for Stable Diffusion (v1.x / v2.x) on diffusers: superpose text prompts with OR / AND.
+
+The math lives in :mod:`superdiff.sampling`; this module only turns prompts into one batched
+UNet call per step (:class:`PromptPredictor`) and wraps it in a diffusers ``DiffusionPipeline``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, EulerDiscreteScheduler, UNet2DConditionModel
+from torch import Tensor
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from .hub import explain_unavailable
+from .output import SuperDiffOutput, format_images, to_uint8
+from .sampling import Prediction, Predictor, check_superpose_args, guide, randn_like, superpose
+
+# The single-file pipeline for ``DiffusionPipeline.from_pretrained(..., custom_pipeline=CUSTOM_PIPELINE)``.
+CUSTOM_PIPELINE = str(Path(__file__).parent / "custom_pipeline" / "pipeline.py")
+
+SUPERPOSITIONS = ("and", "or", "avg")  # κ from the core; the baselines below move x with one prompt only
+BASELINES = ("joint", "prompt_<k>")
+OUTPUT_TYPES = ("pt", "np", "pil")
+JOINT_TEMPLATE = "{} that looks like {}"  # the paper's joint-prompt baseline, "A that looks like B"
+
+
+class PromptPredictor(Predictor):
+    """ε̂ of N prompts from ONE UNet call per step, batched with the empty prompt (and a driving prompt).
+
+    ``embeddings`` rows: the N prompts, optionally one driving prompt, then the empty prompt (last).
+    ``driver``: None to guide each prompt's own field (OR / AND / avg); a row index to move x with
+    that prompt's guided field only (single-prompt and joint baselines), while the N densities are
+    still traced.
+    """
+
+    def __init__(
+        self,
+        unet,
+        embeddings: Tensor,
+        num_models: int,
+        guidance_scale: float,
+        sigmas,
+        timesteps,
+        driver: int | None = None,
+    ):
+        self.unet, self.num_models, self.guidance_scale, self.driver = (
+            unet,
+            num_models,
+            guidance_scale,
+            driver,
+        )
+        self.embeddings = embeddings.to(unet.dtype)
+        self.sigmas = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
+        self.timesteps = timesteps
+
+    def timestep(self, sigma: float) -> Tensor:
+        """The UNet's t for σ: the scheduler's own σ ↔ t pairs (σ is always one of its grid points)."""
+        return self.timesteps[int((self.sigmas - sigma).abs().argmin())]
+
+    def eps_all(self, x: Tensor, sigma: float) -> Tensor:
+        """ε̂ for every embedding row at once: (rows, B, ...), in x's dtype."""
+        rows, batch = self.embeddings.shape[0], x.shape[0]
+        x_in = (x / math.sqrt(sigma**2 + 1)).to(self.unet.dtype).repeat(rows, *([1] * (x.ndim - 1)))
+        context = self.embeddings.repeat_interleave(batch, dim=0)
+        eps = self.unet(x_in, self.timestep(sigma), encoder_hidden_states=context).sample
+        return eps.to(x.dtype).unflatten(0, (rows, batch))
+
+    def __call__(self, x: Tensor, sigma: float) -> Prediction:
+        eps = self.eps_all(x, sigma)
+        eps_cond, eps_uncond = eps[: self.num_models], eps[-1]
+        if self.driver is None:
+            return Prediction(eps_cond, guide(eps_cond, eps_uncond, self.guidance_scale))
+        field = guide(eps[self.driver], eps_uncond, self.guidance_scale)
+        return Prediction(eps_cond, field.expand_as(eps_cond))
+
+
+def _check_int(name: str, value, low: int, hint: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name}: expected an integer >= {low}{hint}, got {value!r}")
+
+
+def _check_finite(name: str, value, low: float = -math.inf) -> None:
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= low
+    )
+    if not ok:
+        bound = "" if low == -math.inf else f" >= {low:g}"
+        raise ValueError(f"{name}: expected a finite number{bound}, got {value!r}")
+
+
+def as_prompts(prompt_1, prompt_2) -> list[str]:
+    """The prompts to superpose: prompt_1 (a string, or a list for N > 2), then prompt_2 if given."""
+    prompts = (
+        [prompt_1]
+        if isinstance(prompt_1, str)
+        else list(prompt_1)
+        if isinstance(prompt_1, Sequence)
+        else None
+    )
+    if prompts is None:
+        raise ValueError(
+            f"prompt_1: expected a non-empty string or a list of them, got {type(prompt_1).__name__}"
+        )
+    if prompt_2 is not None:
+        prompts.append(prompt_2)
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) or not p.strip():
+            name = "prompt_2" if prompt_2 is not None and i == len(prompts) - 1 else "prompt_1"
+            raise ValueError(f"{name}: expected a non-empty string, got {p!r}")
+    return prompts
+
+
+def single_prompt_index(mode: str) -> int | None:
+    """k − 1 for mode "prompt_k", else None."""
+    match = re.fullmatch(r"prompt_([1-9][0-9]*)", mode) if isinstance(mode, str) else None
+    return int(match.group(1)) - 1 if match else None
+
+
+def check_inputs(
+    prompt_1,
+    prompt_2,
+    *,
+    seed=None,
+    num_inference_steps=1000,
+    batch_size=1,
+    lift=0.0,
+    guidance_scale=7.5,
+    height=512,
+    width=512,
+    mode="and",
+    temperature=1.0,
+    log_weights=None,
+    generator=None,
+    output_type="pt",
+    joint_prompt=None,
+) -> list[str]:
+    """Validate a call before any work; returns the prompts. Raises ValueError naming the argument."""
+    prompts = as_prompts(prompt_1, prompt_2)
+    k = single_prompt_index(mode)
+    if mode not in SUPERPOSITIONS + ("joint",) and k is None:
+        raise ValueError(f"mode: expected one of {SUPERPOSITIONS + BASELINES}, got {mode!r}")
+    if k is not None and k >= len(prompts):
+        raise ValueError(f"mode: {mode!r} needs at least {k + 1} prompts, got {len(prompts)}")
+    if k is None and len(prompts) < 2:
+        raise ValueError(
+            f"prompt_2: mode {mode!r} superposes at least two prompts; pass prompt_2 (or a list as prompt_1)"
+        )
+    if mode == "joint" and joint_prompt is None and len(prompts) != 2:
+        raise ValueError(
+            f"joint_prompt: mode 'joint' with {len(prompts)} prompts needs an explicit joint_prompt"
+        )
+    if joint_prompt is not None and (not isinstance(joint_prompt, str) or not joint_prompt.strip()):
+        raise ValueError(f"joint_prompt: expected a non-empty string, got {joint_prompt!r}")
+    for name, value in (("height", height), ("width", width)):
+        _check_int(name, value, 64, " and a multiple of 8")
+        if value % 8:
+            raise ValueError(f"{name}: expected a multiple of 8 (>= 64), got {value}")
+    _check_int("num_inference_steps", num_inference_steps, 1)
+    _check_int("batch_size", batch_size, 1)
+    _check_finite("guidance_scale", guidance_scale, low=0.0)
+    if seed is not None:
+        _check_int("seed", seed, 0, " (or None)")
+        if generator is not None:
+            raise ValueError("seed: pass either seed or generator, not both")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type: expected one of {OUTPUT_TYPES}, got {output_type!r}")
+    if isinstance(lift, (int, float)) and not math.isfinite(lift):
+        raise ValueError(f"lift: expected a finite number (> 0 favours prompt_1), got {lift!r}")
+    try:
+        check_superpose_args(len(prompts), "and", lift, temperature, log_weights)
+    except (TypeError, RuntimeError) as err:  # e.g. strings where numbers belong
+        raise ValueError(f"lift, log_weights: expected finite numbers, one per prompt ({err})") from None
+    return prompts
+
+
+class SuperDiffPipeline(DiffusionPipeline):
+    """SuperDiff (Skreta et al., ICLR 2025): superpose Stable Diffusion prompts with OR / AND.
+
+    Loads like any Stable Diffusion 1.x / 2.x pipeline (``from_pretrained("CompVis/stable-diffusion-v1-4")``);
+    whatever scheduler the checkpoint ships, sampling uses the σ grid of an ``EulerDiscreteScheduler``.
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: EulerDiscreteScheduler,
+    ):
+        super().__init__()
+        if not isinstance(scheduler, EulerDiscreteScheduler):  # CompVis/stable-diffusion-v1-4 ships PNDM
+            scheduler = EulerDiscreteScheduler.from_config(scheduler.config)
+        self.register_modules(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler
+        )
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """``DiffusionPipeline.from_pretrained``; a one-line error if the weights are unreachable."""
+        with explain_unavailable(pretrained_model_name_or_path):
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def check_inputs(self, prompt_1, prompt_2, **kwargs) -> list[str]:
+        """Validate a call before any work (see :func:`check_inputs`); returns the prompts."""
+        return check_inputs(prompt_1, prompt_2, **kwargs)
+
+    def encode_prompt(self, prompts: list[str], device) -> Tensor:
+        """CLIP hidden states of the prompts followed by the empty prompt: (len(prompts) + 1, L, D)."""
+        tokens = self.tokenizer(
+            prompts + [""],
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        return self.text_encoder(tokens.input_ids.to(device))[0]
+
+    def prepare_latents(
+        self, batch_size: int, height: int, width: int, sigma_max: float, generator, device
+    ) -> Tensor:
+        """x_0 = σ_max·z in float32 (VE form: the core starts log q at the exact N(0, σ_max²I))."""
+        shape = (
+            batch_size,
+            self.unet.config.in_channels,
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
+        return sigma_max * randn_like(torch.empty(shape, device=device), generator)
+
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """Latents -> (B, H, W, 3) uint8 images on CPU."""
+        image = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
+        return to_uint8(image)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt_1: str | list[str],
+        prompt_2: str | None = None,
+        seed: int | None = None,
+        num_inference_steps: int = 1000,
+        batch_size: int = 1,
+        lift: float | Sequence[float] = 0.0,
+        guidance_scale: float = 7.5,
+        height: int = 512,
+        width: int = 512,
+        mode: str = "and",
+        temperature: float = 1.0,
+        log_weights: Sequence[float] | None = None,
+        generator: torch.Generator | None = None,
+        output_type: str = "pt",
+        joint_prompt: str | None = None,
+        callback_on_step_end: Callable | None = None,
+    ) -> SuperDiffOutput:
+        """Sample images that superpose the prompts; ``out[0]`` is the first (H, W, 3) uint8 image.
+
+        Args:
+            prompt_1: first concept (e.g. "a flamingo"), or a list of N >= 2 prompts (then prompt_2 is
+                optional and, if given, appended).
+            prompt_2: second concept (e.g. "a candy cane").
+            seed: seeds a CPU generator, so the same seed gives the same images on any device; None: random.
+            num_inference_steps: Euler–Maruyama steps on the scheduler's σ grid (the paper uses 1000).
+            batch_size: images per call, each from its own noise.
+            lift: AND only. log q_1 − log q_2 grows by lift/n per step and ends at +lift: ``lift > 0`` favours
+                prompt_1, ``lift < 0`` prompt_2. A list gives one value per prompt.
+            guidance_scale: classifier-free guidance w (>= 0) of the field; densities use unguided ε̂.
+            height, width: image size in pixels, multiples of 8, >= 64.
+            mode: "and" (equal density, default), "or" (mixture), "avg" (κ = 1/N), or the paper's baselines
+                "prompt_1" / "prompt_2" / ... (one prompt alone) and "joint" (one prompt "A that looks
+                like B").
+                Baselines trace log q of every prompt along their trajectory; their κ is one-hot
+                (all zeros for "joint": no prompt of the list moves x).
+            temperature: OR only, T in κ = softmax(T·(log q + log_weights)).
+            log_weights: OR only, one log prior weight per prompt (default: equal).
+            generator: a torch.Generator instead of seed.
+            output_type: "pt" (uint8 tensor (B, H, W, 3), default), "np" or "pil".
+            joint_prompt: the prompt of mode "joint" (default "{prompt_1} that looks like {prompt_2}").
+            callback_on_step_end: ``f(pipe, step, timestep, callback_kwargs)`` after every step, with
+                ``callback_kwargs = {"latents", "kappa" (B, N), "log_q" (B, N), "sigma"}``; its return value
+                is ignored (the trajectory cannot be changed from a callback).
+
+        Returns:
+            SuperDiffOutput: images, kappa (n, B, N) and log_q (n + 1, B, N) float32 on CPU, sigmas, latents.
+        """
+        prompts = self.check_inputs(
+            prompt_1,
+            prompt_2,
+            seed=seed,
+            num_inference_steps=num_inference_steps,
+            batch_size=batch_size,
+            lift=lift,
+            guidance_scale=guidance_scale,
+            height=height,
+            width=width,
+            mode=mode,
+            temperature=temperature,
+            log_weights=log_weights,
+            generator=generator,
+            output_type=output_type,
+            joint_prompt=joint_prompt,
+        )
+        device, n_models = self._execution_device, len(prompts)
+        if seed is not None:
+            generator = torch.Generator("cpu").manual_seed(seed)
+
+        driver, fixed_kappa = self._baseline(mode, n_models)
+        extra = [joint_prompt or JOINT_TEMPLATE.format(*prompts)] if mode == "joint" else []
+        embeddings = self.encode_prompt(prompts + extra, device)
+
+        self.scheduler.set_timesteps(num_inference_steps)
+        sigmas, timesteps = self.scheduler.sigmas, self.scheduler.timesteps.to(device)
+        predictor = PromptPredictor(
+            self.unet, embeddings, n_models, guidance_scale, sigmas, timesteps, driver
+        )
+        latents = self.prepare_latents(batch_size, height, width, sigmas[0].item(), generator, device)
+
+        with self.progress_bar(total=num_inference_steps) as bar:
+            result = superpose(
+                predictor,
+                latents,
+                sigmas,
+                mode=mode if driver is None else "avg",  # baselines: every field is the driver's
+                lift=lift,
+                temperature=temperature,
+                log_weights=log_weights,
+                generator=generator,
+                callback=self._on_step(bar, callback_on_step_end, timesteps, fixed_kappa),
+            )
+
+        kappa = result.kappa if fixed_kappa is None else fixed_kappa.expand_as(result.kappa)
+        images = self.decode_latents(result.samples)
+        self.maybe_free_model_hooks()
+        return SuperDiffOutput(
+            images=format_images(images, output_type),
+            kappa=kappa.float().cpu(),
+            log_q=result.log_q.float().cpu(),
+            sigmas=result.sigmas,
+            samples=result.samples.float().cpu(),
+            prompts=prompts + extra,
+            mode=mode,
+        )
+
+    def _on_step(self, bar, callback: Callable | None, timesteps: Tensor, fixed_kappa: Tensor | None):
+        """The core's per-step hook: advance the progress bar; pass latents, κ, log q to the callback."""
+
+        def on_step(state: dict) -> None:
+            bar.update()
+            if callback is None:
+                return
+            kappa = (
+                state["kappa"]
+                if fixed_kappa is None
+                else fixed_kappa.to(state["kappa"]).expand_as(state["kappa"])
+            )
+            kwargs = {"latents": state["x"], "kappa": kappa, "log_q": state["log_q"], "sigma": state["sigma"]}
+            callback(self, state["i"], timesteps[state["i"]], kwargs)
+
+        return on_step
+
+    @staticmethod
+    def _baseline(mode: str, n_models: int) -> tuple[int | None, Tensor | None]:
+        """(driving embedding row, fixed κ) of a baseline mode; (None, None) for OR / AND / avg."""
+        k = single_prompt_index(mode)
+        if k is None and mode != "joint":
+            return None, None
+        kappa = torch.zeros(n_models)
+        if k is not None:
+            kappa[k] = 1.0
+        return (n_models if k is None else k), kappa

@@ -1,0 +1,93 @@
+"""A tiny random SuperDiffPipeline built offline (no download): tests and CPU tries of the SD code path."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from .pipeline_superdiff import SuperDiffPipeline
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+HIDDEN = 32  # text-embedding width = the UNet's cross-attention width
+
+
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2/CLIP's printable stand-in for each of the 256 bytes (what the byte-level pre-tokenizer emits)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    extra = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
+
+
+def tiny_tokenizer() -> CLIPTokenizer:
+    """A CLIP tokenizer with a byte-level vocabulary and no merges (a token per character), built locally."""
+    chars = _bytes_to_unicode()
+    vocab = {tok: i for i, tok in enumerate(chars + [c + "</w>" for c in chars] + [BOS, EOS])}
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+        (Path(folder) / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+        return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
+
+
+def tiny_components(tokenizer: CLIPTokenizer) -> dict:
+    """Random UNet, VAE (8× downsampling, as SD) and CLIP text encoder, a few thousand parameters each."""
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        norm_num_groups=8,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=HIDDEN,
+        attention_head_dim=4,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 8, 8, 8),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=64,
+        scaling_factor=0.18215,
+    )
+    text_config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=HIDDEN,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=HIDDEN,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return {"unet": unet, "vae": vae, "text_encoder": CLIPTextModel(text_config).eval()}
+
+
+def sd_scheduler() -> EulerDiscreteScheduler:
+    """The Euler scheduler exactly as Stable Diffusion v1-4 configures it (superdiff/sd_configs)."""
+    config = json.loads(resources.files("superdiff").joinpath("sd_configs/scheduler_config.json").read_text())
+    return EulerDiscreteScheduler.from_config(config)
+
+
+def tiny_pipeline(seed: int = 0) -> SuperDiffPipeline:
+    """SuperDiffPipeline of tiny random components, seeded; 64×64 images in seconds on CPU."""
+    tokenizer = tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
+        torch.manual_seed(seed)
+        parts = tiny_components(tokenizer)
+    pipe = SuperDiffPipeline(tokenizer=tokenizer, scheduler=sd_scheduler(), **parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

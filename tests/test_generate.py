@@ -1,0 +1,140 @@
+"""``superdiff generate``: images and the κ plot on disk, clear errors and nothing half-written otherwise."""
+
+import huggingface_hub.constants
+import pytest
+import torch
+from PIL import Image
+
+from superdiff.cli import main
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and shared CPUs make OpenMP spin for seconds)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def generate(tmp_path, *options, prompts=("a flamingo", "a candy cane"), out="flamingo.png"):
+    return main(
+        [
+            "generate",
+            *prompts,
+            "--model",
+            "tiny",
+            "--steps",
+            "4",
+            "--seed",
+            "1",
+            "--out",
+            str(tmp_path / out),
+            *options,
+        ]
+    )
+
+
+def test_writes_image_and_kappa_plot(tmp_path, capsys):
+    assert generate(tmp_path, "--mode", "and", "--lift", "0") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flamingo.png", "flamingo_kappa.png"]
+    assert Image.open(tmp_path / "flamingo.png").size == (64, 64)
+    assert Image.open(tmp_path / "flamingo_kappa.png").size[0] > 200
+    assert str(tmp_path / "flamingo.png") in capsys.readouterr().out
+
+
+def test_batch_writes_one_file_per_image(tmp_path):
+    assert generate(tmp_path, "--batch-size", "2", "--mode", "or", "--height", "72", "--width", "64") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "flamingo_0.png",
+        "flamingo_1.png",
+        "flamingo_kappa.png",
+    ]
+    assert Image.open(tmp_path / "flamingo_1.png").size == (64, 72)
+
+
+def test_same_seed_same_image(tmp_path):
+    generate(tmp_path, out="a.png")
+    generate(tmp_path, out="b.png")
+    assert Image.open(tmp_path / "a.png").tobytes() == Image.open(tmp_path / "b.png").tobytes()
+
+
+def test_digits_model_when_installed(tmp_path):
+    try:
+        from superdiff.digits import load_pipeline  # noqa: F401  (built alongside; may be absent)
+    except ImportError:
+        pytest.skip("superdiff.digits.load_pipeline not available")
+    assert generate(tmp_path, prompts=("zero", "one"), out="digits.png") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.png", "digits_kappa.png"]
+
+
+@pytest.mark.parametrize(
+    "options, prompts, expected",
+    [
+        (["--height", "60"], None, "height"),
+        (["--steps", "0"], None, "num_inference_steps"),
+        (["--batch-size", "0"], None, "batch_size"),
+        (["--guidance-scale", "-1"], None, "guidance_scale"),
+        (["--mode", "xor"], None, "mode"),
+        (["--lift", "inf"], None, "lift"),
+        (["--temperature", "0"], None, "temperature"),
+        ([], ("a flamingo",), "prompt_2"),
+        ([], ("a flamingo", ""), "prompt_2"),
+        (["--device", "no-such-device"], None, "--device"),
+    ],
+)
+def test_bad_arguments_exit_nonzero_and_write_nothing(tmp_path, capsys, options, prompts, expected):
+    code = generate(tmp_path, *options, **({"prompts": prompts} if prompts else {}))
+    assert code != 0
+    assert f"error: {expected}:" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_output_name_is_refused(tmp_path, capsys):
+    assert generate(tmp_path, out="flamingo.jpg") != 0
+    assert generate(tmp_path, out="missing/flamingo.png") != 0
+    assert capsys.readouterr().err.count("--out") == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unparsable_number_is_an_argparse_error(tmp_path):
+    with pytest.raises(SystemExit) as info:
+        generate(tmp_path, "--steps", "many")
+    assert info.value.code == 2 and list(tmp_path.iterdir()) == []
+
+
+def test_failure_while_writing_leaves_no_partial_files(tmp_path, monkeypatch, capsys):
+    import matplotlib.figure
+
+    def full_disk(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full_disk)
+    assert generate(tmp_path) != 0
+    assert "No space left" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # the image written before the plot failed was removed too
+
+
+def test_unreachable_weights_give_one_clear_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "out").mkdir()
+    code = main(
+        [
+            "generate",
+            "a flamingo",
+            "a candy cane",
+            "--model",
+            "CompVis/stable-diffusion-v1-4",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "out" / "x.png"),
+        ]
+    )
+    # only our own line: diffusers' logger may also print (to a stream an earlier test's capture closed)
+    ours = [
+        line for line in capsys.readouterr().err.splitlines() if line.startswith("superdiff generate: error:")
+    ]
+    assert code != 0 and len(ours) == 1 and "hf auth login" in ours[0] and "local directory" in ours[0]
+    assert list((tmp_path / "out").iterdir()) == []

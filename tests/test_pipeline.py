@@ -1,0 +1,317 @@
+"""The Stable Diffusion SuperDiff pipeline on tiny random components: the card's call, invariants, errors."""
+
+import json
+import math
+from types import SimpleNamespace
+
+import huggingface_hub.constants
+import numpy as np
+import pytest
+import torch
+from diffusers import DiffusionPipeline, EulerDiscreteScheduler, PNDMScheduler
+from PIL import Image
+
+from superdiff import SuperDiffPipeline
+from superdiff.hub import WeightsUnavailableError
+from superdiff.pipeline_superdiff import CUSTOM_PIPELINE, PromptPredictor
+from superdiff.sampling import guide
+from superdiff.testing import sd_scheduler, tiny_pipeline
+
+P1, P2 = "a flamingo", "a candy cane"
+SMALL = dict(num_inference_steps=6, height=64, width=64)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and shared CPUs make OpenMP spin for seconds)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """tiny_pipeline() saved the way Hub checkpoints are laid out."""
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    tiny_pipeline().save_pretrained(folder)
+    return folder
+
+
+def gap(out):
+    """Estimated log q_1 − log q_2 along the trajectories: (n + 1, B)."""
+    return out.log_q[..., 0] - out.log_q[..., 1]
+
+
+# ----------------------------------------------------------------------------- the card's call
+
+
+def test_card_call_gives_uint8_images_and_traces(pipe):
+    out = pipe(P1, P2, seed=1, batch_size=1, lift=0.0, guidance_scale=7.5, **SMALL)
+    assert out[0].dtype == torch.uint8 and out[0].shape == (64, 64, 3)
+    assert out.images.shape == (1, 64, 64, 3) and len(out) == 1
+    assert out.kappa.shape == (6, 1, 2) and out.log_q.shape == (7, 1, 2)
+    assert out.kappa.dtype == out.log_q.dtype == torch.float32 and out.kappa.device.type == "cpu"
+    assert out[0].float().std() > 1  # an image, not a constant
+    Image.fromarray(out[0].cpu().numpy())  # the card's save line works
+    assert out.to_pil()[0].size == (64, 64)
+
+
+def test_batch_items_differ_and_seeds_reproduce(pipe):
+    out = pipe(P1, P2, seed=1, batch_size=3, **SMALL).images
+    assert (
+        not torch.equal(out[0], out[1])
+        and not torch.equal(out[1], out[2])
+        and not torch.equal(out[0], out[2])
+    )
+    assert torch.equal(pipe(P1, P2, seed=1, batch_size=3, **SMALL).images, out)
+    assert not torch.equal(pipe(P1, P2, seed=2, batch_size=3, **SMALL).images, out)
+
+
+def test_generator_and_output_types(pipe):
+    pt = pipe(P1, P2, generator=torch.Generator().manual_seed(1), **SMALL)
+    arr = pipe(P1, P2, seed=1, output_type="np", **SMALL)
+    pil = pipe(P1, P2, seed=1, output_type="pil", **SMALL)
+    assert isinstance(arr[0], np.ndarray) and isinstance(pil[0], Image.Image)
+    assert np.array_equal(arr[0], pt[0].numpy()) and np.array_equal(np.asarray(pil[0]), pt[0].numpy())
+
+
+def test_tiny_pipeline_is_deterministic_and_leaves_global_rng_alone():
+    state = torch.get_rng_state()
+    a, b, c = tiny_pipeline(0), tiny_pipeline(0), tiny_pipeline(1)
+    assert torch.equal(torch.get_rng_state(), state)
+    w = [next(p.unet.parameters()) for p in (a, b, c)]
+    assert torch.equal(w[0], w[1]) and not torch.equal(w[0], w[2])
+
+
+# ----------------------------------------------------------------------------- the math through the pipeline
+
+
+@pytest.mark.parametrize("lift", [0.0, 3.0, -2.0])
+def test_and_gap_follows_lift_schedule_at_every_step(pipe, lift):
+    out = pipe(P1, P2, seed=0, batch_size=2, lift=lift, **SMALL)
+    n = SMALL["num_inference_steps"]
+    schedule = torch.arange(n + 1)[:, None] * lift / n
+    torch.testing.assert_close(gap(out), schedule.expand(n + 1, 2), atol=2e-2, rtol=0)
+    assert not torch.allclose(out.kappa, torch.full_like(out.kappa, 0.5), atol=1e-3)  # AND is not averaging
+
+
+def test_positive_lift_favours_prompt_1(pipe):
+    out = pipe(P1, P2, seed=0, lift=4.0, **SMALL)
+    assert gap(out)[-1, 0] > 3.9  # log q(prompt_1) ends above log q(prompt_2)
+
+
+def test_avg_without_and_drifts_off_the_equal_density_line(pipe):
+    out = pipe(P1, P2, seed=0, mode="avg", **SMALL)
+    assert torch.equal(out.kappa, torch.full_like(out.kappa, 0.5))
+    assert gap(out)[-1].abs().max() > 1.0  # so the AND test above is not trivially true
+
+
+def test_or_kappa_is_softmax_of_traces_before_each_step(pipe):
+    temperature, log_weights = 0.1, torch.tensor([0.5, -0.5])
+    out = pipe(
+        P1, P2, seed=0, batch_size=2, mode="or", temperature=temperature, log_weights=[0.5, -0.5], **SMALL
+    )
+    expected = torch.softmax(temperature * (out.log_q[:-1] + log_weights), dim=-1)
+    torch.testing.assert_close(out.kappa, expected, atol=1e-5, rtol=1e-4)
+    assert ((out.kappa > 0.05) & (out.kappa < 0.95)).any()  # not saturated: the temperature matters
+
+
+def test_three_prompts_and_keeps_all_densities_equal(pipe):
+    out = pipe([P1, P2, "a zebra"], None, seed=0, batch_size=2, **SMALL)
+    assert out.kappa.shape == (6, 2, 3) and out.log_q.shape == (7, 2, 3)
+    torch.testing.assert_close(out.kappa.sum(-1), torch.ones(6, 2))
+    spread = out.log_q.amax(-1) - out.log_q.amin(-1)
+    assert spread.abs().max() < 2e-2
+
+
+@pytest.mark.parametrize("prompts", [(P1, P2), ([P1, P2, "a zebra"], None)])
+def test_one_batched_unet_call_per_step(pipe, prompts):
+    batches = []
+    hook = pipe.unet.register_forward_hook(lambda module, args, output: batches.append(args[0].shape[0]))
+    try:
+        pipe(*prompts, seed=0, batch_size=2, **SMALL)
+    finally:
+        hook.remove()
+    n_prompts = 3 if prompts[1] is None else 2
+    assert batches == [(n_prompts + 1) * 2] * SMALL["num_inference_steps"]  # N prompts + the empty one
+
+
+class RowUNet(torch.nn.Module):
+    """A float16 stand-in UNet: ε̂ = its input + the first entry of the row's text embedding; records calls."""
+
+    dtype = torch.float16
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, x, t, encoder_hidden_states):
+        self.calls.append((x, t))
+        return SimpleNamespace(sample=x + encoder_hidden_states[:, :1, :1, None])
+
+
+def test_predictor_scales_input_maps_sigma_to_t_and_guides_each_prompt():
+    scheduler = sd_scheduler()
+    scheduler.set_timesteps(10)
+    unet, rows = RowUNet(), torch.arange(1.0, 4.0)[:, None, None].expand(3, 5, 7)  # 2 prompts + empty
+    predictor = PromptPredictor(unet, rows, 2, 7.5, scheduler.sigmas, scheduler.timesteps)
+    x, i = torch.randn(2, 4, 3, 3), 4
+    sigma = scheduler.sigmas[i].item()
+    pred = predictor(x, sigma)
+    ((x_in, t),) = unet.calls
+    assert x_in.dtype == torch.float16 and x_in.shape == (6, 4, 3, 3) and t == scheduler.timesteps[i]
+    torch.testing.assert_close(x_in[:2].float(), x / math.sqrt(sigma**2 + 1), atol=2e-3, rtol=2e-3)
+    assert pred.eps.dtype == torch.float32 and pred.eps.shape == (2, 2, 4, 3, 3)
+    sample = (x_in + torch.arange(1.0, 4.0).repeat_interleave(2)[:, None, None, None].half()).float()
+    eps_cond, eps_uncond = sample.unflatten(0, (3, 2))[:2], sample[4:]  # rows: prompt 1, prompt 2, empty
+    torch.testing.assert_close(pred.eps, eps_cond, atol=0, rtol=0)
+    torch.testing.assert_close(pred.field, guide(eps_cond, eps_uncond, 7.5))
+
+
+def test_single_prompt_and_joint_baselines_move_with_one_prompt(pipe):
+    single = pipe(P1, P2, seed=0, mode="prompt_2", **SMALL)
+    alone = pipe([P2], None, seed=0, mode="prompt_1", **SMALL)
+    torch.testing.assert_close(single.samples, alone.samples, atol=1e-4, rtol=1e-4)
+    assert torch.equal(single.kappa[..., 1], torch.ones(6, 1)) and single.log_q.shape == (7, 1, 2)
+
+    joint = pipe(P1, P2, seed=0, mode="joint", **SMALL)
+    assert joint.prompts[-1] == f"{P1} that looks like {P2}"
+    written = pipe([joint.prompts[-1]], None, seed=0, mode="prompt_1", **SMALL)
+    torch.testing.assert_close(joint.samples, written.samples, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(joint.samples, single.samples)
+
+
+def test_identical_prompts_give_finite_kappa_and_an_image(pipe):
+    for mode in ("and", "or"):
+        out = pipe("a cat", "a cat", seed=0, mode=mode, **SMALL)
+        assert torch.isfinite(out.kappa).all() and torch.isfinite(out.log_q).all()
+        torch.testing.assert_close(out.kappa, torch.full_like(out.kappa, 0.5), atol=1e-3, rtol=0)
+        assert out[0].float().std() > 1
+
+
+def test_callback_sees_kappa_of_every_step(pipe):
+    seen = []
+
+    def callback(p, step, timestep, kwargs):
+        assert p is pipe and kwargs["latents"].shape == (2, 4, 8, 8)
+        seen.append((step, float(timestep), kwargs["kappa"].clone(), kwargs["log_q"].clone()))
+
+    out = pipe(P1, P2, seed=0, batch_size=2, callback_on_step_end=callback, **SMALL)
+    assert [s[0] for s in seen] == list(range(6))
+    assert seen[0][1] > seen[-1][1]  # timesteps run from noisy to clean
+    torch.testing.assert_close(torch.stack([s[2] for s in seen]), out.kappa)
+    torch.testing.assert_close(torch.stack([s[3] for s in seen]), out.log_q[1:])
+
+
+def test_attention_slicing_still_samples_the_same():
+    sliced = tiny_pipeline()
+    reference = sliced(P1, P2, seed=3, **SMALL)
+    sliced.enable_attention_slicing(1)
+    torch.testing.assert_close(
+        sliced(P1, P2, seed=3, **SMALL).samples, reference.samples, atol=1e-4, rtol=1e-4
+    )
+    for name in SuperDiffPipeline.model_cpu_offload_seq.split("->"):
+        assert isinstance(getattr(sliced, name), torch.nn.Module)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def test_custom_pipeline_route_runs_the_card_call(saved, pipe):
+    loaded = DiffusionPipeline.from_pretrained(saved, custom_pipeline=CUSTOM_PIPELINE, trust_remote_code=True)
+    assert type(loaded).__name__ == "SuperDiffPipeline"
+    loaded.set_progress_bar_config(disable=True)
+    out = loaded(
+        P1, P2, seed=1, num_inference_steps=6, batch_size=1, lift=0.0, guidance_scale=7.5, height=64, width=64
+    )
+    assert out[0].shape == (64, 64, 3) and out[0].dtype == torch.uint8
+    assert torch.equal(out.images, pipe(P1, P2, seed=1, **SMALL).images)  # same weights after the round trip
+
+
+def test_pndm_checkpoint_samples_with_euler(saved, tmp_path):
+    folder = tmp_path / "pndm"
+    tiny_pipeline().save_pretrained(folder)
+    PNDMScheduler.from_config(EulerDiscreteScheduler.load_config(saved / "scheduler")).save_pretrained(
+        folder / "scheduler"
+    )
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(
+        json.dumps({**index, "scheduler": ["diffusers", "PNDMScheduler"]})
+    )
+    loaded = SuperDiffPipeline.from_pretrained(folder)
+    assert isinstance(loaded.scheduler, EulerDiscreteScheduler)
+    assert loaded.scheduler.config.beta_schedule == "scaled_linear"
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network and an empty Hugging Face cache."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+
+
+def test_offline_without_weights_says_how_to_get_them(offline):
+    with pytest.raises(WeightsUnavailableError) as info:
+        SuperDiffPipeline.from_pretrained("CompVis/stable-diffusion-v1-4", torch_dtype=torch.float16)
+    message = str(info.value)
+    assert isinstance(info.value, OSError) and len(message.splitlines()) == 1
+    assert (
+        "hf auth login" in message
+        and "local directory" in message
+        and "CompVis/stable-diffusion-v1-4" in message
+    )
+    assert info.value.__suppress_context__  # raised `from None`: no chained 40-line traceback
+
+
+def test_missing_local_folder_is_named(offline, tmp_path):
+    with pytest.raises(WeightsUnavailableError, match="not a directory"):
+        SuperDiffPipeline.from_pretrained(str(tmp_path / "no" / "such" / "sd"))
+
+
+# ----------------------------------------------------------------------------- bad inputs
+
+
+BAD = [
+    ("prompt_1", dict(prompt_1="")),
+    ("prompt_2", dict(prompt_2="   ")),
+    ("prompt_2", dict(prompt_2=None)),
+    ("prompt_1", dict(prompt_1=None)),
+    ("height", dict(height=100)),
+    ("height", dict(height=56)),
+    ("width", dict(width=32)),
+    ("width", dict(width=64.0)),
+    ("num_inference_steps", dict(num_inference_steps=0)),
+    ("batch_size", dict(batch_size=0)),
+    ("guidance_scale", dict(guidance_scale=-1.0)),
+    ("guidance_scale", dict(guidance_scale=math.inf)),
+    ("mode", dict(mode="xor")),
+    ("mode", dict(mode="prompt_3")),
+    ("lift", dict(lift=math.inf)),
+    ("lift", dict(lift=math.nan)),
+    ("lift", dict(lift=[1.0, 2.0, 3.0])),
+    ("temperature", dict(temperature=math.nan)),
+    ("temperature", dict(temperature=0.0)),
+    ("log_weights", dict(log_weights=[0.0, math.nan])),
+    ("output_type", dict(output_type="jpg")),
+    ("seed", dict(seed=1.5)),
+    ("seed", dict(seed=1, generator=torch.Generator())),
+]
+
+
+@pytest.mark.parametrize("name, bad", BAD, ids=[f"{n}={list(b.values())[-1]!r}" for n, b in BAD])
+def test_bad_input_raises_value_error_naming_it_before_any_work(pipe, monkeypatch, name, bad):
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the inputs were checked")
+
+    monkeypatch.setattr(pipe, "encode_prompt", no_work)
+    kwargs = {"prompt_1": P1, "prompt_2": P2, **SMALL, **bad}
+    with pytest.raises(ValueError, match=rf"^{name}: "):
+        pipe(**kwargs)
