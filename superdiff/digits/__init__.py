@@ -1,0 +1,31 @@
+"""Offline, CPU-sized SuperDiff on scikit-learn's 8×8 digits: trained models, pipeline, experiments."""
+
+from .model import (
+    NAMES,
+    Classifier,
+    EpsNet,
+    classifier,
+    default_sigmas,
+    digits_split,
+    label_of,
+    load_conditional,
+    load_full_model,
+    load_half_models,
+)
+from .pipeline import DigitPredictor, DigitsPipeline, load_pipeline
+
+__all__ = [
+    "NAMES",
+    "Classifier",
+    "DigitPredictor",
+    "DigitsPipeline",
+    "EpsNet",
+    "classifier",
+    "default_sigmas",
+    "digits_split",
+    "label_of",
+    "load_conditional",
+    "load_full_model",
+    "load_half_models",
+    "load_pipeline",
+]

@@ -1,0 +1,164 @@
+"""Shipped digits models: offline loading, quality, OR coverage, AND invariant, inputs, seeds."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from superdiff.digits import classifier, default_sigmas, digits_split, load_half_models, load_pipeline
+from superdiff.digits.experiments import class_histogram, coverage, sample
+from superdiff.digits.model import FILES, WEIGHTS, EpsNet
+from superdiff.digits.pipeline import DigitsPipeline
+from superdiff.digits.train import sha256, train_eps
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return load_pipeline()
+
+
+def test_weights_match_recorded_hashes():
+    recorded = json.loads(re.search(r"sha256 json: (\{.*\})", (WEIGHTS / "README.md").read_text()).group(1))
+    assert set(recorded) == set(FILES.values())
+    for name in FILES.values():
+        assert sha256(WEIGHTS / name) == recorded[name], name
+    assert sum((WEIGHTS / f).stat().st_size for f in FILES.values()) <= 10_000_000
+
+
+def test_shipped_models_load_offline_and_predict_eps():
+    m04, m59 = load_half_models()
+    x = torch.randn(3, 1, 8, 8)
+    for m in (m04, m59):
+        eps = m(x, 1.0)
+        assert eps.shape == x.shape and torch.isfinite(eps).all()
+    sigmas = default_sigmas(10)
+    assert len(sigmas) == 11 and (sigmas[1:] < sigmas[:-1]).all() and sigmas[-1] > 0
+
+
+def test_classifier_accurate_on_held_out():
+    x, y = digits_split("held_out")
+    assert classifier().predict_proba(x).shape == (len(y), 10)
+    assert (classifier().predict(x) == y).float().mean() > 0.93
+
+
+def conditional_accuracy(pipe, per_digit: int = 4, steps: int = 50) -> float:
+    """Share of single-prompt samples (all ten digits) that the classifier labels as the prompt."""
+    hits = [
+        (
+            classifier().predict(
+                pipe(str(d), seed=d, batch_size=per_digit, num_inference_steps=steps).samples
+            )
+            == d
+        )
+        for d in range(10)
+    ]
+    return torch.cat(hits).float().mean().item()
+
+
+def test_conditional_samples_are_the_prompted_digit(pipe):
+    assert conditional_accuracy(pipe) >= 0.85  # the shipped model scores ≈ 1.0
+
+
+def test_untrained_model_fails_the_accuracy_floor():
+    torch.manual_seed(0)
+    assert (
+        conditional_accuracy(DigitsPipeline(EpsNet(num_classes=10).eval()), steps=20) < 0.5
+    )  # ignores labels
+
+
+def test_training_is_deterministic():
+    x, y = digits_split("train")
+    nets = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        nets.append(train_eps(EpsNet(num_classes=10, width=32, depth=1), x[:64], y[:64], steps=5, seed=0))
+    for (k, a), b in zip(nets[0].state_dict().items(), nets[1].state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_or_of_halves_covers_more_classes_than_either_half():
+    m04, m59 = load_half_models()
+    cov = {
+        name: coverage(class_histogram(sample(models, 200, mode, seed=0, steps=50).samples))
+        for name, (models, mode) in {
+            "04": ([m04], "avg"),
+            "59": ([m59], "avg"),
+            "or": ([m04, m59], "or"),
+        }.items()
+    }
+    assert cov["or"] > max(cov["04"], cov["59"])
+    assert cov["or"] == 10  # averaging the two halves reaches 8 here
+
+
+@pytest.mark.parametrize("lift", [0.0, 3.0])
+def test_and_invariant_on_digits(pipe, lift):
+    n = 30
+    out = pipe("3", "8", seed=1, batch_size=4, num_inference_steps=n, lift=lift)
+    gap = (out.log_q[..., 0] - out.log_q[..., 1]).double()
+    expected = gap[0] + torch.arange(n + 1, dtype=torch.float64)[:, None] * lift / n
+    assert torch.allclose(gap, expected, atol=1e-2)
+    assert out.kappa.shape == (n, 4, 2) and torch.isfinite(out.kappa).all()
+
+
+def test_output_shapes_and_range(pipe):
+    out = pipe("three", "EIGHT", seed=0, batch_size=2, num_inference_steps=5)
+    assert out.images.shape == (2, 64, 64, 3) and out.images.dtype == torch.uint8
+    assert out[0].shape == (64, 64, 3)
+    assert out.samples.shape == (2, 1, 8, 8) and out.samples.abs().max() <= 1
+    assert out.log_q.shape == (6, 2, 2) and len(out.sigmas) == 6
+    three = pipe(["1", "7", "4"], seed=0, batch_size=2, num_inference_steps=5, mode="or")
+    assert three.kappa.shape == (5, 2, 3)
+    single = pipe("3", "8", seed=0, batch_size=2, num_inference_steps=5, mode="prompt_2")
+    assert (single.kappa[..., 1] == 1).all() and single.log_q.shape == (6, 2, 2)
+
+
+def test_callback_sees_every_step(pipe):
+    seen = []
+    pipe(
+        "3",
+        "8",
+        seed=0,
+        batch_size=2,
+        num_inference_steps=4,
+        mode="prompt_1",
+        callback_on_step_end=lambda p, i, sigma, kw: seen.append((i, kw["kappa"][:, 0].tolist())),
+    )
+    assert seen == [(i, [1.0, 1.0]) for i in range(4)]
+
+
+def test_same_seed_same_output(pipe):
+    a = pipe("3", "8", seed=7, batch_size=3, num_inference_steps=10)
+    b = pipe("3", "8", seed=7, batch_size=3, num_inference_steps=10)
+    c = pipe("3", "8", seed=8, batch_size=3, num_inference_steps=10)
+    assert torch.equal(a.samples, b.samples) and torch.equal(a.kappa, b.kappa)
+    assert not torch.equal(a.samples, c.samples)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "arg"),
+    [
+        ({"prompt_1": "eleven"}, "prompt_1"),
+        ({"prompt_1": "3", "prompt_2": "cat"}, "prompt_2"),
+        ({"prompt_1": "3", "num_inference_steps": 0}, "num_inference_steps"),
+        ({"prompt_1": "3", "num_inference_steps": "ten"}, "num_inference_steps"),
+        ({"prompt_1": "3", "batch_size": 0}, "batch_size"),
+        ({"prompt_1": "3", "prompt_2": "8", "lift": [1.0]}, "lift"),
+        ({"prompt_1": "3", "mode": "prompt_2"}, "mode"),
+        ({"prompt_1": [], "mode": "or"}, "prompt_1"),
+        ({"prompt_1": "3", "guidance_scale": -1.0}, "guidance_scale"),
+        ({"prompt_1": "3", "prompt_2": "8", "mode": "xor"}, "mode"),
+        ({"prompt_1": "3", "prompt_2": "8", "temperature": 0.0}, "temperature"),
+        ({"prompt_1": "3", "output_type": "jpg"}, "output_type"),
+    ],
+)
+def test_bad_inputs_name_the_argument(pipe, kwargs, arg):
+    with pytest.raises(ValueError, match=arg):
+        pipe(**kwargs)
+
+
+def test_unknown_digit_lists_accepted_names(pipe):
+    with pytest.raises(ValueError, match="three"):
+        pipe("3", "tree")
