@@ -1,0 +1,402 @@
+"""An ipywidgets playground for SuperDiff: pick prompts, mode, lift, ...; watch κ move while sampling.
+
+    from superdiff.widgets import playground
+    playground("toy")      # the paper's 2-D up/down toy, exact models, seconds on CPU
+    playground("digits")   # the shipped 8×8 digits model, prompts are digit names
+    playground(pipe)       # any SuperDiffPipeline (Stable Diffusion), e.g. superdiff.testing.tiny_pipeline()
+
+The digits and Stable Diffusion modules are imported only when their backend is built.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from . import viz
+from .sampling import ModelList, Prediction, geometric_sigmas, superpose
+from .toy import up_and_down
+
+TOY_SIGMA_MAX, TOY_SIGMA_MIN = 20.0, 0.01  # the toy's σ grid: from pure noise to nearly clean data
+LIVE_UPDATES = 10  # the κ plot is redrawn at most about this many times per run
+REDRAW_SECONDS = 0.5  # ... and not more often than this: a redraw costs ~0.1–0.4 s, fast runs need none
+DPI = 80
+SD_MODEL = "CompVis/stable-diffusion-v1-4"
+
+CORE_MODES = [("AND (equal density)", "and"), ("OR (mixture)", "or"), ("average (κ = 1/N)", "avg")]
+StepFn = Callable[[int, Tensor], None]  # on_step(i, kappa (B, N)) after step i
+
+
+# ----------------------------------------------------------------------------- backends
+
+
+def baseline_index(mode: str) -> int | None:
+    """k − 1 for the single-prompt mode "prompt_k", else None."""
+    return int(mode.split("_")[1]) - 1 if mode.startswith("prompt_") else None
+
+
+def used_kappa(mode: str, kappa: Tensor) -> Tensor:
+    """The κ a mode really moves x with: one-hot for "prompt_k", zeros for "joint", else κ itself."""
+    k = baseline_index(mode)
+    if k is not None:
+        return torch.nn.functional.one_hot(torch.full(kappa.shape[:-1], k), kappa.shape[-1]).to(kappa)
+    return torch.zeros_like(kappa) if mode == "joint" else kappa
+
+
+@contextmanager
+def one_thread():
+    """Run torch on one thread: tiny tensors gain nothing from more, and on shared CPUs they lose 10–30×."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class Follow(ModelList):
+    """Move x with model k's ε̂ alone while tracing every model's density (the single-model baselines)."""
+
+    def __init__(self, models, k: int):
+        super().__init__(models)
+        self.k = k
+
+    def __call__(self, x: Tensor, sigma: float) -> Prediction:
+        eps = self.eps(x, sigma)
+        return Prediction(eps, eps[self.k].expand_as(eps))
+
+
+class ToyBackend:
+    """The exact "up" and "down" 2-D mixtures (paper Fig. 2) sampled with the core ``superpose``."""
+
+    name = "toy"
+    modes = CORE_MODES + [("up only", "prompt_1"), ("down only", "prompt_2")]
+    prompts = ("up", "down")
+    choices = None  # no prompt to choose: the two models are fixed
+    guidance = None  # no classifier-free guidance: the models are unconditional
+    steps, max_steps, batch, max_batch = 200, 1000, 300, 2000
+    tiny = True  # run on one torch thread
+
+    def __init__(self):
+        self.models = up_and_down()
+
+    def sigmas(self, steps: int) -> Tensor:
+        """The σ grid of a run."""
+        return geometric_sigmas(TOY_SIGMA_MAX, TOY_SIGMA_MIN, steps)
+
+    def run(self, p: dict, on_step: StepFn):
+        """Sample the superposition; returns a SuperpositionResult."""
+        sigmas, k = self.sigmas(p["steps"]), baseline_index(p["mode"])
+        gen = torch.Generator().manual_seed(p["seed"])
+        x = sigmas[0] * torch.randn(p["batch_size"], 2, generator=gen, dtype=torch.float64)
+        models = Follow(self.models, k) if k is not None else list(self.models)
+        result = superpose(models, x, sigmas, mode="avg" if k is not None else p["mode"], lift=p["lift"],
+                           temperature=p["temperature"], generator=gen,
+                           callback=lambda d: on_step(d["i"], d["kappa"]))
+        result.kappa = used_kappa(p["mode"], result.kappa)
+        return result
+
+    def figure(self, result, p: dict, title: str):
+        """Samples over the exact densities of up (blue) and down (orange)."""
+        fig = Figure(figsize=(4.2, 4.2))
+        fig.subplots_adjust(left=0.14, right=0.97, bottom=0.12, top=0.92)
+        ax = fig.subplots()
+        for model, color in zip(self.models, ("C0", "C1"), strict=True):
+            viz.density_contours(lambda x, m=model: m.log_prob(x, TOY_SIGMA_MIN), ax=ax, color=color)
+        viz.scatter_2d(result.samples, ax=ax, title=title, color="k")
+        return fig
+
+
+class PipelineBackend:
+    """A SuperDiffPipeline (Stable Diffusion): free-text prompts, classifier-free guidance."""
+
+    name = "sd"
+    modes = CORE_MODES + [("prompt 1 only", "prompt_1"), ("prompt 2 only", "prompt_2"),
+                          ("joint prompt (“A that looks like B”)", "joint")]
+    prompts = ("a flamingo", "a candy cane")  # the paper's example
+    choices = None  # free text
+    guidance = (7.5, 20.0)  # (default, slider max)
+    steps, max_steps, batch, max_batch = 100, 1000, 1, 8
+    tiny = False
+
+    def __init__(self, pipe, steps: int | None = None, batch: int | None = None, tiny: bool = False):
+        self.pipe, self.tiny = pipe, tiny or self.tiny
+        self.steps, self.batch = steps or self.steps, batch or self.batch
+
+    def sigmas(self, steps: int) -> Tensor:
+        """The σ grid of a run: the Euler scheduler's, as the pipeline sets it."""
+        self.pipe.scheduler.set_timesteps(steps)
+        return self.pipe.scheduler.sigmas.double().cpu()
+
+    def size(self) -> dict:
+        """height and width: the checkpoint's native size (as diffusers picks it)."""
+        side = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+        return {"height": side, "width": side}
+
+    def run(self, p: dict, on_step: StepFn):
+        """Call the pipeline; returns its SuperDiffOutput."""
+
+        def callback(pipe, step, timestep, kwargs):
+            on_step(step, kwargs["kappa"])
+            return kwargs
+
+        return self.pipe(p["prompt_1"], p["prompt_2"], seed=p["seed"], num_inference_steps=p["steps"],
+                         batch_size=p["batch_size"], lift=p["lift"], guidance_scale=p["guidance_scale"],
+                         mode=p["mode"], temperature=p["temperature"], callback_on_step_end=callback,
+                         **self.size())
+
+    def figure(self, result, p: dict, title: str):
+        """The images in a grid, titled with the mode and prompts."""
+        images = result.images
+        fig = viz.image_grid(images, ncols=min(len(images), 4), size=1.3 if images.shape[1] <= 64 else 3.0)
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+        return fig
+
+
+class DigitsBackend(PipelineBackend):
+    """The shipped 8×8 digits pipeline: prompts are digit names, CPU in a second."""
+
+    name = "digits"
+    modes = CORE_MODES + [("prompt 1 only", "prompt_1"), ("prompt 2 only", "prompt_2")]
+    prompts = ("3", "8")
+    guidance = (2.0, 10.0)  # the digits model's default w
+    steps, max_steps, batch, max_batch = 100, 1000, 8, 64
+    tiny = True
+
+    def __init__(self, pipe=None, steps: int | None = None, batch: int | None = None):
+        from .digits import NAMES, load_pipeline
+
+        super().__init__(pipe if pipe is not None else load_pipeline(), steps, batch)
+        self.choices = [(f"{i} ({name})", str(i)) for i, name in enumerate(NAMES)]
+
+    def sigmas(self, steps: int) -> Tensor:
+        """The σ grid the digits models were trained for."""
+        from .digits import default_sigmas
+
+        return default_sigmas(steps)
+
+    def size(self) -> dict:
+        return {}  # always 8×8 digits, shown as 64×64
+
+
+def load_sd(model: str = SD_MODEL):
+    """Stable Diffusion from the Hub (or cache) on the best device, float16 on accelerators."""
+    from .generate import load, pick_device, pick_dtype
+
+    device = pick_device("auto")
+    pipe = load(model, pick_dtype("auto", device), device, cpu_offload=False, attention_slicing=False)
+    pipe.set_progress_bar_config(disable=True)  # the playground has its own progress bar
+    return pipe
+
+
+def make_backend(backend):
+    """A backend from "toy", "digits", "tiny", "sd" or a pipeline object."""
+    if backend == "toy":
+        return ToyBackend()
+    if backend == "digits":
+        return DigitsBackend()
+    if backend == "tiny":
+        from .testing import tiny_pipeline
+
+        return PipelineBackend(tiny_pipeline(), steps=20, batch=4, tiny=True)
+    if backend == "sd":
+        return PipelineBackend(load_sd())
+    if isinstance(backend, (ToyBackend, PipelineBackend)):
+        return backend
+    if hasattr(backend, "unet"):
+        return PipelineBackend(backend)
+    if hasattr(backend, "labels_of"):
+        return DigitsBackend(backend)
+    raise ValueError(f"backend: expected 'toy', 'digits', 'tiny', 'sd' or a SuperDiff pipeline, "
+                     f"got {backend!r}")
+
+
+# ----------------------------------------------------------------------------- plots as widget outputs
+
+
+def png_output(fig) -> dict:
+    """A figure as one Output-widget output (PNG), then closed.
+
+    Set as ``Output.outputs`` this works from a button callback, without a kernel (tests) and without
+    flicker: ``with out: display(fig)`` only captures inside a running IPython kernel.
+    """
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    plt.close(fig)  # else pyplot figures (image_grid) pile up and show again under %matplotlib inline
+    data = {"image/png": base64.b64encode(buf.getvalue()).decode("ascii"), "text/plain": "<Figure>"}
+    return {"output_type": "display_data", "data": data, "metadata": {}}
+
+
+def kappa_figure(kappa: Tensor, sigmas: Tensor, labels, title: str):
+    """κ over σ for the steps done so far, on the x-range of the whole run (sampling runs left → right)."""
+    fig = Figure(figsize=(5.5, 3.4))
+    ax = fig.subplots()
+    viz.plot_kappa(kappa, sigmas[: len(kappa) + 1], labels=labels, ax=ax, title=title)
+    ax.set_xlim(float(sigmas[0]) * 1.1, float(sigmas[len(sigmas) - 2]) / 1.1)  # the last σ may be 0
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.15, top=0.9)  # fixed: tight_layout triples the cost
+    return fig
+
+
+# ----------------------------------------------------------------------------- the playground
+
+
+class Playground:
+    """Controls, a Generate button, a progress bar, the samples and a live κ plot; ``.widget`` is the VBox."""
+
+    def __init__(self, backend="toy"):
+        self.backend = make_backend(backend)
+        self.result, self.error, self.seconds = None, None, None
+        self.redraw_seconds = REDRAW_SECONDS
+        self._make_controls()
+        self._make_outputs()
+        self.widget = self._layout()
+        self.mode.observe(self._on_mode, names="value")
+        self._on_mode()
+        self.button.on_click(lambda _: self.generate())
+
+    def _make_controls(self) -> None:
+        b, wide = self.backend, {"style": {"description_width": "initial"}}
+        if b.choices is not None:
+            self.prompt_1 = widgets.Dropdown(options=b.choices, value=b.prompts[0], description="prompt 1")
+            self.prompt_2 = widgets.Dropdown(options=b.choices, value=b.prompts[1], description="prompt 2")
+        else:
+            self.prompt_1 = widgets.Text(b.prompts[0], description="prompt 1", disabled=b.name == "toy")
+            self.prompt_2 = widgets.Text(b.prompts[1], description="prompt 2", disabled=b.name == "toy")
+        self.mode = widgets.Dropdown(options=b.modes, value="and", description="mode")
+        self.lift = widgets.FloatSlider(0.0, min=-10, max=10, step=0.1, description="lift (AND)", **wide)
+        guidance, guidance_max = b.guidance or (1.0, 1.0)
+        self.guidance_scale = widgets.FloatSlider(guidance, min=0, max=guidance_max, step=0.1,
+                                                  description="guidance w", **wide)
+        self.temperature = widgets.FloatSlider(1.0, min=0.1, max=5, step=0.1,
+                                               description="temperature T (OR)", **wide)
+        self.steps = widgets.IntSlider(b.steps, min=1, max=b.max_steps, description="steps")
+        self.batch_size = widgets.IntSlider(b.batch, min=1, max=b.max_batch, description="batch size", **wide)
+        self.seed = widgets.IntText(0, description="seed")
+        self.button = widgets.Button(description="Generate", button_style="primary", icon="play")
+        self.progress = widgets.IntProgress(0, min=0, max=b.steps, description="sampling")
+        self.status = widgets.HTML("Press Generate.")
+
+    def _make_outputs(self) -> None:
+        self.samples_out = widgets.Output(layout={"min_width": "300px"})
+        self.kappa_out = widgets.Output(layout={"min_width": "300px"})
+
+    def _layout(self) -> widgets.VBox:
+        b = self.backend
+        title = widgets.HTML(f"<b>SuperDiff playground</b> — {b.name}: superpose "
+                             f"{'“up” and “down”' if b.name == 'toy' else 'two prompts'} with OR / AND")
+        prompts = widgets.HBox([self.prompt_1, self.prompt_2])
+        prompts.layout.display = "none" if b.name == "toy" else None
+        self.guidance_scale.layout.display = "none" if b.guidance is None else None
+        return widgets.VBox([
+            title, prompts,
+            widgets.HBox([self.mode, self.seed]),
+            widgets.HBox([self.lift, self.temperature, self.guidance_scale]),
+            widgets.HBox([self.steps, self.batch_size]),
+            widgets.HBox([self.button, self.progress]),
+            self.status,
+            widgets.HBox([self.samples_out, self.kappa_out]),
+        ])
+
+    def _on_mode(self, _change=None) -> None:
+        """Lift only acts on AND and temperature only on OR: grey out the other one."""
+        self.lift.disabled = self.mode.value != "and"
+        self.temperature.disabled = self.mode.value != "or"
+
+    def params(self) -> dict:
+        """The current control values as pipeline arguments."""
+        return {
+            "prompt_1": self.prompt_1.value, "prompt_2": self.prompt_2.value, "mode": self.mode.value,
+            "lift": self.lift.value, "guidance_scale": self.guidance_scale.value,
+            "temperature": self.temperature.value, "steps": self.steps.value, "seed": self.seed.value,
+            "batch_size": self.batch_size.value,
+        }
+
+    def labels(self, p: dict) -> list[str]:
+        """Names of the superposed models, for legends."""
+        return [str(p["prompt_1"]), str(p["prompt_2"])]
+
+    def mode_name(self, p: dict) -> str:
+        """The mode as the dropdown shows it, without the explanation: "AND", "up only", ..."""
+        return {v: k for k, v in self.backend.modes}.get(p["mode"], p["mode"]).split(" (")[0]
+
+    def title(self, p: dict) -> str:
+        """E.g. "AND: 'up' and 'down'"."""
+        return f"{self.mode_name(p)}: {p['prompt_1']!r} and {p['prompt_2']!r}"
+
+    def generate(self):
+        """Sample with the current controls, show samples and κ; return the result (also kept in ``.result``).
+
+        Errors (a ValueError for invalid input, anything else) are shown in the status line and kept in
+        ``.error``, never raised: an exception in a button callback would vanish into the browser console.
+        """
+        self.button.disabled = True
+        start = time.perf_counter()
+        try:
+            p = self.params()
+            if p["seed"] < 0:
+                raise ValueError(f"seed: expected an integer >= 0, got {p['seed']}")
+            self.result, self.error = None, None
+            self.result = self._sample(p)
+            self.seconds = time.perf_counter() - start
+            self.samples_out.outputs = (png_output(self.backend.figure(self.result, p, self.title(p))),)
+            self._show_kappa(self.result.kappa, self.result.sigmas, p, "")
+            self._set_status(f"Done: {self.result.kappa.shape[1]} samples, {p['steps']} steps in "
+                             f"{self.seconds:.1f} s.")
+        except Exception as err:  # any failure, see the docstring
+            self.result, self.error = None, err
+            kind = "" if isinstance(err, ValueError) else f" ({type(err).__name__})"
+            self._set_status(f"Error{kind}: {err}", error=True)
+        finally:
+            self.button.disabled = False
+        return self.result
+
+    def _sample(self, p: dict):
+        """Run the backend, moving the progress bar every step and redrawing κ every few steps."""
+        sigmas, n = self.backend.sigmas(p["steps"]), p["steps"]
+        every, kappas, last = max(1, n // LIVE_UPDATES), [], time.perf_counter()
+        self.progress.max, self.progress.value = n, 0
+        self._set_status(f"Sampling {self.title(p)} …")
+
+        def on_step(i: int, kappa: Tensor) -> None:
+            nonlocal last
+            kappas.append(used_kappa(p["mode"], kappa.detach().float().cpu()))
+            self.progress.value = i + 1
+            due = (i + 1) % every == 0 and i + 1 < n and time.perf_counter() - last >= self.redraw_seconds
+            if due:
+                self._show_kappa(torch.stack(kappas), sigmas, p, f" — step {i + 1}/{n}")
+                last = time.perf_counter()
+
+        with one_thread() if self.backend.tiny else nullcontext():
+            return self.backend.run(p, on_step)
+
+    def _show_kappa(self, kappa: Tensor, sigmas: Tensor, p: dict, suffix: str) -> None:
+        fig = kappa_figure(kappa, sigmas, self.labels(p), f"κ over σ, {self.mode_name(p)}{suffix}")
+        self.kappa_out.outputs = (png_output(fig),)
+
+    def _set_status(self, text: str, error: bool = False) -> None:
+        color = "#c62828" if error else "inherit"
+        self.status.value = f'<span style="color:{color}">{html.escape(text, quote=False)}</span>'
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def playground(backend="toy") -> Playground:
+    """A SuperDiff playground on "toy", "digits", "tiny" (random offline SD), "sd" (v1-4) or a pipeline."""
+    return Playground(backend)

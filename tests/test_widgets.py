@@ -1,0 +1,164 @@
+"""The ipywidgets playground without a browser: set controls, press Generate, inspect results and outputs."""
+
+import importlib
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from superdiff.widgets import Playground, playground
+
+STEPS, BATCH = 20, 64
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and shared CPUs make OpenMP spin for seconds)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def toy():
+    """The toy playground with small settings."""
+    pg = playground("toy")
+    pg.steps.value, pg.batch_size.value, pg.seed.value = STEPS, BATCH, 3
+    return pg
+
+
+def require(name: str):
+    """Import a module other engineers may not have written yet: skip only if it does not exist."""
+    if importlib.util.find_spec(name) is None:
+        pytest.skip(f"{name} does not exist yet")
+    return importlib.import_module(name)
+
+
+def count_changes(widget, trait: str) -> list:
+    """A list that grows by one each time the trait is set."""
+    changes = []
+    widget.observe(changes.append, names=trait)
+    return changes
+
+
+def pngs(output_widget) -> list[str]:
+    return [o["data"]["image/png"] for o in output_widget.outputs if "image/png" in o["data"]]
+
+
+def test_import_is_cheap():
+    lazy = ("diffusers", "superdiff.digits")
+    code = f"import sys, superdiff.widgets; print([m in sys.modules for m in {lazy}])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[False, False]"
+
+
+def test_generate_fills_outputs_and_progress(toy):
+    toy.redraw_seconds = 0.0  # redraw κ on every due step, however fast sampling is
+    progress, live = count_changes(toy.progress, "value"), count_changes(toy.kappa_out, "outputs")
+    result = toy.generate()
+    assert result is toy.result and toy.error is None
+    assert result.kappa.shape == (STEPS, BATCH, 2) and result.log_q.shape == (STEPS + 1, BATCH, 2)
+    assert toy.progress.max == STEPS and toy.progress.value == STEPS
+    assert [c["new"] for c in progress] == list(range(1, STEPS + 1))  # one move per step
+    assert len(live) == STEPS // 2  # every 2 steps while sampling (not at the last), then the final plot
+    assert len(pngs(toy.samples_out)) == 1 and len(pngs(toy.kappa_out)) == 1
+    assert "Error" not in toy.status.value and "Done" in toy.status.value
+    assert not toy.button.disabled
+
+
+def test_live_redraws_are_throttled_by_time(toy):
+    toy.redraw_seconds = 3600.0
+    live = count_changes(toy.kappa_out, "outputs")
+    toy.generate()
+    assert len(live) == 1  # only the final plot
+
+
+def test_button_click_generates(toy):
+    toy.button.click()
+    assert toy.result is not None and toy.result.samples.shape == (BATCH, 2)
+
+
+def test_mode_changes_samples_and_kappa(toy):
+    runs = {}
+    for mode in ("and", "or"):
+        toy.mode.value = mode
+        runs[mode] = toy.generate()
+    assert not torch.equal(runs["and"].samples, runs["or"].samples)
+    or_kappa = runs["or"].kappa
+    assert (or_kappa >= 0).all() and torch.allclose(or_kappa.sum(-1), torch.ones(()).double())
+    assert toy.lift.disabled and not toy.temperature.disabled  # OR: temperature acts, lift does not
+
+
+def test_single_model_mode_follows_it(toy):
+    toy.mode.value, toy.steps.value = "prompt_1", 60
+    result = toy.generate()
+    assert torch.equal(result.kappa[..., 0], torch.ones(60, BATCH, dtype=result.kappa.dtype))
+    assert (result.samples[:, 1] > 0).float().mean() > 0.9  # "up" has its modes at y = +1.5
+
+
+def test_lift_moves_and_towards_model_one(toy):
+    ups = []
+    for lift in (-8.0, 8.0):
+        toy.lift.value = lift
+        ups.append((toy.generate().samples[:, 1] > 0).float().mean())
+    assert ups[1] > ups[0]
+
+
+def test_same_seed_same_result_other_seed_differs(toy):
+    first, second = toy.generate().samples, toy.generate().samples
+    toy.seed.value = 4
+    assert torch.equal(first, second) and not torch.equal(first, toy.generate().samples)
+
+
+def test_invalid_input_is_shown_not_raised(toy):
+    toy.seed.value = -1
+    assert toy.generate() is None
+    assert isinstance(toy.error, ValueError) and "Error: seed" in toy.status.value
+    assert not toy.button.disabled
+    toy.seed.value = 0
+    assert toy.generate() is not None and "Error" not in toy.status.value
+
+
+def test_backend_failure_is_shown_not_raised(toy, monkeypatch):
+    def broken(p, on_step):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(toy.backend, "run", broken)
+    assert toy.generate() is None
+    assert "RuntimeError" in toy.status.value and "out of memory" in toy.status.value
+
+
+def test_displays_as_its_widget(toy):
+    bundle = toy._repr_mimebundle_()
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == toy.widget.model_id
+    assert toy.prompt_1.disabled and toy.guidance_scale.layout.display == "none"
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="backend"):
+        Playground("imagen")
+
+
+def test_digits_backend():
+    require("superdiff.digits")
+    pg = playground("digits")
+    pg.prompt_1.value, pg.prompt_2.value, pg.steps.value, pg.batch_size.value = "1", "7", 10, 2
+    result = pg.generate()
+    assert pg.error is None, pg.status.value
+    assert tuple(result.images.shape) == (2, 64, 64, 3) and result.kappa.shape == (10, 2, 2)
+    assert result.prompts == ["1", "7"] and pg.progress.value == 10 and len(pngs(pg.samples_out)) == 1
+
+
+def test_stable_diffusion_backend():
+    testing = require("superdiff.testing")
+    pg = playground(testing.tiny_pipeline())
+    pg.steps.value, pg.batch_size.value = 3, 1
+    result = pg.generate()
+    assert pg.error is None, pg.status.value
+    assert tuple(result.images.shape) == (1, 64, 64, 3) and result.kappa.shape == (3, 1, 2)
+    assert pg.progress.value == 3 and len(pngs(pg.kappa_out)) == 1
+    pg.prompt_2.value = " "
+    assert pg.generate() is None and "Error: prompt_2" in pg.status.value
