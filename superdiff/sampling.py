@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-MODES = ("and", "or", "avg")
+MODES = ("and", "or", "avg", "fixed")
 
 EpsModel = Callable[[Tensor, float], Tensor]
 
@@ -224,9 +224,9 @@ def _per_model(value, name: str, n_models: int, default_last: float = 0.0) -> Te
 
 
 def check_superpose_args(
-    n_models: int, mode: str, lift, temperature: float, log_weights
-) -> tuple[Tensor, Tensor]:
-    """Validate the superposition options; returns (lift, log_weights) as per-model vectors."""
+    n_models: int, mode: str, lift, temperature: float, log_weights, kappa=None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Validate the superposition options; returns (lift, log_weights, fixed κ or None) as per-model vectors."""
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
@@ -239,7 +239,13 @@ def check_superpose_args(
             f"log_weights: expected {n_models} values (log prior weight per model), got a scalar"
         )
     log_weights = _per_model(log_weights, "log_weights", n_models)
-    return lift, log_weights
+    if (mode == "fixed") != (kappa is not None):
+        raise ValueError("kappa: give fixed mixing weights exactly when mode='fixed'")
+    if kappa is not None:
+        kappa = torch.as_tensor(kappa, dtype=torch.float64).cpu()
+        if kappa.shape != (n_models,) or not torch.isfinite(kappa).all() or abs(kappa.sum() - 1) > 1e-6:
+            raise ValueError(f"kappa: expected {n_models} finite weights summing to 1, got {kappa.tolist()}")
+    return lift, log_weights, kappa
 
 
 def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -261,6 +267,7 @@ def superpose(
     generator: torch.Generator | None = None,
     progress: bool = False,
     callback: Callable[[dict], None] | None = None,
+    kappa=None,
 ) -> SuperpositionResult:
     """Sample the superposition of N diffusion models (SuperDiff, Skreta et al. 2025, Alg. 1).
 
@@ -268,7 +275,8 @@ def superpose(
         models: list of eps-models ``m(x, sigma)``, or a :class:`Predictor` that evaluates them together.
         x: initial noise already scaled by ``sigmas[0]``, shape (B, ...).
         sigmas: decreasing noise levels, n + 1 values (the last may be > 0).
-        mode: ``"and"`` (equal density), ``"or"`` (mixture) or ``"avg"`` (κ = 1/N baseline).
+        mode: ``"and"`` (equal density), ``"or"`` (mixture), ``"avg"`` (κ = 1/N baseline) or ``"fixed"``
+            (the constant weights ``kappa``; e.g. [1, 0] samples model 1 alone, tracing every density).
         lift: AND only. log q_1 − log q_2 grows by lift/n per step and ends at +lift, so
             ``lift > 0`` favours model 1. A scalar lifts model 1 against all others; a sequence
             gives one value per model (log q_i − log q_j ends at lift_i − lift_j).
@@ -277,10 +285,11 @@ def superpose(
         generator: torch generator for the step noise.
         progress: show a tqdm bar.
         callback: called after every step with ``{"i", "sigma", "x", "kappa", "log_q"}``.
+        kappa: mode "fixed" only, one weight per model, summing to 1.
     """
     predictor = _as_predictor(models)
     n_models = predictor.num_models
-    lift, log_weights = check_superpose_args(n_models, mode, lift, temperature, log_weights)
+    lift, log_weights, fixed = check_superpose_args(n_models, mode, lift, temperature, log_weights, kappa)
     sigmas = _check_sigmas(sigmas)
     if not isinstance(x, Tensor) or x.ndim < 1 or x.shape[0] < 1 or not x.is_floating_point():
         raise ValueError("x: expected a floating-point tensor of shape (B, ...) with B >= 1")
@@ -289,6 +298,8 @@ def superpose(
     work = torch.promote_types(x.dtype, torch.float32)  # κ and log q never in half precision
     log_q = gaussian_log_prob(x.to(work), sigmas[0].item())[:, None].repeat(1, n_models)
     lift, log_weights = lift.to(x.device, work), log_weights.to(x.device, work)
+    fixed = torch.full((n_models,), 1.0 / n_models) if fixed is None else fixed  # "avg" is "fixed" at 1/N
+    fixed = fixed.to(x.device, work).expand_as(log_q)
     kappas, log_qs = [], [log_q]
     for i in tqdm(range(n), disable=not progress, desc=f"SuperDiff {mode.upper()}"):
         sigma, dsigma = sigmas[i].item(), (sigmas[i + 1] - sigmas[i]).item()
@@ -300,7 +311,7 @@ def superpose(
         elif mode == "and" and n_models > 1:
             kappa = kappa_and(pred, noise, sigma, dsigma, lift / n)
         else:
-            kappa = torch.full_like(log_q, 1.0 / n_models)
+            kappa = fixed
         dx = 2 * dsigma * torch.einsum("bn,nb...->b...", kappa, pred.field) + noise
         log_q = log_q + ito_increment(pred.eps, dx, sigma, dsigma)
         x = x + dx.to(x.dtype)

@@ -106,6 +106,17 @@ def test_three_model_lift_vector_sets_pairwise_gaps():
     )
 
 
+def test_fixed_kappa_follows_one_model_and_traces_every_density():
+    alone = run([UP], n=200, batch=100)
+    followed = run([UP, DOWN], n=200, batch=100, mode="fixed", kappa=[1.0, 0.0])
+    torch.testing.assert_close(followed.samples, alone.samples)
+    torch.testing.assert_close(followed.log_q[..., 0], alone.log_q[..., 0])
+    assert (followed.log_q[-1, :, 1] < followed.log_q[-1, :, 0] - 10).all()  # "down" finds them unlikely
+    torch.testing.assert_close(
+        followed.kappa, torch.tensor([1.0, 0.0], dtype=torch.float64).expand_as(followed.kappa)
+    )
+
+
 def test_same_seed_same_samples_different_seed_different():
     a, b, c = (run([UP, DOWN], n=50, batch=10, seed=s).samples for s in (3, 3, 4))
     assert torch.equal(a, b)
@@ -208,6 +219,9 @@ def test_sigma_grids():
         ({"models": [UP, "down"]}, "models"),
         ({"models": [UP, lambda x, s: x[:, :1]]}, "models"),
         ({"x": torch.zeros(0, 2)}, "x"),
+        ({"mode": "fixed"}, "kappa"),
+        ({"mode": "fixed", "kappa": [0.7, 0.7]}, "kappa"),
+        ({"mode": "and", "kappa": [1.0, 0.0]}, "kappa"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
