@@ -21,18 +21,18 @@ demo: setup
 	$(BIN)/superdiff demo --out outputs
 
 lint: setup
-	$(BIN)/ruff check superdiff tests benchmarks
+	$(BIN)/ruff check superdiff tests benchmarks scripts
 
 pytest: setup
 	$(BIN)/python -m pytest -q
 
 nbval: setup
-	$(if $(NOTEBOOKS),$(BIN)/python -m pytest -q --nbval $(NOTEBOOKS) --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider,@echo "no notebooks yet")
+	$(if $(NOTEBOOKS),$(BIN)/python -m pytest -q --nbval $(NOTEBOOKS) --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider,@echo "no notebooks yet")
 
 test: lint pytest nbval
 
 notebooks: setup
-	$(BIN)/python -m superdiff.notebooks $(NOTEBOOKS)
+	$(BIN)/python scripts/execute_notebooks.py $(NOTEBOOKS)
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/

@@ -6,15 +6,12 @@ import argparse
 import time
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from . import viz  # noqa: E402
-from .sampling import geometric_sigmas, superpose  # noqa: E402
-from .toy import up_and_down  # noqa: E402
+from . import viz
+from .sampling import geometric_sigmas, superpose
+from .toy import up_and_down
 
 SIGMA_MAX, SIGMA_MIN = 20.0, 0.01  # the toy's σ grid: from pure noise to nearly clean data
 

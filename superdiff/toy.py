@@ -82,9 +82,10 @@ class MLPEps(nn.Module):
         self.sigma_data = sigma_data
 
     def forward(self, x: Tensor, sigma) -> Tensor:
-        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        h = x.to(self.net[0].weight.dtype)  # runs in its own precision, answers in x's
+        sigma = torch.as_tensor(sigma, dtype=h.dtype, device=h.device).expand(h.shape[0])
         c_in = (sigma.square() + self.sigma_data**2).rsqrt()
-        return self.net(torch.cat([x * c_in[:, None], sigma.log()[:, None] / 4], dim=-1))
+        return self.net(torch.cat([h * c_in[:, None], sigma.log()[:, None] / 4], dim=-1)).to(x.dtype)
 
 
 def train_eps_model(
