@@ -22,6 +22,7 @@ demo: setup
 
 lint: setup
 	$(BIN)/ruff check superdiff tests benchmarks scripts
+	$(BIN)/ruff format --check superdiff tests benchmarks scripts
 
 pytest: setup
 	$(BIN)/python -m pytest -q

@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from . import viz
+from .digits.demo import write_digits_figures
 from .sampling import geometric_sigmas, superpose
 from .toy import up_and_down
 
@@ -89,12 +90,7 @@ def run(args) -> int:
     paths = [
         viz.save_figure(toy_figure(toy_runs(args.steps, seed=args.seed)), args.out / "toy_superposition.png")
     ]
-    try:
-        from .digits.demo import write_digits_figures
-    except ImportError:  # the digits models are optional in a partial checkout
-        write_digits_figures = None
-    if write_digits_figures is not None:
-        paths += write_digits_figures(args.out)
+    paths += write_digits_figures(args.out)
     for p in paths:
         print(f"wrote {p}")
     print(f"done in {time.perf_counter() - start:.0f} s")

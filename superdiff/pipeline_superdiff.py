@@ -7,7 +7,6 @@ UNet call per step (:class:`PromptPredictor`) and wraps it in a diffusers ``Diff
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,43 +16,36 @@ from torch import Tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .hub import explain_unavailable
-from .output import SuperDiffOutput, format_images, to_uint8
-from .sampling import Prediction, Predictor, check_superpose_args, guide, randn_like, superpose
+from .output import SuperDiffOutput, to_uint8
+from .pipeline_common import (
+    build_output,
+    check_int,
+    check_sampling_args,
+    one_hot,
+    parse_mode,
+    seeded,
+    single_prompt_index,
+    step_callback,
+    superpose_options,
+)
+from .sampling import Prediction, Predictor, guide, randn_like, superpose
 
 # The single-file pipeline for ``DiffusionPipeline.from_pretrained(..., custom_pipeline=CUSTOM_PIPELINE)``.
 CUSTOM_PIPELINE = str(Path(__file__).parent / "custom_pipeline" / "pipeline.py")
 
-SUPERPOSITIONS = ("and", "or", "avg")  # κ from the core; the baselines below move x with one prompt only
-BASELINES = ("joint", "prompt_<k>")
-OUTPUT_TYPES = ("pt", "np", "pil")
+BASELINES = ("joint",)  # and the core's "prompt_<k>"
 JOINT_TEMPLATE = "{} that looks like {}"  # the paper's joint-prompt baseline, "A that looks like B"
 
 
 class PromptPredictor(Predictor):
-    """ε̂ of N prompts from ONE UNet call per step, batched with the empty prompt (and a driving prompt).
+    """ε̂ of ``num_models`` prompts from ONE UNet call per step, batched with the empty prompt.
 
-    ``embeddings`` rows: the N prompts, optionally one driving prompt, then the empty prompt (last).
-    ``driver``: None to guide each prompt's own field (OR / AND / avg); a row index to move x with
-    that prompt's guided field only (single-prompt and joint baselines), while the N densities are
-    still traced.
+    ``embeddings`` rows: the prompts (in mode "joint" the joint prompt too), then the empty prompt (last);
+    F_i is prompt i's guided field.
     """
 
-    def __init__(
-        self,
-        unet,
-        embeddings: Tensor,
-        num_models: int,
-        guidance_scale: float,
-        sigmas,
-        timesteps,
-        driver: int | None = None,
-    ):
-        self.unet, self.num_models, self.guidance_scale, self.driver = (
-            unet,
-            num_models,
-            guidance_scale,
-            driver,
-        )
+    def __init__(self, unet, embeddings: Tensor, num_models: int, guidance_scale: float, sigmas, timesteps):
+        self.unet, self.num_models, self.guidance_scale = unet, num_models, guidance_scale
         self.embeddings = embeddings.to(unet.dtype)
         self.sigmas = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
         self.timesteps = timesteps
@@ -73,42 +65,16 @@ class PromptPredictor(Predictor):
     def __call__(self, x: Tensor, sigma: float) -> Prediction:
         eps = self.eps_all(x, sigma)
         eps_cond, eps_uncond = eps[: self.num_models], eps[-1]
-        if self.driver is None:
-            return Prediction(eps_cond, guide(eps_cond, eps_uncond, self.guidance_scale))
-        field = guide(eps[self.driver], eps_uncond, self.guidance_scale)
-        return Prediction(eps_cond, field.expand_as(eps_cond))
-
-
-def _check_int(name: str, value, low: int, hint: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}: expected an integer >= {low}{hint}, got {value!r}")
-
-
-def _check_finite(name: str, value, low: float = -math.inf) -> None:
-    ok = (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value >= low
-    )
-    if not ok:
-        bound = "" if low == -math.inf else f" >= {low:g}"
-        raise ValueError(f"{name}: expected a finite number{bound}, got {value!r}")
+        return Prediction(eps_cond, guide(eps_cond, eps_uncond, self.guidance_scale))
 
 
 def as_prompts(prompt_1, prompt_2) -> list[str]:
     """The prompts to superpose: prompt_1 (a string, or a list for N > 2), then prompt_2 if given."""
-    prompts = (
-        [prompt_1]
-        if isinstance(prompt_1, str)
-        else list(prompt_1)
-        if isinstance(prompt_1, Sequence)
-        else None
-    )
-    if prompts is None:
+    if not isinstance(prompt_1, (str, Sequence)):
         raise ValueError(
             f"prompt_1: expected a non-empty string or a list of them, got {type(prompt_1).__name__}"
         )
+    prompts = [prompt_1] if isinstance(prompt_1, str) else list(prompt_1)
     if prompt_2 is not None:
         prompts.append(prompt_2)
     for i, p in enumerate(prompts):
@@ -118,68 +84,47 @@ def as_prompts(prompt_1, prompt_2) -> list[str]:
     return prompts
 
 
-def single_prompt_index(mode: str) -> int | None:
-    """k − 1 for mode "prompt_k", else None."""
-    match = re.fullmatch(r"prompt_([1-9][0-9]*)", mode) if isinstance(mode, str) else None
-    return int(match.group(1)) - 1 if match else None
+def prompt_mode(mode, n_prompts: int) -> tuple[str, Tensor | None]:
+    """(core mode, fixed κ or None); "joint" is an extra model N + 1 alone, κ = e_{N+1}."""
+    if mode == "joint":
+        return "fixed", one_hot(n_prompts, n_prompts + 1)
+    return parse_mode(mode, n_prompts, BASELINES)
 
 
-def check_inputs(
-    prompt_1,
-    prompt_2,
-    *,
-    seed=None,
-    num_inference_steps=1000,
-    batch_size=1,
-    lift=0.0,
-    guidance_scale=7.5,
-    height=512,
-    width=512,
-    mode="and",
-    temperature=1.0,
-    log_weights=None,
-    generator=None,
-    output_type="pt",
-    joint_prompt=None,
-) -> list[str]:
-    """Validate a call before any work; returns the prompts. Raises ValueError naming the argument."""
-    prompts = as_prompts(prompt_1, prompt_2)
-    k = single_prompt_index(mode)
-    if mode not in SUPERPOSITIONS + ("joint",) and k is None:
-        raise ValueError(f"mode: expected one of {SUPERPOSITIONS + BASELINES}, got {mode!r}")
-    if k is not None and k >= len(prompts):
-        raise ValueError(f"mode: {mode!r} needs at least {k + 1} prompts, got {len(prompts)}")
-    if k is None and len(prompts) < 2:
+def check_joint(mode: str, n_prompts: int, joint_prompt) -> None:
+    """Mode "joint" writes its prompt itself only for two prompts; a given joint_prompt is text."""
+    if mode == "joint" and joint_prompt is None and n_prompts != 2:
         raise ValueError(
-            f"prompt_2: mode {mode!r} superposes at least two prompts; pass prompt_2 (or a list as prompt_1)"
-        )
-    if mode == "joint" and joint_prompt is None and len(prompts) != 2:
-        raise ValueError(
-            f"joint_prompt: mode 'joint' with {len(prompts)} prompts needs an explicit joint_prompt"
+            f"joint_prompt: mode 'joint' with {n_prompts} prompts needs an explicit joint_prompt"
         )
     if joint_prompt is not None and (not isinstance(joint_prompt, str) or not joint_prompt.strip()):
         raise ValueError(f"joint_prompt: expected a non-empty string, got {joint_prompt!r}")
+
+
+def check_size(height, width) -> None:
+    """height and width: multiples of 8, >= 64."""
     for name, value in (("height", height), ("width", width)):
-        _check_int(name, value, 64, " and a multiple of 8")
+        check_int(name, value, 64, " and a multiple of 8")
         if value % 8:
             raise ValueError(f"{name}: expected a multiple of 8 (>= 64), got {value}")
-    _check_int("num_inference_steps", num_inference_steps, 1)
-    _check_int("batch_size", batch_size, 1)
-    _check_finite("guidance_scale", guidance_scale, low=0.0)
-    if seed is not None:
-        _check_int("seed", seed, 0, " (or None)")
-        if generator is not None:
-            raise ValueError("seed: pass either seed or generator, not both")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
-    if output_type not in OUTPUT_TYPES:
-        raise ValueError(f"output_type: expected one of {OUTPUT_TYPES}, got {output_type!r}")
-    if isinstance(lift, (int, float)) and not math.isfinite(lift):
-        raise ValueError(f"lift: expected a finite number (> 0 favours prompt_1), got {lift!r}")
-    try:
-        check_superpose_args(len(prompts), "and", lift, temperature, log_weights)
-    except (TypeError, RuntimeError) as err:  # e.g. strings where numbers belong
-        raise ValueError(f"lift, log_weights: expected finite numbers, one per prompt ({err})") from None
+
+
+def check_inputs(
+    prompt_1, prompt_2, *, mode="and", height=512, width=512, joint_prompt=None, **options
+) -> list[str]:
+    """Validate a call before any work; returns the prompts. Raises ValueError naming the argument.
+
+    ``options``: the call's other arguments, as :func:`.pipeline_common.check_sampling_args` takes them.
+    """
+    prompts = as_prompts(prompt_1, prompt_2)
+    prompt_mode(mode, len(prompts))
+    if single_prompt_index(mode) is None and len(prompts) < 2:
+        raise ValueError(
+            f"prompt_2: mode {mode!r} superposes at least two prompts; pass prompt_2 (or a list as prompt_1)"
+        )
+    check_joint(mode, len(prompts), joint_prompt)
+    check_size(height, width)
+    check_sampling_args(len(prompts), **options)
     return prompts
 
 
@@ -313,71 +258,21 @@ class SuperDiffPipeline(DiffusionPipeline):
             output_type=output_type,
             joint_prompt=joint_prompt,
         )
-        device, n_models = self._execution_device, len(prompts)
-        if seed is not None:
-            generator = torch.Generator("cpu").manual_seed(seed)
-
-        driver, fixed_kappa = self._baseline(mode, n_models)
+        core_mode, kappa = prompt_mode(mode, len(prompts))
         extra = [joint_prompt or JOINT_TEMPLATE.format(*prompts)] if mode == "joint" else []
+        device, generator = self._execution_device, seeded(seed, generator)
         embeddings = self.encode_prompt(prompts + extra, device)
 
         self.scheduler.set_timesteps(num_inference_steps)
         sigmas, timesteps = self.scheduler.sigmas, self.scheduler.timesteps.to(device)
-        predictor = PromptPredictor(
-            self.unet, embeddings, n_models, guidance_scale, sigmas, timesteps, driver
-        )
+        n_models = len(prompts + extra)  # "joint": its prompt is model N + 1, the one x moves with
+        predictor = PromptPredictor(self.unet, embeddings, n_models, guidance_scale, sigmas, timesteps)
         latents = self.prepare_latents(batch_size, height, width, sigmas[0].item(), generator, device)
-
         with self.progress_bar(total=num_inference_steps) as bar:
-            result = superpose(
-                predictor,
-                latents,
-                sigmas,
-                mode=mode if driver is None else "avg",  # baselines: every field is the driver's
-                lift=lift,
-                temperature=temperature,
-                log_weights=log_weights,
-                generator=generator,
-                callback=self._on_step(bar, callback_on_step_end, timesteps, fixed_kappa),
-            )
+            callback = step_callback(self, callback_on_step_end, len(prompts), timesteps, bar.update)
+            options = superpose_options(core_mode, kappa, lift, temperature, log_weights)
+            result = superpose(predictor, latents, sigmas, **options, generator=generator, callback=callback)
 
-        kappa = result.kappa if fixed_kappa is None else fixed_kappa.expand_as(result.kappa)
         images = self.decode_latents(result.samples)
         self.maybe_free_model_hooks()
-        return SuperDiffOutput(
-            images=format_images(images, output_type),
-            kappa=kappa.float().cpu(),
-            log_q=result.log_q.float().cpu(),
-            sigmas=result.sigmas,
-            samples=result.samples.float().cpu(),
-            prompts=prompts + extra,
-            mode=mode,
-        )
-
-    def _on_step(self, bar, callback: Callable | None, timesteps: Tensor, fixed_kappa: Tensor | None):
-        """The core's per-step hook: advance the progress bar; pass latents, κ, log q to the callback."""
-
-        def on_step(state: dict) -> None:
-            bar.update()
-            if callback is None:
-                return
-            kappa = (
-                state["kappa"]
-                if fixed_kappa is None
-                else fixed_kappa.to(state["kappa"]).expand_as(state["kappa"])
-            )
-            kwargs = {"latents": state["x"], "kappa": kappa, "log_q": state["log_q"], "sigma": state["sigma"]}
-            callback(self, state["i"], timesteps[state["i"]], kwargs)
-
-        return on_step
-
-    @staticmethod
-    def _baseline(mode: str, n_models: int) -> tuple[int | None, Tensor | None]:
-        """(driving embedding row, fixed κ) of a baseline mode; (None, None) for OR / AND / avg."""
-        k = single_prompt_index(mode)
-        if k is None and mode != "joint":
-            return None, None
-        kappa = torch.zeros(n_models)
-        if k is not None:
-            kappa[k] = 1.0
-        return (n_models if k is None else k), kappa
+        return build_output(result, images, output_type, prompts + extra, len(prompts), mode)

@@ -226,7 +226,7 @@ def _per_model(value, name: str, n_models: int, default_last: float = 0.0) -> Te
 def check_superpose_args(
     n_models: int, mode: str, lift, temperature: float, log_weights, kappa=None
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Validate the superposition options; returns (lift, log_weights, fixed κ or None) as per-model vectors."""
+    """Validate the options; returns lift, log_weights and the fixed κ (or None) as per-model vectors."""
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):

@@ -135,12 +135,12 @@ def image_grid(images, *, titles: Sequence[str] | None = None, ncols: int | None
     return fig
 
 
-def save_figure(fig, path) -> Path:
+def save_figure(fig, path, dpi: int = 110) -> Path:
     """Write a figure as PNG atomically (temp file + rename: nothing half-written) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     plt.close(fig)
     os.replace(tmp, path)
     return path

@@ -15,7 +15,7 @@ import html
 import io
 import time
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -24,7 +24,9 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from . import viz
-from .sampling import ModelList, Prediction, geometric_sigmas, superpose
+from ._torch import one_thread
+from .pipeline_common import parse_mode, superpose_options
+from .sampling import geometric_sigmas, superpose
 from .toy import up_and_down
 
 TOY_SIGMA_MAX, TOY_SIGMA_MIN = 20.0, 0.01  # the toy's σ grid: from pure noise to nearly clean data
@@ -34,46 +36,10 @@ DPI = 80
 SD_MODEL = "CompVis/stable-diffusion-v1-4"
 
 CORE_MODES = [("AND (equal density)", "and"), ("OR (mixture)", "or"), ("average (κ = 1/N)", "avg")]
-StepFn = Callable[[int, Tensor], None]  # on_step(i, kappa (B, N)) after step i
+StepFn = Callable[[int, Tensor], None]  # on_step(i, κ (B, N) that moved x) after step i
 
 
 # ----------------------------------------------------------------------------- backends
-
-
-def baseline_index(mode: str) -> int | None:
-    """k − 1 for the single-prompt mode "prompt_k", else None."""
-    return int(mode.split("_")[1]) - 1 if mode.startswith("prompt_") else None
-
-
-def used_kappa(mode: str, kappa: Tensor) -> Tensor:
-    """The κ a mode really moves x with: one-hot for "prompt_k", zeros for "joint", else κ itself."""
-    k = baseline_index(mode)
-    if k is not None:
-        return torch.nn.functional.one_hot(torch.full(kappa.shape[:-1], k), kappa.shape[-1]).to(kappa)
-    return torch.zeros_like(kappa) if mode == "joint" else kappa
-
-
-@contextmanager
-def one_thread():
-    """Run torch on one thread: tiny tensors gain nothing from more, and on shared CPUs they lose 10–30×."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-class Follow(ModelList):
-    """Move x with model k's ε̂ alone while tracing every model's density (the single-model baselines)."""
-
-    def __init__(self, models, k: int):
-        super().__init__(models)
-        self.k = k
-
-    def __call__(self, x: Tensor, sigma: float) -> Prediction:
-        eps = self.eps(x, sigma)
-        return Prediction(eps, eps[self.k].expand_as(eps))
 
 
 class ToyBackend:
@@ -96,15 +62,17 @@ class ToyBackend:
 
     def run(self, p: dict, on_step: StepFn):
         """Sample the superposition; returns a SuperpositionResult."""
-        sigmas, k = self.sigmas(p["steps"]), baseline_index(p["mode"])
-        gen = torch.Generator().manual_seed(p["seed"])
+        sigmas, gen = self.sigmas(p["steps"]), torch.Generator().manual_seed(p["seed"])
         x = sigmas[0] * torch.randn(p["batch_size"], 2, generator=gen, dtype=torch.float64)
-        models = Follow(self.models, k) if k is not None else list(self.models)
-        result = superpose(models, x, sigmas, mode="avg" if k is not None else p["mode"], lift=p["lift"],
-                           temperature=p["temperature"], generator=gen,
-                           callback=lambda d: on_step(d["i"], d["kappa"]))
-        result.kappa = used_kappa(p["mode"], result.kappa)
-        return result
+        options = superpose_options(*parse_mode(p["mode"], 2), p["lift"], p["temperature"], None)
+        return superpose(
+            list(self.models),
+            x,
+            sigmas,
+            **options,
+            generator=gen,
+            callback=lambda d: on_step(d["i"], d["kappa"]),
+        )
 
     def figure(self, result, p: dict, title: str):
         """Samples over the exact densities of up (blue) and down (orange)."""
@@ -121,8 +89,11 @@ class PipelineBackend:
     """A SuperDiffPipeline (Stable Diffusion): free-text prompts, classifier-free guidance."""
 
     name = "sd"
-    modes = CORE_MODES + [("prompt 1 only", "prompt_1"), ("prompt 2 only", "prompt_2"),
-                          ("joint prompt (“A that looks like B”)", "joint")]
+    modes = CORE_MODES + [
+        ("prompt 1 only", "prompt_1"),
+        ("prompt 2 only", "prompt_2"),
+        ("joint prompt (“A that looks like B”)", "joint"),
+    ]
     prompts = ("a flamingo", "a candy cane")  # the paper's example
     choices = None  # free text
     guidance = (7.5, 20.0)  # (default, slider max)
@@ -150,10 +121,19 @@ class PipelineBackend:
             on_step(step, kwargs["kappa"])
             return kwargs
 
-        return self.pipe(p["prompt_1"], p["prompt_2"], seed=p["seed"], num_inference_steps=p["steps"],
-                         batch_size=p["batch_size"], lift=p["lift"], guidance_scale=p["guidance_scale"],
-                         mode=p["mode"], temperature=p["temperature"], callback_on_step_end=callback,
-                         **self.size())
+        return self.pipe(
+            p["prompt_1"],
+            p["prompt_2"],
+            seed=p["seed"],
+            num_inference_steps=p["steps"],
+            batch_size=p["batch_size"],
+            lift=p["lift"],
+            guidance_scale=p["guidance_scale"],
+            mode=p["mode"],
+            temperature=p["temperature"],
+            callback_on_step_end=callback,
+            **self.size(),
+        )
 
     def figure(self, result, p: dict, title: str):
         """The images in a grid, titled with the mode and prompts."""
@@ -218,8 +198,9 @@ def make_backend(backend):
         return PipelineBackend(backend)
     if hasattr(backend, "labels_of"):
         return DigitsBackend(backend)
-    raise ValueError(f"backend: expected 'toy', 'digits', 'tiny', 'sd' or a SuperDiff pipeline, "
-                     f"got {backend!r}")
+    raise ValueError(
+        f"backend: expected 'toy', 'digits', 'tiny', 'sd' or a SuperDiff pipeline, got {backend!r}"
+    )
 
 
 # ----------------------------------------------------------------------------- plots as widget outputs
@@ -276,10 +257,12 @@ class Playground:
         self.mode = widgets.Dropdown(options=b.modes, value="and", description="mode")
         self.lift = widgets.FloatSlider(0.0, min=-10, max=10, step=0.1, description="lift (AND)", **wide)
         guidance, guidance_max = b.guidance or (1.0, 1.0)
-        self.guidance_scale = widgets.FloatSlider(guidance, min=0, max=guidance_max, step=0.1,
-                                                  description="guidance w", **wide)
-        self.temperature = widgets.FloatSlider(1.0, min=0.1, max=5, step=0.1,
-                                               description="temperature T (OR)", **wide)
+        self.guidance_scale = widgets.FloatSlider(
+            guidance, min=0, max=guidance_max, step=0.1, description="guidance w", **wide
+        )
+        self.temperature = widgets.FloatSlider(
+            1.0, min=0.1, max=5, step=0.1, description="temperature T (OR)", **wide
+        )
         self.steps = widgets.IntSlider(b.steps, min=1, max=b.max_steps, description="steps")
         self.batch_size = widgets.IntSlider(b.batch, min=1, max=b.max_batch, description="batch size", **wide)
         self.seed = widgets.IntText(0, description="seed")
@@ -293,20 +276,25 @@ class Playground:
 
     def _layout(self) -> widgets.VBox:
         b = self.backend
-        title = widgets.HTML(f"<b>SuperDiff playground</b> — {b.name}: superpose "
-                             f"{'“up” and “down”' if b.name == 'toy' else 'two prompts'} with OR / AND")
+        title = widgets.HTML(
+            f"<b>SuperDiff playground</b> — {b.name}: superpose "
+            f"{'“up” and “down”' if b.name == 'toy' else 'two prompts'} with OR / AND"
+        )
         prompts = widgets.HBox([self.prompt_1, self.prompt_2])
         prompts.layout.display = "none" if b.name == "toy" else None
         self.guidance_scale.layout.display = "none" if b.guidance is None else None
-        return widgets.VBox([
-            title, prompts,
-            widgets.HBox([self.mode, self.seed]),
-            widgets.HBox([self.lift, self.temperature, self.guidance_scale]),
-            widgets.HBox([self.steps, self.batch_size]),
-            widgets.HBox([self.button, self.progress]),
-            self.status,
-            widgets.HBox([self.samples_out, self.kappa_out]),
-        ])
+        return widgets.VBox(
+            [
+                title,
+                prompts,
+                widgets.HBox([self.mode, self.seed]),
+                widgets.HBox([self.lift, self.temperature, self.guidance_scale]),
+                widgets.HBox([self.steps, self.batch_size]),
+                widgets.HBox([self.button, self.progress]),
+                self.status,
+                widgets.HBox([self.samples_out, self.kappa_out]),
+            ]
+        )
 
     def _on_mode(self, _change=None) -> None:
         """Lift only acts on AND and temperature only on OR: grey out the other one."""
@@ -316,9 +304,14 @@ class Playground:
     def params(self) -> dict:
         """The current control values as pipeline arguments."""
         return {
-            "prompt_1": self.prompt_1.value, "prompt_2": self.prompt_2.value, "mode": self.mode.value,
-            "lift": self.lift.value, "guidance_scale": self.guidance_scale.value,
-            "temperature": self.temperature.value, "steps": self.steps.value, "seed": self.seed.value,
+            "prompt_1": self.prompt_1.value,
+            "prompt_2": self.prompt_2.value,
+            "mode": self.mode.value,
+            "lift": self.lift.value,
+            "guidance_scale": self.guidance_scale.value,
+            "temperature": self.temperature.value,
+            "steps": self.steps.value,
+            "seed": self.seed.value,
             "batch_size": self.batch_size.value,
         }
 
@@ -351,8 +344,9 @@ class Playground:
             self.seconds = time.perf_counter() - start
             self.samples_out.outputs = (png_output(self.backend.figure(self.result, p, self.title(p))),)
             self._show_kappa(self.result.kappa, self.result.sigmas, p, "")
-            self._set_status(f"Done: {self.result.kappa.shape[1]} samples, {p['steps']} steps in "
-                             f"{self.seconds:.1f} s.")
+            self._set_status(
+                f"Done: {self.result.kappa.shape[1]} samples, {p['steps']} steps in {self.seconds:.1f} s."
+            )
         except Exception as err:  # any failure, see the docstring
             self.result, self.error = None, err
             kind = "" if isinstance(err, ValueError) else f" ({type(err).__name__})"
@@ -370,7 +364,7 @@ class Playground:
 
         def on_step(i: int, kappa: Tensor) -> None:
             nonlocal last
-            kappas.append(used_kappa(p["mode"], kappa.detach().float().cpu()))
+            kappas.append(kappa.detach().float().cpu())
             self.progress.value = i + 1
             due = (i + 1) % every == 0 and i + 1 < n and time.perf_counter() - last >= self.redraw_seconds
             if due:

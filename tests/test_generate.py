@@ -2,19 +2,11 @@
 
 import huggingface_hub.constants
 import pytest
-import torch
 from PIL import Image
 
 from superdiff.cli import main
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and shared CPUs make OpenMP spin for seconds)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def generate(tmp_path, *options, prompts=("a flamingo", "a candy cane"), out="flamingo.png"):

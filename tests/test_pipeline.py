@@ -21,13 +21,7 @@ P1, P2 = "a flamingo", "a candy cane"
 SMALL = dict(num_inference_steps=6, height=64, width=64)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and shared CPUs make OpenMP spin for seconds)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

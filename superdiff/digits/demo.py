@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import torch
+from torch import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from ..sampling import superpose  # noqa: E402
-from ..viz import plot_kappa  # noqa: E402
-from .model import default_sigmas, load_half_models, one_thread  # noqa: E402
-from .pipeline import STEPS, load_pipeline  # noqa: E402
+from .._torch import one_thread
+from ..sampling import superpose
+from ..viz import plot_kappa, save_figure
+from .model import default_sigmas, load_half_models
+from .pipeline import STEPS, load_pipeline
 
 
 def mosaic(samples: Tensor, ncols: int = 8, gap: int = 1) -> Tensor:
@@ -39,9 +37,7 @@ def grid_with_kappa(samples: Tensor, kappa: Tensor, sigmas: Tensor, labels, titl
     ax_img.axis("off")
     plot_kappa(kappa, sigmas, labels=labels, ax=ax_k)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=80)
 
 
 def and_figure(path: Path, prompts=("3", "8"), batch: int = 16, seed: int = 0) -> Path:

@@ -12,24 +12,22 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import torch
+from torch import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from ..sampling import superpose  # noqa: E402
-from .demo import grid_with_kappa, mosaic  # noqa: E402
-from .model import (  # noqa: E402
+from .._torch import one_thread
+from ..sampling import superpose
+from ..viz import save_figure
+from .demo import grid_with_kappa, mosaic
+from .model import (
     classifier,
     default_sigmas,
     digits_split,
     load_full_model,
     load_half_models,
-    one_thread,
 )
-from .pipeline import GUIDANCE, STEPS, load_pipeline  # noqa: E402
+from .pipeline import GUIDANCE, STEPS, load_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 PAIRS = [
@@ -169,9 +167,7 @@ def or_grid(grids: dict, path: Path) -> Path:
         ax.set_title(name, fontsize=9)
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=80)
 
 
 def class_bars(hists: dict, path: Path) -> Path:
@@ -188,9 +184,7 @@ def class_bars(hists: dict, path: Path) -> Path:
     )
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=80)
 
 
 # ----------------------------------------------------------------------------- experiment 2: AND
@@ -260,9 +254,7 @@ def and_compare(pipe, path: Path, pairs=PAIRS[:4], n: int = 12) -> Path:
             axes[r, c].set_title(f'"{a}" & "{b}": {label}', fontsize=8)
             axes[r, c].axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=80)
 
 
 # ----------------------------------------------------------------------------- experiment 3: accuracy

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from contextlib import contextmanager
 from functools import cache, lru_cache
 from pathlib import Path
 
@@ -54,17 +53,6 @@ def digits_split(part: str = "train") -> tuple[Tensor, Tensor]:
 def default_sigmas(n: int) -> Tensor:
     """The decreasing σ grid (n + 1 values, geometric from 10 to 0.01) the digit models were trained for."""
     return geometric_sigmas(SIGMA_MAX, SIGMA_MIN, n)
-
-
-@contextmanager
-def one_thread():
-    """Run torch on one CPU thread: for nets this small, threading costs more than it saves."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ----------------------------------------------------------------------------- the ε-network

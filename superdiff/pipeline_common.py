@@ -1,0 +1,171 @@
+"""What both SuperDiff pipelines (Stable Diffusion, digits) share: modes, checks, seeding, callback, output.
+
+A pipeline mode is "and", "or" or "avg" (κ from the core), or the baseline "prompt_k": prompt k alone,
+i.e. the core's mode "fixed" with κ = e_k, which still traces the density of every prompt.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .output import SuperDiffOutput, format_images
+from .sampling import SuperpositionResult, check_superpose_args
+
+SUPERPOSITIONS = ("and", "or", "avg")  # κ from the core
+SINGLE_PROMPT = "prompt_<k>"  # the baseline "prompt_k": prompt k alone
+OUTPUT_TYPES = ("pt", "np", "pil")
+
+
+# ----------------------------------------------------------------------------- modes
+
+
+def single_prompt_index(mode) -> int | None:
+    """k − 1 for mode "prompt_k", else None."""
+    match = re.fullmatch(r"prompt_([1-9][0-9]*)", mode) if isinstance(mode, str) else None
+    return int(match.group(1)) - 1 if match else None
+
+
+def one_hot(k: int, n: int) -> Tensor:
+    """e_k: all weight on model k of n."""
+    kappa = torch.zeros(n, dtype=torch.float64)
+    kappa[k] = 1.0
+    return kappa
+
+
+def parse_mode(mode, n_prompts: int, baselines: tuple[str, ...] = ()) -> tuple[str, Tensor | None]:
+    """(core mode, fixed κ or None) of a pipeline mode; ``baselines``: the pipeline's other modes."""
+    if mode in SUPERPOSITIONS:
+        return mode, None
+    k = single_prompt_index(mode)
+    if k is None:
+        raise ValueError(
+            f"mode: expected one of {SUPERPOSITIONS + baselines + (SINGLE_PROMPT,)}, got {mode!r}"
+        )
+    if k >= n_prompts:
+        raise ValueError(f"mode: {mode!r} needs at least {k + 1} prompts, got {n_prompts}")
+    return "fixed", one_hot(k, n_prompts)
+
+
+def superpose_options(core_mode: str, kappa: Tensor | None, lift, temperature, log_weights) -> dict:
+    """``superpose``'s mode arguments; "fixed" takes κ alone (lift acts on AND only, T and b on OR only)."""
+    if core_mode == "fixed":
+        return {"mode": "fixed", "kappa": kappa}
+    return {"mode": core_mode, "lift": lift, "temperature": temperature, "log_weights": log_weights}
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+
+def check_int(name: str, value, low: int, hint: str = "") -> None:
+    """An integer (numpy's too, not a bool) >= low."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name}: expected an integer >= {low}{hint}, got {value!r}")
+
+
+def check_finite(name: str, value, low: float = -math.inf) -> None:
+    """A finite real number (not a bool) >= low."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (real and math.isfinite(value) and value >= low):
+        bound = "" if low == -math.inf else f" >= {low:g}"
+        raise ValueError(f"{name}: expected a finite number{bound}, got {value!r}")
+
+
+def check_seed(seed, generator) -> None:
+    """seed: an integer >= 0 or None; generator: a torch.Generator or None; not both."""
+    if seed is not None:
+        check_int("seed", seed, 0, " (or None)")
+        if generator is not None:
+            raise ValueError("seed: pass either seed or generator, not both")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+
+
+def check_mode_options(n_prompts: int, lift, temperature, log_weights) -> None:
+    """lift, temperature and log_weights as the core checks them, strings included."""
+    if isinstance(lift, (int, float)) and not math.isfinite(lift):
+        raise ValueError(f"lift: expected a finite number (> 0 favours prompt_1), got {lift!r}")
+    try:  # per prompt, whatever the mode: the checks of lift, T and b do not depend on it
+        check_superpose_args(n_prompts, "and", lift, temperature, log_weights)
+    except (TypeError, RuntimeError) as err:  # e.g. strings where numbers belong
+        raise ValueError(f"lift, log_weights: expected finite numbers, one per prompt ({err})") from None
+
+
+def check_sampling_args(
+    n_prompts: int,
+    *,
+    num_inference_steps=1,
+    batch_size=1,
+    guidance_scale=1.0,
+    seed=None,
+    generator=None,
+    output_type="pt",
+    lift=0.0,
+    temperature=1.0,
+    log_weights=None,
+) -> None:
+    """The checks every pipeline call needs (defaults: any valid value); ValueErrors name the argument."""
+    check_int("num_inference_steps", num_inference_steps, 1)
+    check_int("batch_size", batch_size, 1)
+    check_finite("guidance_scale", guidance_scale, low=0.0)
+    check_seed(seed, generator)
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type: expected one of {OUTPUT_TYPES}, got {output_type!r}")
+    check_mode_options(n_prompts, lift, temperature, log_weights)
+
+
+# ----------------------------------------------------------------------------- sampling and its output
+
+
+def seeded(seed: int | None, generator: torch.Generator | None) -> torch.Generator | None:
+    """The step-noise generator: a CPU one from ``seed`` (same images on any device), else ``generator``."""
+    return generator if seed is None else torch.Generator("cpu").manual_seed(int(seed))
+
+
+def step_callback(
+    pipe, callback: Callable | None, n_prompts: int, timesteps=None, on_step: Callable | None = None
+) -> Callable[[dict], None] | None:
+    """The core's per-step hook as diffusers' ``callback_on_step_end(pipe, step, timestep, callback_kwargs)``.
+
+    callback_kwargs: {"latents", "kappa" (B, N), "log_q" (B, N), "sigma"} of the N prompts (models past
+    them, e.g. a joint prompt, are cut off); timestep: ``timesteps[step]``, or σ if None (digits have no t).
+    ``on_step()`` runs first at every step (a progress bar). The callback's return value is ignored.
+    """
+    if callback is None and on_step is None:
+        return None
+
+    def hook(state: dict) -> None:
+        if on_step is not None:
+            on_step()
+        if callback is not None:
+            kappa, log_q = state["kappa"][..., :n_prompts], state["log_q"][..., :n_prompts]
+            kwargs = {"latents": state["x"], "kappa": kappa, "log_q": log_q, "sigma": state["sigma"]}
+            t = state["sigma"] if timesteps is None else timesteps[state["i"]]
+            callback(pipe, state["i"], t, kwargs)
+
+    return hook
+
+
+def build_output(
+    result: SuperpositionResult,
+    images: Tensor,
+    output_type: str,
+    prompts: list[str],
+    n_prompts: int,
+    mode: str,
+) -> SuperDiffOutput:
+    """A run's SuperDiffOutput: κ and log q of the first n_prompts models only, float32 on CPU."""
+    return SuperDiffOutput(
+        images=format_images(images, output_type),
+        kappa=result.kappa[..., :n_prompts].float().cpu(),
+        log_q=result.log_q[..., :n_prompts].float().cpu(),
+        sigmas=result.sigmas,
+        samples=result.samples.float().cpu(),
+        prompts=prompts,
+        mode=mode,
+    )
