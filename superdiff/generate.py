@@ -78,8 +78,8 @@ def output_paths(out: str, batch_size: int) -> tuple[list[Path], Path]:
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out: expected a .png file name, got {str(out)!r}")
-    if not out.parent.is_dir():
-        raise ValueError(f"--out: folder {str(out.parent)!r} does not exist")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise ValueError(f"--out: {str(out.parent)!r} is not a folder")
     images = [out] if batch_size == 1 else [out.with_name(f"{out.stem}_{i}.png") for i in range(batch_size)]
     return images, out.with_name(f"{out.stem}_kappa.png")
 
@@ -176,6 +176,7 @@ def write_atomically(items: list[tuple[Path, object]]) -> None:
     temps = []
     try:
         for path, obj in items:
+            path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(suffix=".png", prefix=f".{path.stem}.", dir=path.parent)
             os.close(fd)
             temps.append(tmp)

@@ -83,10 +83,19 @@ def test_bad_arguments_exit_nonzero_and_write_nothing(tmp_path, capsys, options,
 
 
 def test_bad_output_name_is_refused(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
     assert generate(tmp_path, out="flamingo.jpg") != 0
-    assert generate(tmp_path, out="missing/flamingo.png") != 0
+    assert generate(tmp_path, out="a_file/flamingo.png") != 0
     assert capsys.readouterr().err.count("--out") == 2
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["a_file"]
+
+
+def test_missing_output_folders_are_created_after_sampling(tmp_path):
+    assert generate(tmp_path, out="new/dir/flamingo.png") == 0
+    assert sorted(p.name for p in (tmp_path / "new" / "dir").iterdir()) == [
+        "flamingo.png",
+        "flamingo_kappa.png",
+    ]
 
 
 def test_unparsable_number_is_an_argparse_error(tmp_path):
