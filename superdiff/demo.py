@@ -37,29 +37,24 @@ def toy_runs(steps: int = 500, batch: int = 500, seed: int = 0) -> dict:
 
 def toy_figure(runs: dict):
     """Scatter of each run over the exact densities, then κ over σ for OR and AND and the AND/avg gap."""
-    up, down = up_and_down()
+    models = up_and_down()
     fig = plt.figure(figsize=(17, 7))
     grid = fig.add_gridspec(2, 5, height_ratios=[1.1, 1])
     for k, (name, r) in enumerate(runs.items()):
-        ax = fig.add_subplot(grid[0, k])
-        for m, color in ((up, "C0"), (down, "C1")):
-            viz.density_contours(lambda p, m=m: m.log_prob(p, SIGMA_MIN), ax=ax, color=color)
-        viz.scatter_2d(r.samples, ax=ax, title=name, color="k")
+        viz.scatter_over_models(r.samples, models, SIGMA_MIN, ax=fig.add_subplot(grid[0, k]), title=name)
     labels = ["up", "down"]
-    viz.plot_kappa(
-        runs["OR"].kappa,
-        runs["OR"].sigmas,
-        labels=labels,
-        ax=fig.add_subplot(grid[1, 0:2]),
-        title="OR: κ(up) = softmax of the log-density traces",
-    )
-    viz.plot_kappa(
-        runs["AND"].kappa,
-        runs["AND"].sigmas,
-        labels=labels,
-        ax=fig.add_subplot(grid[1, 2:4]),
-        title="AND: κ(up) that keeps the densities equal",
-    )
+    kappa_panels = {
+        "OR": ("κ(up) = softmax of the log-density traces", grid[1, 0:2]),
+        "AND": ("κ(up) that keeps the densities equal", grid[1, 2:4]),
+    }
+    for name, (title, slot) in kappa_panels.items():
+        viz.plot_kappa(
+            runs[name].kappa,
+            runs[name].sigmas,
+            labels=labels,
+            ax=fig.add_subplot(slot),
+            title=f"{name}: {title}",
+        )
     ax = fig.add_subplot(grid[1, 4])
     for color, name in enumerate(("AND", "average")):
         viz.plot_log_q(

@@ -119,6 +119,14 @@ def density_contours(log_prob, *, ax, lim: float = 3.5, color: str = "gray", n: 
     return ax
 
 
+def scatter_over_models(samples: Tensor, models, sigma: float, *, ax=None, title: str = ""):
+    """2-D samples (black) over the exact density contours of each model (C0, C1, ...) at noise level σ."""
+    ax = _axes(ax)
+    for i, model in enumerate(models):
+        density_contours(lambda p, m=model: m.log_prob(p, sigma), ax=ax, color=f"C{i}")
+    return scatter_2d(samples, ax=ax, title=title, color="k")
+
+
 def image_grid(images, *, titles: Sequence[str] | None = None, ncols: int | None = None, size: float = 2.0):
     """A figure with images (B, H, W, 3) uint8 (tensor, array or PIL list) in a grid, optional titles."""
     arrays = [np.asarray(im.cpu() if isinstance(im, Tensor) else im) for im in images]

@@ -79,9 +79,7 @@ class ToyBackend:
         fig = Figure(figsize=(4.2, 4.2))
         fig.subplots_adjust(left=0.14, right=0.97, bottom=0.12, top=0.92)
         ax = fig.subplots()
-        for model, color in zip(self.models, ("C0", "C1"), strict=True):
-            viz.density_contours(lambda x, m=model: m.log_prob(x, TOY_SIGMA_MIN), ax=ax, color=color)
-        viz.scatter_2d(result.samples, ax=ax, title=title, color="k")
+        viz.scatter_over_models(result.samples, self.models, TOY_SIGMA_MIN, ax=ax, title=title)
         return fig
 
 
