@@ -9,10 +9,9 @@ import torch
 from torch import Tensor
 
 from .._torch import one_thread
-from ..sampling import superpose
 from ..viz import plot_kappa, save_figure
-from .model import default_sigmas, load_half_models
-from .pipeline import STEPS, load_pipeline
+from .model import load_half_models
+from .pipeline import load_pipeline, sample
 
 
 def mosaic(samples: Tensor, ncols: int = 8, gap: int = 1) -> Tensor:
@@ -49,10 +48,7 @@ def and_figure(path: Path, prompts=("3", "8"), batch: int = 16, seed: int = 0) -
 
 def or_figure(path: Path, batch: int = 16, seed: int = 0) -> Path:
     """SuperDiff OR of the separately trained 0–4 and 5–9 models."""
-    sigmas = default_sigmas(STEPS)
-    g = torch.Generator().manual_seed(seed)
-    x = sigmas[0].item() * torch.randn(batch, 1, 8, 8, generator=g)
-    res = superpose(list(load_half_models()), x, sigmas, mode="or", generator=g)
+    res = sample(load_half_models(), batch, "or", seed)
     title = "SuperDiff OR: model(0–4) OR model(5–9)"
     return grid_with_kappa(res.samples, res.kappa, res.sigmas, ["model 0–4", "model 5–9"], title, path)
 

@@ -17,17 +17,15 @@ import torch
 from torch import Tensor
 
 from .._torch import one_thread
-from ..sampling import superpose
 from ..viz import save_figure
 from .demo import grid_with_kappa, mosaic
 from .model import (
     classifier,
-    default_sigmas,
     digits_split,
     load_full_model,
     load_half_models,
 )
-from .pipeline import GUIDANCE, STEPS, load_pipeline
+from .pipeline import GUIDANCE, STEPS, load_pipeline, sample
 
 ROOT = Path(__file__).resolve().parents[2]
 PAIRS = [
@@ -86,15 +84,6 @@ def fids(samples: Tensor, real: Tensor) -> tuple[float, float]:
 
 
 # ----------------------------------------------------------------------------- experiment 1: OR
-
-
-def sample(models, n: int, mode: str, seed: int, steps: int = STEPS):
-    """n samples of the superposition of eps-models (one model: that model alone)."""
-    sigmas = default_sigmas(steps)
-    g = torch.Generator().manual_seed(seed)
-    x = sigmas[0].item() * torch.randn(n, 1, 8, 8, generator=g)
-    with one_thread():
-        return superpose(list(models), x, sigmas, mode=mode, generator=g)
 
 
 def experiment_or(n: int, seed: int, fig_dir: Path) -> tuple[str, list[Path]]:

@@ -142,6 +142,15 @@ class DigitsPipeline:
         return build_output(result, images, output_type, [str(p) for p in prompts], len(labels), mode)
 
 
+def sample(models, n: int, mode: str, seed: int, steps: int = STEPS):
+    """n model-space samples of the superposition of unconditional digit eps-models (one model: alone)."""
+    sigmas = default_sigmas(steps)
+    g = torch.Generator().manual_seed(seed)
+    x = sigmas[0].item() * torch.randn(n, 1, 8, 8, generator=g)
+    with one_thread():
+        return superpose(list(models), x, sigmas, mode=mode, generator=g)
+
+
 def load_pipeline() -> DigitsPipeline:
     """The shipped, trained digits pipeline (offline, CPU)."""
     return DigitsPipeline()
