@@ -76,14 +76,19 @@ def check_finite(name: str, value, low: float = -math.inf) -> None:
         raise ValueError(f"{name}: expected a finite number{bound}, got {value!r}")
 
 
-def check_seed(seed, generator) -> None:
-    """seed: an integer >= 0 or None; generator: a torch.Generator or None; not both."""
+def check_seed(seed, generator, batch_size: int = 1) -> None:
+    """seed: an integer >= 0 or None; generator: a torch.Generator, a list of batch_size ones, or None."""
     if seed is not None:
         check_int("seed", seed, 0, " (or None)")
         if generator is not None:
             raise ValueError("seed: pass either seed or generator, not both")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+    gens = generator if isinstance(generator, (list, tuple)) else [generator]
+    if generator is not None and not all(isinstance(g, torch.Generator) for g in gens):
+        raise ValueError(f"generator: expected a torch.Generator or a list of them, got {generator!r}")
+    if isinstance(generator, (list, tuple)) and len(generator) != batch_size:
+        raise ValueError(
+            f"generator: expected a list of batch_size = {batch_size} generators, got {len(generator)}"
+        )
 
 
 def check_mode_options(n_prompts: int, lift, temperature, log_weights) -> None:
@@ -113,7 +118,7 @@ def check_sampling_args(
     check_int("num_inference_steps", num_inference_steps, 1)
     check_int("batch_size", batch_size, 1)
     check_finite("guidance_scale", guidance_scale, low=0.0)
-    check_seed(seed, generator)
+    check_seed(seed, generator, batch_size)
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type: expected one of {OUTPUT_TYPES}, got {output_type!r}")
     check_mode_options(n_prompts, lift, temperature, log_weights)
@@ -122,8 +127,8 @@ def check_sampling_args(
 # ----------------------------------------------------------------------------- sampling and its output
 
 
-def seeded(seed: int | None, generator: torch.Generator | None) -> torch.Generator | None:
-    """The step-noise generator: a CPU one from ``seed`` (same images on any device), else ``generator``."""
+def seeded(seed: int | None, generator):
+    """The noise generator(s): a CPU one from ``seed`` (same images on any device), else ``generator``."""
     return generator if seed is None else torch.Generator("cpu").manual_seed(int(seed))
 
 

@@ -206,7 +206,7 @@ class SuperDiffPipeline(DiffusionPipeline):
         mode: str = "and",
         temperature: float = 1.0,
         log_weights: Sequence[float] | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pt",
         joint_prompt: str | None = None,
         callback_on_step_end: Callable | None = None,
@@ -231,7 +231,8 @@ class SuperDiffPipeline(DiffusionPipeline):
                 (all zeros for "joint": no prompt of the list moves x).
             temperature: OR only, T in κ = softmax(T·(log q + log_weights)).
             log_weights: OR only, one log prior weight per prompt (default: equal).
-            generator: a torch.Generator instead of seed.
+            generator: a torch.Generator instead of seed, or a list of batch_size (image i from generator i:
+                batching several seeds gives each image as if it ran alone).
             output_type: "pt" (uint8 tensor (B, H, W, 3), default), "np" or "pil".
             joint_prompt: the prompt of mode "joint" (default "{prompt_1} that looks like {prompt_2}").
             callback_on_step_end: ``f(pipe, step, timestep, callback_kwargs)`` after every step, with

@@ -248,8 +248,19 @@ def check_superpose_args(
     return lift, log_weights, kappa
 
 
-def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard normal noise shaped like x, drawn from the generator's device (seeded = reproducible)."""
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def randn_like(x: Tensor, generator: Generators) -> Tensor:
+    """Standard normal noise shaped like x, drawn on the generator's device (seeded = reproducible).
+
+    A list of B generators (diffusers' convention) draws sample i's noise from generator i alone, so a
+    sample does not depend on what else is in its batch.
+    """
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != len(x):
+            raise ValueError(f"generator: expected {len(x)} generators, one per sample, got {len(generator)}")
+        return torch.cat([randn_like(x[i : i + 1], g) for i, g in enumerate(generator)])
     device = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
 
@@ -264,7 +275,7 @@ def superpose(
     lift=0.0,
     temperature: float = 1.0,
     log_weights=None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     progress: bool = False,
     callback: Callable[[dict], None] | None = None,
     kappa=None,
@@ -282,7 +293,7 @@ def superpose(
             gives one value per model (log q_i − log q_j ends at lift_i − lift_j).
         temperature: OR only, T in κ = softmax(T·(log q + log_weights)).
         log_weights: OR only, log prior weight b_i of each model (default: equal).
-        generator: torch generator for the step noise.
+        generator: torch generator for the step noise, or a list of B (one per sample).
         progress: show a tqdm bar.
         callback: called after every step with ``{"i", "sigma", "x", "kappa", "log_q"}``.
         kappa: mode "fixed" only, one weight per model, summing to 1.

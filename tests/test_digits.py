@@ -137,6 +137,15 @@ def test_same_seed_same_output(pipe):
     assert not torch.equal(a.samples, c.samples)
 
 
+def test_generator_list_batches_seeds_without_changing_them(pipe):
+    seeds = [5, 0, 9, 2]
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    batched = pipe("3", "8", generator=gens, batch_size=4, num_inference_steps=10)
+    for i, s in enumerate(seeds):
+        alone = pipe("3", "8", seed=s, num_inference_steps=10)
+        torch.testing.assert_close(batched.samples[i : i + 1], alone.samples, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "arg"),
     [
@@ -152,6 +161,7 @@ def test_same_seed_same_output(pipe):
         ({"prompt_1": "3", "prompt_2": "8", "mode": "xor"}, "mode"),
         ({"prompt_1": "3", "prompt_2": "8", "temperature": 0.0}, "temperature"),
         ({"prompt_1": "3", "output_type": "jpg"}, "output_type"),
+        ({"prompt_1": "3", "batch_size": 2, "generator": [torch.Generator()]}, "generator"),
     ],
 )
 def test_bad_inputs_name_the_argument(pipe, kwargs, arg):

@@ -75,6 +75,16 @@ def test_generator_and_output_types(pipe):
     assert np.array_equal(arr[0], pt[0].numpy()) and np.array_equal(np.asarray(pil[0]), pt[0].numpy())
 
 
+def test_generator_list_gives_each_image_as_if_it_ran_alone(pipe):
+    seeds = [3, 1, 4]
+    batched = pipe(P1, P2, generator=[torch.Generator().manual_seed(s) for s in seeds], batch_size=3, **SMALL)
+    for i, s in enumerate(seeds):
+        alone = pipe(P1, P2, seed=s, **SMALL)
+        torch.testing.assert_close(batched.samples[i : i + 1], alone.samples, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(batched.kappa[:, i : i + 1], alone.kappa, atol=1e-3, rtol=1e-3)
+    assert not torch.allclose(batched.samples[0], batched.samples[1])
+
+
 def test_tiny_pipeline_is_deterministic_and_leaves_global_rng_alone():
     state = torch.get_rng_state()
     a, b, c = tiny_pipeline(0), tiny_pipeline(0), tiny_pipeline(1)
@@ -297,6 +307,8 @@ BAD = [
     ("output_type", dict(output_type="jpg")),
     ("seed", dict(seed=1.5)),
     ("seed", dict(seed=1, generator=torch.Generator())),
+    ("generator", dict(generator=[torch.Generator()] * 2, batch_size=3)),
+    ("generator", dict(generator=[torch.Generator(), 1])),
 ]
 
 

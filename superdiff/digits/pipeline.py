@@ -83,7 +83,7 @@ class DigitsPipeline:
         mode: str = "and",
         temperature: float = 1.0,
         log_weights=None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pt",
         callback_on_step_end: Callable | None = None,
         progress: bool = False,
@@ -93,7 +93,8 @@ class DigitsPipeline:
         Args:
             prompt_1, prompt_2: digit names ("3", "three", any case); prompt_1 may be a list (N > 2 prompts).
                 With prompt_2=None and one prompt_1, samples that digit alone.
-            seed: seeds a CPU generator (same seed ⇒ same output); or pass ``generator``.
+            seed: seeds a CPU generator (same seed ⇒ same output); or pass ``generator`` (one, or a list of
+                batch_size: image i from generator i).
             num_inference_steps: n Euler–Maruyama steps on ``default_sigmas(n)``.
             batch_size: images per call.
             lift: AND only; log q_1 − log q_2 ends at +lift (> 0 favours prompt_1).
