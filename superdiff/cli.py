@@ -10,6 +10,7 @@ import sys
 COMMANDS = {
     "demo": ("superdiff.demo", "the offline default: toy and digits superpositions written to PNG files"),
     "generate": ("superdiff.generate", "superpose two prompts with Stable Diffusion (or the digits model)"),
+    "sweep": ("superdiff.sweep.cli", "evaluation grid: prompt pairs x methods x seeds, scored (accelerate)"),
 }
 
 

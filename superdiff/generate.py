@@ -9,10 +9,10 @@ writes flamingo.png (flamingo_0.png, flamingo_1.png, ... for --batch-size > 1) a
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
+
+from ._io import png, write_atomically
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 OFFLINE_MODELS = {
@@ -165,34 +165,6 @@ def call_kwargs(args) -> dict:
     return kwargs
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomically(items: list[tuple[Path, object]]) -> None:
-    """Save (path, PIL image or figure) pairs to temp files, then rename them all: no half-written outputs."""
-    temps = []
-    try:
-        for path, obj in items:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".png", prefix=f".{path.stem}.", dir=path.parent)
-            os.close(fd)
-            temps.append(tmp)
-            if hasattr(obj, "savefig"):
-                obj.savefig(tmp, format="png", bbox_inches="tight", dpi=120)
-            else:
-                obj.save(tmp, format="png")
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        for (path, _), tmp in zip(items, temps, strict=True):
-            os.replace(tmp, path)
-    finally:
-        for tmp in temps:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-
-
 def generate(args) -> list[Path]:
     """Validate, load, sample, plot κ, write; returns the written paths."""
     images, kappa_path = output_paths(args.out, args.batch_size)
@@ -206,8 +178,7 @@ def generate(args) -> list[Path]:
     pipe = load(args.model, pick_dtype(args.dtype, device), device, args.cpu_offload, args.attention_slicing)
     kwargs = call_kwargs(args)
     if args.model != "digits":
-        default_size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-        kwargs.update(height=args.height or default_size, width=args.width or default_size)
+        kwargs.update(height=args.height or pipe.default_size, width=args.width or pipe.default_size)
     out = pipe(prompt_1, prompt_2, **kwargs)
 
     import matplotlib.pyplot as plt
@@ -217,7 +188,8 @@ def generate(args) -> list[Path]:
     labels = args.prompts if out.kappa.shape[-1] == len(args.prompts) else None
     ax = plot_kappa(out.kappa, out.sigmas, labels=labels, title=f"κ over σ ({args.mode.upper()})")
     try:
-        write_atomically(list(zip(images, out.to_pil(), strict=True)) + [(kappa_path, ax.figure)])
+        pngs = list(zip(images, out.to_pil(), strict=True)) + [(kappa_path, ax.figure)]
+        write_atomically([(path, png(obj)) for path, obj in pngs])
     finally:
         plt.close(ax.figure)
     return images + [kappa_path]

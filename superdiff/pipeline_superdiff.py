@@ -159,6 +159,11 @@ class SuperDiffPipeline(DiffusionPipeline):
         with explain_unavailable(pretrained_model_name_or_path):
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
+    @property
+    def default_size(self) -> int:
+        """The image size (pixels) the UNet was trained at: 512 for SD v1-4."""
+        return self.unet.config.sample_size * self.vae_scale_factor
+
     def check_inputs(self, prompt_1, prompt_2, **kwargs) -> list[str]:
         """Validate a call before any work (see :func:`check_inputs`); returns the prompts."""
         return check_inputs(prompt_1, prompt_2, **kwargs)

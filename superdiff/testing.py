@@ -91,3 +91,35 @@ def tiny_pipeline(seed: int = 0) -> SuperDiffPipeline:
     pipe = SuperDiffPipeline(tokenizer=tokenizer, scheduler=sd_scheduler(), **parts)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_clip(seed: int = 0):
+    """(CLIPModel, CLIPProcessor) of tiny random weights, built locally: the sweep's CLIP scoring offline."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    tokenizer = tiny_tokenizer()
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=HIDDEN,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = dict(
+        hidden_size=HIDDEN,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+    )
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=HIDDEN)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(config).eval()
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return model, CLIPProcessor(image_processor=images, tokenizer=tokenizer)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,6 +9,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch import Tensor
+
+from ._io import png, write_atomically
 
 
 def _axes(ax):
@@ -146,9 +147,8 @@ def image_grid(images, *, titles: Sequence[str] | None = None, ncols: int | None
 def save_figure(fig, path, dpi: int = 110) -> Path:
     """Write a figure as PNG atomically (temp file + rename: nothing half-written) and close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        write_atomically([(path, png(fig, dpi))])
+    finally:
+        plt.close(fig)
     return path

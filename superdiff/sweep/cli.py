@@ -1,0 +1,128 @@
+"""``superdiff sweep`` and ``accelerate launch -m superdiff.sweep``: the command line of a sweep."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..generate import DEFAULT_MODEL, DTYPES
+from .plan import (
+    DEFAULT_METHODS,
+    JOINT_METHODS,
+    METHODS,
+    SHIPPED_PAIRS,
+    load_pairs,
+    parse_methods,
+    parse_seeds,
+)
+from .scoring import DEFAULT_CLIP
+
+SCORERS = ("auto", "clip", "digits", "none")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a sweep."""
+    parser.add_argument(
+        "--pairs",
+        default=None,
+        help=f"{' | '.join(SHIPPED_PAIRS)} (shipped) or a CSV/YAML file of prompt_1,prompt_2 "
+        "(default: paper for Stable Diffusion, digits for --model digits)",
+    )
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help=f"comma-separated, from {', '.join(METHODS)} (default: {','.join(DEFAULT_METHODS)}; "
+        "joint methods need Stable Diffusion)",
+    )
+    parser.add_argument("--seeds", default="0-19", help='seeds: "0-19" (default), "0,3,7" or "0-4,10"')
+    parser.add_argument(
+        "--steps", type=int, default=None, help="sampling steps (default: 1000 SD, 100 digits)"
+    )
+    parser.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance (default: 7.5 SD, 2 digits)",
+    )
+    parser.add_argument("--lift", type=float, default=0.0, help="AND: final log q_1 − log q_2 (default 0)")
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"Stable Diffusion Hub id or local folder (default {DEFAULT_MODEL}), or offline: digits, tiny",
+    )
+    parser.add_argument("--out", default="outputs/sweep", help="sweep folder (default outputs/sweep)")
+    parser.add_argument(
+        "--batch-size", type=int, default=4, help="seeds of one (pair, method) per pipeline call (default 4)"
+    )
+    parser.add_argument(
+        "--scorer",
+        choices=SCORERS,
+        default="auto",
+        help="auto: clip for Stable Diffusion, the digits classifier for digits, none for tiny",
+    )
+    parser.add_argument(
+        "--clip-model", default=DEFAULT_CLIP, help=f"CLIP Hub id or folder (default {DEFAULT_CLIP})"
+    )
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default="auto", help="UNet/VAE precision (auto: fp16 on GPU)"
+    )
+    parser.add_argument(
+        "--size", type=int, default=None, help="SD image size in pixels (default: the model's)"
+    )
+
+
+def config(args):
+    """The SweepConfig of parsed arguments, every value checked before any model is loaded."""
+    from ..digits.pipeline import GUIDANCE, STEPS
+    from .run import SweepConfig
+
+    digits = args.model == "digits"
+    default_methods = [m for m in DEFAULT_METHODS if not (digits and m in JOINT_METHODS)]
+    scorer = args.scorer
+    if scorer == "auto":
+        scorer = "digits" if digits else "none" if args.model == "tiny" else "clip"
+    if scorer == "digits" and not digits:
+        raise ValueError("--scorer: the digits classifier scores --model digits only")
+    if args.size is not None and (args.size < 64 or args.size % 8):
+        raise ValueError(f"--size: expected a multiple of 8, >= 64, got {args.size}")
+    return SweepConfig(
+        pairs=load_pairs(args.pairs or ("digits" if digits else "paper")),
+        methods=parse_methods(args.methods, joint=not digits) if args.methods else default_methods,
+        seeds=parse_seeds(args.seeds),
+        out=args.out,
+        model=args.model,
+        steps=args.steps if args.steps is not None else (STEPS if digits else 1000),
+        guidance_scale=args.guidance_scale
+        if args.guidance_scale is not None
+        else (GUIDANCE if digits else 7.5),
+        lift=args.lift,
+        batch_size=args.batch_size,
+        scorer=scorer,
+        clip_model=args.clip_model,
+        dtype=args.dtype,
+        size=args.size,
+    )
+
+
+def run(args) -> int:
+    """Entry point: 0 when the sweep and its summary are written, 2 with a one-line message on bad input."""
+    from .run import run_sweep, sweep_state
+
+    state = sweep_state()
+    try:
+        timing = run_sweep(config(args), state)
+    except (ValueError, OSError) as err:  # bad arguments, weights unavailable, unwritable folder
+        who = f" [process {state.process_index}]" if state.num_processes > 1 else ""
+        print(f"superdiff sweep{who}: error: {err}", file=sys.stderr)
+        return 2
+    if state.is_main_process:
+        print(f"{timing['images']} images in {timing['seconds']:.1f} s on {timing['processes']} process(es)")
+        print(f"summary: {args.out}/summary.md")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m superdiff.sweep`` (what ``accelerate launch -m superdiff.sweep`` runs in each process)."""
+    parser = argparse.ArgumentParser(prog="superdiff sweep", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,114 @@
+"""What a sweep samples: prompt pairs × methods × seeds, as items with stable names, grouped into batches."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass
+from importlib import resources
+from itertools import groupby
+from pathlib import Path
+
+import yaml
+
+SHIPPED_PAIRS = {"paper": "paper_sd.csv", "digits": "digits.csv"}  # --pairs NAME -> sweep/pairs/FILE
+METHODS = {
+    "and": "SuperDiff AND (equal density)",
+    "or": "SuperDiff OR (mixture)",
+    "avg": "averaging the two fields (κ = 1/2)",
+    "joint": 'one prompt "A that looks like B"',
+    "joint_ba": 'one prompt "B that looks like A"',
+    "prompt_1": "prompt A alone",
+    "prompt_2": "prompt B alone",
+}
+JOINT_METHODS = ("joint", "joint_ba")  # need a text encoder: Stable Diffusion only
+DEFAULT_METHODS = ("and", "or", "avg", "joint", "prompt_1", "prompt_2")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image of the sweep: pair index, its two prompts, method and seed."""
+
+    pair: int
+    prompt_1: str
+    prompt_2: str
+    method: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        """The item's file stem, unique in the sweep: p003_and_s0017."""
+        return f"p{self.pair:03d}_{self.method}_s{self.seed:04d}"
+
+
+def _pairs_text(source: str) -> tuple[str, str]:
+    """(text, format) of a shipped pairs name or a file path."""
+    if source in SHIPPED_PAIRS:
+        return resources.files("superdiff.sweep").joinpath("pairs", SHIPPED_PAIRS[source]).read_text(), "csv"
+    path = Path(source)
+    if not path.is_file():
+        raise ValueError(f"--pairs: expected {' or '.join(SHIPPED_PAIRS)} or a CSV/YAML file, got {source!r}")
+    return path.read_text(encoding="utf-8"), "yaml" if path.suffix.lower() in (".yaml", ".yml") else "csv"
+
+
+def _rows(text: str, fmt: str) -> list:
+    """The pair rows of a CSV (header prompt_1,prompt_2) or YAML (list of mappings or of 2-lists) text."""
+    if fmt == "csv":
+        reader = csv.DictReader(io.StringIO(text))
+        if not {"prompt_1", "prompt_2"} <= set(reader.fieldnames or ()):
+            raise ValueError(f"--pairs: the CSV header must name prompt_1,prompt_2; got {reader.fieldnames}")
+        return [(row["prompt_1"], row["prompt_2"]) for row in reader]
+    rows = yaml.safe_load(text)
+    if not isinstance(rows, list):
+        raise ValueError("--pairs: the YAML file must hold a list of pairs")
+    return [(r.get("prompt_1"), r.get("prompt_2")) if isinstance(r, dict) else r for r in rows]
+
+
+def load_pairs(source: str) -> list[tuple[str, str]]:
+    """The (prompt_1, prompt_2) pairs of ``--pairs``: "paper", "digits", or a CSV/YAML file."""
+    pairs = []
+    for i, row in enumerate(_rows(*_pairs_text(source)), start=1):
+        ok = isinstance(row, (list, tuple)) and len(row) == 2
+        if not (ok and all(isinstance(p, str) and p.strip() for p in row)):
+            raise ValueError(f"--pairs: pair {i} must be two non-empty prompts, got {row!r}")
+        pairs.append((row[0].strip(), row[1].strip()))
+    if not pairs:
+        raise ValueError(f"--pairs: {source!r} holds no pairs")
+    return pairs
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """--seeds "0-19", "0,3,7" or "0-4,10" -> sorted distinct seeds."""
+    seeds = set()
+    for part in spec.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not match or (match.group(2) and int(match.group(2)) < int(match.group(1))):
+            raise ValueError(f"--seeds: expected integers >= 0 and ranges like 0-19, got {spec!r}")
+        low = int(match.group(1))
+        seeds.update(range(low, int(match.group(2) or low) + 1))
+    return sorted(seeds)
+
+
+def parse_methods(spec: str, joint: bool = True) -> list[str]:
+    """--methods "and,or,avg" -> the list; ``joint=False``: the model cannot take joint prompts."""
+    methods = [m.strip() for m in spec.split(",") if m.strip()]
+    allowed = [m for m in METHODS if joint or m not in JOINT_METHODS]
+    bad = [m for m in methods if m not in allowed]
+    if bad or not methods or len(set(methods)) < len(methods):
+        raise ValueError(f"--methods: expected distinct names from {', '.join(allowed)}; got {spec!r}")
+    return methods
+
+
+def plan(pairs: list[tuple[str, str]], methods: list[str], seeds: list[int]) -> list[Item]:
+    """Every (pair, method, seed) item, ordered pair-major."""
+    return [Item(i, a, b, m, s) for i, (a, b) in enumerate(pairs) for m in methods for s in seeds]
+
+
+def batches(items: list[Item], size: int) -> list[tuple[Item, ...]]:
+    """Consecutive items of one (pair, method), at most ``size`` seeds each: one pipeline call."""
+    out = []
+    for _, group in groupby(items, key=lambda item: (item.pair, item.method)):
+        group = list(group)
+        out += [tuple(group[i : i + size]) for i in range(0, len(group), size)]
+    return out

@@ -1,0 +1,276 @@
+"""Run a sweep: its batches split across accelerate processes, each image and record written atomically.
+
+Folder layout (``--out``)::
+
+    sweep.json              the settings that make the images (a rerun must match them)
+    images/<key>.png        one image per (pair, method, seed)
+    records/<key>.json      its record, written last: an item is done exactly when its record exists
+    logs/process-<i>.log    one log per process
+    records.jsonl, records.csv, summary.md, summary.csv, summary.png    gathered by the main process
+
+Resuming: a rerun lists the items without a record and runs only those; a crash loses at most the batch in
+flight (its temp files are removed at the next start). Every process lists the pending items before any
+process writes, then ``PartialState.split_between_processes`` gives each its own batches, so no file is
+ever written by two processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from tqdm.auto import tqdm
+
+from .._io import png, remove_stale_temps, text, write_atomically
+from ..pipeline_common import check_finite, check_int
+from ..pipeline_superdiff import JOINT_TEMPLATE
+from .plan import Item, batches, plan
+from .scoring import DEFAULT_CLIP, load_scorer
+from .summary import write_summary
+
+SETTINGS_FILE = "sweep.json"
+CRASH_AFTER = "SUPERDIFF_SWEEP_CRASH_AFTER"  # test hook: exit abruptly mid-write of the batch after k batches
+
+
+@dataclass
+class SweepConfig:
+    """A sweep: what to sample (pairs × methods × seeds), with which model and settings, and where."""
+
+    pairs: list[tuple[str, str]]
+    methods: list[str]
+    seeds: list[int]
+    out: Path
+    model: str
+    steps: int
+    guidance_scale: float
+    lift: float = 0.0
+    batch_size: int = 4
+    scorer: str = "none"
+    clip_model: str = DEFAULT_CLIP
+    dtype: str = "auto"
+    size: int | None = None  # SD image height = width in pixels (None: the model's)
+    items: list[Item] = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+        check_int("--steps", self.steps, 1)
+        check_int("--batch-size", self.batch_size, 1)
+        check_finite("--guidance-scale", self.guidance_scale, low=0.0)
+        check_finite("--lift", self.lift)
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"--out: {str(self.out)!r} exists and is not a folder")
+        self.items = plan(self.pairs, self.methods, self.seeds)
+
+    def settings(self) -> dict:
+        """What makes an item's image: a rerun into the same folder must not change it."""
+        keys = ("model", "steps", "guidance_scale", "lift", "dtype", "size", "pairs")
+        return {k: [list(p) for p in self.pairs] if k == "pairs" else getattr(self, k) for k in keys}
+
+
+def check_settings(cfg: SweepConfig) -> None:
+    """A folder holds one sweep: refuse to resume it with settings that would change its images."""
+    path = cfg.out / SETTINGS_FILE
+    if not path.exists():
+        return
+    saved, now = json.loads(path.read_text(encoding="utf-8")), cfg.settings()
+    changed = [k for k in now if saved.get(k) != now[k]]
+    if changed:
+        was = ", ".join(f"{k}={saved.get(k)!r}" for k in changed if k != "pairs")
+        raise ValueError(
+            f"--out: {str(cfg.out)!r} holds a sweep with other {', '.join(changed)}"
+            f"{f' ({was})' if was else ''}; use a new folder or the same settings"
+        )
+
+
+def record_path(out: Path, item: Item) -> Path:
+    return out / "records" / f"{item.key}.json"
+
+
+def image_path(out: Path, item: Item) -> Path:
+    return out / "images" / f"{item.key}.png"
+
+
+def pending(cfg: SweepConfig) -> list[Item]:
+    """The items that have no record yet."""
+    return [item for item in cfg.items if not record_path(cfg.out, item).exists()]
+
+
+# ----------------------------------------------------------------------------- one batch
+
+
+def pipeline_call(cfg: SweepConfig, batch: tuple[Item, ...], size: int | None) -> dict:
+    """Keyword arguments of the pipeline call that samples a batch (one pair and method, several seeds).
+
+    size: Stable Diffusion's image height = width in pixels; None for the digits model.
+    """
+    item = batch[0]
+    mode, kwargs = item.method, {}
+    if item.method == "joint_ba":
+        mode, kwargs["joint_prompt"] = "joint", JOINT_TEMPLATE.format(item.prompt_2, item.prompt_1)
+    if size is not None:
+        kwargs.update(height=size, width=size)
+    return dict(
+        prompt_1=item.prompt_1,
+        prompt_2=item.prompt_2,
+        mode=mode,
+        num_inference_steps=cfg.steps,
+        guidance_scale=cfg.guidance_scale,
+        lift=cfg.lift,
+        batch_size=len(batch),
+        generator=[torch.Generator("cpu").manual_seed(item.seed) for item in batch],
+        output_type="pil",
+        **kwargs,
+    )
+
+
+def _rounded(values: torch.Tensor) -> list[float]:
+    return [round(v, 6) for v in values.tolist()]
+
+
+def records(cfg, batch, out, scores, seconds: float, scorer_name, device: str, process: int) -> list[dict]:
+    """The record of each item of a sampled batch (κ, final log q, scores, timing)."""
+    rows = []
+    for i, item in enumerate(batch):
+        kappa = out.kappa[:, i]  # (n, N): the weights that moved image i at each step
+        row = {**asdict(item), "key": item.key, "image": f"images/{item.key}.png"}
+        row.update(model=cfg.model, steps=cfg.steps, guidance_scale=cfg.guidance_scale, lift=cfg.lift)
+        row.update(kappa_mean=_rounded(kappa.mean(0)), kappa_final=_rounded(kappa[-1]))
+        row.update(log_q_final=_rounded(out.log_q[-1, i]))
+        if scores is not None:
+            row.update(scorer=scorer_name, scores=_rounded(scores[i]))
+            row.update(
+                score_min=round(scores[i].min().item(), 6), score_mean=round(scores[i].mean().item(), 6)
+            )
+        row.update(
+            seconds=round(seconds / len(batch), 4), batch_size=len(batch), device=device, process=process
+        )
+        rows.append(row)
+    return rows
+
+
+def _crash_hook(done: int):
+    """The test hook: exit abruptly, temp files staged and nothing renamed, once ``done`` reaches k."""
+    limit = os.environ.get(CRASH_AFTER)
+    if limit is not None and done >= int(limit):
+        return lambda: os._exit(75)
+    return None
+
+
+def write_batch(cfg: SweepConfig, batch, images, rows, done: int) -> None:
+    """Images first, records last: a record on disk means its image is complete."""
+    writes = [(image_path(cfg.out, item), png(im)) for item, im in zip(batch, images, strict=True)]
+    writes += [
+        (record_path(cfg.out, item), text(json.dumps(row, ensure_ascii=False) + "\n"))
+        for item, row in zip(batch, rows, strict=True)
+    ]
+    write_atomically(writes, before_rename=_crash_hook(done))
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def load_pipeline(cfg: SweepConfig, device: str):
+    """The sweep's pipeline on this process's device (the digits model stays on the CPU)."""
+    from ..generate import load, pick_dtype
+
+    pipe = load(cfg.model, pick_dtype(cfg.dtype, device), device, cpu_offload=False, attention_slicing=False)
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)  # one overall bar instead
+    return pipe
+
+
+def device_name(device: str) -> str:
+    """The accelerator's name, or "cpu"."""
+    return torch.cuda.get_device_name(device) if device.startswith("cuda") else torch.device(device).type
+
+
+def process_logger(out: Path, index: int) -> logging.Logger:
+    """A logger writing to this process's own file, logs/process-<index>.log."""
+    logger = logging.getLogger(f"superdiff.sweep.process{index}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out / "logs" / f"process-{index}.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logger.handlers = [handler]
+    return logger
+
+
+class Progress:
+    """One bar on the main process, counting the records of all processes."""
+
+    def __init__(self, cfg: SweepConfig, todo: list[Item], state: PartialState):
+        self.cfg, self.todo, self.main = cfg, todo, state.is_main_process
+        self.bar = tqdm(total=len(todo), desc="sweep", unit="image", disable=not self.main)
+
+    def done(self) -> int:
+        return sum(record_path(self.cfg.out, item).exists() for item in self.todo)
+
+    def update(self) -> None:
+        if self.main:
+            self.bar.update(self.done() - self.bar.n)
+
+    def wait_for_all(self, poll: float = 0.5) -> None:
+        """Main process: keep the bar moving until every process has written its records."""
+        while self.main and self.done() < len(self.todo):
+            self.update()
+            time.sleep(poll)
+        self.update()
+        self.bar.close()
+
+
+def sweep_state() -> PartialState:
+    """This process's place in the launch; processes without a GPU join as CPU workers (gloo).
+
+    accelerate starts CPU processes only as ``--cpu`` under mpirun, but ``accelerate launch --multi_gpu
+    --num_processes N`` (torchrun) on a machine without CUDA gives N CPU processes this way.
+    """
+    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+    return PartialState(cpu=cpu)
+
+
+def run_sweep(cfg: SweepConfig, state: PartialState | None = None) -> dict:
+    """Sample and score every pending item of the sweep on this process's share; returns the run's timing."""
+    state = state or sweep_state()
+    check_settings(cfg)
+    device = str(state.device)
+    pipe, scorer = load_pipeline(cfg, device), load_scorer(cfg.scorer, cfg.clip_model, device)
+    if state.is_main_process:  # the folder is made only once the models have loaded
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        for folder in ("images", "records"):
+            remove_stale_temps(cfg.out / folder)
+        if not (cfg.out / SETTINGS_FILE).exists():
+            write_atomically([(cfg.out / SETTINGS_FILE, text(json.dumps(cfg.settings(), indent=1) + "\n"))])
+    state.wait_for_everyone()
+    todo = pending(cfg)
+    state.wait_for_everyone()  # every process has listed the same pending items before anyone writes
+
+    log = process_logger(cfg.out, state.process_index)
+    size = None if cfg.model == "digits" else cfg.size or pipe.default_size
+    progress, start, written = Progress(cfg, todo, state), time.perf_counter(), 0
+    with state.split_between_processes(batches(todo, cfg.batch_size)) as mine:
+        log.info(f"process {state.process_index}/{state.num_processes} on {device}: {len(mine)} batches")
+        for done, batch in enumerate(mine):
+            tic = time.perf_counter()
+            out = pipe(**pipeline_call(cfg, batch, size))
+            scores = scorer(out, [batch[0].prompt_1, batch[0].prompt_2]) if scorer else None
+            seconds = time.perf_counter() - tic
+            name = getattr(scorer, "name", None)
+            rows = records(cfg, batch, out, scores, seconds, name, device_name(device), state.process_index)
+            write_batch(cfg, batch, out.to_pil(), rows, done)
+            written += len(batch)
+            log.info(f"{' '.join(item.key for item in batch)}: {seconds:.2f} s")
+            progress.update()
+    progress.wait_for_all()
+    state.wait_for_everyone()
+    timing = {"images": len(todo), "seconds": time.perf_counter() - start, "processes": state.num_processes}
+    log.info(f"done: {written} images written by this process")
+    if state.is_main_process:
+        write_summary(cfg, timing)
+    return timing

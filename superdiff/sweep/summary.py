@@ -1,0 +1,136 @@
+"""A finished sweep's tables: all records gathered (JSONL, CSV) and per method the scores' mean ± std."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+
+import matplotlib.pyplot as plt
+
+from .._io import text, write_atomically
+from ..viz import save_figure
+from .plan import METHODS
+
+SUMMARY_FIELDS = (
+    "method",
+    "description",
+    "images",
+    "score_min_mean",
+    "score_min_std",
+    "score_mean_mean",
+    "score_mean_std",
+    "seconds_per_image",
+)
+
+
+def load_records(cfg) -> list[dict]:
+    """The record of every item of the sweep's plan, in plan order."""
+    from .run import record_path
+
+    missing = [item.key for item in cfg.items if not record_path(cfg.out, item).exists()]
+    if missing:
+        raise RuntimeError(f"{len(missing)} items have no record yet (first: {missing[0]}); rerun the sweep")
+    return [json.loads(record_path(cfg.out, item).read_text(encoding="utf-8")) for item in cfg.items]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """One row per method (in METHODS order): image count, min and mean score as mean ± std, seconds."""
+    table = []
+    for method in [m for m in METHODS if any(r["method"] == m for r in rows)]:
+        mine = [r for r in rows if r["method"] == method]
+        row = {"method": method, "description": METHODS[method], "images": len(mine)}
+        for score in ("score_min", "score_mean"):
+            values = [r[score] for r in mine if r.get(score) is not None]
+            mean, std = mean_std(values) if values else (math.nan, math.nan)
+            row.update({f"{score}_mean": mean, f"{score}_std": std})
+        row["seconds_per_image"] = statistics.fmean(r["seconds"] for r in mine)
+        table.append(row)
+    return table
+
+
+def flat(row: dict) -> dict:
+    """A record as one CSV row: list values spread over columns name_1, name_2, ..."""
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, list):
+            out.update({f"{key}_{i}": v for i, v in enumerate(value, start=1)})
+        else:
+            out[key] = value
+    return out
+
+
+def to_csv(rows: list[dict]) -> str:
+    """CSV text of dict rows (columns: the union of their keys, in first-seen order)."""
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def markdown(table: list[dict], scorer: str | None, timing: dict, cfg) -> str:
+    """The summary as a Markdown page."""
+    lines = [
+        "# Sweep summary",
+        "",
+        f"Model `{cfg.model}`, {len(cfg.pairs)} prompt pairs × {len(cfg.methods)} methods × "
+        f"{len(cfg.seeds)} seeds = {len(cfg.items)} images; {cfg.steps} steps, guidance "
+        f"{cfg.guidance_scale:g}, lift {cfg.lift:g}. Scores: {scorer or 'none'}, per image the min and "
+        "the mean over its two prompts; mean ± sample std over the images of each method.",
+        "",
+        "| method | | images | min score | mean score | s / image |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in table:
+        lines.append(
+            f"| {r['method']} | {r['description']} | {r['images']} | {r['score_min_mean']:.3f} ± "
+            f"{r['score_min_std']:.3f} | {r['score_mean_mean']:.3f} ± {r['score_mean_std']:.3f} | "
+            f"{r['seconds_per_image']:.3f} |"
+        )
+    lines += [
+        "",
+        f"This run: {timing['images']} new images in {timing['seconds']:.1f} s on "
+        f"{timing['processes']} process(es) (model loading excluded).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def bar_plot(table: list[dict], scorer: str | None):
+    """Grouped bars per method: min and mean score, with ±std error bars."""
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(table), 3.2))
+    x = range(len(table))
+    for offset, score, color in ((-0.2, "score_min", "tab:blue"), (0.2, "score_mean", "tab:orange")):
+        means = [r[f"{score}_mean"] for r in table]
+        stds = [r[f"{score}_std"] for r in table]
+        label = score.replace("score_", "") + " over the two prompts"
+        ax.bar([i + offset for i in x], means, 0.4, yerr=stds, capsize=3, color=color, label=label)
+    ax.set_xticks(list(x), [r["method"] for r in table])
+    ax.set_ylabel(scorer or "score")
+    ax.legend(fontsize=8)
+    ax.set_title("sweep: score per method (mean ± std)")
+    return fig
+
+
+def write_summary(cfg, timing: dict) -> dict:
+    """Write records.jsonl/.csv and summary.md/.csv/.png into the sweep folder; returns their paths."""
+    rows = load_records(cfg)
+    table = summarize(rows)
+    scorer = next((r["scorer"] for r in rows if r.get("scorer")), None)
+    paths = {name: cfg.out / name for name in ("records.jsonl", "records.csv", "summary.md", "summary.csv")}
+    jsonl = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    summary_csv = to_csv([{k: r[k] for k in SUMMARY_FIELDS} for r in table])
+    contents = [jsonl, to_csv([flat(r) for r in rows]), markdown(table, scorer, timing, cfg), summary_csv]
+    write_atomically([(paths[name], text(c)) for name, c in zip(paths, contents, strict=True)])
+    if scorer is not None:
+        paths["summary.png"] = save_figure(bar_plot(table, scorer), cfg.out / "summary.png", dpi=100)
+    return paths

@@ -1,0 +1,293 @@
+"""Sweeps: the plan, two accelerate processes, crash and resume, CLIP and digits scores, the summary."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from superdiff.cli import main as superdiff_main
+from superdiff.hub import WeightsUnavailableError
+from superdiff.sweep import load_pairs, parse_methods, parse_seeds, plan
+from superdiff.sweep.plan import batches
+from superdiff.sweep.run import CRASH_AFTER, records
+from superdiff.sweep.scoring import ClipScorer
+from superdiff.testing import tiny_clip, tiny_pipeline
+
+# 2 digit pairs × 3 methods × 3 seeds = 18 images; 10 steps: each run is about a second of sampling
+SMALL = ["--model", "digits", "--methods", "and,or,prompt_1", "--seeds", "0-2", "--steps", "10"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def two_pairs(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("pairs") / "pairs.yaml"
+    path.write_text('- {prompt_1: "3", prompt_2: "8"}\n- ["one", "7"]\n')
+    return str(path)
+
+
+def sweep(out: Path, *args: str, launcher: list[str] | None = None, env=None) -> subprocess.CompletedProcess:
+    """Run the sweep module in fresh processes (as ``python -m`` or under a launcher)."""
+    command = (launcher or [sys.executable]) + ["-m", "superdiff.sweep", *args, "--out", str(out)]
+    return subprocess.run(command, capture_output=True, text=True, env=env or ENV, timeout=300)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+
+
+def expected_keys(pairs: str, methods: str, seeds: str) -> list[str]:
+    return [item.key for item in plan(load_pairs(pairs), parse_methods(methods), parse_seeds(seeds))]
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+def test_shipped_pairs_and_plan():
+    paper = load_pairs("paper")
+    assert len(paper) == 20 and ("a flamingo", "a candy cane") in paper and ("a cat", "a dog") in paper
+    assert len(set(paper)) == 20
+    digits = load_pairs("digits")
+    items = plan(digits, ["and", "or"], [0, 1, 2])
+    assert len(items) == len(digits) * 2 * 3 and len({i.key for i in items}) == len(items)
+    groups = batches(items, 2)
+    assert [len(b) for b in groups[:2]] == [2, 1]  # seeds of one (pair, method), never mixed
+    assert all(len({(i.pair, i.method) for i in b}) == 1 for b in groups)
+    assert [i for b in groups for i in b] == items
+
+
+def test_pairs_files_csv_and_yaml(tmp_path, two_pairs):
+    csv = tmp_path / "p.csv"
+    csv.write_text("prompt_1,prompt_2\na fox, a lamp \n")
+    assert load_pairs(str(csv)) == [("a fox", "a lamp")]
+    assert load_pairs(two_pairs) == [("3", "8"), ("one", "7")]
+
+
+@pytest.mark.parametrize(
+    "text, name",
+    [("a,b\nx,y\n", "p.csv"), ("prompt_1,prompt_2\nx,\n", "p.csv"), ("- [x]\n", "p.yaml"), ("{}", "p.yaml")],
+)
+def test_bad_pairs_files_are_named(tmp_path, text, name):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match="^--pairs: "):
+        load_pairs(str(tmp_path / name))
+
+
+def test_seeds_and_methods_specs():
+    assert parse_seeds("0-3,7,2") == [0, 1, 2, 3, 7]
+    for bad in ("3-1", "x", "-1", ""):
+        with pytest.raises(ValueError, match="^--seeds: "):
+            parse_seeds(bad)
+    assert parse_methods("and, joint_ba") == ["and", "joint_ba"]
+    for bad, joint in (("and,xor", True), ("and,and", True), ("joint", False)):
+        with pytest.raises(ValueError, match="^--methods: "):
+            parse_methods(bad, joint=joint)
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["--seeds", "5-1"], "--seeds"),
+        (["--methods", "and,joint"], "--methods"),
+        (["--pairs", "nope.csv"], "--pairs"),
+        (["--steps", "0"], "--steps"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--lift", "nan"], "--lift"),
+        (["--scorer", "digits", "--model", "tiny"], "--scorer"),
+    ],
+)
+def test_bad_options_exit_2_naming_the_option_and_write_nothing(tmp_path, capsys, args, option):
+    out = tmp_path / "sweep"
+    base = ["sweep", "--model", "digits", "--out", str(out)]
+    assert superdiff_main(base + args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"superdiff sweep: error: {option}: ") and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- processes, crash, resume
+
+
+def test_two_processes_write_every_item_exactly_once(tmp_path, two_pairs):
+    """accelerate launch (torchrun) with 2 CPU processes vs one plain process: same items, same images."""
+    args = [*SMALL, "--pairs", two_pairs, "--batch-size", "2"]
+    port = str(free_port())
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launcher += ["--main_process_port", port]
+    two, one = tmp_path / "two", tmp_path / "one"
+    run = sweep(two, *args, launcher=launcher)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert sweep(one, *args).returncode == 0
+
+    keys = expected_keys(two_pairs, "and,or,prompt_1", "0-2")
+    rows = read_records(two)
+    assert [r["key"] for r in rows] == keys  # complete, in plan order, no duplicate
+    assert {r["process"] for r in rows} == {0, 1}  # the work was split
+    logged = [
+        line.split(": ")[0].split()[2:]
+        for i in (0, 1)
+        for line in (two / "logs" / f"process-{i}.log").read_text().splitlines()
+        if "_s0" in line
+    ]
+    logged = [key for line in logged for key in line]
+    assert sorted(logged) == sorted(keys)  # each item sampled by exactly one process, once
+    assert sorted(p.stem for p in (two / "images").iterdir()) == sorted(keys)
+    for key in keys:  # the split does not change an image: per-image seeds
+        assert np.array_equal(pixels(two / "images" / f"{key}.png"), pixels(one / "images" / f"{key}.png"))
+    assert "on 2 process(es)" in (two / "summary.md").read_text()
+
+
+def test_crash_then_resume_finishes_without_duplicates_or_corrupt_files(tmp_path, two_pairs):
+    out, args = tmp_path / "sweep", [*SMALL, "--pairs", two_pairs, "--batch-size", "2"]
+    crashed = sweep(out, *args, env={**ENV, CRASH_AFTER: "3"})
+    assert crashed.returncode == 75  # died abruptly while writing its 4th batch
+    done = sorted(p.stem for p in (out / "records").glob("*.json"))
+    assert len(done) == 2 + 1 + 2  # batches of 2, 1, 2 seeds were committed
+    assert list((out / "images").glob(".*.tmp"))  # the 4th batch's files were staged, not renamed
+    assert not (out / "records.jsonl").exists()
+    stamps = {key: (out / "records" / f"{key}.json").stat().st_mtime_ns for key in done}
+
+    resumed = sweep(out, *args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    keys = expected_keys(two_pairs, "and,or,prompt_1", "0-2")
+    assert [r["key"] for r in read_records(out)] == keys
+    assert {key: (out / "records" / f"{key}.json").stat().st_mtime_ns for key in done} == stamps  # not redone
+    assert not list(out.rglob("*.tmp"))
+    for key in keys:
+        assert pixels(out / "images" / f"{key}.png").shape == (64, 64, 3)
+    assert f"{len(keys) - len(done)} new images" in (out / "summary.md").read_text()
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    base = ["sweep", "--model", "digits", "--pairs", "digits", "--methods", "and", "--seeds", "0"]
+    assert superdiff_main([*base, "--steps", "3", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert superdiff_main([*base, "--steps", "4", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("superdiff sweep: error: --out: ") and "steps=3" in err
+    assert superdiff_main([*base, "--seeds", "0-1", "--steps", "3", "--out", str(out)]) == 0  # grid may grow
+
+
+# ----------------------------------------------------------------------------- scores and summary
+
+
+@pytest.fixture(scope="module")
+def clip_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    model, processor = tiny_clip()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_clip_score_is_100_cos_of_projected_embeddings(clip_folder):
+    model, processor = tiny_clip()
+    out = tiny_pipeline()("a cat", "a dog", seed=0, num_inference_steps=2, batch_size=3, height=64, width=64)
+    prompts = ["a cat", "a dog"]
+    scores = ClipScorer.from_pretrained(str(clip_folder))(out, prompts)
+    assert scores.shape == (3, 2)
+    with torch.no_grad():  # independently: encoders, projections, cosine
+        pix = processor(images=out.to_pil(), return_tensors="pt")["pixel_values"]
+        tok = processor(text=prompts, return_tensors="pt", padding=True)
+        img = model.visual_projection(model.vision_model(pixel_values=pix).pooler_output)
+        txt = model.text_projection(model.text_model(**tok).pooler_output)
+        cos = torch.nn.functional.cosine_similarity(img[:, None], txt[None], dim=-1)
+    torch.testing.assert_close(scores, 100 * cos, atol=1e-3, rtol=1e-4)
+
+
+def test_records_take_min_and_mean_over_the_prompts():
+    from superdiff.sweep import Item, SweepConfig
+
+    cfg = SweepConfig([("3", "8")], ["and"], [0, 1], "unused", "digits", 10, 2.0)
+    out = Namespace(kappa=torch.rand(10, 2, 2), log_q=torch.randn(11, 2, 2))
+    scores = torch.tensor([[0.9, 0.2], [0.3, 0.6]])
+    batch = (Item(0, "3", "8", "and", 0), Item(0, "3", "8", "and", 1))
+    rows = records(cfg, batch, out, scores, 1.0, "p", "cpu", 0)
+    assert [r["score_min"] for r in rows] == pytest.approx([0.2, 0.3])
+    assert [r["score_mean"] for r in rows] == pytest.approx([0.55, 0.45])
+    assert rows[1]["kappa_final"] == pytest.approx(out.kappa[-1, 1].tolist(), abs=1e-6)
+    assert rows[0]["kappa_mean"] == pytest.approx(out.kappa[:, 0].mean(0).tolist(), abs=1e-6)
+    assert rows[0]["log_q_final"] == pytest.approx(out.log_q[-1, 0].tolist(), abs=1e-5)
+    assert rows[0]["seconds"] == 0.5
+
+
+def test_stable_diffusion_sweep_scores_every_method_with_clip(tmp_path, clip_folder, capsys):
+    out = tmp_path / "sd"
+    args = ["sweep", "--model", "tiny", "--pairs", "paper", "--seeds", "0-1", "--steps", "2"]
+    args += ["--methods", "and,or,avg,joint,joint_ba,prompt_1,prompt_2", "--scorer", "clip"]
+    assert superdiff_main([*args, "--clip-model", str(clip_folder), "--out", str(out)]) == 0
+    rows = read_records(out)
+    assert len(rows) == 20 * 7 * 2 and all(len(r["scores"]) == 2 for r in rows)
+    assert all(r["scorer"] == "CLIP score (100·cos)" for r in rows)
+    joint = [r for r in rows if r["method"] == "joint"]
+    assert all(r["kappa_final"] == [0.0, 0.0] for r in joint)  # x moves with the joint prompt alone
+    one = [r for r in rows if r["method"] == "prompt_1"]
+    assert all(r["kappa_mean"] == [1.0, 0.0] for r in one)
+    assert (out / "summary.png").stat().st_size > 1000
+
+
+def test_summary_matches_the_records(tmp_path, capsys):
+    out = tmp_path / "digits"
+    args = ["sweep", "--model", "digits", "--seeds", "0-3", "--steps", "10", "--methods", "and,avg,prompt_2"]
+    assert superdiff_main([*args, "--out", str(out)]) == 0
+    rows = read_records(out)
+    with open(out / "summary.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        header, table = reader.fieldnames, list(reader)
+    assert header[:3] == ["method", "description", "images"]
+    assert [t["method"] for t in table] == ["and", "avg", "prompt_2"]
+    for t in table:
+        mine = [r for r in rows if r["method"] == t["method"]]
+        p = [r["scores"] for r in mine]  # recomputed from the per-prompt probabilities
+        mins, means = [min(s) for s in p], [sum(s) / 2 for s in p]
+        assert int(t["images"]) == len(mine) == 5 * 4
+        assert float(t["score_min_mean"]) == pytest.approx(statistics.fmean(mins), abs=1e-5)
+        assert float(t["score_min_std"]) == pytest.approx(np.std(mins, ddof=1), abs=1e-5)
+        assert float(t["score_mean_mean"]) == pytest.approx(statistics.fmean(means), abs=1e-5)
+        assert float(t["score_mean_std"]) == pytest.approx(np.std(means, ddof=1), abs=1e-5)
+        line = next(
+            x for x in (out / "summary.md").read_text().splitlines() if x.startswith(f"| {t['method']} ")
+        )
+        assert f"{statistics.fmean(mins):.3f} ± {np.std(mins, ddof=1):.3f}" in line
+    p_and = [r["scores"] for r in rows if r["method"] == "and"]
+    assert all(0 <= v <= 1 for s in p_and for v in s)
+
+
+def test_clip_weights_unreachable_give_one_line_and_no_folder(tmp_path, capsys, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    with pytest.raises(WeightsUnavailableError, match="openai/clip-vit-base-patch32"):
+        ClipScorer.from_pretrained("openai/clip-vit-base-patch32")
+    out = tmp_path / "sweep"
+    assert superdiff_main(["sweep", "--model", "tiny", "--scorer", "clip", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "openai/clip-vit-base-patch32" in err and "hf download" in err
+    assert not out.exists()
