@@ -172,7 +172,10 @@ def kappa_and(pred: Prediction, noise: Tensor, sigma: float, dsigma: float, targ
     ridge = (1e-6 * scale.double()).square().clamp_min(torch.finfo(torch.float64).tiny)
     eye = torch.eye(n_models - 1, dtype=torch.float64, device=G.device)
     Gt = G.transpose(1, 2)
-    u = torch.linalg.solve(Gt @ G + ridge[:, None, None] * eye, (Gt @ r[..., None]))[..., 0]
+    # solve_ex without its error check: the ridged system is positive definite, and the check would make
+    # the host wait for the GPU at every step
+    u = torch.linalg.solve_ex(Gt @ G + ridge[:, None, None] * eye, Gt @ r[..., None], check_errors=False)
+    u = u.result[..., 0]
     kappa = torch.cat([u, -u.sum(-1, keepdim=True)], dim=-1) + 1.0 / n_models
     return kappa.to(c.dtype)
 
@@ -262,7 +265,10 @@ def randn_like(x: Tensor, generator: Generators) -> Tensor:
             raise ValueError(f"generator: expected {len(x)} generators, one per sample, got {len(generator)}")
         return torch.cat([randn_like(x[i : i + 1], g) for i, g in enumerate(generator)])
     device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+    noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
+    if noise.device.type == "cpu" and x.device.type == "cuda":  # a pinned, asynchronous copy: no host wait
+        return noise.pin_memory().to(x.device, non_blocking=True)
+    return noise.to(x.device)
 
 
 @torch.no_grad()

@@ -77,24 +77,34 @@ def to_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
+def _pm(row: dict, score: str) -> str:
+    """'mean ± std' of a summary row's score, or '—' without scores."""
+    mean, std = row[f"{score}_mean"], row[f"{score}_std"]
+    return "—" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f}"
+
+
 def markdown(table: list[dict], scorer: str | None, timing: dict, cfg) -> str:
     """The summary as a Markdown page."""
+    scores = (
+        f"Scores: {scorer}, per image the min and the mean over its two prompts; mean ± sample std over "
+        "the images of each method."
+        if scorer
+        else "No scores (--scorer none)."
+    )
     lines = [
         "# Sweep summary",
         "",
         f"Model `{cfg.model}`, {len(cfg.pairs)} prompt pairs × {len(cfg.methods)} methods × "
         f"{len(cfg.seeds)} seeds = {len(cfg.items)} images; {cfg.steps} steps, guidance "
-        f"{cfg.guidance_scale:g}, lift {cfg.lift:g}. Scores: {scorer or 'none'}, per image the min and "
-        "the mean over its two prompts; mean ± sample std over the images of each method.",
+        f"{cfg.guidance_scale:g}, lift {cfg.lift:g}. {scores}",
         "",
         "| method | | images | min score | mean score | s / image |",
         "|---|---|---|---|---|---|",
     ]
     for r in table:
         lines.append(
-            f"| {r['method']} | {r['description']} | {r['images']} | {r['score_min_mean']:.3f} ± "
-            f"{r['score_min_std']:.3f} | {r['score_mean_mean']:.3f} ± {r['score_mean_std']:.3f} | "
-            f"{r['seconds_per_image']:.3f} |"
+            f"| {r['method']} | {r['description']} | {r['images']} | {_pm(r, 'score_min')} | "
+            f"{_pm(r, 'score_mean')} | {r['seconds_per_image']:.3f} |"
         )
     lines += [
         "",
