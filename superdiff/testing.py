@@ -35,6 +35,21 @@ def tiny_tokenizer() -> CLIPTokenizer:
         return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
 
 
+def tiny_text_config(tokenizer: CLIPTokenizer) -> dict:
+    """A 2-layer, 32-wide CLIP text transformer over the tokenizer's vocabulary."""
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=HIDDEN,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
 def tiny_components(tokenizer: CLIPTokenizer) -> dict:
     """Random UNet, VAE (8× downsampling, as SD) and CLIP text encoder, a few thousand parameters each."""
     unet = UNet2DConditionModel(
@@ -61,18 +76,7 @@ def tiny_components(tokenizer: CLIPTokenizer) -> dict:
         sample_size=64,
         scaling_factor=0.18215,
     )
-    text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=HIDDEN,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        projection_dim=HIDDEN,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    text_config = CLIPTextConfig(**tiny_text_config(tokenizer), projection_dim=HIDDEN)
     return {"unet": unet, "vae": vae, "text_encoder": CLIPTextModel(text_config).eval()}
 
 
@@ -98,17 +102,6 @@ def tiny_clip(seed: int = 0):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     tokenizer = tiny_tokenizer()
-    text = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=HIDDEN,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
     vision = dict(
         hidden_size=HIDDEN,
         intermediate_size=37,
@@ -117,7 +110,7 @@ def tiny_clip(seed: int = 0):
         image_size=32,
         patch_size=8,
     )
-    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=HIDDEN)
+    config = CLIPConfig(text_config=tiny_text_config(tokenizer), vision_config=vision, projection_dim=HIDDEN)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CLIPModel(config).eval()

@@ -25,6 +25,8 @@ from superdiff.sweep.run import CRASH_AFTER, records
 from superdiff.sweep.scoring import ClipScorer
 from superdiff.testing import tiny_clip, tiny_pipeline
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # the in-process sweeps run tiny models
+
 # 2 digit pairs × 3 methods × 3 seeds = 18 images; 10 steps: each run is about a second of sampling
 SMALL = ["--model", "digits", "--methods", "and,or,prompt_1", "--seeds", "0-2", "--steps", "10"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
