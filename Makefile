@@ -6,8 +6,10 @@ BIN    := $(VENV)/bin
 # torch==2.13.0 is the CUDA build. Override for other platforms, e.g. `make setup TORCH="torch==2.5.1"`.
 TORCH  ?= torch==2.13.0
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+CHROMIUM ?= /usr/bin/chromium
+APP_PORT ?= 8866
 
-.PHONY: setup demo test lint pytest nbval notebooks lab clean
+.PHONY: setup demo test lint pytest nbval e2e browser-deps notebooks lab app clean
 
 setup: $(VENV)/.installed
 
@@ -25,18 +27,39 @@ lint: setup
 	$(BIN)/ruff format --check superdiff tests benchmarks scripts
 
 pytest: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not browser"
 
 nbval: setup
 	$(if $(NOTEBOOKS),$(BIN)/python -m pytest -q --nbval $(NOTEBOOKS) --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider,@echo "no notebooks yet")
 
-test: lint pytest nbval
+# The playground in JupyterLab and in the Voilà app, driven by headless Chromium (tests/test_browser.py);
+# screenshots in outputs/e2e/.
+e2e: setup browser-deps
+	CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q -m browser --durations=0
+
+# Debian's Chromium for the browser tests (Playwright's own browser download is not used).
+browser-deps:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "Installing Debian's chromium for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "The browser tests need Chromium at $(CHROMIUM): sudo apt-get install -y chromium"; exit 1; \
+	  fi; }
+	@test -x $(CHROMIUM) || { echo "no Chromium at $(CHROMIUM) (set CHROMIUM=/path/to/chromium)"; exit 1; }
+
+test: lint pytest nbval e2e
 
 notebooks: setup
 	$(BIN)/python scripts/execute_notebooks.py $(NOTEBOOKS)
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/
+
+# The playground as a web page for teaching sessions: controls and plots, no code (Voilà).
+app: setup
+	@echo "SuperDiff playground: http://localhost:$(APP_PORT)/  (Ctrl-C stops it; another port: make app APP_PORT=8870)"
+	$(BIN)/voila notebooks/04_playground.ipynb --no-browser --Voila.ip=localhost --Voila.port=$(APP_PORT) --Voila.port_retries=0
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache build dist *.egg-info

@@ -1,4 +1,4 @@
-"""Install metadata: pyproject.toml and environment.yml list the same packages with the same floors."""
+"""Install metadata: pyproject.toml and environment.yml list the same packages and version ranges."""
 
 import re
 from pathlib import Path
@@ -7,12 +7,13 @@ import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-CONDA_TO_PIP = {"pytorch": "torch"}
+CONDA_TO_PIP = {"pytorch": "torch", "playwright-python": "playwright"}
 
 
 def _requirement(spec: str) -> tuple[str, str]:
-    name, floor = re.fullmatch(r"\s*([A-Za-z0-9_.\-]+)\s*(?:>=\s*([\w.]+))?\s*", spec).groups()
-    return CONDA_TO_PIP.get(name.lower(), name.lower()), floor or ""
+    """(name, version range), e.g. ("voila", ">=0.5,<0.6"); both files spell ranges the same way."""
+    name, versions = re.fullmatch(r"\s*([A-Za-z0-9_.\-]+)\s*((?:[<>=!]=?\s*[\w.]+\s*,?\s*)*)", spec).groups()
+    return CONDA_TO_PIP.get(name.lower(), name.lower()), re.sub(r"\s", "", versions)
 
 
 def test_environment_yml_matches_pyproject():
