@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
 from tqdm.auto import tqdm
 
 from .._io import png, remove_stale_temps, text, write_atomically
@@ -101,6 +102,16 @@ def pending(cfg: SweepConfig) -> list[Item]:
     return [item for item in cfg.items if not record_path(cfg.out, item).exists()]
 
 
+def load_records(cfg: SweepConfig) -> list[dict]:
+    """The record of every item of the sweep's plan, in plan order."""
+    missing = pending(cfg)
+    if missing:
+        raise RuntimeError(
+            f"{len(missing)} items have no record yet (first: {missing[0].key}); rerun the sweep"
+        )
+    return [json.loads(record_path(cfg.out, item).read_text(encoding="utf-8")) for item in cfg.items]
+
+
 # ----------------------------------------------------------------------------- one batch
 
 
@@ -138,7 +149,7 @@ def records(cfg, batch, out, scores, seconds: float, scorer_name, device: str, p
     rows = []
     for i, item in enumerate(batch):
         kappa = out.kappa[:, i]  # (n, N): the weights that moved image i at each step
-        row = {**asdict(item), "key": item.key, "image": f"images/{item.key}.png"}
+        row = {**asdict(item), "key": item.key, "image": image_path(Path(), item).as_posix()}
         row.update(model=cfg.model, steps=cfg.steps, guidance_scale=cfg.guidance_scale, lift=cfg.lift)
         row.update(kappa_mean=_rounded(kappa.mean(0)), kappa_final=_rounded(kappa[-1]))
         row.update(log_q_final=_rounded(out.log_q[-1, i]))
@@ -231,8 +242,7 @@ def sweep_state() -> PartialState:
     accelerate starts CPU processes only as ``--cpu`` under mpirun, but ``accelerate launch --multi_gpu
     --num_processes N`` (torchrun) on a machine without CUDA gives N CPU processes this way.
     """
-    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
-    return PartialState(cpu=cpu)
+    return PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def run_sweep(cfg: SweepConfig, state: PartialState | None = None) -> dict:
@@ -253,6 +263,7 @@ def run_sweep(cfg: SweepConfig, state: PartialState | None = None) -> dict:
 
     log = process_logger(cfg.out, state.process_index)
     size = None if cfg.model == "digits" else cfg.size or pipe.default_size
+    scorer_name, where = getattr(scorer, "name", None), device_name(device)
     progress, start, written = Progress(cfg, todo, state), time.perf_counter(), 0
     with state.split_between_processes(batches(todo, cfg.batch_size)) as mine:
         log.info(f"process {state.process_index}/{state.num_processes} on {device}: {len(mine)} batches")
@@ -261,8 +272,7 @@ def run_sweep(cfg: SweepConfig, state: PartialState | None = None) -> dict:
             out = pipe(**pipeline_call(cfg, batch, size))
             scores = scorer(out, [batch[0].prompt_1, batch[0].prompt_2]) if scorer else None
             seconds = time.perf_counter() - tic
-            name = getattr(scorer, "name", None)
-            rows = records(cfg, batch, out, scores, seconds, name, device_name(device), state.process_index)
+            rows = records(cfg, batch, out, scores, seconds, scorer_name, where, state.process_index)
             write_batch(cfg, batch, out.to_pil(), rows, done)
             written += len(batch)
             log.info(f"{' '.join(item.key for item in batch)}: {seconds:.2f} s")
@@ -272,5 +282,5 @@ def run_sweep(cfg: SweepConfig, state: PartialState | None = None) -> dict:
     timing = {"images": len(todo), "seconds": time.perf_counter() - start, "processes": state.num_processes}
     log.info(f"done: {written} images written by this process")
     if state.is_main_process:
-        write_summary(cfg, timing)
+        write_summary(cfg, load_records(cfg), timing)
     return timing

@@ -26,16 +26,6 @@ SUMMARY_FIELDS = (
 )
 
 
-def load_records(cfg) -> list[dict]:
-    """The record of every item of the sweep's plan, in plan order."""
-    from .run import record_path
-
-    missing = [item.key for item in cfg.items if not record_path(cfg.out, item).exists()]
-    if missing:
-        raise RuntimeError(f"{len(missing)} items have no record yet (first: {missing[0]}); rerun the sweep")
-    return [json.loads(record_path(cfg.out, item).read_text(encoding="utf-8")) for item in cfg.items]
-
-
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
@@ -131,9 +121,8 @@ def bar_plot(table: list[dict], scorer: str | None):
     return fig
 
 
-def write_summary(cfg, timing: dict) -> dict:
-    """Write records.jsonl/.csv and summary.md/.csv/.png into the sweep folder; returns their paths."""
-    rows = load_records(cfg)
+def write_summary(cfg, rows: list[dict], timing: dict) -> dict:
+    """Write the records (JSONL, CSV) and summary.md/.csv/.png into the sweep folder; returns their paths."""
     table = summarize(rows)
     scorer = next((r["scorer"] for r in rows if r.get("scorer")), None)
     paths = {name: cfg.out / name for name in ("records.jsonl", "records.csv", "summary.md", "summary.csv")}
