@@ -17,6 +17,7 @@ from .sampling import (
     kappa_and,
     kappa_or,
     karras_sigmas,
+    log_likelihood,
     probability_flow,
     superpose,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "kappa_and",
     "kappa_or",
     "karras_sigmas",
+    "log_likelihood",
     "probability_flow",
     "superpose",
 ]

@@ -9,7 +9,64 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 
-class GaussianMixture:
+class _VEMixture:
+    """A mixture of Gaussians under VE noise, q_σ = Σ_k w_k N(μ_k, Σ_k + σ²·I): exact log q, score and ε̂.
+
+    Inputs may have any shape (B, ...); they are flattened to (B, D) and answers keep x's shape and dtype.
+    """
+
+    means: Tensor  # (K, D) float64
+    weights: Tensor  # (K,)
+
+    def _set_weights(self, weights) -> None:
+        k = len(self.means)
+        w = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else torch.as_tensor(weights)
+        w = w.to(torch.float64)
+        if w.shape != (k,) or (w < 0).any() or not torch.isclose(w.sum(), torch.tensor(1.0, dtype=w.dtype)):
+            raise ValueError(f"weights: expected {k} non-negative values summing to 1, got {weights!r}")
+        self.weights = w
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def _components(self, x: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
+        """log w_k + log N_k(x) (B, K) and ∇_x log N_k(x) (B, K, D), for flat x (B, D)."""
+        raise NotImplementedError
+
+    def _flat(self, x: Tensor) -> Tensor:
+        x = x.flatten(1)
+        if x.shape[1] != self.dim:
+            raise ValueError(f"x: expected {self.dim} values per sample, got {x.shape[1]}")
+        return x.to(torch.float64)
+
+    def log_prob(self, x: Tensor, sigma: float) -> Tensor:
+        """Exact log q_σ(x); (B,)."""
+        log_n, _ = self._components(self._flat(x), sigma)
+        return torch.logsumexp(log_n, dim=-1).to(x.dtype)
+
+    def score(self, x: Tensor, sigma: float) -> Tensor:
+        """Exact ∇_x log q_σ(x), shaped like x."""
+        log_n, grads = self._components(self._flat(x), sigma)
+        resp = torch.softmax(log_n, dim=-1)
+        return (resp[..., None] * grads).sum(1).reshape(x.shape).to(x.dtype)
+
+    def __call__(self, x: Tensor, sigma: float) -> Tensor:
+        """ε̂(x, σ) = −σ·score: what a perfectly trained model predicts."""
+        return -float(sigma) * self.score(x, sigma)
+
+    def sample(self, n: int, sigma: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
+        """n exact samples of q_σ, flat (n, D), float64."""
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        return self.means[k] + self._noise_of(k, z, sigma)
+
+    def _noise_of(self, k: Tensor, z: Tensor, sigma: float) -> Tensor:
+        """(Σ_k + σ²I)^{1/2} z for each sample's component k."""
+        raise NotImplementedError
+
+
+class GaussianMixture(_VEMixture):
     """Mixture of isotropic Gaussians under VE noise, exactly: q_σ = Σ_k w_k N(μ_k, (std² + σ²)·I).
 
     Callable as an eps-model ``m(x, sigma)``; ``log_prob`` and ``score`` are exact.
@@ -22,44 +79,50 @@ class GaussianMixture:
         if not (math.isfinite(std) and std > 0):
             raise ValueError(f"std: expected a finite number > 0, got {std!r}")
         self.std = float(std)
-        k = len(self.means)
-        w = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else torch.as_tensor(weights)
-        w = w.to(torch.float64)
-        if w.shape != (k,) or (w < 0).any() or not torch.isclose(w.sum(), torch.tensor(1.0, dtype=w.dtype)):
-            raise ValueError(f"weights: expected {k} non-negative values summing to 1, got {weights!r}")
-        self.weights = w
+        self._set_weights(weights)
 
-    @property
-    def dim(self) -> int:
-        return self.means.shape[1]
-
-    def _components(self, x: Tensor, sigma: float) -> tuple[Tensor, Tensor, float]:
-        """Per-component log-densities (B, K), offsets x − μ_k (B, K, D) and the variance."""
+    def _components(self, x: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
         var = self.std**2 + float(sigma) ** 2
         diff = x[:, None, :] - self.means.to(x)[None]
         log_n = -0.5 * diff.square().sum(-1) / var - 0.5 * self.dim * math.log(2 * math.pi * var)
-        return log_n + self.weights.to(x).log(), diff, var
+        return log_n + self.weights.to(x).log(), -diff / var
 
-    def log_prob(self, x: Tensor, sigma: float) -> Tensor:
-        """Exact log q_σ(x); (B,)."""
-        log_n, _, _ = self._components(x, sigma)
-        return torch.logsumexp(log_n, dim=-1)
+    def _noise_of(self, k: Tensor, z: Tensor, sigma: float) -> Tensor:
+        return math.sqrt(self.std**2 + float(sigma) ** 2) * z
 
-    def score(self, x: Tensor, sigma: float) -> Tensor:
-        """Exact ∇_x log q_σ(x); (B, D)."""
-        log_n, diff, var = self._components(x, sigma)
-        resp = torch.softmax(log_n, dim=-1)
-        return -(resp[..., None] * diff).sum(1) / var
 
-    def __call__(self, x: Tensor, sigma: float) -> Tensor:
-        """ε̂(x, σ) = −σ·score: what a perfectly trained model predicts."""
-        return -float(sigma) * self.score(x, sigma)
+class FullGaussianMixture(_VEMixture):
+    """Mixture of Gaussians with full covariances Σ_k under VE noise: q_σ = Σ_k w_k N(μ_k, Σ_k + σ²·I).
 
-    def sample(self, n: int, sigma: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
-        """n exact samples of q_σ (float64)."""
-        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        sd = math.sqrt(self.std**2 + float(sigma) ** 2)
-        return self.means[k] + sd * torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+    Exact at every σ (noise only adds σ² to each eigenvalue of Σ_k), so its ε̂ is the score of densities
+    that obey the noising process's Fokker–Planck equation — the Itô estimator's assumption.
+    """
+
+    def __init__(self, means, covariances, weights=None):
+        self.means = torch.as_tensor(means, dtype=torch.float64)
+        if self.means.ndim != 2 or len(self.means) < 1:
+            raise ValueError(f"means: expected shape (K, D) with K >= 1, got {tuple(self.means.shape)}")
+        cov = torch.as_tensor(covariances, dtype=torch.float64)
+        k, d = self.means.shape
+        if cov.shape != (k, d, d) or not torch.isfinite(cov).all():
+            raise ValueError(f"covariances: expected finite shape {(k, d, d)}, got {tuple(cov.shape)}")
+        self.eigvals, self.eigvecs = torch.linalg.eigh(0.5 * (cov + cov.transpose(1, 2)))
+        if (self.eigvals < 0).any():
+            raise ValueError("covariances: expected positive semi-definite matrices")
+        self._set_weights(weights)
+
+    def _components(self, x: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
+        lam = self.eigvals + float(sigma) ** 2  # (K, D): eigenvalues of Σ_k + σ²I
+        proj = torch.einsum("kdj,bkd->bkj", self.eigvecs, x[:, None, :] - self.means[None])  # Uᵀ(x − μ_k)
+        log_n = -0.5 * (proj.square() / lam).sum(-1) - 0.5 * (
+            lam.log().sum(-1) + self.dim * math.log(2 * math.pi)
+        )
+        grads = -torch.einsum("kdj,bkj->bkd", self.eigvecs, proj / lam)
+        return log_n + self.weights.log(), grads
+
+    def _noise_of(self, k: Tensor, z: Tensor, sigma: float) -> Tensor:
+        lam = (self.eigvals[k] + float(sigma) ** 2).sqrt()
+        return torch.einsum("bdj,bj->bd", self.eigvecs[k], lam * z)
 
 
 def up_and_down(std: float = 0.4) -> tuple[GaussianMixture, GaussianMixture]:

@@ -1,0 +1,129 @@
+"""The independent likelihood (PF-ODE, Heun) and the full-covariance mixture, against exact densities."""
+
+import math
+
+import pytest
+import torch
+
+from superdiff import geometric_sigmas, log_likelihood
+from superdiff.sampling import divergence
+from superdiff.toy import FullGaussianMixture, GaussianMixture, up_and_down
+
+UP, _ = up_and_down()
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def random_mixture(d: int, k: int = 2, seed: int = 0) -> FullGaussianMixture:
+    """k Gaussians in d dimensions with random means (norm 2) and random, non-diagonal covariances."""
+    g = gen(seed)
+    means = torch.randn(k, d, generator=g, dtype=torch.float64)
+    means = 2.0 * means / means.norm(dim=-1, keepdim=True)
+    a = torch.randn(k, d, d, generator=g, dtype=torch.float64) / math.sqrt(d)
+    return FullGaussianMixture(means, 0.2 * a @ a.transpose(1, 2) + 0.05 * torch.eye(d, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    ("model", "d"), [(UP, 2), (GaussianMixture(torch.zeros(1, 64), 0.4), 64), (None, 64)]
+)
+def test_log_likelihood_matches_exact_log_density_at_100_heun_steps(model, d):
+    model = model if model is not None else random_mixture(d)
+    sigmas = geometric_sigmas(20.0, 0.01, 100)
+    x = model.sample(64, 0.01, generator=gen(1))
+    error = log_likelihood(model, x, sigmas) - model.log_prob(x, 0.01)
+    assert error.abs().median() <= 0.3
+    assert error.dtype == torch.float64 and error.shape == (64,)
+
+
+def test_log_likelihood_converges_with_heun_steps():
+    model, x = random_mixture(16), None
+    x = model.sample(32, 0.01, generator=gen(2))
+    errors = [
+        (log_likelihood(model, x, geometric_sigmas(20.0, 0.01, n)) - model.log_prob(x, 0.01)).abs().median()
+        for n in (10, 40)
+    ]
+    assert errors[1] < errors[0] / 4  # second order: 4× the steps, ≈ 16× smaller error
+
+
+def test_hutchinson_mean_matches_exact_within_its_standard_error():
+    model = random_mixture(8)  # a non-diagonal Jacobian: each probe gives a different answer
+    sigmas = geometric_sigmas(20.0, 0.01, 20)
+    x = model.sample(6, 0.01, generator=gen(3))
+    exact = log_likelihood(model, x, sigmas)
+    runs = torch.stack(
+        [log_likelihood(model, x, sigmas, hutchinson=2, generator=gen(10 + r)) for r in range(24)]
+    )
+    se = runs.std(0) / math.sqrt(len(runs))
+    assert (runs.std(0) > 1e-3).all()
+    assert ((runs.mean(0) - exact).abs() < 4 * se).all()
+
+
+def test_divergence_is_the_jacobian_trace_in_chunks(monkeypatch):
+    model = random_mixture(5)
+    x = torch.randn(7, 5, generator=gen(4), dtype=torch.float64)
+    jac = torch.func.vmap(torch.func.jacrev(lambda v: model(v[None], 0.3)[0]))(x)
+    monkeypatch.setattr("superdiff.sampling.MAX_PROBE_ROWS", 14)  # 2 probes per chunk, 3 chunks
+    eps, div = divergence(model, x, 0.3, None)
+    torch.testing.assert_close(div, jac.diagonal(dim1=1, dim2=2).sum(-1))
+    torch.testing.assert_close(eps, model(x, 0.3))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"hutchinson": 0}, "hutchinson"),
+        ({"hutchinson": 1.5}, "hutchinson"),
+        ({"hutchinson": True}, "hutchinson"),
+        ({"sigmas": torch.tensor([2.0, 1.0, 0.0])}, "sigmas"),
+        ({"sigmas": torch.tensor([1.0, 2.0])}, "sigmas"),
+        ({"x": torch.zeros(3)}, "x"),
+        ({"x": torch.zeros(3, 2, dtype=torch.long)}, "x"),
+    ],
+)
+def test_log_likelihood_bad_arguments_raise_value_error_naming_them(kwargs, name):
+    args = {"x": torch.zeros(3, 2), "sigmas": geometric_sigmas(20, 0.01, 5)} | kwargs
+    with pytest.raises(ValueError, match=name):
+        log_likelihood(UP, args.pop("x"), args.pop("sigmas"), **args)
+
+
+def test_full_mixture_is_exact():
+    model = random_mixture(3, k=2, seed=5)
+    model.weights = torch.tensor([0.3, 0.7], dtype=torch.float64)
+    x = torch.randn(10, 3, generator=gen(6), dtype=torch.float64, requires_grad=True)
+    sigma = 0.7
+    cov = model.eigvecs @ torch.diag_embed(model.eigvals + sigma**2) @ model.eigvecs.transpose(1, 2)
+    ref = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(model.weights),
+        torch.distributions.MultivariateNormal(model.means, covariance_matrix=cov),
+    )
+    torch.testing.assert_close(model.log_prob(x, sigma), ref.log_prob(x))
+    (grad,) = torch.autograd.grad(ref.log_prob(x).sum(), x)
+    torch.testing.assert_close(model.score(x, sigma), grad)
+    samples = model.sample(20000, sigma, generator=gen(7))
+    second = (model.weights[:, None, None] * (cov + model.means[:, :, None] * model.means[:, None, :])).sum(0)
+    torch.testing.assert_close(samples.mean(0), ref.mean, atol=0.03, rtol=0)
+    torch.testing.assert_close(torch.cov(samples.T), second - ref.mean[:, None] * ref.mean, atol=0.06, rtol=0)
+
+
+def test_full_mixture_with_isotropic_covariances_is_the_isotropic_mixture():
+    means = torch.tensor([[0.0, 1.0, 2.0], [1.0, -1.0, 0.5]], dtype=torch.float64)
+    full = FullGaussianMixture(means, 0.4**2 * torch.eye(3, dtype=torch.float64).expand(2, 3, 3))
+    iso = GaussianMixture(means, 0.4)
+    x = torch.randn(8, 3, generator=gen(8), dtype=torch.float64)
+    torch.testing.assert_close(full.log_prob(x, 1.3), iso.log_prob(x, 1.3))
+    torch.testing.assert_close(full(x, 1.3), iso(x, 1.3))
+
+
+@pytest.mark.parametrize(
+    ("means", "covs", "name"),
+    [
+        (torch.zeros(2, 3), torch.eye(3).expand(3, 3, 3), "covariances"),
+        (torch.zeros(1, 2), -torch.eye(2)[None], "covariances"),
+        (torch.zeros(3), torch.eye(3)[None], "means"),
+    ],
+)
+def test_full_mixture_bad_arguments(means, covs, name):
+    with pytest.raises(ValueError, match=name):
+        FullGaussianMixture(means, covs)
