@@ -10,7 +10,7 @@ import torch
 
 from superdiff.digits import classifier, default_sigmas, digits_split, load_half_models, load_pipeline
 from superdiff.digits.experiments import class_histogram, coverage, sample
-from superdiff.digits.model import FILES, WEIGHTS, EpsNet
+from superdiff.digits.model import FILES, WEIGHTS, Conditional, EpsNet
 from superdiff.digits.pipeline import DigitsPipeline
 from superdiff.digits.train import sha256, train_eps
 
@@ -172,3 +172,32 @@ def test_bad_inputs_name_the_argument(pipe, kwargs, arg):
 def test_unknown_digit_lists_accepted_names(pipe):
     with pytest.raises(ValueError, match="three"):
         pipe("3", "tree")
+
+
+def test_conservative_network_is_a_gradient_field_and_differentiable_for_the_likelihood():
+    from superdiff.sampling import divergence
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 1, 8, 8)
+    for conservative in (True, False):
+        net = EpsNet(num_classes=10, width=32, depth=1, conservative=conservative).eval()
+
+        def eps(v, net=net):
+            return net(v.reshape(1, 1, 8, 8), 0.3, torch.tensor([4])).reshape(64)
+
+        jac = torch.func.vmap(torch.func.jacrev(eps))(x.reshape(3, 64))
+        asym = ((jac - jac.transpose(1, 2)).norm(dim=(1, 2)) / jac.norm(dim=(1, 2))).max().item()
+        assert (asym < 1e-5) == conservative, asym
+        model = Conditional(net, 4)
+        _, div = divergence(model, x, 0.3, None)
+        torch.testing.assert_close(div, jac.diagonal(dim1=1, dim2=2).sum(-1), atol=1e-4, rtol=1e-4)
+        with torch.no_grad():  # sampling builds no graph
+            assert not net(x, 0.3).requires_grad
+
+
+def test_train_variant_refuses_a_folder_as_out(tmp_path):
+    from superdiff.digits.train import main
+
+    with pytest.raises(SystemExit):
+        main(["--variant", "conservative", "--out", str(tmp_path)])
+    assert list(tmp_path.iterdir()) == []

@@ -66,10 +66,18 @@ class EpsNet(nn.Module):
     """
 
     def __init__(
-        self, num_classes: int = 0, width: int = 192, depth: int = 3, sigma_data: float = SIGMA_DATA
+        self,
+        num_classes: int = 0,
+        width: int = 192,
+        depth: int = 3,
+        sigma_data: float = SIGMA_DATA,
+        conservative: bool = False,
     ):
         super().__init__()
         self.config = {"num_classes": num_classes, "width": width, "depth": depth, "sigma_data": sigma_data}
+        if conservative:  # only written when set, so the shipped files' metadata stay as they are
+            self.config["conservative"] = True
+        self.conservative = conservative
         self.sigma_data = sigma_data
         self.register_buffer("freqs", torch.logspace(0, 6, 16, base=2.0))  # for the log σ embedding
         self.inp = nn.Linear(64, width)
@@ -82,7 +90,16 @@ class EpsNet(nn.Module):
         self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 64))
 
     def raw(self, x_in: Tensor, sigma: Tensor, labels: Tensor | None) -> Tensor:
-        """F: the network proper on scaled inputs; (B, 64)."""
+        """F: the network on scaled inputs; (B, 64). Conservative: F = ∇_u <u, f(u)>, a gradient field."""
+        if not self.conservative:
+            return self._f(x_in, sigma, labels)
+        graph = torch.is_grad_enabled() and (x_in.requires_grad or self.training)  # differentiate F itself
+        with torch.enable_grad():
+            u = x_in if x_in.requires_grad else x_in.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad((u * self._f(u, sigma, labels)).sum(), u, create_graph=graph)
+        return grad
+
+    def _f(self, x_in: Tensor, sigma: Tensor, labels: Tensor | None) -> Tensor:
         c_noise = sigma.log()[:, None] / 4 * self.freqs
         h = self.inp(x_in) + self.sigma_emb(torch.cat([c_noise.sin(), c_noise.cos()], -1))
         if self.label_emb is not None:
@@ -168,9 +185,14 @@ def load_module(name: str, weights: Path = WEIGHTS) -> nn.Module:
     path = Path(weights) / FILES[name]
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `python -m superdiff.digits.train` to create it")
+    return load_file_module(path, Classifier if name == "classifier" else EpsNet)
+
+
+def load_file_module(path: Path, kind: type[nn.Module] = EpsNet) -> nn.Module:
+    """A network of the given class from one safetensors file written by the trainer (eval, frozen)."""
     with safe_open(str(path), "pt") as f:
         config = json.loads(f.metadata()["superdiff"])["config"]
-    module = Classifier(**config) if name == "classifier" else EpsNet(**config)
+    module = kind(**config)
     module.load_state_dict(load_file(str(path)))
     return module.eval().requires_grad_(False)
 

@@ -19,6 +19,7 @@ from ..pipeline_common import (
     superpose_options,
 )
 from ..sampling import Prediction, Predictor, guide, randn_like, superpose
+from .gaussian import GaussianDigitPredictor
 from .model import NULL, EpsNet, default_sigmas, label_of, load_conditional
 
 UPSCALE = 8  # 8×8 digits -> 64×64 images (nearest neighbour)
@@ -42,11 +43,30 @@ class DigitPredictor(Predictor):
         return Prediction(eps, guide(eps, eps_null, self.guidance_scale))
 
 
-class DigitsPipeline:
-    """SuperDiff on the shipped digits model: ``pipe("3", "8", seed=0)``, as the Stable Diffusion one."""
+MODELS = ("net", "gaussian")  # the trained ε-network; one exact Gaussian per digit (.gaussian)
 
-    def __init__(self, net: EpsNet | None = None):
-        self.net = net if net is not None else load_conditional()
+
+class DigitsPipeline:
+    """SuperDiff on the digits models: ``pipe("3", "8", seed=0)``, as the Stable Diffusion one.
+
+    ``model="net"``: the shipped class-conditional ε-network (sharp digits; below σ ≈ 0.3 its Itô
+    densities drift from its own likelihood, so AND ends 4–5 nats from equal density). ``model="gaussian"``:
+    one fitted Gaussian per digit with exact scores; AND ends within ≈ 0.6 nats (docs/results-and.md).
+    """
+
+    def __init__(self, net: EpsNet | None = None, model: str = "net"):
+        if model not in MODELS:
+            raise ValueError(f"model: expected one of {MODELS}, got {model!r}")
+        if net is not None and model != "net":
+            raise ValueError("net: only for model='net'")
+        self.model = model
+        self.net = net if net is not None or model != "net" else load_conditional()
+
+    def predictor(self, labels: Sequence[int], guidance_scale: float) -> Predictor:
+        """The prompts' eps-models, guided with scale w, evaluated together."""
+        if self.model == "gaussian":
+            return GaussianDigitPredictor(labels, guidance_scale)
+        return DigitPredictor(self.net, labels, guidance_scale)
 
     @staticmethod
     def labels_of(prompt_1, prompt_2) -> list[int]:
@@ -126,7 +146,7 @@ class DigitsPipeline:
         core_mode, kappa = parse_mode(mode, len(labels))
         generator, sigmas = seeded(seed, generator), default_sigmas(int(num_inference_steps))
         x = sigmas[0].item() * randn_like(torch.empty(int(batch_size), 1, 8, 8), generator)
-        predictor = DigitPredictor(self.net, labels, float(guidance_scale))
+        predictor = self.predictor(labels, float(guidance_scale))
         callback = step_callback(self, callback_on_step_end, len(labels))
         with one_thread():
             options = superpose_options(core_mode, kappa, lift, temperature, log_weights)
@@ -152,6 +172,6 @@ def sample(models, n: int, mode: str, seed: int, steps: int = STEPS):
         return superpose(list(models), x, sigmas, mode=mode, generator=g)
 
 
-def load_pipeline() -> DigitsPipeline:
-    """The shipped, trained digits pipeline (offline, CPU)."""
-    return DigitsPipeline()
+def load_pipeline(model: str = "net") -> DigitsPipeline:
+    """The digits pipeline (offline, CPU): the trained ε-network, or ``model="gaussian"`` (exact scores)."""
+    return DigitsPipeline(model=model)

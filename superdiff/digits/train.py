@@ -37,6 +37,21 @@ RUNS = {
 }
 
 
+# variants of the conditional model tried as AND remedies (docs/results-and.md); not shipped
+VARIANTS = {
+    "conservative": ({"conservative": True}, 5000),  # ε̂ = a gradient field in x (F = ∇<u, f(u)>)
+    "large": ({"width": 384}, 20000),  # twice as wide, four times the steps
+}
+
+
+def train_variant(name: str) -> EpsNet:
+    """Train a variant of the conditional model with the shipped run's seed and data (one thread)."""
+    options, steps = VARIANTS[name]
+    x, y = digits_split("train")
+    torch.manual_seed(SEED)  # the conditional run's initial-weight seed
+    return train_eps(EpsNet(num_classes=10, **options), x, y, steps, seed=SEED, desc=name)
+
+
 def sha256(path: Path) -> str:
     """Hex sha256 of a file."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -153,9 +168,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train the digits models shipped with superdiff.")
     parser.add_argument("--out", type=Path, default=WEIGHTS, help="output folder (default: the package's)")
     parser.add_argument("--quick", action="store_true", help="10× fewer steps (smoke test, not for shipping)")
+    parser.add_argument(
+        "--variant",
+        choices=sorted(VARIANTS),
+        help="train only this variant of the conditional model into --out",
+    )
     args = parser.parse_args(argv)
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)  # thread count changes float sums; tiny nets gain little from threads
+    if args.variant:
+        if args.out.suffix != ".safetensors":
+            parser.error(f"--out: with --variant, a .safetensors file path, got {args.out}")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        net = train_variant(args.variant)
+        save_atomic(net, args.out, {"variant": args.variant, "steps": str(VARIANTS[args.variant][1])})
+        print(f"wrote {args.out}")
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     x, y = digits_split("train")
     seconds = {}
