@@ -9,7 +9,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 CHROMIUM ?= /usr/bin/chromium
 APP_PORT ?= 8866
 
-.PHONY: setup demo test lint pytest nbval e2e browser-deps notebooks lab app clean
+.PHONY: setup demo test lint pytest nbval e2e browser-deps notebooks lab app study-and clean
 
 setup: $(VENV)/.installed
 
@@ -52,6 +52,10 @@ test: lint pytest nbval e2e
 
 notebooks: setup
 	$(BIN)/python scripts/execute_notebooks.py $(NOTEBOOKS)
+
+# What AND achieves, judged by exact densities and the PF-ODE likelihood: docs/results-and.md (≈ 10 min).
+study-and: setup
+	$(BIN)/python -m superdiff.and_study
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/
