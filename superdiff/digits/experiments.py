@@ -316,7 +316,8 @@ The class-conditional model with classifier-free guidance w = {GUIDANCE:g}; {bat
 method and seed; seeds {", ".join(map(str, SEEDS))}. Scores from the classifier: mean of min(p_a, p_b) (both
 digits at once) / mean of (p_a + p_b)/2 (either digit). "average" is κ = ½ on the guided fields; "prompt a/b
 alone" follows one prompt's field. The classifier was trained on real single digits and is confident, so
-min(p_a, p_b) is small for almost any image: read it as a relative score between methods.
+min(p_a, p_b) is small for almost any image: read it as a relative score between methods. Whether AND's
+densities are really equal, judged by the models' own likelihoods: [results-and.md](results-and.md).
 
 {table_and}
 
