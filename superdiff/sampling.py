@@ -11,6 +11,7 @@ encoders or VAEs.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -363,12 +364,9 @@ def divergence(model: EpsModel, x: Tensor, sigma: float, probes: Tensor | None) 
     vector–Jacobian product for sample b, as an eps-model treats batch items independently.
     """
     exact = probes is None
-    if exact:
-        d = x[0].numel()
-        probes = torch.eye(d, dtype=x.dtype, device=x.device).reshape(d, 1, *x.shape[1:]).expand(d, *x.shape)
     quad = []
     with torch.enable_grad():
-        for v in probes.split(max(1, MAX_PROBE_ROWS // len(x))):
+        for v in _probe_chunks(x, probes, max(1, MAX_PROBE_ROWS // len(x))):
             v = v.reshape(-1, *x.shape[1:])
             xs = x.detach().repeat(len(v) // len(x), *([1] * (x.ndim - 1))).requires_grad_(True)
             out = model(xs, sigma)
@@ -376,6 +374,17 @@ def divergence(model: EpsModel, x: Tensor, sigma: float, probes: Tensor | None) 
             quad.append((vjp * v).flatten(1).sum(-1).reshape(-1, len(x)))
     div = torch.cat(quad).sum(0) if exact else torch.cat(quad).mean(0)
     return out[: len(x)].detach(), div.detach()
+
+
+def _probe_chunks(x: Tensor, probes: Tensor | None, k: int):
+    """The probes k at a time; None: the d coordinate directions, made one chunk at a time."""
+    if probes is not None:
+        yield from probes.split(k)
+        return
+    d = x[0].numel()
+    for start in range(0, d, k):
+        basis = torch.nn.functional.one_hot(torch.arange(start, min(start + k, d), device=x.device), d)
+        yield basis.to(x.dtype).reshape(-1, 1, *x.shape[1:]).expand(-1, *x.shape)
 
 
 def probes_for(x: Tensor, hutchinson: int | None, generator: Generators) -> Tensor | None:
@@ -387,7 +396,7 @@ def probes_for(x: Tensor, hutchinson: int | None, generator: Generators) -> Tens
 
 def _check_hutchinson(hutchinson) -> None:
     if hutchinson is not None and (
-        isinstance(hutchinson, bool) or not isinstance(hutchinson, int) or hutchinson < 1
+        isinstance(hutchinson, bool) or not isinstance(hutchinson, numbers.Integral) or hutchinson < 1
     ):
         raise ValueError(
             f"hutchinson: expected None (exact divergence) or an integer >= 1, got {hutchinson!r}"
