@@ -38,15 +38,20 @@ def plot_kappa(
     *,
     labels: Sequence[str] | None = None,
     trajectories: int = 8,
+    window: int | None = None,
     ax=None,
     title: str = "mixing weights κ over σ",
 ):
     """κ_i at each step: thin lines for a few trajectories, thick for the batch mean; one colour per model.
 
+    ``window``: plot the running mean of κ over that many steps instead, weighted by |dσ| as the steps
+    move x (AND's per-step κ carries noise of size O(1/√|dσ|) that averages out along the path).
     The y-range is fitted to the 1–99% quantiles, so rare AND steps with extreme κ do not flatten the plot.
     """
     ax = _axes(ax)
     kappa = torch.as_tensor(kappa).detach().float().cpu()
+    if window is not None:
+        kappa = running_mean(kappa, sigmas, window)
     s = torch.as_tensor(sigmas, dtype=torch.float64)[:-1].numpy()  # κ_k is used on the step from σ_k
     n_models = kappa.shape[-1]
     shown = list(range(n_models)) if n_models > 2 else [0]  # for two models κ_2 = 1 − κ_1
@@ -65,6 +70,18 @@ def plot_kappa(
     _sigma_axis(ax, title, "κ")
     ax.legend(fontsize=8)
     return ax
+
+
+def running_mean(kappa: Tensor, sigmas, window: int) -> Tensor:
+    """The |dσ|-weighted mean of κ (n, B, N) over the last ``window`` steps up to each step."""
+    n = kappa.shape[0]
+    if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= n:
+        raise ValueError(f"window: expected an integer from 1 to the number of steps ({n}), got {window!r}")
+    w = torch.as_tensor(sigmas, dtype=torch.float64).diff().abs()[:, None, None]  # (n, 1, 1)
+    cum = torch.cat([torch.zeros_like(kappa[:1], dtype=torch.float64), (w * kappa).cumsum(0)])
+    cum_w = torch.cat([torch.zeros_like(w[:1]), w.cumsum(0)])
+    start = (torch.arange(1, n + 1) - window).clamp_min(0)
+    return ((cum[1:] - cum[start]) / (cum_w[1:] - cum_w[start])).to(kappa.dtype)
 
 
 def plot_log_q(
