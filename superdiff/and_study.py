@@ -220,30 +220,33 @@ class Digits:
         return ll.reshape(len(labels), len(x))
 
 
+def judged_run(dig: Digits, kind: str, pair, w: float, steps: int, mode: str, seed: int, batch: int) -> dict:
+    """One superposition of a digit pair, judged: signed gap, Itô traces, log-densities, classifier min."""
+    res, _ = dig.run(kind, pair, w, steps, mode, seed, batch)
+    x = res.samples
+    la, lb = dig.log_densities(kind, pair, x, default_sigmas(steps)[-1].item(), seed=seed)
+    p = classifier().predict_proba(x)[:, list(pair)]
+    return {
+        "gap": la - lb,
+        "ito": res.log_q[-1].double(),
+        "la": la,
+        "lb": lb,
+        "min_p": p.min(-1).values.mean().item(),
+        "samples": x,
+    }
+
+
 def digits_runs(dig: Digits, batch: int, steps_list=(200, 1000)) -> dict:
-    """(kind, pair, w, steps, mode, seed) -> signed gaps, Itô traces, per-model log-densities, classifier."""
-    clf = classifier()
-    out = {}
-    for kind in ("net", "gaussian"):
-        for a, b in PAIRS:
-            for w in GUIDANCE:
-                for steps in steps_list:
-                    for mode in ("and", "avg"):
-                        for seed in SEEDS:
-                            res, _ = dig.run(kind, (a, b), w, steps, mode, seed, batch)
-                            x, lo = res.samples, default_sigmas(steps)[-1].item()
-                            la, lb = dig.log_densities(kind, (a, b), x, lo, seed=seed)
-                            p = clf.predict_proba(x)[:, [a, b]]
-                            out[kind, (a, b), w, steps, mode, seed] = {
-                                "gap": la - lb,
-                                "ito": res.log_q[-1].double(),
-                                "la": la,
-                                "lb": lb,
-                                "min_p": p.min(-1).values.mean().item(),
-                                "p_a": p[:, 0].mean().item(),
-                                "samples": x,
-                            }
-    return out
+    """(kind, pair, w, steps, mode, seed) -> the judged run (see :func:`judged_run`)."""
+    return {
+        (kind, pair, w, steps, mode, seed): judged_run(dig, kind, pair, w, steps, mode, seed, batch)
+        for kind in ("net", "gaussian")
+        for pair in PAIRS
+        for w in GUIDANCE
+        for steps in steps_list
+        for mode in ("and", "avg")
+        for seed in SEEDS
+    }
 
 
 def section_b(runs: dict, steps_list=(200, 1000)) -> str:
@@ -362,7 +365,7 @@ def hutchinson_check(dig: Digits, runs: dict, pair=(3, 8)) -> str:
 
 
 def remedy_summary(runs: dict, steps_list=(200, 1000)) -> str:
-    """AND minus averaging, per model: gap ratio and classifier difference, over pairs × w × steps × seeds."""
+    """AND vs averaging per model: mean median |gap| and classifier difference, over all (b) runs."""
     lines = []
     for kind in ("net", "gaussian"):
         gap_and, gap_avg, diff, wins, total = [], [], [], 0, 0
@@ -391,19 +394,15 @@ def candidate_row(dig: Digits, batch: int, runs: dict | None = None, pairs=REMED
 
     ``runs``: (b)'s runs of this same network, reused where they exist.
     """
-    clf = classifier()
+    runs = runs or {}
     cells = []
     for mode in ("and", "avg"):
         gaps, mins = [], []
         for seed in SEEDS:
             g, m = [], []
-            for a, b in pairs:
-                r = (runs or {}).get(("net", (a, b), 2.0, 200, mode, seed))
-                if r is None:
-                    res, _ = dig.run("net", (a, b), 2.0, 200, mode, seed, batch)
-                    la, lb = dig.log_densities("net", (a, b), res.samples, 0.01, seed=seed)
-                    p = clf.predict_proba(res.samples)[:, [a, b]]
-                    r = {"gap": la - lb, "min_p": p.min(-1).values.mean().item()}
+            for pair in pairs:
+                key = ("net", pair, 2.0, 200, mode, seed)
+                r = runs[key] if key in runs else judged_run(dig, *key, batch)
                 g.append(med_abs(r["gap"]))
                 m.append(r["min_p"])
             gaps.append(statistics.fmean(g))
@@ -603,13 +602,9 @@ def digits_and_by_steps(dig: Digits, runs: dict, batch: int, pair=(3, 8)) -> dic
         for steps in STEPS:
             vals = {"and": [], "avg": [], "err": []}
             for seed in SEEDS:
-                lo = default_sigmas(steps)[-1].item()
                 for mode in ("and", "avg"):
-                    r = runs.get((kind, pair, 2.0, steps, mode, seed))
-                    if r is None:
-                        res, _ = dig.run(kind, pair, 2.0, steps, mode, seed, batch)
-                        la, lb = dig.log_densities(kind, pair, res.samples, lo, seed=seed)
-                        r = {"gap": la - lb, "ito": res.log_q[-1].double(), "la": la}
+                    key = (kind, pair, 2.0, steps, mode, seed)
+                    r = runs[key] if key in runs else judged_run(dig, *key, batch)
                     vals[mode].append(med_abs(r["gap"]))
                     if mode == "and":
                         vals["err"].append(med_abs(r["ito"][:, 0] - r["la"]))
