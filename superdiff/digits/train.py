@@ -45,7 +45,7 @@ VARIANTS = {
 
 
 def train_variant(name: str) -> EpsNet:
-    """Train a variant of the conditional model with the shipped run's seed and data (one thread)."""
+    """Train a variant of the conditional model with the shipped run's seed and data."""
     options, steps = VARIANTS[name]
     x, y = digits_split("train")
     torch.manual_seed(SEED)  # the conditional run's initial-weight seed
