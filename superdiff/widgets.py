@@ -133,10 +133,15 @@ class PipelineBackend:
             **self.size(),
         )
 
+    def image_titles(self, result) -> list[str] | None:
+        """A title under each image: none for Stable Diffusion."""
+        return None
+
     def figure(self, result, p: dict, title: str):
         """The images in a grid, titled with the mode and prompts."""
-        images = result.images
-        fig = viz.image_grid(images, ncols=min(len(images), 4), size=1.3 if images.shape[1] <= 64 else 3.0)
+        images, titles = result.images, self.image_titles(result)
+        size = 1.3 if images.shape[1] <= 64 else 3.0
+        fig = viz.image_grid(images, titles=titles, ncols=min(len(images), 4), size=size)
         fig.suptitle(title, fontsize=10)
         fig.tight_layout()
         return fig
@@ -166,6 +171,14 @@ class DigitsBackend(PipelineBackend):
 
     def size(self) -> dict:
         return {}  # always 8×8 digits, shown as 64×64
+
+    def image_titles(self, result) -> list[str]:
+        """The evaluation classifier's digit and its probability for each sample, e.g. "3 · p=0.97"."""
+        from .digits import classifier
+
+        with torch.no_grad():
+            prob, digit = classifier().predict_proba(result.samples.float()).max(-1)
+        return [f"{d} · p={q:.2f}" for d, q in zip(digit.tolist(), prob.tolist(), strict=True)]
 
 
 def load_sd(model: str = SD_MODEL):

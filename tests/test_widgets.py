@@ -146,6 +146,19 @@ def test_digits_backend():
     assert result.prompts == ["1", "7"] and pg.progress.value == 10 and len(pngs(pg.samples_out)) == 1
 
 
+def test_digits_images_are_titled_with_the_classifier_label():
+    digits = require("superdiff.digits")
+    pg = playground("digits")
+    pg.steps.value, pg.batch_size.value, pg.guidance_scale.value = 20, 3, 4.0
+    result = pg.generate()
+    fig = pg.backend.figure(result, pg.params(), "t")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_images()]
+    prob = digits.classifier().predict_proba(result.samples).detach()
+    expected = [f"{int(d)} · p={float(q):.2f}" for q, d in zip(*prob.max(-1), strict=True)]
+    assert titles == expected and len(titles) == 3
+    assert all(t.startswith(("3 ", "8 ")) for t in titles)  # "3" AND "8": the classifier names one of them
+
+
 def test_stable_diffusion_backend():
     testing = require("superdiff.testing")
     pg = playground(testing.tiny_pipeline())
