@@ -9,7 +9,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 CHROMIUM ?= /usr/bin/chromium
 APP_PORT ?= 8866
 
-.PHONY: setup demo test lint pytest nbval e2e browser-deps notebooks lab app study-and clean
+.PHONY: setup demo test lint pytest pytest-widgets7 nbval e2e browser-deps notebooks lab app study-and clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,24 @@ lint: setup
 
 pytest: setup
 	$(BIN)/python -m pytest -q -m "not browser"
+
+# The playground's Python side under ipywidgets 7.7.1, Colab's default: a small venv that sees .venv's packages
+# (a .pth) under its own ipywidgets 7.7.1, widgetsnbextension 3.6.1 and jupyterlab_widgets 1.1.1 (≈ 3 s to build).
+W7 := .venv-widgets7
+WIDGETS7 := ipywidgets==7.7.1 widgetsnbextension==3.6.1 jupyterlab_widgets==1.1.1 ipython_genutils==0.2.0
+SITE := import sysconfig; print(sysconfig.get_paths()["purelib"])
+
+$(W7)/.installed: $(VENV)/.installed
+	rm -rf $(W7)
+	$(BIN)/python -m venv --without-pip $(W7)
+	site=$$($(W7)/bin/python -c '$(SITE)') && \
+	  echo "import site; site.addsitedir('$$($(BIN)/python -c '$(SITE)')')" > $$site/zz_overlay_venv.pth && \
+	  $(BIN)/python -m pip install --quiet --no-deps --target $$site $(WIDGETS7)
+	touch $@
+
+pytest-widgets7: $(W7)/.installed
+	$(W7)/bin/python -c 'import ipywidgets as w; assert w.__version__ == "7.7.1", w.__file__'
+	$(W7)/bin/python -m pytest -q -W ignore::DeprecationWarning tests/test_widgets.py
 
 nbval: setup
 	$(if $(NOTEBOOKS),$(BIN)/python -m pytest -q --nbval $(NOTEBOOKS) --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider,@echo "no notebooks yet")
@@ -48,7 +66,7 @@ browser-deps:
 	  fi; }
 	@test -x $(CHROMIUM) || { echo "no Chromium at $(CHROMIUM) (set CHROMIUM=/path/to/chromium)"; exit 1; }
 
-test: lint pytest nbval e2e
+test: lint pytest pytest-widgets7 nbval e2e
 
 notebooks: setup
 	$(BIN)/python scripts/execute_notebooks.py $(NOTEBOOKS)
@@ -66,5 +84,5 @@ app: setup
 	$(BIN)/voila notebooks/04_playground.ipynb --no-browser --Voila.ip=localhost --Voila.port=$(APP_PORT) --Voila.port_retries=0
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache .ruff_cache build dist *.egg-info
+	rm -rf $(VENV) $(W7) outputs .pytest_cache .ruff_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -33,6 +34,7 @@ TOY_SIGMA_MAX, TOY_SIGMA_MIN = 20.0, 0.01  # the toy's σ grid: from pure noise 
 LIVE_UPDATES = 10  # the κ plot is redrawn at most about this many times per run
 REDRAW_SECONDS = 0.5  # ... and not more often than this: a redraw costs ~0.1–0.4 s, fast runs need none
 DPI = 80
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 SD_MODEL = "CompVis/stable-diffusion-v1-4"
 
 CORE_MODES = [("AND (equal density)", "and"), ("OR (mixture)", "or"), ("average (κ = 1/N)", "avg")]
@@ -394,7 +396,10 @@ class Playground:
         self.status.value = f'<span style="color:{color}">{html.escape(text, quote=False)}</span>'
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        if hasattr(self.widget, "_repr_mimebundle_"):  # ipywidgets 8
+            return self.widget._repr_mimebundle_(**kwargs)
+        view = {"version_major": 2, "version_minor": 0, "model_id": self.widget.model_id}  # as 7.x shows it
+        return {"text/plain": f"SuperDiff playground ({self.backend.name})", WIDGET_VIEW: view}
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -402,6 +407,20 @@ class Playground:
         display(self.widget)
 
 
+def enable_colab_widgets() -> bool:
+    """On Colab with ipywidgets >= 8, switch on Colab's custom widget manager; True if it was switched on.
+
+    Colab renders its default ipywidgets (7.7.1) itself; 8.x widgets need the custom manager.
+    """
+    if "google.colab" not in sys.modules or int(widgets.__version__.split(".")[0]) < 8:
+        return False
+    from google.colab import output
+
+    output.enable_custom_widget_manager()
+    return True
+
+
 def playground(backend="toy") -> Playground:
     """A SuperDiff playground on "toy", "digits", "tiny" (random offline SD), "sd" (v1-4) or a pipeline."""
+    enable_colab_widgets()
     return Playground(backend)

@@ -4,11 +4,13 @@ import importlib
 import importlib.util
 import subprocess
 import sys
+import types
 
+import ipywidgets
 import pytest
 import torch
 
-from superdiff.widgets import Playground, playground
+from superdiff.widgets import Playground, enable_colab_widgets, playground
 
 STEPS, BATCH = 20, 64
 
@@ -126,9 +128,37 @@ def test_backend_failure_is_shown_not_raised(toy, monkeypatch):
 
 
 def test_displays_as_its_widget(toy):
-    bundle = toy._repr_mimebundle_()
+    bundle = (
+        toy._repr_mimebundle_()
+    )  # ipywidgets 7.x widgets have no _repr_mimebundle_ (make pytest-widgets7)
     assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == toy.widget.model_id
     assert toy.prompt_1.disabled and toy.guidance_scale.layout.display == "none"
+
+
+def fake_colab(monkeypatch) -> list:
+    """Pretend to run on Colab: a google.colab.output whose enable_custom_widget_manager() is recorded."""
+    calls = []
+    output = types.SimpleNamespace(enable_custom_widget_manager=lambda: calls.append("enabled"))
+    colab = types.ModuleType("google.colab")
+    colab.output = output
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.setitem(sys.modules, "google.colab.output", output)
+    return calls
+
+
+@pytest.mark.parametrize("version, enabled", [("8.1.5", True), ("7.7.1", False)])
+def test_colab_custom_widget_manager_only_for_ipywidgets_8(monkeypatch, version, enabled):
+    calls = fake_colab(monkeypatch)
+    monkeypatch.setattr(ipywidgets, "__version__", version)
+    pg = playground("toy")
+    assert calls == (["enabled"] if enabled else []) and isinstance(pg, Playground)
+
+
+def test_no_colab_widget_manager_off_colab(monkeypatch):
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    monkeypatch.setattr(ipywidgets, "__version__", "8.1.5")
+    assert enable_colab_widgets() is False
 
 
 def test_unknown_backend():
