@@ -9,7 +9,6 @@ digits network vs a fitted Gaussian per digit, (c) why, (d) the remedy, (e) how 
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
@@ -38,7 +37,7 @@ from .digits.model import (
 from .digits.pipeline import DigitsPipeline
 from .digits.train import VARIANTS, train_variant
 from .sampling import geometric_sigmas, log_likelihood, superpose
-from .toy import FullGaussianMixture, GaussianMixture
+from .toy import FullGaussianMixture, GaussianMixture, up_and_down
 from .viz import save_figure
 
 SEEDS = (0, 1, 2)
@@ -82,14 +81,8 @@ def gen(seed: int) -> torch.Generator:
 
 
 def exact_pair(d: int, seed: int, std: float = 0.4) -> tuple[GaussianMixture, GaussianMixture]:
-    """Two 2-component isotropic mixtures, random means of norm 1.5·√2 (the 2-D toy's); d = 2 is the toy."""
-    if d == 2:
-        return GaussianMixture([[-1.5, 1.5], [1.5, 1.5]], std), GaussianMixture(
-            [[-1.5, -1.5], [1.5, -1.5]], std
-        )
-    means = torch.randn(2, 2, d, generator=gen(1000 + seed), dtype=torch.float64)
-    means = 1.5 * math.sqrt(2) * means / means.norm(dim=-1, keepdim=True)
-    return GaussianMixture(means[0], std), GaussianMixture(means[1], std)
+    """The toy's two mixtures in d dimensions (:func:`superdiff.toy.up_and_down`); d = 2 is the 2-D toy."""
+    return up_and_down(std, dim=d, seed=seed)
 
 
 def exact_runs(batch: int) -> dict:

@@ -125,11 +125,20 @@ class FullGaussianMixture(_VEMixture):
         return torch.einsum("bdj,bj->bd", self.eigvecs[k], lam * z)
 
 
-def up_and_down(std: float = 0.4) -> tuple[GaussianMixture, GaussianMixture]:
-    """The paper's Fig. 2 toy: "up" has modes (±1.5, 1.5), "down" has modes (±1.5, −1.5)."""
-    up = GaussianMixture([[-1.5, 1.5], [1.5, 1.5]], std)
-    down = GaussianMixture([[-1.5, -1.5], [1.5, -1.5]], std)
-    return up, down
+def up_and_down(std: float = 0.4, dim: int = 2, seed: int = 0) -> tuple[GaussianMixture, GaussianMixture]:
+    """The paper's Fig. 2 toy: "up" has modes (±1.5, 1.5), "down" has modes (±1.5, −1.5).
+
+    ``dim`` > 2: the same toy in ``dim`` dimensions, four random modes of the same norm 1.5·√2 (seeded).
+    """
+    if not (isinstance(dim, int) and dim >= 2):
+        raise ValueError(f"dim: expected an integer >= 2, got {dim!r}")
+    if dim == 2:
+        means = torch.tensor([[[-1.5, 1.5], [1.5, 1.5]], [[-1.5, -1.5], [1.5, -1.5]]], dtype=torch.float64)
+    else:
+        gen = torch.Generator().manual_seed(1000 + seed)
+        means = torch.randn(2, 2, dim, generator=gen, dtype=torch.float64)
+        means = 1.5 * math.sqrt(2) * means / means.norm(dim=-1, keepdim=True)
+    return GaussianMixture(means[0], std), GaussianMixture(means[1], std)
 
 
 class MLPEps(nn.Module):

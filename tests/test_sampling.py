@@ -230,3 +230,19 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
         superpose(args.pop("models"), args.pop("x"), args.pop("sigmas"), **args)
     with pytest.raises(ValueError, match="n"):
         geometric_sigmas(20, 0.01, 0)
+
+
+def test_up_and_down_in_d_dimensions_keeps_the_toys_geometry():
+    up2, down2 = up_and_down()
+    up, down = up_and_down(dim=64, seed=3)
+    again, _ = up_and_down(dim=64, seed=3)
+    other, _ = up_and_down(dim=64, seed=4)
+    assert up.means.shape == down.means.shape == (2, 64)
+    norms = torch.cat([up.means, down.means]).norm(dim=-1)
+    assert torch.allclose(norms, up2.means.norm(dim=-1)[0].expand(4))  # as far out as the 2-D toy
+    assert torch.equal(up.means, again.means) and not torch.equal(up.means, other.means)
+    assert up.std == down.std == up2.std and torch.equal(
+        down2.means[:, 1], torch.tensor([-1.5, -1.5]).double()
+    )
+    with pytest.raises(ValueError, match="dim"):
+        up_and_down(dim=1)

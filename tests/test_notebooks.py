@@ -1,0 +1,74 @@
+"""The course's notebooks as files: one Colab install cell, pinned to this release, keeping Colab's torch."""
+
+import importlib.metadata
+import json
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+def cells(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["cells"]
+
+
+def install_cell(path: Path) -> str:
+    sources = ["".join(c["source"]) for c in cells(path) if c["cell_type"] == "code"]
+    return sources[0]
+
+
+def test_every_notebook_opens_with_the_same_install_cell():
+    assert len(NOTEBOOKS) >= 5
+    first = install_cell(NOTEBOOKS[0])
+    assert "SUPERDIFF_SOURCE" in first
+    for path in NOTEBOOKS[1:]:
+        assert install_cell(path) == first, f"{path.name}: install cell differs from {NOTEBOOKS[0].name}'s"
+
+
+def test_install_source_is_this_release_tag():
+    source = re.search(r'^SUPERDIFF_SOURCE = "(.+)"$', install_cell(NOTEBOOKS[0]), re.M).group(1)
+    assert source.endswith(f"@v{VERSION}"), f"SUPERDIFF_SOURCE {source!r} does not pin the tag v{VERSION}"
+    assert source.startswith("superdiff-kit @ git+https://")
+
+
+def run_install_cell(monkeypatch, colab: bool) -> list[list[str]]:
+    """Execute the install cell with pip replaced by a recorder; returns the commands it would run."""
+    calls = []
+
+    def fake_run(cmd, check=False, **kwargs):
+        calls.append(list(cmd))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    if colab:
+        monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    exec(compile(install_cell(NOTEBOOKS[0]), "install-cell", "exec"), {})
+    return calls
+
+
+@pytest.mark.parametrize("colab", [False, True])
+def test_install_cell_runs_pip_only_on_colab_and_pins_the_preloaded_torch(monkeypatch, colab):
+    calls = run_install_cell(monkeypatch, colab)
+    if not colab:
+        assert calls == []
+        return
+    (cmd,) = calls
+    assert cmd[:4] == [sys.executable, "-m", "pip", "install"]
+    assert "--upgrade" not in cmd and "-U" not in cmd
+    constraints = Path(cmd[cmd.index("-c") + 1]).read_text().split()
+    assert constraints == [f"torch=={importlib.metadata.version('torch')}"]
+
+
+def test_no_notebook_cell_failed():
+    for path in NOTEBOOKS:
+        for i, c in enumerate(cells(path)):
+            errors = [o for o in c.get("outputs", []) if o["output_type"] == "error"]
+            assert not errors, f"{path.name} cell {i} was saved with an error"
