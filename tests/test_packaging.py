@@ -1,9 +1,15 @@
-"""Install metadata: pyproject.toml and environment.yml list the same packages and version ranges."""
+"""The package as users install it: metadata, what the wheel and sdist hold, the documented loading line."""
 
 import re
+import shutil
+import subprocess
+import sys
+import tarfile
 import warnings
+import zipfile
 from pathlib import Path
 
+import pytest
 import tomllib
 import yaml
 
@@ -60,3 +66,62 @@ def test_documented_loading_gives_float16_without_deprecation_warnings(tmp_path)
         pipe = scope["pipe"]
         assert pipe.unet.dtype == torch.float16 and pipe.text_encoder.dtype == torch.float16, line
         assert not [w for w in caught if "dtype" in str(w.message)], [str(w.message) for w in caught]
+
+
+# ----------------------------------------------------------------------------- the built sdist and wheel
+
+NOT_SOURCE = shutil.ignore_patterns(
+    ".git", ".venv*", "outputs", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".ipynb_*"
+)
+
+
+def build(hook: str, src: Path, out: Path) -> Path:
+    """Run a PEP 517 hook of setuptools (no isolation: .venv's setuptools) in src; the built file."""
+    code = f"from setuptools import build_meta; print(build_meta.{hook}({str(out)!r}))"
+    run = subprocess.run([sys.executable, "-c", code], cwd=src, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return out / run.stdout.split()[-1]
+
+
+@pytest.fixture(scope="module")
+def dists(tmp_path_factory) -> dict[str, set[str]]:
+    """The files of an sdist built from this tree and of the wheel built from that sdist (as pip does)."""
+    tmp = tmp_path_factory.mktemp("dist")
+    shutil.copytree(ROOT, tmp / "src", ignore=NOT_SOURCE)
+    sdist = build("build_sdist", tmp / "src", tmp)
+    with tarfile.open(sdist) as tar:
+        tar.extractall(tmp / "unpacked", filter="data")
+        sdist_files = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    (unpacked,) = (tmp / "unpacked").iterdir()
+    wheel = build("build_wheel", unpacked, tmp)
+    with zipfile.ZipFile(wheel) as whl:
+        meta = next(n for n in whl.namelist() if n.endswith(".dist-info/METADATA"))
+        return {"sdist": sdist_files, "wheel": set(whl.namelist()), "metadata": whl.read(meta).decode()}
+
+
+def test_license_is_mit_as_spdx_with_its_file(dists):
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License") and "Copyright (c) 2026 SuperDiff kit developers" in text
+    assert "License-Expression: MIT" in dists["metadata"].splitlines()
+    assert "LICENSE" in dists["sdist"]
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in dists["wheel"])
+
+
+def test_wheel_holds_every_file_of_the_package(dists):
+    package = {
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "superdiff").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+    assert "superdiff/digits/weights/README.md" in package  # tests/test_digits.py reads it
+    assert sorted(package - dists["wheel"]) == []
+
+
+def test_sdist_holds_what_its_tests_read(dists):
+    tests = {p.relative_to(ROOT).as_posix() for p in (ROOT / "tests").glob("*.py")}
+    needed = {"environment.yml", "pyproject.toml", "README.md", "LICENSE", "notebooks/sanitize.cfg"}
+    needed |= {f"notebooks/{p.name}" for p in (ROOT / "notebooks").glob("*.ipynb")}  # test_browser, nbval
+    assert "tests/conftest.py" in tests
+    assert sorted((tests | needed) - dists["sdist"]) == []
