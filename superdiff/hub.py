@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 
+CAUSE_CHARS = 200  # the cause's first line is shortened to about this many characters
+
 
 class WeightsUnavailableError(OSError):
     """Pretrained weights could not be loaded: not in the local cache and the Hub is unreachable."""
@@ -28,8 +30,16 @@ def weights_unavailable(name: str, cause: BaseException | None = None) -> Weight
             f"`hf download {name}`, or pass a local directory that holds the weights."
         )
     if cause is not None and str(cause).strip():
-        message += f" (cause: {str(cause).strip().splitlines()[0][:200]})"
+        message += f" (cause: {shorten(str(cause).strip().splitlines()[0])})"
     return WeightsUnavailableError(message)
+
+
+def shorten(line: str, limit: int = CAUSE_CHARS) -> str:
+    """line cut to about limit characters between words, with "…" where it was cut (never mid-word)."""
+    if len(line) <= limit:
+        return line
+    head = line[: limit + 1].rsplit(" ", 1)[0] if " " in line[: limit + 1] else line.split(" ", 1)[0]
+    return head.rstrip(" ,;:") + " …"
 
 
 @contextmanager
