@@ -9,7 +9,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 CHROMIUM ?= /usr/bin/chromium
 APP_PORT ?= 8866
 
-.PHONY: setup demo test lint pytest pytest-widgets7 nbval e2e browser-deps notebooks lab app study-and clean
+.PHONY: setup demo test lint pytest pytest-widgets7 compat compat-card compat-lower nbval e2e browser-deps notebooks lab app study-and results-digits weights clean
 
 setup: $(VENV)/.installed
 
@@ -47,6 +47,24 @@ pytest-widgets7: $(W7)/.installed
 	$(W7)/bin/python -c 'import ipywidgets as w; assert w.__version__ == "7.7.1", w.__file__'
 	$(W7)/bin/python -m pytest -q -W ignore::DeprecationWarning tests/test_widgets.py
 
+# The verified range (not part of `make test`; README "Dependencies"): the pytest suite without browser tests
+# in venvs that see .venv's packages (a .pth) under their own Hugging Face stack, at the model card's versions
+# and at the declared lower bounds. torch stays .venv's: another torch is a multi-GB download.
+COMPAT_card := diffusers==0.32.1 transformers==4.47.1 accelerate==1.2.1
+COMPAT_lower := diffusers==0.30.0 transformers==4.40.0 accelerate==0.30.0
+
+compat: compat-card compat-lower
+
+compat-card compat-lower: compat-%: $(VENV)/.installed
+	rm -rf $(VENV)-compat-$*
+	$(BIN)/python -m venv --without-pip $(VENV)-compat-$*
+	echo "import site; site.addsitedir('$$($(BIN)/python -c '$(SITE)')')" \
+	  > $$($(VENV)-compat-$*/bin/python -c '$(SITE)')/zz_overlay_venv.pth
+	$(BIN)/python -m pip --python $(VENV)-compat-$*/bin/python install --quiet $(COMPAT_$*)
+	$(VENV)-compat-$*/bin/python -c 'import diffusers as d, transformers as t, accelerate as a, torch; \
+	  print("compat-$*:", *(f"{m.__name__} {m.__version__}" for m in (d, t, a, torch)))'
+	$(VENV)-compat-$*/bin/python -m pytest -q -m "not browser" -p no:cacheprovider
+
 nbval: setup
 	$(if $(NOTEBOOKS),$(BIN)/python -m pytest -q --nbval $(NOTEBOOKS) --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider,@echo "no notebooks yet")
 
@@ -74,6 +92,14 @@ notebooks: setup
 # What AND achieves, judged by exact densities and the PF-ODE likelihood: docs/results-and.md (≈ 10 min).
 study-and: setup
 	$(BIN)/python -m superdiff.and_study
+
+# The digits report (docs/results-digits.md + docs/figures/, ≈ 1 min) and the shipped digits weights (≈ 10 min);
+# without --out both commands write to the working directory.
+results-digits: setup
+	$(BIN)/python -m superdiff.digits.experiments --out docs/results-digits.md
+
+weights: setup
+	$(BIN)/python -m superdiff.digits.train --out superdiff/digits/weights
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/

@@ -125,3 +125,34 @@ def test_sdist_holds_what_its_tests_read(dists):
     needed |= {f"notebooks/{p.name}" for p in (ROOT / "notebooks").glob("*.ipynb")}  # test_browser, nbval
     assert "tests/conftest.py" in tests
     assert sorted((tests | needed) - dists["sdist"]) == []
+
+
+# ----------------------------------------------------------------------------- outputs of the scripts
+
+
+def test_train_writes_to_the_working_directory_not_the_package(tmp_path, monkeypatch):
+    from superdiff.digits import model, train
+
+    package = tmp_path / "site-packages" / "weights"
+    monkeypatch.setattr(model, "WEIGHTS", package)
+    monkeypatch.setattr(train, "WEIGHTS", package, raising=False)  # where the default used to point
+    monkeypatch.setattr(train, "train_eps", lambda net, *args, **kwargs: net)  # no training: seconds
+    monkeypatch.setattr(train, "train_classifier", lambda *args, **kwargs: model.Classifier())
+    monkeypatch.setattr(train, "train_variant", lambda name: model.EpsNet())
+    monkeypatch.chdir(tmp_path)
+    assert train.main([]) == 0
+    assert train.main(["--variant", "large"]) == 0  # the README's command
+    written = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    expected = {f"digits-weights/{f}" for f in [*model.FILES.values(), "README.md"]} | {"large.safetensors"}
+    assert written == expected
+
+
+def test_experiments_write_to_the_working_directory(tmp_path, monkeypatch):
+    from superdiff.digits import experiments
+
+    calls = []
+    monkeypatch.setattr(experiments, "report", lambda *args: calls.append(args) or args[3])
+    monkeypatch.chdir(tmp_path)
+    assert experiments.main([]) == 0
+    *_, out, fig_dir = calls[0]
+    assert out.resolve() == tmp_path / "results-digits.md" and fig_dir.resolve() == tmp_path / "figures"

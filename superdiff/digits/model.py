@@ -184,7 +184,7 @@ def load_module(name: str, weights: Path = WEIGHTS) -> nn.Module:
     """Build a network from its safetensors metadata config and load its weights (eval, frozen)."""
     path = Path(weights) / FILES[name]
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run `python -m superdiff.digits.train` to create it")
+        raise FileNotFoundError(f"{path} is missing: `python -m superdiff.digits.train --out {weights}`")
     return load_file_module(path, Classifier if name == "classifier" else EpsNet)
 
 

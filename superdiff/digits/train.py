@@ -1,4 +1,7 @@
-"""Train the shipped digits models: ``python -m superdiff.digits.train [--out DIR] [--quick]``.
+"""Train the digits models: ``python -m superdiff.digits.train [--out DIR] [--quick]``.
+
+Writes to ./digits-weights by default (a variant: ./<variant>.safetensors), never into the installed
+package; the shipped weights are regenerated with ``make weights`` (``--out superdiff/digits/weights``).
 
 Seeded and deterministic on CPU (one thread; same torch version ⇒ same bytes). Writes each
 safetensors file atomically (temp file + rename) and a README.md with the command, seed, sha256 of
@@ -22,9 +25,10 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .model import FILES, NULL, SEED, WEIGHTS, Classifier, EpsNet, digits_split
+from .model import FILES, NULL, SEED, Classifier, EpsNet, digits_split
 
 P_MEAN, P_STD = -1.0, 1.4  # log σ ~ N(P_MEAN, P_STD²) during training (EDM), covers σ ∈ [0.01, 10]
+DEFAULT_OUT = "digits-weights"  # in the working directory: the installed package is not written to
 P_UNCOND = 0.15  # label dropout to the null class, for classifier-free guidance
 EMA_DECAY = 0.999
 
@@ -166,7 +170,11 @@ and CPU kind). Evaluation classifier held-out accuracy: **{acc:.4f}**
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train the digits models shipped with superdiff.")
-    parser.add_argument("--out", type=Path, default=WEIGHTS, help="output folder (default: the package's)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help=f"folder (default ./{DEFAULT_OUT}); with --variant a file (default ./VARIANT.safetensors)",
+    )
     parser.add_argument("--quick", action="store_true", help="10× fewer steps (smoke test, not for shipping)")
     parser.add_argument(
         "--variant",
@@ -174,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         help="train only this variant of the conditional model into --out",
     )
     args = parser.parse_args(argv)
+    args.out = args.out or Path(f"{args.variant}.safetensors" if args.variant else DEFAULT_OUT)
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)  # thread count changes float sums; tiny nets gain little from threads
     if args.variant:
@@ -201,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     save_atomic(clf, args.out / FILES["classifier"], {})
     seconds["classifier"] = time.perf_counter() - t0
     acc = accuracy(clf, *digits_split("held_out"))
-    command = "python -m superdiff.digits.train" + (" --quick" if args.quick else "")
+    command = f"python -m superdiff.digits.train --out {args.out.as_posix()}" + (
+        " --quick" if args.quick else ""
+    )
     write_readme(args.out, command, seconds, acc)
     print(
         f"held-out classifier accuracy {acc:.4f}; total {sum(seconds.values()):.0f} s; weights in {args.out}"
