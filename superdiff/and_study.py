@@ -22,19 +22,17 @@ from torch import Tensor
 from ._io import text, write_atomically
 from ._torch import one_thread
 from .digits.demo import mosaic
+from .digits.densities import ODE_STEPS, PROBES, DigitModels
 from .digits.experiments import class_histogram, coverage, fids
-from .digits.gaussian import RIDGE, fit_gaussians, load_gaussian_models
+from .digits.gaussian import RIDGE, fit_gaussians
 from .digits.model import (
     Conditional,
-    EpsNet,
     classifier,
     default_sigmas,
     digits_split,
-    load_conditional,
     load_file_module,
     load_half_models,
 )
-from .digits.pipeline import DigitsPipeline
 from .digits.train import VARIANTS, train_variant
 from .sampling import geometric_sigmas, log_likelihood, superpose
 from .toy import FullGaussianMixture, GaussianMixture, up_and_down
@@ -47,8 +45,6 @@ PAIRS = ((3, 8), (1, 7), (4, 9), (0, 6), (5, 6))
 REMEDY_PAIRS = PAIRS[:3]  # networks tried as remedies are judged on these (time)
 GUIDANCE = (1.0, 2.0)
 TOY_SIGMAS = (20.0, 0.01)  # the paper's toy grid, geometric
-PROBES = 8  # Hutchinson probes per ODE evaluation for the network's likelihood (checked against exact in (b))
-ODE_STEPS = 100  # Heun steps of the likelihood on the digits grid
 CHECKPOINTS = (3.0, 1.0, 0.3, 0.1, 0.03, 0.01)  # σ at which (c) compares the Itô trace with the likelihood
 
 
@@ -161,59 +157,9 @@ def section_a(runs: dict, fig_dir: Path) -> tuple[str, Path]:
 # ----------------------------------------------------------------------------- digits: models and runs
 
 
-class Digits:
-    """The two digit models and their independent log-densities at any σ of the default grid."""
-
-    def __init__(self, net: EpsNet | None = None):
-        self.net = net if net is not None else load_conditional()
-        self.gaussians, _ = load_gaussian_models()
-        self.pipes = {"net": DigitsPipeline(self.net), "gaussian": DigitsPipeline(model="gaussian")}
-
-    def run(self, kind: str, labels, w: float, steps: int, mode: str, seed: int, batch: int, keep=()):
-        """superpose on default_sigmas(steps); returns the result and x at the steps in ``keep``."""
-        sigmas = default_sigmas(steps)
-        x = sigmas[0] * torch.randn(batch, 1, 8, 8, generator=gen(seed))
-        kept = {}
-
-        def callback(step):
-            if step["i"] + 1 in keep:
-                kept[step["i"] + 1] = step["x"].clone()
-
-        options = {"mode": "fixed", "kappa": [1.0, 0.0]} if mode == "alone" else {"mode": mode}
-        pred = self.pipes[kind].predictor(list(labels), w)
-        with one_thread():  # small batches: more threads only add overhead
-            res = superpose(pred, x, sigmas, generator=gen(seed + 1), callback=callback, **options)
-        return res, kept
-
-    def log_density(
-        self, kind: str, label: int, x: Tensor, sigma: float, probes=PROBES, seed: int = 0
-    ) -> Tensor:
-        """log q(x) at σ under one digit's model; see :meth:`log_densities`."""
-        return self.log_densities(kind, (label,), x, sigma, probes, seed)[0]
-
-    def log_densities(
-        self, kind: str, labels, x: Tensor, sigma: float, probes=PROBES, seed: int = 0
-    ) -> Tensor:
-        """log q_c(x) at σ per label c, (len(labels), B): exact for the Gaussians, else the PF-ODE likelihood.
-
-        The network's likelihoods of all labels run as one batch: row block c of the stacked samples carries
-        label c (the divergence stacks probe copies of the whole batch, so the label pattern tiles along).
-        """
-        if kind == "gaussian":
-            return torch.stack([self.gaussians[c].log_prob(x.double(), sigma) for c in labels])
-        grid = default_sigmas(ODE_STEPS)
-        grid = torch.cat([grid[grid > sigma * (1 + 1e-9)], torch.tensor([sigma], dtype=grid.dtype)])
-        pattern = torch.tensor(labels).repeat_interleave(len(x))
-
-        def model(v, s):
-            return self.net(v, s, pattern.repeat(len(v) // len(pattern)))
-
-        xs = x.double().repeat(len(labels), *([1] * (x.ndim - 1)))
-        ll = log_likelihood(model, xs, grid, hutchinson=probes, generator=gen(seed))
-        return ll.reshape(len(labels), len(x))
-
-
-def judged_run(dig: Digits, kind: str, pair, w: float, steps: int, mode: str, seed: int, batch: int) -> dict:
+def judged_run(
+    dig: DigitModels, kind: str, pair, w: float, steps: int, mode: str, seed: int, batch: int
+) -> dict:
     """One superposition of a digit pair, judged: signed gap, Itô traces, log-densities, classifier min."""
     res, _ = dig.run(kind, pair, w, steps, mode, seed, batch)
     x = res.samples
@@ -229,7 +175,7 @@ def judged_run(dig: Digits, kind: str, pair, w: float, steps: int, mode: str, se
     }
 
 
-def digits_runs(dig: Digits, batch: int, steps_list=(200, 1000)) -> dict:
+def digits_runs(dig: DigitModels, batch: int, steps_list=(200, 1000)) -> dict:
     """(kind, pair, w, steps, mode, seed) -> the judged run (see :func:`judged_run`)."""
     return {
         (kind, pair, w, steps, mode, seed): judged_run(dig, kind, pair, w, steps, mode, seed, batch)
@@ -342,7 +288,7 @@ def sample_grid(runs: dict, fig_dir: Path, pair=(3, 8)) -> Path:
     return save_figure(fig, fig_dir / "and_samples.png", dpi=90)
 
 
-def hutchinson_check(dig: Digits, runs: dict, pair=(3, 8)) -> str:
+def hutchinson_check(dig: DigitModels, runs: dict, pair=(3, 8)) -> str:
     """Hutchinson (PROBES probes) vs the exact divergence on the same network samples."""
     x = runs["net", pair, 2.0, 200, "and", 0]["samples"]
     lo = default_sigmas(200)[-1].item()
@@ -382,7 +328,7 @@ def remedy_summary(runs: dict, steps_list=(200, 1000)) -> str:
     return "\n".join(lines)
 
 
-def candidate_row(dig: Digits, batch: int, runs: dict | None = None, pairs=REMEDY_PAIRS) -> list:
+def candidate_row(dig: DigitModels, batch: int, runs: dict | None = None, pairs=REMEDY_PAIRS) -> list:
     """A network's AND vs averaging gap (likelihood), min(p_a, p_b) at w = 2, 200 steps, own-path error.
 
     ``runs``: (b)'s runs of this same network, reused where they exist.
@@ -405,7 +351,7 @@ def candidate_row(dig: Digits, batch: int, runs: dict | None = None, pairs=REMED
     return cells + [own, f"{100 * single_digit_accuracy(dig):.0f}%"]
 
 
-def single_digit_accuracy(dig: Digits, per_digit: int = 16) -> float:
+def single_digit_accuracy(dig: DigitModels, per_digit: int = 16) -> float:
     """Share of one-prompt samples (w = 2, 100 steps) the classifier labels as the prompt."""
     hits = []
     for d in range(10):
@@ -416,12 +362,12 @@ def single_digit_accuracy(dig: Digits, per_digit: int = 16) -> float:
 
 def remedies(runs: dict, batch: int, candidates: list[Path]) -> str:
     """Networks tried as remedies next to the shipped one (trained here, or loaded from --candidate files)."""
-    rows = [["shipped network (5000 steps)", *candidate_row(Digits(), batch, runs)]]
+    rows = [["shipped network (5000 steps)", *candidate_row(DigitModels(), batch, runs)]]
     with one_thread():
         conservative = train_variant("conservative")
     nets = {f"conservative network (trained here, {VARIANTS['conservative'][1]} steps)": conservative}
     nets |= {f"`{path.name}`": load_file_module(path) for path in candidates}
-    rows += [[name, *candidate_row(Digits(net), batch)] for name, net in nets.items()]
+    rows += [[name, *candidate_row(DigitModels(net), batch)] for name, net in nets.items()]
     head = [
         "network",
         "AND: median abs gap",
@@ -437,7 +383,7 @@ def remedies(runs: dict, batch: int, candidates: list[Path]) -> str:
 # ----------------------------------------------------------------------------- (c) why
 
 
-def by_sigma(dig: Digits, batch: int, pairs=PAIRS[:2], steps: int = 200) -> dict:
+def by_sigma(dig: DigitModels, batch: int, pairs=PAIRS[:2], steps: int = 200) -> dict:
     """(kind, mode) -> per σ: median |gap| by likelihood, median |Itô gap|, sd of the difference error."""
     sigmas = default_sigmas(steps)
     keep = {int((sigmas - s).abs().argmin()): s for s in CHECKPOINTS}
@@ -469,7 +415,7 @@ def by_sigma(dig: Digits, batch: int, pairs=PAIRS[:2], steps: int = 200) -> dict
 
 
 def own_path_errors(
-    dig: Digits, batch: int, pair=(3, 8), steps_list=(50, 200, 1000), kinds=("net", "gaussian")
+    dig: DigitModels, batch: int, pair=(3, 8), steps_list=(50, 200, 1000), kinds=("net", "gaussian")
 ) -> list[list]:
     """Model a alone, unguided (its own reverse SDE): Itô trace − likelihood of a and of b, by steps."""
     rows = []
@@ -495,7 +441,7 @@ def own_path_errors(
     return rows
 
 
-def jacobian_asymmetry(dig: Digits, runs: dict, pair=(3, 8), n: int = 16) -> list[list]:
+def jacobian_asymmetry(dig: DigitModels, runs: dict, pair=(3, 8), n: int = 16) -> list[list]:
     """‖J − Jᵀ‖/‖J‖ of the network's ε̂ for prompt a near AND samples noised to σ (a true score has 0)."""
     from torch.func import jacrev, vmap
 
@@ -514,7 +460,7 @@ def jacobian_asymmetry(dig: Digits, runs: dict, pair=(3, 8), n: int = 16) -> lis
     return rows
 
 
-def held_out_likelihood(dig: Digits, per_class: int = 12) -> tuple[str, float]:
+def held_out_likelihood(dig: DigitModels, per_class: int = 12) -> tuple[str, float]:
     """Mean held-out log q at σ = 0.01 of each digit under its class model (net: PF-ODE; Gaussians: exact)."""
     x, y = digits_split("held_out")
     lo = default_sigmas(1)[-1].item()
@@ -585,7 +531,7 @@ def digits_or_by_steps(n: int) -> list[list]:
     return rows
 
 
-def digits_and_by_steps(dig: Digits, runs: dict, batch: int, pair=(3, 8)) -> dict:
+def digits_and_by_steps(dig: DigitModels, runs: dict, batch: int, pair=(3, 8)) -> dict:
     """(kind, steps) -> mean over seeds of AND and averaging median |gap| and the per-model Itô error.
 
     Step counts that (b) ran already are taken from its runs.
@@ -697,7 +643,7 @@ def report(
     exact = exact_runs(batch_toy)
     table_a, fig_a = section_a(exact, fig_dir)
     lap("(a) exact scores")
-    dig = Digits()
+    dig = DigitModels()
     runs = digits_runs(dig, batch_digits)
     table_b = section_b(runs)
     fig_gaps, fig_samples = gap_histograms(runs, fig_dir), sample_grid(runs, fig_dir)

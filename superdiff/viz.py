@@ -113,6 +113,7 @@ def plot_log_q(
         lo, mid, hi = (torch.quantile(y, q, dim=1).numpy() for q in (0.1, 0.5, 0.9))
         ax.plot(s, mid, color=f"C{i}", lw=2, label=label)
         ax.fill_between(s, lo, hi, color=f"C{i}", alpha=0.2)
+    ax.fill_between([], [], color="gray", alpha=0.2, label="shaded: 10–90 % of samples")
     default = "log-density gap along trajectories" if gap else "estimated log-densities along trajectories"
     _sigma_axis(ax, title or default, "nats")
     ax.legend(fontsize=8)
@@ -137,12 +138,12 @@ def density_contours(log_prob, *, ax, lim: float = 3.5, color: str = "gray", n: 
     return ax
 
 
-def scatter_over_models(samples: Tensor, models, sigma: float, *, ax=None, title: str = ""):
+def scatter_over_models(samples: Tensor, models, sigma: float, *, ax=None, title: str = "", lim: float = 3.5):
     """2-D samples (black) over the exact density contours of each model (C0, C1, ...) at noise level σ."""
     ax = _axes(ax)
     for i, model in enumerate(models):
-        density_contours(lambda p, m=model: m.log_prob(p, sigma), ax=ax, color=f"C{i}")
-    return scatter_2d(samples, ax=ax, title=title, color="k")
+        density_contours(lambda p, m=model: m.log_prob(p, sigma), ax=ax, color=f"C{i}", lim=lim)
+    return scatter_2d(samples, ax=ax, title=title, color="k", lim=lim)
 
 
 def image_grid(images, *, titles: Sequence[str] | None = None, ncols: int | None = None, size: float = 2.0):

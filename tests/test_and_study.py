@@ -2,15 +2,13 @@
 
 import torch
 
-from superdiff.and_study import Digits
-from superdiff.digits import default_sigmas
+from superdiff.digits import DigitModels, default_sigmas
 from superdiff.digits.model import Conditional
 from superdiff.sampling import log_likelihood
 
 
-def test_study_likelihoods_of_several_labels_in_one_batch_equal_separate_ones(monkeypatch):
-    monkeypatch.setattr("superdiff.and_study.ODE_STEPS", 6)
-    dig = Digits()
+def test_study_likelihoods_of_several_labels_in_one_batch_equal_separate_ones():
+    dig = DigitModels(ode_steps=6)
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.5
     both = dig.log_densities("net", (3, 8), x, 0.01, probes=None)
     grid = default_sigmas(6)

@@ -47,3 +47,19 @@ def test_per_step_and_kappa_grows_as_steps_shrink_but_its_running_mean_does_not(
 def test_bad_window_names_the_argument(window):
     with pytest.raises(ValueError, match="window"):
         plot_kappa(torch.zeros(12, 2, 2), geometric_sigmas(20.0, 0.01, 12), window=window)
+
+
+def test_log_q_legend_names_the_band_and_scatter_window_follows_lim():
+    import matplotlib.pyplot as plt
+
+    from superdiff.viz import plot_log_q, scatter_over_models
+
+    up, down = up_and_down()
+    sigmas = geometric_sigmas(20.0, 0.01, 10)
+    r = superpose([up, down], sigmas[0] * torch.randn(8, 2, dtype=torch.float64), sigmas, mode="avg")
+    ax = plot_log_q(r.log_q, sigmas, labels=["up", "down"])
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "shaded: 10–90 % of samples" in labels and "log q(up)" in labels
+    ax = scatter_over_models(r.samples, (up, down), 4.0, lim=12.0)
+    assert ax.get_xlim() == (-12.0, 12.0) and ax.get_ylim() == (-12.0, 12.0)
+    plt.close("all")

@@ -1,5 +1,6 @@
 """Offline, CPU-sized SuperDiff on scikit-learn's 8×8 digits: trained models, pipeline, experiments."""
 
+from .densities import DigitModels
 from .model import (
     NAMES,
     Classifier,
@@ -17,6 +18,7 @@ from .pipeline import DigitPredictor, DigitsPipeline, load_pipeline
 __all__ = [
     "NAMES",
     "Classifier",
+    "DigitModels",
     "DigitPredictor",
     "DigitsPipeline",
     "EpsNet",
