@@ -156,3 +156,16 @@ def test_experiments_write_to_the_working_directory(tmp_path, monkeypatch):
     assert experiments.main([]) == 0
     *_, out, fig_dir = calls[0]
     assert out.resolve() == tmp_path / "results-digits.md" and fig_dir.resolve() == tmp_path / "figures"
+
+
+# ----------------------------------------------------------------------------- the long description
+
+
+def test_readme_links_work_on_an_index_page():
+    """README.md is PyPI's long description: relative links and bare anchors break there."""
+    links = re.findall(r"\]\(([^)\s]+)\)", (ROOT / "README.md").read_text())
+    assert links and [u for u in links if not u.startswith("https://")] == []
+    blob = "https://github.com/superdiff-kit/superdiff-kit/blob/main/"
+    for path in [u.removeprefix(blob) for u in links if u.startswith(blob)]:
+        if (ROOT / path.split("/")[0]).is_dir():  # docs/ is not in the sdist
+            assert (ROOT / path).is_file(), path
