@@ -63,7 +63,7 @@ compat-card compat-lower: compat-%: $(VENV)/.installed
 	$(BIN)/python -m pip --python $(VENV)-compat-$*/bin/python install --quiet $(COMPAT_$*)
 	$(VENV)-compat-$*/bin/python -c 'import diffusers as d, transformers as t, accelerate as a, torch; \
 	  print("compat-$*:", *(f"{m.__name__} {m.__version__}" for m in (d, t, a, torch)))'
-	$(VENV)-compat-$*/bin/python -m pytest -q -m "not browser" -p no:cacheprovider
+	HF_HOME=$(abspath $(VENV)-compat-$*)/hf $(VENV)-compat-$*/bin/python -m pytest -q -m "not browser" -p no:cacheprovider
 
 nbval: setup
 	$(if $(NOTEBOOKS),$(BIN)/python -m pytest -q --nbval $(NOTEBOOKS) --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider,@echo "no notebooks yet")
