@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .limits import LIMITS, MAX_GUIDANCE, MAX_MAGNITUDE, MAX_SEED, Limits
 from .output import SuperDiffOutput, format_images
 from .sampling import SuperpositionResult, check_superpose_args
 
@@ -62,24 +63,32 @@ def superpose_options(core_mode: str, kappa: Tensor | None, lift, temperature, l
 # ----------------------------------------------------------------------------- argument checks
 
 
-def check_int(name: str, value, low: int, hint: str = "") -> None:
-    """An integer (numpy's too, not a bool) >= low."""
+def check_int(name: str, value, low: int, hint: str = "", high: int | None = None) -> None:
+    """An integer (numpy's too, not a bool) >= low and, if given, <= high."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ValueError(f"{name}: expected an integer >= {low}{hint}, got {value!r}")
+    if high is not None and value > high:
+        raise ValueError(f"{name}: expected an integer from {low} to {high}{hint}, got {value!r}")
 
 
-def check_finite(name: str, value, low: float = -math.inf) -> None:
-    """A finite real number (not a bool) >= low."""
+def check_finite(name: str, value, low: float = -math.inf, high: float = math.inf) -> None:
+    """A finite real number (not a bool) in [low, high]."""
     real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not (real and math.isfinite(value) and value >= low):
+    if not (real and math.isfinite(value) and low <= value <= high):
         bound = "" if low == -math.inf else f" >= {low:g}"
+        bound += "" if high == math.inf else f"{' and' if bound else ''} <= {high:g}"
         raise ValueError(f"{name}: expected a finite number{bound}, got {value!r}")
 
 
+def check_seed_value(name: str, seed) -> None:
+    """One seed: an integer from 0 to MAX_SEED (the range in which distinct seeds give distinct noise)."""
+    check_int(name, seed, 0, "", high=MAX_SEED)
+
+
 def check_seed(seed, generator, batch_size: int = 1) -> None:
-    """seed: an integer >= 0 or None; generator: a torch.Generator, a list of batch_size ones, or None."""
+    """seed: an integer from 0 to MAX_SEED or None; generator: a torch.Generator, a list of them, or None."""
     if seed is not None:
-        check_int("seed", seed, 0, " (or None)")
+        check_seed_value("seed", seed)
         if generator is not None:
             raise ValueError("seed: pass either seed or generator, not both")
     gens = generator if isinstance(generator, (list, tuple)) else [generator]
@@ -96,9 +105,15 @@ def check_mode_options(n_prompts: int, lift, temperature, log_weights) -> None:
     if isinstance(lift, (int, float)) and not math.isfinite(lift):
         raise ValueError(f"lift: expected a finite number (> 0 favours prompt_1), got {lift!r}")
     try:  # per prompt, whatever the mode: the checks of lift, T and b do not depend on it
-        check_superpose_args(n_prompts, "and", lift, temperature, log_weights)
+        lifts, log_weights, _ = check_superpose_args(n_prompts, "and", lift, temperature, log_weights)
     except (TypeError, RuntimeError) as err:  # e.g. strings where numbers belong
         raise ValueError(f"lift, log_weights: expected finite numbers, one per prompt ({err})") from None
+    check_finite("temperature", temperature, high=MAX_MAGNITUDE)
+    for name, values in (("lift", lifts), ("log_weights", log_weights)):
+        if values.abs().max() > MAX_MAGNITUDE:
+            raise ValueError(
+                f"{name}: expected values from {-MAX_MAGNITUDE:g} to {MAX_MAGNITUDE:g}, got {values.tolist()}"
+            )
 
 
 def check_sampling_args(
@@ -113,11 +128,12 @@ def check_sampling_args(
     lift=0.0,
     temperature=1.0,
     log_weights=None,
+    limits: Limits = LIMITS,
 ) -> None:
     """The checks every pipeline call needs (defaults: any valid value); ValueErrors name the argument."""
-    check_int("num_inference_steps", num_inference_steps, 1)
-    check_int("batch_size", batch_size, 1)
-    check_finite("guidance_scale", guidance_scale, low=0.0)
+    check_int("num_inference_steps", num_inference_steps, 1, high=limits.steps)
+    check_int("batch_size", batch_size, 1, high=limits.batch_size)
+    check_finite("guidance_scale", guidance_scale, low=0.0, high=MAX_GUIDANCE)
     check_seed(seed, generator, batch_size)
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type: expected one of {OUTPUT_TYPES}, got {output_type!r}")
@@ -154,6 +170,22 @@ def step_callback(
             callback(pipe, state["i"], t, kwargs)
 
     return hook
+
+
+class NonFiniteError(ValueError):
+    """Sampling produced NaN or ±inf (e.g. from a huge lift, guidance_scale or temperature)."""
+
+
+def check_finite_result(result: SuperpositionResult) -> None:
+    """κ, log q and samples of a run are finite; else NonFiniteError (instead of black images and NaN κ)."""
+    for name, values in (("kappa", result.kappa), ("log_q", result.log_q), ("samples", result.samples)):
+        bad = ~torch.isfinite(values)
+        if bad.any():
+            where = "" if name == "samples" else f" from step {int(bad.flatten(1).any(1).nonzero()[0])}"
+            raise NonFiniteError(
+                f"{name}: sampling produced NaN or infinite values{where}; "
+                "lower lift, guidance_scale or temperature"
+            )
 
 
 def build_output(

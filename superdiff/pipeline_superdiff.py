@@ -7,6 +7,7 @@ UNet call per step (:class:`PromptPredictor`) and wraps it in a diffusers ``Diff
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -16,9 +17,11 @@ from torch import Tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .hub import explain_unavailable
+from .limits import LIMITS, Limits
 from .output import SuperDiffOutput, to_uint8
 from .pipeline_common import (
     build_output,
+    check_finite_result,
     check_int,
     check_sampling_args,
     one_hot,
@@ -101,16 +104,29 @@ def check_joint(mode: str, n_prompts: int, joint_prompt) -> None:
         raise ValueError(f"joint_prompt: expected a non-empty string, got {joint_prompt!r}")
 
 
-def check_size(height, width) -> None:
-    """height and width: multiples of 8, >= 64."""
+def check_size(height, width, max_size: int = LIMITS.size) -> None:
+    """height and width: multiples of 8 from 64 to max_size."""
     for name, value in (("height", height), ("width", width)):
-        check_int(name, value, 64, " and a multiple of 8")
+        check_int(name, value, 64, ", a multiple of 8")
         if value % 8:
             raise ValueError(f"{name}: expected a multiple of 8 (>= 64), got {value}")
+        if value > max_size:
+            raise ValueError(
+                f"{name}: expected at most {max_size} pixels, got {value} (raise the limit: pipe.limits = "
+                f"Limits(size=...), or --max-size)"
+            )
 
 
 def check_inputs(
-    prompt_1, prompt_2, *, mode="and", height=512, width=512, joint_prompt=None, **options
+    prompt_1,
+    prompt_2,
+    *,
+    mode="and",
+    height=512,
+    width=512,
+    joint_prompt=None,
+    limits: Limits = LIMITS,
+    **options,
 ) -> list[str]:
     """Validate a call before any work; returns the prompts. Raises ValueError naming the argument.
 
@@ -123,8 +139,8 @@ def check_inputs(
             f"prompt_2: mode {mode!r} superposes at least two prompts; pass prompt_2 (or a list as prompt_1)"
         )
     check_joint(mode, len(prompts), joint_prompt)
-    check_size(height, width)
-    check_sampling_args(len(prompts), **options)
+    check_size(height, width, limits.size)
+    check_sampling_args(len(prompts), limits=limits, **options)
     return prompts
 
 
@@ -136,6 +152,7 @@ class SuperDiffPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
+    limits = LIMITS  # steps, batch_size, size: checked before any work; assign a Limits(...) to raise them
 
     def __init__(
         self,
@@ -155,7 +172,19 @@ class SuperDiffPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """``DiffusionPipeline.from_pretrained``; a one-line error if the weights are unreachable."""
+        """``DiffusionPipeline.from_pretrained``; a one-line error if the weights are unreachable.
+
+        ``dtype=`` (or the older ``torch_dtype=``) works on every supported diffusers: it is passed on under
+        the name the installed one expects (the newest diffusers deprecate ``torch_dtype``, older ones ignore
+        ``dtype``).
+        """
+        from .generate import dtype_kwarg
+
+        dtype, torch_dtype = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)
+        if dtype is not None and torch_dtype is not None:
+            raise ValueError("dtype, torch_dtype: pass one of them (dtype), not both")
+        if dtype is not None or torch_dtype is not None:
+            kwargs.update(dtype_kwarg(dtype if dtype is not None else torch_dtype))
         with explain_unavailable(pretrained_model_name_or_path):
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
@@ -166,10 +195,21 @@ class SuperDiffPipeline(DiffusionPipeline):
 
     def check_inputs(self, prompt_1, prompt_2, **kwargs) -> list[str]:
         """Validate a call before any work (see :func:`check_inputs`); returns the prompts."""
-        return check_inputs(prompt_1, prompt_2, **kwargs)
+        return check_inputs(prompt_1, prompt_2, limits=self.limits, **kwargs)
+
+    def warn_truncated(self, prompts: list[str]) -> None:
+        """Warn (as diffusers' pipelines do) about prompts longer than the text encoder's window."""
+        limit = self.tokenizer.model_max_length
+        for prompt, ids in zip(prompts, self.tokenizer(prompts).input_ids, strict=True):
+            if len(ids) > limit:
+                dropped = self.tokenizer.decode(ids[limit - 1 : -1])
+                warnings.warn(
+                    f"prompt {prompt!r} is cut to CLIP's {limit} tokens; dropped: {dropped!r}", stacklevel=3
+                )
 
     def encode_prompt(self, prompts: list[str], device) -> Tensor:
         """CLIP hidden states of the prompts followed by the empty prompt: (len(prompts) + 1, L, D)."""
+        self.warn_truncated(prompts)
         tokens = self.tokenizer(
             prompts + [""],
             padding="max_length",
@@ -222,13 +262,15 @@ class SuperDiffPipeline(DiffusionPipeline):
             prompt_1: first concept (e.g. "a flamingo"), or a list of N >= 2 prompts (then prompt_2 is
                 optional and, if given, appended).
             prompt_2: second concept (e.g. "a candy cane").
-            seed: seeds a CPU generator, so the same seed gives the same images on any device; None: random.
-            num_inference_steps: Euler–Maruyama steps on the scheduler's σ grid (the paper uses 1000).
-            batch_size: images per call, each from its own noise.
+            seed: from 0 to 2**32 − 1; seeds a CPU generator, so the same seed gives the same images on
+                any device; None: random.
+            num_inference_steps: Euler–Maruyama steps on the scheduler's σ grid (the paper uses 1000; at
+                most ``self.limits.steps``, 10 000).
+            batch_size: images per call, each from its own noise (at most ``self.limits.batch_size``, 1024).
             lift: AND only. log q_1 − log q_2 grows by lift/n per step and ends at +lift: ``lift > 0`` favours
                 prompt_1, ``lift < 0`` prompt_2. A list gives one value per prompt.
             guidance_scale: classifier-free guidance w (>= 0) of the field; densities use unguided ε̂.
-            height, width: image size in pixels, multiples of 8, >= 64.
+            height, width: image size in pixels, multiples of 8 from 64 to ``self.limits.size`` (2048).
             mode: "and" (equal density, default), "or" (mixture), "avg" (κ = 1/N), or the paper's baselines
                 "prompt_1" / "prompt_2" / ... (one prompt alone) and "joint" (one prompt "A that looks
                 like B").
@@ -246,6 +288,10 @@ class SuperDiffPipeline(DiffusionPipeline):
 
         Returns:
             SuperDiffOutput: images, kappa (n, B, N) and log_q (n + 1, B, N) float32 on CPU, sigmas, latents.
+
+        Raises:
+            ValueError: a bad argument, named, before any work; NonFiniteError (a ValueError) when sampling
+                produced NaN or ±inf.
         """
         prompts = self.check_inputs(
             prompt_1,
@@ -279,6 +325,7 @@ class SuperDiffPipeline(DiffusionPipeline):
             options = superpose_options(core_mode, kappa, lift, temperature, log_weights)
             result = superpose(predictor, latents, sigmas, **options, generator=generator, callback=callback)
 
+        check_finite_result(result)
         images = self.decode_latents(result.samples)
         self.maybe_free_model_hooks()
         return build_output(result, images, output_type, prompts + extra, len(prompts), mode)

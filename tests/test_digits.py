@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -162,6 +163,10 @@ def test_generator_list_batches_seeds_without_changing_them(pipe):
         ({"prompt_1": "3", "prompt_2": "8", "temperature": 0.0}, "temperature"),
         ({"prompt_1": "3", "output_type": "jpg"}, "output_type"),
         ({"prompt_1": "3", "batch_size": 2, "generator": [torch.Generator()]}, "generator"),
+        ({"prompt_1": "3", "num_inference_steps": 10**9}, "num_inference_steps"),  # refused, not allocated
+        ({"prompt_1": "3", "batch_size": 10**9}, "batch_size"),
+        ({"prompt_1": "3", "seed": 2**32}, "seed"),  # would repeat seed 0
+        ({"prompt_1": "3", "prompt_2": "8", "lift": 1e300}, "lift"),
     ],
 )
 def test_bad_inputs_name_the_argument(pipe, kwargs, arg):
@@ -201,3 +206,14 @@ def test_train_variant_refuses_a_folder_as_out(tmp_path):
     with pytest.raises(SystemExit):
         main(["--variant", "conservative", "--out", str(tmp_path)])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_non_finite_sampling_raises_instead_of_black_images(pipe, monkeypatch):
+    from superdiff.pipeline_common import NonFiniteError
+
+    def overflowing(labels, guidance_scale):
+        return [lambda x, sigma: torch.full_like(x, math.nan)] * len(labels)
+
+    monkeypatch.setattr(pipe, "predictor", overflowing)
+    with pytest.raises(NonFiniteError, match="NaN or infinite"):
+        pipe("3", "8", seed=0, num_inference_steps=3)

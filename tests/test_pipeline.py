@@ -13,6 +13,8 @@ from PIL import Image
 
 from superdiff import SuperDiffPipeline
 from superdiff.hub import WeightsUnavailableError
+from superdiff.limits import LIMITS, Limits
+from superdiff.pipeline_common import NonFiniteError
 from superdiff.pipeline_superdiff import CUSTOM_PIPELINE, PromptPredictor
 from superdiff.sampling import guide
 from superdiff.testing import sd_scheduler, tiny_pipeline
@@ -309,6 +311,17 @@ BAD = [
     ("seed", dict(seed=1, generator=torch.Generator())),
     ("generator", dict(generator=[torch.Generator()] * 2, batch_size=3)),
     ("generator", dict(generator=[torch.Generator(), 1])),
+    # sizes past the limits are refused before anything is allocated (issue 13)
+    ("num_inference_steps", dict(num_inference_steps=10**9)),
+    ("batch_size", dict(batch_size=10**9)),
+    ("height", dict(height=100_000)),
+    ("width", dict(width=8192)),
+    ("seed", dict(seed=2**32)),  # would give seed 0's noise
+    ("seed", dict(seed=2**64)),
+    ("lift", dict(lift=1e300)),
+    ("guidance_scale", dict(guidance_scale=1e30)),
+    ("temperature", dict(temperature=1e300)),
+    ("log_weights", dict(log_weights=[0.0, 1e300])),
 ]
 
 
@@ -321,3 +334,34 @@ def test_bad_input_raises_value_error_naming_it_before_any_work(pipe, monkeypatc
     kwargs = {"prompt_1": P1, "prompt_2": P2, **SMALL, **bad}
     with pytest.raises(ValueError, match=rf"^{name}: "):
         pipe(**kwargs)
+
+
+def test_limits_can_be_raised_per_pipeline(pipe, monkeypatch):
+    monkeypatch.setattr(pipe, "limits", Limits(size=LIMITS.size * 2))
+    assert pipe.check_inputs(P1, P2, height=LIMITS.size * 2, width=64) == [P1, P2]
+    monkeypatch.setattr(pipe, "limits", Limits(steps=5))
+    with pytest.raises(ValueError, match="^num_inference_steps: .* 1 to 5"):
+        pipe(P1, P2, **SMALL)
+
+
+def test_non_finite_sampling_raises_instead_of_black_images(pipe, monkeypatch):
+    forward = pipe.unet.forward
+
+    def overflowing(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        return SimpleNamespace(sample=out.sample * math.inf)
+
+    monkeypatch.setattr(pipe.unet, "forward", overflowing)
+    with pytest.raises(NonFiniteError, match="^kappa: .*NaN or infinite values from step 0"):
+        pipe(P1, P2, seed=0, **SMALL)
+
+
+def test_prompts_past_clips_window_warn_and_name_what_is_dropped(pipe, recwarn):
+    short = "a flamingo"
+    long = "a flamingo " + "x" * 80 + " tail"  # the tiny tokenizer has one token per character
+    pipe(short, P2, seed=0, num_inference_steps=1, height=64, width=64)
+    assert not [w for w in recwarn if "CLIP" in str(w.message)]
+    with pytest.warns(UserWarning, match="cut to CLIP's 77 tokens; dropped: .*tail"):
+        pipe(long, P2, seed=0, num_inference_steps=1, height=64, width=64)
+    with pytest.warns(UserWarning, match="that looks like a candy cane"):  # the joint prompt's tail
+        pipe("y" * 70, P2, seed=0, num_inference_steps=1, height=64, width=64, mode="joint")

@@ -9,9 +9,11 @@ import torch
 from torch import Tensor
 
 from .._torch import one_thread
+from ..limits import LIMITS
 from ..output import SuperDiffOutput, to_uint8
 from ..pipeline_common import (
     build_output,
+    check_finite_result,
     check_sampling_args,
     parse_mode,
     seeded,
@@ -46,6 +48,29 @@ class DigitPredictor(Predictor):
 MODELS = ("net", "gaussian")  # the trained ε-network; one exact Gaussian per digit (.gaussian)
 
 
+def labels_of(prompt_1, prompt_2) -> list[int]:
+    """Digit labels of the prompts: a digit name each, or a list of names as prompt_1 (N > 2)."""
+    if isinstance(prompt_1, (list, tuple)):
+        if prompt_2 is not None:
+            raise ValueError("prompt_2: must be None when prompt_1 is a list of prompts")
+        if not prompt_1:
+            raise ValueError("prompt_1: expected a digit name or a non-empty list of digit names")
+        return [label_of(p, f"prompt_1[{i}]") for i, p in enumerate(prompt_1)]
+    labels = [label_of(prompt_1, "prompt_1")]
+    return labels if prompt_2 is None else labels + [label_of(prompt_2, "prompt_2")]
+
+
+def check_inputs(prompt_1, prompt_2=None, mode="and", limits=LIMITS, **options) -> list[int]:
+    """Clear ValueErrors before any work (no model needed); returns the digit labels.
+
+    ``options``: the call's other arguments, as :func:`.pipeline_common.check_sampling_args` takes them.
+    """
+    labels = labels_of(prompt_1, prompt_2)
+    parse_mode(mode, len(labels))
+    check_sampling_args(len(labels), limits=limits, **options)
+    return labels
+
+
 class DigitsPipeline:
     """SuperDiff on the digits models: ``pipe("3", "8", seed=0)``, as the Stable Diffusion one.
 
@@ -53,6 +78,8 @@ class DigitsPipeline:
     densities drift from its own likelihood, so AND ends 4–5 nats from equal density). ``model="gaussian"``:
     one fitted Gaussian per digit with exact scores; AND ends within ≈ 0.6 nats (docs/results-and.md).
     """
+
+    limits = LIMITS  # steps and batch_size: checked before any work; assign a Limits(...) to raise them
 
     def __init__(self, net: EpsNet | None = None, model: str = "net"):
         if model not in MODELS:
@@ -68,27 +95,11 @@ class DigitsPipeline:
             return GaussianDigitPredictor(labels, guidance_scale)
         return DigitPredictor(self.net, labels, guidance_scale)
 
-    @staticmethod
-    def labels_of(prompt_1, prompt_2) -> list[int]:
-        """Digit labels of the prompts: a digit name each, or a list of names as prompt_1 (N > 2)."""
-        if isinstance(prompt_1, (list, tuple)):
-            if prompt_2 is not None:
-                raise ValueError("prompt_2: must be None when prompt_1 is a list of prompts")
-            if not prompt_1:
-                raise ValueError("prompt_1: expected a digit name or a non-empty list of digit names")
-            return [label_of(p, f"prompt_1[{i}]") for i, p in enumerate(prompt_1)]
-        labels = [label_of(prompt_1, "prompt_1")]
-        return labels if prompt_2 is None else labels + [label_of(prompt_2, "prompt_2")]
+    labels_of = staticmethod(labels_of)
 
     def check_inputs(self, prompt_1, prompt_2=None, mode="and", **options) -> list[int]:
-        """Clear ValueErrors before any work; returns the digit labels.
-
-        ``options``: the call's other arguments, as :func:`.pipeline_common.check_sampling_args` takes them.
-        """
-        labels = self.labels_of(prompt_1, prompt_2)
-        parse_mode(mode, len(labels))
-        check_sampling_args(len(labels), **options)
-        return labels
+        """Clear ValueErrors before any work (see :func:`check_inputs`); returns the digit labels."""
+        return check_inputs(prompt_1, prompt_2, mode, limits=self.limits, **options)
 
     @torch.no_grad()
     def __call__(
@@ -113,10 +124,10 @@ class DigitsPipeline:
         Args:
             prompt_1, prompt_2: digit names ("3", "three", any case); prompt_1 may be a list (N > 2 prompts).
                 With prompt_2=None and one prompt_1, samples that digit alone.
-            seed: seeds a CPU generator (same seed ⇒ same output); or pass ``generator`` (one, or a list of
-                batch_size: image i from generator i).
-            num_inference_steps: n Euler–Maruyama steps on ``default_sigmas(n)``.
-            batch_size: images per call.
+            seed: 0 to 2**32 − 1, seeds a CPU generator (same seed ⇒ same output); or pass ``generator``
+                (one, or a list of batch_size: image i from generator i).
+            num_inference_steps: n Euler–Maruyama steps on ``default_sigmas(n)`` (<= ``self.limits.steps``).
+            batch_size: images per call (at most ``self.limits.batch_size``).
             lift: AND only; log q_1 − log q_2 ends at +lift (> 0 favours prompt_1).
             guidance_scale: classifier-free guidance w (1 = none; default 2).
             mode: "and", "or", "avg", or "prompt_1" / "prompt_2" / ... (that prompt alone; the densities
@@ -153,6 +164,7 @@ class DigitsPipeline:
             result = superpose(
                 predictor, x, sigmas, **options, generator=generator, progress=progress, callback=callback
             )
+        check_finite_result(result)
         result = replace(result, samples=result.samples.clamp(-1, 1))
         images = to_uint8(
             result.samples.repeat_interleave(UPSCALE, -1).repeat_interleave(UPSCALE, -2).repeat(1, 3, 1, 1)

@@ -1,0 +1,21 @@
+"""The sizes every pipeline, the CLI and sweeps accept: checked before any allocation (README, "Limits")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Upper bounds of a pipeline call; set a pipeline's ``limits`` (or pass --max-size) to raise them."""
+
+    steps: int = 10_000  # 10× the paper's 1000
+    batch_size: int = 1_024  # images per call
+    size: int = 2_048  # pixels per side: 4× SD v1's 512, 2× SDXL's 1024
+
+
+LIMITS = Limits()
+MAX_SEED = 2**32 - 1  # torch's CPU generator keeps 32 bits of a seed: seed 2**32 would repeat seed 0
+MAX_MAGNITUDE = 1e6  # |lift|, |log_weights| and temperature: far past any useful value, far from overflow
+MAX_GUIDANCE = 1e3
+MAX_SWEEP_IMAGES = 1_000_000  # pairs × methods × seeds of one sweep folder
