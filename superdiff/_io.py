@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 Writer = Callable[[Path], None]  # writes a file's whole content to the path it is given
-TEMP_SUFFIX = ".tmp"
+TEMP_SUFFIX = ".superdiff.tmp"  # the kit's own temp names: .<file name>.<random>.superdiff.tmp
 
 
 def _umask() -> int:
@@ -32,10 +36,44 @@ def stage(path: Path, write: Writer) -> Path:
     return tmp
 
 
+@contextmanager
+def terminate_as_exit():
+    """While it lasts, SIGTERM raises SystemExit (in the main thread), so ``finally`` cleanup still runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_DFL:  # ignored, or someone else's handler: leave it
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def check_targets(paths: Sequence[Path]) -> None:
+    """No target is a folder (a rename onto it would fail after the earlier files were replaced)."""
+    for path in paths:
+        if Path(path).is_dir():
+            raise IsADirectoryError(errno.EISDIR, "a folder is in the way of a file to write", str(path))
+
+
 def write_atomically(
     writes: Sequence[tuple[Path, Writer]], before_rename: Callable[[], None] | None = None
 ) -> None:
     """Stage every file, then rename them in order; on an error no file is replaced and no temp is left."""
+    check_targets([path for path, _ in writes])
+    with terminate_as_exit():
+        _stage_and_rename(writes, before_rename)
+
+
+def _stage_and_rename(writes, before_rename) -> None:
     staged = []
     try:
         for path, write in writes:
@@ -62,7 +100,7 @@ def text(content: str) -> Writer:
 
 
 def remove_stale_temps(folder: Path) -> int:
-    """Delete temp files a crashed writer left in folder; returns how many."""
+    """Delete the kit's own temp files a crashed writer left in folder (no one else's); returns how many."""
     stale = list(folder.glob(f".*{TEMP_SUFFIX}")) if folder.is_dir() else []
     for tmp in stale:
         tmp.unlink(missing_ok=True)

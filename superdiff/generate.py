@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from ._io import png, write_atomically
+from .limits import LIMITS
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 OFFLINE_MODELS = {
@@ -37,9 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="AND: final log q_1 − log q_2; > 0 favours the first prompt (default 0)",
     )
     parser.add_argument("--temperature", type=float, default=1.0, help="OR: T in κ = softmax(T·log q)")
-    parser.add_argument("--steps", type=int, default=1000, help="number of sampling steps (default 1000)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
-    parser.add_argument("--batch-size", type=int, default=1, help="images per run (default 1)")
+    parser.add_argument(
+        "--steps", type=int, default=1000, help=f"sampling steps (default 1000, at most {LIMITS.steps})"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="random seed, 0 to 2**32 − 1 (default: random)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=1, help=f"images per run (default 1, at most {LIMITS.batch_size})"
+    )
     parser.add_argument(
         "--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default 7.5)"
     )
@@ -49,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--width", type=int, default=None, help="pixels, multiple of 8 (default: the model's)"
     )
+    add_max_size(parser)
     parser.add_argument(
         "--out",
         default="superdiff_output.png",
@@ -73,6 +82,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_max_size(parser: argparse.ArgumentParser) -> None:
+    """--max-size: the one limit a big GPU may need raised."""
+    parser.add_argument(
+        "--max-size",
+        type=int,
+        default=LIMITS.size,
+        help=f"largest height/width in pixels (default {LIMITS.size}; raise it for a GPU that fits more)",
+    )
+
+
+def limits(args):
+    """The pipeline limits of the options: the defaults, with --max-size."""
+    return replace(LIMITS, size=args.max_size)
+
+
 def output_paths(out: str, batch_size: int) -> tuple[list[Path], Path]:
     """(image paths, κ plot path): out itself for one image, out_<i> for several; out_kappa for the plot."""
     out = Path(out)
@@ -81,7 +105,11 @@ def output_paths(out: str, batch_size: int) -> tuple[list[Path], Path]:
     if out.parent.exists() and not out.parent.is_dir():
         raise ValueError(f"--out: {str(out.parent)!r} is not a folder")
     images = [out] if batch_size == 1 else [out.with_name(f"{out.stem}_{i}.png") for i in range(batch_size)]
-    return images, out.with_name(f"{out.stem}_kappa.png")
+    paths = images + [out.with_name(f"{out.stem}_kappa.png")]
+    folders = [str(p) for p in paths if p.is_dir()]
+    if folders:
+        raise ValueError(f"--out: {folders[0]!r} is a folder; choose another --out")
+    return images, paths[-1]
 
 
 def pick_device(device: str) -> str:
@@ -95,7 +123,9 @@ def pick_device(device: str) -> str:
         kind = torch.device(device).type
     except RuntimeError as err:
         raise ValueError(f"--device: {err}") from None
-    if not available.get(kind, True):
+    if kind not in available:
+        raise ValueError(f"--device: expected cuda, mps or cpu (cuda:1 for a given GPU), got {device!r}")
+    if not available[kind]:
         raise ValueError(f"--device: {device!r} is not available on this machine; try --device cpu")
     return device
 
@@ -165,34 +195,68 @@ def call_kwargs(args) -> dict:
     return kwargs
 
 
-def generate(args) -> list[Path]:
-    """Validate, load, sample, plot κ, write; returns the written paths."""
-    images, kappa_path = output_paths(args.out, args.batch_size)
+def check_arguments(args) -> None:
+    """Every check that needs no model, before gigabytes of weights load (and before --out is looked at)."""
     prompt_1, prompt_2 = split_prompts(args.prompts)
-    if args.model != "digits":  # cheap checks before loading gigabytes of weights
-        from superdiff.pipeline_superdiff import check_inputs
+    from superdiff.pipeline_common import check_int
 
-        size = {k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None}
-        check_inputs(prompt_1, prompt_2, **call_kwargs(args), **size)
-    device = pick_device(args.device)
-    pipe = load(args.model, pick_dtype(args.dtype, device), device, args.cpu_offload, args.attention_slicing)
-    kwargs = call_kwargs(args)
-    if args.model != "digits":
-        kwargs.update(height=args.height or pipe.default_size, width=args.width or pipe.default_size)
-    out = pipe(prompt_1, prompt_2, **kwargs)
+    check_int("--max-size", args.max_size, 64)
+    if args.model == "digits":
+        from superdiff.digits.pipeline import check_inputs
 
+        if args.height is not None or args.width is not None:
+            raise ValueError("--height, --width: the digits model makes 64×64 images; leave them out")
+        check_inputs(prompt_1, prompt_2, **call_kwargs(args))
+        return
+    from superdiff.pipeline_superdiff import check_inputs
+
+    size = {k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None}
+    check_inputs(prompt_1, prompt_2, **call_kwargs(args), **size, limits=limits(args))
+
+
+def kappa_figure(out, args):
+    """The κ plot drawn once (a label matplotlib cannot render fails here), or None with a warning."""
     import matplotlib.pyplot as plt
 
     from superdiff.viz import plot_kappa
 
     labels = args.prompts if out.kappa.shape[-1] == len(args.prompts) else None
-    ax = plot_kappa(out.kappa, out.sigmas, labels=labels, title=f"κ over σ ({args.mode.upper()})")
+    fig = None
     try:
-        pngs = list(zip(images, out.to_pil(), strict=True)) + [(kappa_path, ax.figure)]
+        fig = plot_kappa(out.kappa, out.sigmas, labels=labels, title=f"κ over σ ({args.mode.upper()})").figure
+        fig.canvas.draw()
+        return fig
+    except Exception as err:  # a plotting bug must not cost the sampled images
+        if fig is not None:
+            plt.close(fig)
+        print(
+            f"superdiff generate: warning: κ plot not written ({type(err).__name__}: {err})", file=sys.stderr
+        )
+        return None
+
+
+def generate(args) -> list[Path]:
+    """Validate, load, sample, plot κ, write; returns the written paths."""
+    check_arguments(args)
+    images, kappa_path = output_paths(args.out, args.batch_size)
+    device = pick_device(args.device)
+    pipe = load(args.model, pick_dtype(args.dtype, device), device, args.cpu_offload, args.attention_slicing)
+    pipe.limits = limits(args)
+    kwargs = call_kwargs(args)
+    if args.model != "digits":
+        kwargs.update(height=args.height or pipe.default_size, width=args.width or pipe.default_size)
+    out = pipe(*split_prompts(args.prompts), **kwargs)
+
+    import matplotlib.pyplot as plt
+
+    fig = kappa_figure(out, args)
+    pngs = list(zip(images, out.to_pil(), strict=True)) + ([(kappa_path, fig)] if fig else [])
+    try:
         write_atomically([(path, png(obj)) for path, obj in pngs])
     finally:
-        plt.close(ax.figure)
-    return images + [kappa_path]
+        if fig is not None:
+            plt.close(fig)
+    return [path for path, _ in pngs]
 
 
 def run(args) -> int:
@@ -201,6 +265,9 @@ def run(args) -> int:
         written = generate(args)
     except (ValueError, OSError) as err:  # bad arguments, weights unavailable, unwritable folder
         print(f"superdiff generate: error: {err}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("superdiff generate: error: out of memory; try a smaller --batch-size or size", file=sys.stderr)
         return 2
     for path in written:
         print(path)

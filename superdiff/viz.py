@@ -18,7 +18,10 @@ def _axes(ax):
 
 
 def _labels(labels, n_models: int) -> list[str]:
-    return list(labels) if labels is not None else [f"model {i + 1}" for i in range(n_models)]
+    """Legend names as plain text: a "$" in a prompt must not start matplotlib mathtext."""
+    if labels is None:
+        return [f"model {i + 1}" for i in range(n_models)]
+    return [str(label).replace("$", r"\$") for label in labels]
 
 
 def _sigma_axis(ax, title: str, ylabel: str) -> None:

@@ -73,6 +73,21 @@ def test_digits_model_when_installed(tmp_path):
         ([], ("a flamingo",), "prompt_2"),
         ([], ("a flamingo", ""), "prompt_2"),
         (["--device", "no-such-device"], None, "--device"),
+        # sizes past the limits: refused before any allocation (issue 13)
+        (["--batch-size", "1000000000"], None, "batch_size"),
+        (["--steps", "1000000000"], None, "num_inference_steps"),
+        (["--height", "100000"], None, "height"),
+        (["--width", "8192"], None, "width"),
+        (["--height", "72", "--max-size", "64"], None, "height"),
+        (["--seed", str(2**32)], None, "seed"),
+        (["--seed", str(2**64)], None, "seed"),
+        (["--lift", "1e300"], None, "lift"),
+        (["--guidance-scale", "1e30"], None, "guidance_scale"),
+        (["--device", "meta"], None, "--device"),
+        (["--model", "digits", "--steps", "1000000000"], ("3", "8"), "num_inference_steps"),
+        (["--model", "digits", "--batch-size", "1000000000"], ("3", "8"), "batch_size"),
+        (["--model", "digits", "--height", "64"], ("3", "8"), "--height, --width"),
+        (["--model", "digits"], ("3", "cat"), "prompt_2"),
     ],
 )
 def test_bad_arguments_exit_nonzero_and_write_nothing(tmp_path, capsys, options, prompts, expected):
@@ -139,3 +154,45 @@ def test_unreachable_weights_give_one_clear_line(tmp_path, monkeypatch, capsys):
     ]
     assert code != 0 and len(ours) == 1 and "hf auth login" in ours[0] and "local directory" in ours[0]
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_prompt_with_mathtext_dollars_still_writes_image_and_plot(tmp_path, capsys):
+    assert generate(tmp_path, prompts=("a $x^$ b", "a dog")) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flamingo.png", "flamingo_kappa.png"]
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_failing_plot_never_costs_the_sampled_images(tmp_path, monkeypatch, capsys):
+    import superdiff.viz
+
+    def broken(*args, **kwargs):
+        raise ValueError("a plotting bug")
+
+    monkeypatch.setattr(superdiff.viz, "plot_kappa", broken)
+    assert generate(tmp_path, "--batch-size", "2") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flamingo_0.png", "flamingo_1.png"]
+    out, err = capsys.readouterr()
+    assert "warning: κ plot not written (ValueError: a plotting bug)" in err
+    assert "flamingo_kappa.png" not in out
+
+
+def test_a_folder_in_the_way_of_one_image_writes_none(tmp_path, capsys):
+    (tmp_path / "y_1.png").mkdir()
+    assert generate(tmp_path, "--batch-size", "2", out="y.png") == 2
+    assert "y_1.png" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["y_1.png"]
+
+
+def test_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys):
+    import superdiff.generate
+
+    class Exhausted:
+        default_size = 64
+
+        def __call__(self, *args, **kwargs):
+            raise MemoryError
+
+    monkeypatch.setattr(superdiff.generate, "load", lambda *args: Exhausted())
+    assert generate(tmp_path) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("superdiff generate: error: out of memory") and len(err.splitlines()) == 1

@@ -1,0 +1,51 @@
+"""Atomic writes: all files or none, no temp left behind (even on SIGTERM), only the kit's temps removed."""
+
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from superdiff._io import remove_stale_temps, stage, text, write_atomically
+
+
+def test_a_folder_in_the_way_replaces_no_file(tmp_path):
+    (tmp_path / "a.txt").write_text("old")
+    (tmp_path / "b.txt").mkdir()
+    with pytest.raises(IsADirectoryError, match="b.txt"):
+        write_atomically([(tmp_path / "a.txt", text("new")), (tmp_path / "b.txt", text("new"))])
+    assert (tmp_path / "a.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+
+
+def test_sigterm_while_staging_leaves_no_temp_file(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from pathlib import Path
+        from superdiff._io import write_atomically
+
+        def slow(tmp):
+            tmp.write_text("half")
+            print("staged", flush=True)
+            time.sleep(60)
+
+        write_atomically([(Path({str(tmp_path)!r}) / "a.txt", slow)])
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "staged"
+    assert [p.name for p in tmp_path.iterdir()]  # the temp file is there
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=30) == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_only_the_kits_own_temp_files_are_removed(tmp_path):
+    users = [tmp_path / ".draft.tmp", tmp_path / ".backup.json.tmp", tmp_path / "notes.tmp"]
+    for path in users:
+        path.write_text("mine")
+    ours = stage(tmp_path / "x.png", lambda tmp: tmp.write_bytes(b"png"))
+    assert remove_stale_temps(tmp_path) == 1
+    assert not ours.exists() and all(path.read_text() == "mine" for path in users)
