@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -23,6 +26,7 @@ from superdiff.sweep import load_pairs, parse_methods, parse_seeds, plan
 from superdiff.sweep.plan import batches
 from superdiff.sweep.run import CRASH_AFTER, records
 from superdiff.sweep.scoring import ClipScorer
+from superdiff.sweep.summary import to_csv
 from superdiff.testing import tiny_clip, tiny_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the in-process sweeps run tiny models
@@ -118,6 +122,15 @@ def test_seeds_and_methods_specs():
         (["--batch-size", "0"], "--batch-size"),
         (["--lift", "nan"], "--lift"),
         (["--scorer", "digits", "--model", "tiny"], "--scorer"),
+        # sizes past the limits, refused before any allocation (issue 13)
+        (["--seeds", "0-99999999999"], "--seeds"),
+        (["--seeds", str(2**64)], "--seeds"),
+        (["--seeds", str(2**32)], "--seeds"),  # would repeat seed 0's images
+        (["--steps", str(10**9)], "--steps"),
+        (["--batch-size", str(10**9)], "--batch-size"),
+        (["--size", "100000"], "--size"),
+        (["--lift", "1e300"], "--lift"),
+        (["--guidance-scale", "1e30"], "--guidance-scale"),
     ],
 )
 def test_bad_options_exit_2_naming_the_option_and_write_nothing(tmp_path, capsys, args, option):
@@ -127,6 +140,146 @@ def test_bad_options_exit_2_naming_the_option_and_write_nothing(tmp_path, capsys
     err = capsys.readouterr().err
     assert err.startswith(f"superdiff sweep: error: {option}: ") and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.fixture
+def no_models(monkeypatch):
+    """Loading a model fails the test: what is checked here must be refused before any model loads."""
+    import superdiff.sweep.run
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(superdiff.sweep.run, "load_pipeline", loaded)
+
+
+@pytest.mark.parametrize(
+    "pairs, option",
+    [
+        ("prompt_1,prompt_2\n3,8\n3,cat\n", "--pairs: pair 2, prompt_2: unknown digit 'cat'"),
+        ("prompt_1,prompt_2\n3,8\n,8\n", "--pairs: line 3 of"),
+        ("prompt_1,prompt_2\n3,8\n1,7\n3,8\n", "--pairs: line 4 of .* repeats line 2"),
+        ("- [3, 8]\n- {prompt_1: 1, prompt_2: [\n", "--pairs: not valid YAML"),
+    ],
+)
+def test_bad_pairs_are_refused_before_any_model_loads(tmp_path, capsys, no_models, pairs, option):
+    path = tmp_path / ("pairs.yaml" if pairs.startswith("-") else "pairs.csv")
+    path.write_text(pairs)
+    out = tmp_path / "sweep"
+    assert superdiff_main(["sweep", "--model", "digits", "--pairs", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert re.match(f"superdiff sweep: error: {option}", err) and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_csv_with_excel_byte_order_mark_loads(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_bytes("prompt_1,prompt_2\n3,8\n".encode("utf-8-sig"))
+    assert load_pairs(str(path)) == [("3", "8")]
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "{not json", ""])
+def test_out_that_is_not_a_sweep_is_refused_before_any_model_loads(tmp_path, capsys, no_models, content):
+    out = tmp_path / "mine"
+    user_files = ["summary.md", "records.csv", "records.jsonl", "summary.csv", "images/.draft.tmp"]
+    user_files += ["records/.backup.json.tmp"]
+    for name in user_files:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("the user's")
+    if content:
+        (out / "sweep.json").write_text(content)
+    assert superdiff_main(["sweep", "--model", "digits", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("superdiff sweep: error: --out: ") and len(err.strip().splitlines()) == 1
+    assert all((out / name).read_text() == "the user's" for name in user_files)
+
+
+def test_unwritable_out_is_refused_before_any_model_loads(tmp_path, capsys, no_models):
+    (tmp_path / "a_file").write_text("")
+    assert superdiff_main(["sweep", "--model", "digits", "--out", str(tmp_path / "a_file" / "sweep")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("superdiff sweep: error: --out: cannot write") and len(err.strip().splitlines()) == 1
+    )
+
+
+def test_a_run_started_meanwhile_with_other_settings_is_refused(tmp_path, monkeypatch, capsys):
+    """Two runs on one --out: the second checks while the first loads its models (the race of issue 13)."""
+    import superdiff.sweep.run
+
+    out = tmp_path / "sweep"
+    base = ["sweep", "--model", "digits", "--pairs", "digits", "--methods", "and", "--seeds", "0"]
+    load, codes = superdiff.sweep.run.load_pipeline, []
+
+    def load_while_another_run_starts(cfg, device):
+        if not codes:
+            codes.append(superdiff_main([*base, "--steps", "4", "--out", str(out)]))
+        return load(cfg, device)
+
+    monkeypatch.setattr(superdiff.sweep.run, "load_pipeline", load_while_another_run_starts)
+    assert superdiff_main([*base, "--steps", "3", "--out", str(out)]) == 0
+    assert codes == [2] and "--out: " in capsys.readouterr().err
+    steps = json.loads((out / "sweep.json").read_text())["steps"]
+    assert steps == 3 and {r["steps"] for r in read_records(out)} == {steps}
+
+
+def test_resuming_with_another_scorer_is_refused(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    base = [
+        "sweep",
+        "--model",
+        "digits",
+        "--pairs",
+        "digits",
+        "--methods",
+        "and",
+        "--seeds",
+        "0",
+        "--steps",
+        "3",
+    ]
+    assert superdiff_main([*base, "--scorer", "none", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert superdiff_main([*base, "--scorer", "digits", "--out", str(out)]) == 2
+    assert "scorer='none'" in capsys.readouterr().err
+
+
+def test_non_finite_sampling_stops_the_sweep_without_a_record(tmp_path, capsys, monkeypatch):
+    from superdiff.digits.pipeline import DigitsPipeline
+
+    def overflowing(self, labels, guidance_scale):
+        return [lambda x, sigma: torch.full_like(x, math.nan)] * len(labels)
+
+    monkeypatch.setattr(DigitsPipeline, "predictor", overflowing)
+    out = tmp_path / "sweep"
+    args = [
+        "sweep",
+        "--model",
+        "digits",
+        "--pairs",
+        "digits",
+        "--methods",
+        "and",
+        "--seeds",
+        "0",
+        "--steps",
+        "3",
+    ]
+    assert superdiff_main([*args, "--out", str(out)]) == 2
+    assert "NaN or infinite" in capsys.readouterr().err
+    assert not list((out / "records").glob("*.json"))
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_made_text():
+    rows = [{"prompt_1": '=HYPERLINK("http://x")', "prompt_2": "-a dog", "p": "@x", "q": "+1", "lift": -1.5}]
+    parsed = next(csv.DictReader(io.StringIO(to_csv(rows))))
+    assert parsed == {
+        "prompt_1": '\'=HYPERLINK("http://x")',
+        "prompt_2": "'-a dog",
+        "p": "'@x",
+        "q": "'+1",
+        "lift": "-1.5",
+    }
 
 
 # ----------------------------------------------------------------------------- processes, crash, resume

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..generate import DEFAULT_MODEL, DTYPES
+from ..generate import DEFAULT_MODEL, DTYPES, add_max_size
 from .plan import (
     DEFAULT_METHODS,
     JOINT_METHODS,
@@ -69,6 +69,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--size", type=int, default=None, help="SD image size in pixels (default: the model's)"
     )
+    add_max_size(parser)
+
+
+def check_size(size, max_size: int) -> None:
+    """--size: None (the model's) or a multiple of 8 from 64 to --max-size."""
+    from ..pipeline_common import check_int
+
+    check_int("--max-size", max_size, 64)
+    if size is not None:
+        check_int("--size", size, 64, ", a multiple of 8 (raise the limit with --max-size)", high=max_size)
+        if size % 8:
+            raise ValueError(f"--size: expected a multiple of 8, >= 64, got {size}")
+
+
+def check_digit_pairs(pairs: list[tuple[str, str]]) -> None:
+    """Every prompt of --model digits names a digit: refused before any model loads, not mid-sweep."""
+    from ..digits.model import label_of
+
+    for i, pair in enumerate(pairs, start=1):
+        for k, prompt in enumerate(pair, start=1):
+            label_of(prompt, f"--pairs: pair {i}, prompt_{k}")
 
 
 def config(args):
@@ -83,10 +104,12 @@ def config(args):
         scorer = "digits" if digits else "none" if args.model == "tiny" else "clip"
     if scorer == "digits" and not digits:
         raise ValueError("--scorer: the digits classifier scores --model digits only")
-    if args.size is not None and (args.size < 64 or args.size % 8):
-        raise ValueError(f"--size: expected a multiple of 8, >= 64, got {args.size}")
+    check_size(args.size, args.max_size)
+    pairs = load_pairs(args.pairs or ("digits" if digits else "paper"))
+    if digits:
+        check_digit_pairs(pairs)
     return SweepConfig(
-        pairs=load_pairs(args.pairs or ("digits" if digits else "paper")),
+        pairs=pairs,
         methods=parse_methods(args.methods, joint=not digits) if args.methods else default_methods,
         seeds=parse_seeds(args.seeds),
         out=args.out,
@@ -111,9 +134,12 @@ def run(args) -> int:
     state = sweep_state()
     try:
         timing = run_sweep(config(args), state)
-    except (ValueError, OSError) as err:  # bad arguments, weights unavailable, unwritable folder
+    except (ValueError, OSError, MemoryError) as err:  # bad arguments, weights unavailable, unwritable folder
         who = f" [process {state.process_index}]" if state.num_processes > 1 else ""
-        print(f"superdiff sweep{who}: error: {err}", file=sys.stderr)
+        message = (
+            "out of memory; try a smaller --batch-size or --size" if isinstance(err, MemoryError) else err
+        )
+        print(f"superdiff sweep{who}: error: {message}", file=sys.stderr)
         return 2
     if state.is_main_process:
         print(f"{timing['images']} images in {timing['seconds']:.1f} s on {timing['processes']} process(es)")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from ..limits import MAX_SEED, MAX_SWEEP_IMAGES
+
 SHIPPED_PAIRS = {"paper": "paper_sd.csv", "digits": "digits.csv"}  # --pairs NAME -> sweep/pairs/FILE
 METHODS = {
     "and": "SuperDiff AND (equal density)",
@@ -49,45 +51,64 @@ def _pairs_text(source: str) -> tuple[str, str]:
     path = Path(source)
     if not path.is_file():
         raise ValueError(f"--pairs: expected {' or '.join(SHIPPED_PAIRS)} or a CSV/YAML file, got {source!r}")
-    return path.read_text(encoding="utf-8"), "yaml" if path.suffix.lower() in (".yaml", ".yml") else "csv"
+    try:  # utf-8-sig: Excel starts its UTF-8 CSV files with a byte-order mark
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"--pairs: {source!r} is not UTF-8 text ({err.reason} at byte {err.start})"
+        ) from None
+    return text, "yaml" if path.suffix.lower() in (".yaml", ".yml") else "csv"
 
 
-def _rows(text: str, fmt: str) -> list:
-    """The pair rows of a CSV (header prompt_1,prompt_2) or YAML (list of mappings or of 2-lists) text."""
+def _rows(text: str, fmt: str) -> list[tuple[str, object]]:
+    """(where, row) of each pair of a CSV (header prompt_1,prompt_2) or YAML (mappings or 2-lists) text."""
     if fmt == "csv":
         reader = csv.DictReader(io.StringIO(text))
         if not {"prompt_1", "prompt_2"} <= set(reader.fieldnames or ()):
             raise ValueError(f"--pairs: the CSV header must name prompt_1,prompt_2; got {reader.fieldnames}")
-        return [(row["prompt_1"], row["prompt_2"]) for row in reader]
-    rows = yaml.safe_load(text)
+        return [(f"line {reader.line_num}", (row["prompt_1"], row["prompt_2"])) for row in reader]
+    try:
+        rows = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ValueError(f"--pairs: not valid YAML ({' '.join(str(err).split())})") from None
     if not isinstance(rows, list):
         raise ValueError("--pairs: the YAML file must hold a list of pairs")
-    return [(r.get("prompt_1"), r.get("prompt_2")) if isinstance(r, dict) else r for r in rows]
+    return [
+        (f"item {i}", (r.get("prompt_1"), r.get("prompt_2")) if isinstance(r, dict) else r)
+        for i, r in enumerate(rows, start=1)
+    ]
 
 
 def load_pairs(source: str) -> list[tuple[str, str]]:
-    """The (prompt_1, prompt_2) pairs of ``--pairs``: "paper", "digits", or a CSV/YAML file."""
-    pairs = []
-    for i, row in enumerate(_rows(*_pairs_text(source)), start=1):
+    """The distinct (prompt_1, prompt_2) pairs of ``--pairs``: "paper", "digits", or a CSV/YAML file."""
+    pairs = {}  # pair -> where it is
+    for where, row in _rows(*_pairs_text(source)):
         ok = isinstance(row, (list, tuple)) and len(row) == 2
         if not (ok and all(isinstance(p, str) and p.strip() for p in row)):
-            raise ValueError(f"--pairs: pair {i} must be two non-empty prompts, got {row!r}")
-        pairs.append((row[0].strip(), row[1].strip()))
+            raise ValueError(f"--pairs: {where} of {source!r} must be two non-empty prompts, got {row!r}")
+        pair = (row[0].strip(), row[1].strip())
+        if pair in pairs:  # it would be sampled and counted twice
+            raise ValueError(f"--pairs: {where} of {source!r} repeats {pairs[pair]}: {pair!r}")
+        pairs[pair] = where
     if not pairs:
         raise ValueError(f"--pairs: {source!r} holds no pairs")
-    return pairs
+    return list(pairs)
 
 
 def parse_seeds(spec: str) -> list[int]:
-    """--seeds "0-19", "0,3,7" or "0-4,10" -> sorted distinct seeds."""
-    seeds = set()
+    """--seeds "0-19", "0,3,7" or "0-4,10" -> sorted distinct seeds, each from 0 to MAX_SEED."""
+    ranges = []
     for part in spec.split(","):
         match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
         if not match or (match.group(2) and int(match.group(2)) < int(match.group(1))):
             raise ValueError(f"--seeds: expected integers >= 0 and ranges like 0-19, got {spec!r}")
         low = int(match.group(1))
-        seeds.update(range(low, int(match.group(2) or low) + 1))
-    return sorted(seeds)
+        ranges.append(range(low, int(match.group(2) or low) + 1))
+    if max(r.stop - 1 for r in ranges) > MAX_SEED:
+        raise ValueError(f"--seeds: expected seeds from 0 to {MAX_SEED}, got {spec!r}")
+    if sum(map(len, ranges)) > MAX_SWEEP_IMAGES:  # counted before a single seed is listed
+        raise ValueError(f"--seeds: expected at most {MAX_SWEEP_IMAGES} seeds, got {spec!r}")
+    return sorted(set().union(*ranges))
 
 
 def parse_methods(spec: str, joint: bool = True) -> list[str]:
@@ -102,6 +123,12 @@ def parse_methods(spec: str, joint: bool = True) -> list[str]:
 
 def plan(pairs: list[tuple[str, str]], methods: list[str], seeds: list[int]) -> list[Item]:
     """Every (pair, method, seed) item, ordered pair-major."""
+    count = len(pairs) * len(methods) * len(seeds)
+    if count > MAX_SWEEP_IMAGES:
+        raise ValueError(
+            f"--seeds: {len(pairs)} pairs × {len(methods)} methods × {len(seeds)} seeds = {count} images; "
+            f"a sweep holds at most {MAX_SWEEP_IMAGES}"
+        )
     return [Item(i, a, b, m, s) for i, (a, b) in enumerate(pairs) for m in methods for s in seeds]
 
 

@@ -28,7 +28,8 @@ from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 from tqdm.auto import tqdm
 
-from .._io import png, remove_stale_temps, text, write_atomically
+from .._io import TEMP_SUFFIX, png, remove_stale_temps, stage, text, write_atomically
+from ..limits import LIMITS, MAX_GUIDANCE, MAX_MAGNITUDE
 from ..pipeline_common import check_finite, check_int
 from ..pipeline_superdiff import JOINT_TEMPLATE
 from .plan import Item, batches, plan
@@ -60,26 +61,49 @@ class SweepConfig:
 
     def __post_init__(self):
         self.out = Path(self.out)
-        check_int("--steps", self.steps, 1)
-        check_int("--batch-size", self.batch_size, 1)
-        check_finite("--guidance-scale", self.guidance_scale, low=0.0)
-        check_finite("--lift", self.lift)
+        check_int("--steps", self.steps, 1, high=LIMITS.steps)
+        check_int("--batch-size", self.batch_size, 1, high=LIMITS.batch_size)
+        check_finite("--guidance-scale", self.guidance_scale, low=0.0, high=MAX_GUIDANCE)
+        check_finite("--lift", self.lift, low=-MAX_MAGNITUDE, high=MAX_MAGNITUDE)
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"--out: {str(self.out)!r} exists and is not a folder")
         self.items = plan(self.pairs, self.methods, self.seeds)
 
     def settings(self) -> dict:
-        """What makes an item's image: a rerun into the same folder must not change it."""
-        keys = ("model", "steps", "guidance_scale", "lift", "dtype", "size", "pairs")
-        return {k: [list(p) for p in self.pairs] if k == "pairs" else getattr(self, k) for k in keys}
+        """What makes an item's image and record: a rerun into the same folder must not change them."""
+        keys = ("model", "steps", "guidance_scale", "lift", "dtype", "size", "scorer", "clip_model", "pairs")
+        settings = {k: getattr(self, k) for k in keys}
+        settings.update(pairs=[list(p) for p in self.pairs])
+        if self.scorer != "clip":
+            settings["clip_model"] = None
+        return settings
+
+
+def saved_settings(out: Path) -> dict | None:
+    """The settings in out/sweep.json; None if the folder is new or empty; refuses any other folder."""
+    path = out / SETTINGS_FILE
+    if not path.exists():
+        others = [p.name for p in out.iterdir() if not p.name.endswith(TEMP_SUFFIX)] if out.is_dir() else []
+        if others:
+            raise ValueError(
+                f"--out: {str(out)!r} holds files but no {SETTINGS_FILE} (e.g. {sorted(others)[0]!r}), so it "
+                "is not a sweep folder; use a new or empty folder"
+            )
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise ValueError(f"--out: {str(path)!r} is not a sweep's settings file (a JSON object)")
+    return saved
 
 
 def check_settings(cfg: SweepConfig) -> None:
     """A folder holds one sweep: refuse to resume it with settings that would change its images."""
-    path = cfg.out / SETTINGS_FILE
-    if not path.exists():
+    saved, now = saved_settings(cfg.out), cfg.settings()
+    if saved is None:
         return
-    saved, now = json.loads(path.read_text(encoding="utf-8")), cfg.settings()
     changed = [k for k in now if saved.get(k) != now[k]]
     if changed:
         was = ", ".join(f"{k}={saved.get(k)!r}" for k in changed if k != "pairs")
@@ -177,7 +201,7 @@ def write_batch(cfg: SweepConfig, batch, images, rows, done: int) -> None:
     """Images first, records last: a record on disk means its image is complete."""
     writes = [(image_path(cfg.out, item), png(im)) for item, im in zip(batch, images, strict=True)]
     writes += [
-        (record_path(cfg.out, item), text(json.dumps(row, ensure_ascii=False) + "\n"))
+        (record_path(cfg.out, item), text(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n"))
         for item, row in zip(batch, rows, strict=True)
     ]
     write_atomically(writes, before_rename=_crash_hook(done))
@@ -245,18 +269,55 @@ def sweep_state() -> PartialState:
     return PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
+def claim(cfg: SweepConfig) -> list[Path]:
+    """Make --out this sweep's folder before any model loads; returns what was created (undone on failure).
+
+    sweep.json is created exclusively (a hard link of a complete temp file), so of two runs started
+    together only one writes it, and the other re-checks its settings against it.
+    """
+    check_settings(cfg)
+    created = [] if cfg.out.exists() else [cfg.out]
+    settings = text(json.dumps(cfg.settings(), indent=1, allow_nan=False) + "\n")
+    try:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        tmp = stage(cfg.out / SETTINGS_FILE, settings)
+    except OSError as err:
+        raise ValueError(f"--out: cannot write to {str(cfg.out)!r} ({err.strerror or err})") from None
+    try:
+        os.link(tmp, cfg.out / SETTINGS_FILE)
+        created.insert(0, cfg.out / SETTINGS_FILE)
+    except FileExistsError:
+        check_settings(cfg)  # another run claimed the folder first: resume it only with its settings
+    finally:
+        tmp.unlink(missing_ok=True)
+    return created
+
+
+def unclaim(created: list[Path]) -> None:
+    """Undo :func:`claim` when the models failed to load: no sweep.json, no folder of a sweep never run."""
+    for path in created:
+        if path.is_dir():
+            try:
+                path.rmdir()
+            except OSError:  # something else was written meanwhile
+                pass
+        else:
+            path.unlink(missing_ok=True)
+
+
 def run_sweep(cfg: SweepConfig, state: PartialState | None = None) -> dict:
     """Sample and score every pending item of the sweep on this process's share; returns the run's timing."""
     state = state or sweep_state()
-    check_settings(cfg)
+    created = claim(cfg) if state.is_main_process else []
     device = str(state.device)
-    pipe, scorer = load_pipeline(cfg, device), load_scorer(cfg.scorer, cfg.clip_model, device)
-    if state.is_main_process:  # the folder is made only once the models have loaded
-        cfg.out.mkdir(parents=True, exist_ok=True)
-        for folder in ("images", "records"):
-            remove_stale_temps(cfg.out / folder)
-        if not (cfg.out / SETTINGS_FILE).exists():
-            write_atomically([(cfg.out / SETTINGS_FILE, text(json.dumps(cfg.settings(), indent=1) + "\n"))])
+    try:
+        pipe, scorer = load_pipeline(cfg, device), load_scorer(cfg.scorer, cfg.clip_model, device)
+    except BaseException:
+        unclaim(created)
+        raise
+    if state.is_main_process:
+        for folder in (cfg.out, cfg.out / "images", cfg.out / "records"):
+            remove_stale_temps(folder)
     state.wait_for_everyone()
     todo = pending(cfg)
     state.wait_for_everyone()  # every process has listed the same pending items before anyone writes

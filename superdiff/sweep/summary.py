@@ -57,13 +57,21 @@ def flat(row: dict) -> dict:
     return out
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell starting so as a formula
+
+
+def cell(value):
+    """A CSV cell that a spreadsheet shows as text: a leading ' before formula characters (OWASP)."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
 def to_csv(rows: list[dict]) -> str:
-    """CSV text of dict rows (columns: the union of their keys, in first-seen order)."""
+    """CSV text of dict rows (columns: the union of their keys, first-seen order); text cells made inert."""
     fields = list(dict.fromkeys(k for row in rows for k in row))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: cell(v) for k, v in row.items()} for row in rows)
     return buffer.getvalue()
 
 
@@ -126,7 +134,7 @@ def write_summary(cfg, rows: list[dict], timing: dict) -> dict:
     table = summarize(rows)
     scorer = next((r["scorer"] for r in rows if r.get("scorer")), None)
     paths = {name: cfg.out / name for name in ("records.jsonl", "records.csv", "summary.md", "summary.csv")}
-    jsonl = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    jsonl = "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
     summary_csv = to_csv([{k: r[k] for k in SUMMARY_FIELDS} for r in table])
     contents = [jsonl, to_csv([flat(r) for r in rows]), markdown(table, scorer, timing, cfg), summary_csv]
     write_atomically([(paths[name], text(c)) for name, c in zip(paths, contents, strict=True)])
