@@ -17,11 +17,18 @@ def _axes(ax):
     return ax if ax is not None else plt.subplots(figsize=(5, 3.2))[1]
 
 
+def plain(text) -> str:
+    """Text (a prompt) that matplotlib shows as written: a "$" must not start mathtext."""
+    return str(text).replace("$", r"\$")
+
+
 def _labels(labels, n_models: int) -> list[str]:
-    """Legend names as plain text: a "$" in a prompt must not start matplotlib mathtext."""
-    if labels is None:
-        return [f"model {i + 1}" for i in range(n_models)]
-    return [str(label).replace("$", r"\$") for label in labels]
+    """Legend names as plain text."""
+    return (
+        [plain(label) for label in labels]
+        if labels is not None
+        else [f"model {i + 1}" for i in range(n_models)]
+    )
 
 
 def _sigma_axis(ax, title: str, ylabel: str) -> None:
