@@ -349,19 +349,20 @@ class Playground:
         self.button.disabled = True
         start = time.perf_counter()
         try:
+            self.result, self.error = None, None
             p = self.params()
             if p["seed"] < 0:
                 raise ValueError(f"seed: expected an integer >= 0, got {p['seed']}")
-            self.result, self.error = None, None
             self.result = self._sample(p)
             self.seconds = time.perf_counter() - start
-            self.samples_out.outputs = (png_output(self.backend.figure(self.result, p, self.title(p))),)
+            figure = self.backend.figure(self.result, p, viz.plain(self.title(p)))  # a "$" is not mathtext
+            self.samples_out.outputs = (png_output(figure),)
             self._show_kappa(self.result.kappa, self.result.sigmas, p, "")
             self._set_status(
                 f"Done: {self.result.kappa.shape[1]} samples, {p['steps']} steps in {self.seconds:.1f} s."
             )
-        except Exception as err:  # any failure, see the docstring
-            self.result, self.error = None, err
+        except Exception as err:  # any failure, see the docstring; a result already sampled is kept
+            self.error = err
             kind = "" if isinstance(err, ValueError) else f" ({type(err).__name__})"
             self._set_status(f"Error{kind}: {err}", error=True)
         finally:

@@ -199,3 +199,20 @@ def test_stable_diffusion_backend():
     assert pg.progress.value == 3 and len(pngs(pg.kappa_out)) == 1
     pg.prompt_2.value = " "
     assert pg.generate() is None and "Error: prompt_2" in pg.status.value
+
+
+def test_prompt_with_mathtext_dollars_is_drawn_and_a_failing_plot_keeps_the_result(monkeypatch):
+    testing = require("superdiff.testing")
+    pg = playground(testing.tiny_pipeline())
+    pg.steps.value, pg.batch_size.value = 2, 1
+    pg.prompt_1.value = "a $x^$ b"  # invalid mathtext: matplotlib raises if it parses it
+    result = pg.generate()
+    assert pg.error is None, pg.status.value
+    assert result is not None and len(pngs(pg.samples_out)) == 1
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("plot failed")
+
+    monkeypatch.setattr(pg.backend, "figure", broken)
+    kept = pg.generate()
+    assert kept is not None and pg.result is kept and "plot failed" in pg.status.value
