@@ -299,7 +299,8 @@ def superpose(
             ``lift > 0`` favours model 1. A scalar lifts model 1 against all others; a sequence
             gives one value per model (log q_i − log q_j ends at lift_i − lift_j).
         temperature: OR only, T in κ = softmax(T·(log q + log_weights)).
-        log_weights: OR only, log prior weight b_i of each model (default: equal).
+        log_weights: OR only, b_i = log w_i per model (default: equal); at T = 1 OR samples Σ w_i q_i,
+            other T scale the prior too.
         generator: torch generator for the step noise, or a list of B (one per sample).
         progress: show a tqdm bar.
         callback: called after every step with ``{"i", "sigma", "x", "kappa", "log_q"}``.
