@@ -13,7 +13,9 @@ from __future__ import annotations
 import base64
 import html
 import io
+import numbers
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -26,7 +28,8 @@ from torch import Tensor
 
 from . import viz
 from ._torch import one_thread
-from .pipeline_common import parse_mode, superpose_options
+from .limits import MAX_SEED
+from .pipeline_common import check_finite, parse_mode, superpose_options
 from .sampling import geometric_sigmas, superpose
 from .toy import up_and_down
 
@@ -36,6 +39,10 @@ REDRAW_SECONDS = 0.5  # ... and not more often than this: a redraw costs ~0.1–
 DPI = 80
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 SD_MODEL = "CompVis/stable-diffusion-v1-4"
+# The controls' ranges. A client (a browser, or anything speaking the widget protocol) can change a widget's
+# min and max, so generate() checks every value against these and the backend's bounds, never the widgets'.
+LIFT_RANGE, TEMPERATURE_RANGE = (-10.0, 10.0), (0.1, 5.0)
+MAX_PROMPT_CHARS = 1_000  # CLIP keeps 77 tokens anyway
 
 CORE_MODES = [("AND (equal density)", "and"), ("OR (mixture)", "or"), ("average (κ = 1/N)", "avg")]
 StepFn = Callable[[int, Tensor], None]  # on_step(i, κ (B, N) that moved x) after step i
@@ -216,6 +223,12 @@ def make_backend(backend):
     )
 
 
+def check_int_range(name: str, value, low: int, high: int) -> None:
+    """An integer (not a bool) from low to high; the error names the whole range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+        raise ValueError(f"{name}: expected an integer from {low} to {high}, got {value!r}")
+
+
 # ----------------------------------------------------------------------------- plots as widget outputs
 
 
@@ -252,12 +265,14 @@ class Playground:
         self.backend = make_backend(backend)
         self.result, self.error, self.seconds = None, None, None
         self.redraw_seconds = REDRAW_SECONDS
+        self.thread: threading.Thread | None = None  # the run a click started
+        self._busy = threading.Lock()  # held for the whole of a run: one run at a time
         self._make_controls()
         self._make_outputs()
         self.widget = self._layout()
         self.mode.observe(self._on_mode, names="value")
         self._on_mode()
-        self.button.on_click(lambda _: self.generate())
+        self.button.on_click(self._on_click)
 
     def _make_controls(self) -> None:
         b, wide = self.backend, {"style": {"description_width": "initial"}}
@@ -268,13 +283,15 @@ class Playground:
             self.prompt_1 = widgets.Text(b.prompts[0], description="prompt 1", disabled=b.name == "toy")
             self.prompt_2 = widgets.Text(b.prompts[1], description="prompt 2", disabled=b.name == "toy")
         self.mode = widgets.Dropdown(options=b.modes, value="and", description="mode")
-        self.lift = widgets.FloatSlider(0.0, min=-10, max=10, step=0.1, description="lift (AND)", **wide)
+        low, high = LIFT_RANGE
+        self.lift = widgets.FloatSlider(0.0, min=low, max=high, step=0.1, description="lift (AND)", **wide)
         guidance, guidance_max = b.guidance or (1.0, 1.0)
         self.guidance_scale = widgets.FloatSlider(
             guidance, min=0, max=guidance_max, step=0.1, description="guidance w", **wide
         )
+        low, high = TEMPERATURE_RANGE
         self.temperature = widgets.FloatSlider(
-            1.0, min=0.1, max=5, step=0.1, description="temperature T (OR)", **wide
+            1.0, min=low, max=high, step=0.1, description="temperature T (OR)", **wide
         )
         self.steps = widgets.IntSlider(b.steps, min=1, max=b.max_steps, description="steps")
         self.batch_size = widgets.IntSlider(b.batch, min=1, max=b.max_batch, description="batch size", **wide)
@@ -328,6 +345,34 @@ class Playground:
             "batch_size": self.batch_size.value,
         }
 
+    def check_params(self, p: dict) -> None:
+        """Every value against the backend's bounds, not the widgets' min and max (a client can set those)."""
+        b = self.backend
+        modes = [value for _, value in b.modes]
+        if p["mode"] not in modes:
+            raise ValueError(f"mode: expected one of {modes}, got {p['mode']!r}")
+        for name in ("prompt_1", "prompt_2"):
+            self._check_prompt(name, p[name])
+        check_int_range("steps", p["steps"], 1, b.max_steps)
+        check_int_range("batch_size", p["batch_size"], 1, b.max_batch)
+        check_int_range("seed", p["seed"], 0, MAX_SEED)
+        check_finite("lift", p["lift"], *LIFT_RANGE)
+        check_finite("temperature", p["temperature"], *TEMPERATURE_RANGE)
+        check_finite("guidance_scale", p["guidance_scale"], 0.0, (b.guidance or (1.0, 1.0))[1])
+
+    def _check_prompt(self, name: str, prompt) -> None:
+        """Text of at most MAX_PROMPT_CHARS, one of the backend's choices if any; fixed for the toy."""
+        b, index = self.backend, int(name[-1]) - 1
+        if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS:
+            got = f"{len(prompt)} characters" if isinstance(prompt, str) else repr(prompt)
+            raise ValueError(f"{name}: expected text of at most {MAX_PROMPT_CHARS} characters, got {got}")
+        if b.name == "toy" and prompt != b.prompts[index]:
+            raise ValueError(
+                f"{name}: the toy's models are fixed: expected {b.prompts[index]!r}, got {prompt!r}"
+            )
+        if b.choices is not None and prompt not in [value for _, value in b.choices]:
+            raise ValueError(f"{name}: expected one of {[value for _, value in b.choices]}, got {prompt!r}")
+
     def labels(self, p: dict) -> list[str]:
         """Names of the superposed models, for legends."""
         return [str(p["prompt_1"]), str(p["prompt_2"])]
@@ -340,19 +385,45 @@ class Playground:
         """E.g. "AND: 'up' and 'down'"."""
         return f"{self.mode_name(p)}: {p['prompt_1']!r} and {p['prompt_2']!r}"
 
+    def _on_click(self, _button=None) -> None:
+        """Run in a thread: the kernel stays free to receive clicks, and one while a run is active is ignored.
+
+        Run in the kernel's own thread, a double click would queue a second run behind the first.
+        """
+        if not self._busy.acquire(blocking=False):
+            return
+        try:
+            self.thread = threading.Thread(target=self._run_locked, name="superdiff-playground", daemon=True)
+            self.thread.start()
+        except BaseException:
+            self._busy.release()
+            raise
+
     def generate(self):
         """Sample with the current controls, show samples and κ; return the result (also kept in ``.result``).
 
-        Errors (a ValueError for invalid input, anything else) are shown in the status line and kept in
-        ``.error``, never raised: an exception in a button callback would vanish into the browser console.
+        Returns None at once, and changes nothing, while another run is active. Errors (a ValueError for
+        invalid input, anything else) are shown in the status line and kept in ``.error``, never raised:
+        an exception in a button callback would vanish into the browser console.
         """
+        if not self._busy.acquire(blocking=False):
+            return None
+        return self._run_locked()
+
+    def _run_locked(self):
+        """One run, with ``_busy`` acquired by the caller; released at the end."""
+        try:
+            return self._generate()
+        finally:
+            self._busy.release()
+
+    def _generate(self):
         self.button.disabled = True
         start = time.perf_counter()
         try:
             self.result, self.error = None, None
             p = self.params()
-            if p["seed"] < 0:
-                raise ValueError(f"seed: expected an integer >= 0, got {p['seed']}")
+            self.check_params(p)
             self.result = self._sample(p)
             self.seconds = time.perf_counter() - start
             figure = self.backend.figure(self.result, p, viz.plain(self.title(p)))  # a "$" is not mathtext

@@ -1,9 +1,11 @@
 """The ipywidgets playground without a browser: set controls, press Generate, inspect results and outputs."""
 
+import html
 import importlib
 import importlib.util
 import subprocess
 import sys
+import threading
 import types
 
 import ipywidgets
@@ -74,7 +76,93 @@ def test_live_redraws_are_throttled_by_time(toy):
 
 def test_button_click_generates(toy):
     toy.button.click()
+    toy.thread.join(60)
     assert toy.result is not None and toy.result.samples.shape == (BATCH, 2)
+
+
+def block_runs(pg, monkeypatch) -> tuple[list, threading.Event, threading.Event]:
+    """Make the backend's run record each call and wait until released: (calls, started, release)."""
+    calls, started, release, run = [], threading.Event(), threading.Event(), pg.backend.run
+
+    def blocking(p, on_step):
+        calls.append(p)
+        started.set()
+        assert release.wait(30), "the test never released the run"
+        return run(p, on_step)
+
+    monkeypatch.setattr(pg.backend, "run", blocking)
+    return calls, started, release
+
+
+def test_concurrent_generate_calls_make_one_run(toy, monkeypatch):
+    calls, started, release = block_runs(toy, monkeypatch)
+    results = []
+    first = threading.Thread(target=lambda: results.append(toy.generate()))
+    first.start()
+    assert started.wait(30)
+    second = threading.Thread(target=lambda: results.append(toy.generate()))
+    second.start()
+    second.join(30)
+    assert results == [None]  # ignored at once, while the first run is active
+    release.set()
+    first.join(60)
+    assert len(calls) == 1 and results[1] is toy.result is not None and toy.error is None
+
+
+def test_a_click_while_a_run_is_active_is_ignored(toy, monkeypatch):
+    calls, started, release = block_runs(toy, monkeypatch)
+    toy.button.click()
+    assert started.wait(30)
+    running = toy.thread
+    toy.button.click()  # a double click, or a client that re-enabled the button
+    assert toy.thread is running
+    release.set()
+    running.join(60)
+    assert len(calls) == 1 and toy.result is not None
+    toy.button.click()  # after the run, a click starts the next one
+    toy.thread.join(60)
+    assert len(calls) == 2
+
+
+# What a client can send: it can change a widget's min and max, then set a value past the UI's range.
+OUT_OF_RANGE = [
+    ("steps", 5000, "steps: expected an integer from 1 to 1000, got 5000"),
+    ("steps", -5, "steps: expected an integer from 1 to 1000, got -5"),
+    ("batch_size", 10**12, "batch_size: expected an integer from 1 to 2000, got 1000000000000"),
+    ("batch_size", -5, "batch_size: expected an integer from 1 to 2000, got -5"),
+    ("seed", 2**40, "seed: expected an integer from 0 to 4294967295"),
+    ("lift", 1e9, "lift: expected a finite number >= -10 and <= 10"),
+    ("temperature", 0.0, "temperature: expected a finite number >= 0.1 and <= 5"),
+    ("guidance_scale", 50.0, "guidance_scale: expected a finite number >= 0 and <= 1"),
+]
+
+
+def set_past_bounds(widget, value) -> None:
+    """Set a value as a client can: first widen the widget's min and max, if it has them."""
+    if hasattr(widget, "max"):
+        widget.max, widget.min = max(widget.max, value), min(widget.min, value)
+    widget.value = value
+    assert widget.value == value
+
+
+@pytest.mark.parametrize("name, value, message", OUT_OF_RANGE)
+def test_out_of_range_values_from_a_client_are_refused(toy, monkeypatch, name, value, message):
+    calls, _, release = block_runs(toy, monkeypatch)
+    release.set()
+    set_past_bounds(getattr(toy, name), value)
+    assert toy.generate() is None and calls == []
+    assert isinstance(toy.error, ValueError) and message in str(toy.error)
+    assert f"Error: {message}" in html.unescape(toy.status.value)
+
+
+def test_prompts_are_checked():
+    toy = playground("toy")
+    toy.prompt_2.value = "<b>anything</b>"  # a Text widget: a client can set any text, even if disabled
+    assert toy.generate() is None and "prompt_2: the toy's models are fixed" in str(toy.error)
+    digits = require("superdiff.digits") and playground("digits")
+    for prompt, message in (("x" * 5000, "at most 1000 characters, got 5000"), ("11", "expected one of")):
+        with pytest.raises(ValueError, match=f"prompt_1: .*{message}"):
+            digits.check_params({**digits.params(), "prompt_1": prompt})
 
 
 def test_mode_changes_samples_and_kappa(toy):
