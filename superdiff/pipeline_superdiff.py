@@ -36,19 +36,70 @@ from .sampling import Prediction, Predictor, guide, randn_like, superpose
 # The single-file pipeline for ``DiffusionPipeline.from_pretrained(..., custom_pipeline=CUSTOM_PIPELINE)``.
 CUSTOM_PIPELINE = str(Path(__file__).parent / "custom_pipeline" / "pipeline.py")
 
+# scheduler.config.prediction_type values read as ε; "original_sample" is diffusers' old name of "sample"
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "original_sample")
 BASELINES = ("joint",)  # and the core's "prompt_<k>"
 JOINT_TEMPLATE = "{} that looks like {}"  # the paper's joint-prompt baseline, "A that looks like B"
+
+
+def eps_from_v(v: Tensor, x: Tensor, sigma: float) -> Tensor:
+    """ε = v/√(σ²+1) + σ·x/(σ²+1): v-prediction in VE coordinates (x the VE sample)."""
+    return v / math.sqrt(sigma**2 + 1) + (sigma / (sigma**2 + 1)) * x
+
+
+def eps_from_x0(x0: Tensor, x: Tensor, sigma: float) -> Tensor:
+    """ε = (x − x̂₀)/σ: x₀-prediction ("sample") in VE coordinates."""
+    return (x - x0) / sigma
+
+
+EPS_FROM = {"v_prediction": eps_from_v, "sample": eps_from_x0, "original_sample": eps_from_x0}
+
+
+def check_scheduler(scheduler) -> None:
+    """A prediction type the pipeline converts to ε; else ValueError naming it and the accepted ones."""
+    prediction_type = scheduler.config.get("prediction_type", "epsilon")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(
+            f"scheduler.config.prediction_type: expected one of {PREDICTION_TYPES}, got {prediction_type!r}"
+        )
+
+
+def euler_grid(scheduler, num_inference_steps: int) -> tuple[Tensor, Tensor]:
+    """The scheduler's σ grid (n + 1) and timesteps (n) without zero-length steps, where σ_{k+1} = σ_k.
+
+    "leading" spacing at 1000 steps repeats its first σ (t = 1000 is clamped to t = 999), and
+    final_sigmas_type="sigma_min" can repeat the last; diffusers' Euler step moves by dt = 0 there.
+    """
+    scheduler.set_timesteps(num_inference_steps)
+    sigmas, timesteps = scheduler.sigmas, scheduler.timesteps
+    moves = sigmas[1:] != sigmas[:-1]
+    if not moves.any():
+        raise ValueError(
+            f"num_inference_steps: the scheduler's σ grid for {num_inference_steps} steps has no step of "
+            f"non-zero length (timestep_spacing={scheduler.config.timestep_spacing!r}); use fewer steps"
+        )
+    return torch.cat([sigmas[:-1][moves], sigmas[-1:]]), timesteps[moves.to(timesteps.device)]
 
 
 class PromptPredictor(Predictor):
     """ε̂ of ``num_models`` prompts from ONE UNet call per step, batched with the empty prompt.
 
     ``embeddings`` rows: the prompts (in mode "joint" the joint prompt too), then the empty prompt (last);
-    F_i is prompt i's guided field.
+    F_i is prompt i's guided field. ``prediction_type``: what the UNet outputs (diffusers' name), read as ε.
     """
 
-    def __init__(self, unet, embeddings: Tensor, num_models: int, guidance_scale: float, sigmas, timesteps):
+    def __init__(
+        self,
+        unet,
+        embeddings: Tensor,
+        num_models: int,
+        guidance_scale: float,
+        sigmas,
+        timesteps,
+        prediction_type: str = "epsilon",
+    ):
         self.unet, self.num_models, self.guidance_scale = unet, num_models, guidance_scale
+        self.to_eps = EPS_FROM.get(prediction_type)
         self.embeddings = embeddings.to(unet.dtype)
         self.sigmas = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
         self.timesteps = timesteps
@@ -62,8 +113,12 @@ class PromptPredictor(Predictor):
         rows, batch = self.embeddings.shape[0], x.shape[0]
         x_in = (x / math.sqrt(sigma**2 + 1)).to(self.unet.dtype).repeat(rows, *([1] * (x.ndim - 1)))
         context = self.embeddings.repeat_interleave(batch, dim=0)
-        eps = self.unet(x_in, self.timestep(sigma), encoder_hidden_states=context).sample
-        return eps.to(x.dtype).unflatten(0, (rows, batch))
+        out = self.unet(x_in, self.timestep(sigma), encoder_hidden_states=context).sample
+        if self.to_eps is None:  # "epsilon"
+            return out.to(x.dtype).unflatten(0, (rows, batch))
+        wide = torch.promote_types(x.dtype, torch.float32)  # a float16 UNet's v or x̂₀: convert in float32
+        eps = self.to_eps(out.to(wide).unflatten(0, (rows, batch)), x.to(wide), sigma)
+        return eps.to(x.dtype)
 
     def __call__(self, x: Tensor, sigma: float) -> Prediction:
         eps = self.eps_all(x, sigma)
@@ -149,6 +204,7 @@ class SuperDiffPipeline(DiffusionPipeline):
 
     Loads like any Stable Diffusion 1.x / 2.x pipeline (``from_pretrained("CompVis/stable-diffusion-v1-4")``);
     whatever scheduler the checkpoint ships, sampling uses the σ grid of an ``EulerDiscreteScheduler``.
+    The UNet may predict ε, v (SD 2.x 768-v) or x₀, as ``scheduler.config.prediction_type`` says.
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -165,6 +221,7 @@ class SuperDiffPipeline(DiffusionPipeline):
         super().__init__()
         if not isinstance(scheduler, EulerDiscreteScheduler):  # CompVis/stable-diffusion-v1-4 ships PNDM
             scheduler = EulerDiscreteScheduler.from_config(scheduler.config)
+        check_scheduler(scheduler)
         self.register_modules(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler
         )
@@ -195,6 +252,7 @@ class SuperDiffPipeline(DiffusionPipeline):
 
     def check_inputs(self, prompt_1, prompt_2, **kwargs) -> list[str]:
         """Validate a call before any work (see :func:`check_inputs`); returns the prompts."""
+        check_scheduler(self.scheduler)  # a scheduler assigned after loading
         return check_inputs(prompt_1, prompt_2, limits=self.limits, **kwargs)
 
     def warn_truncated(self, prompts: list[str]) -> None:
@@ -236,6 +294,19 @@ class SuperDiffPipeline(DiffusionPipeline):
         image = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
         return to_uint8(image)
 
+    def sigma_grid(self, num_inference_steps: int) -> tuple[Tensor, Tensor]:
+        """The σ grid and timesteps a call samples on (see :func:`euler_grid`); warns if steps are dropped."""
+        sigmas, timesteps = euler_grid(self.scheduler, num_inference_steps)
+        if len(timesteps) < num_inference_steps:
+            spacing = self.scheduler.config.timestep_spacing
+            warnings.warn(
+                f"num_inference_steps={num_inference_steps}: {num_inference_steps - len(timesteps)} of the "
+                f"scheduler's steps have zero length (σ repeats with timestep_spacing={spacing!r}); sampling "
+                f"runs the other {len(timesteps)}",
+                stacklevel=3,
+            )
+        return sigmas, timesteps
+
     @torch.no_grad()
     def __call__(
         self,
@@ -265,7 +336,8 @@ class SuperDiffPipeline(DiffusionPipeline):
             seed: from 0 to 2**32 − 1; seeds a CPU generator, so the same seed gives the same images on
                 any device; None: random.
             num_inference_steps: Euler–Maruyama steps on the scheduler's σ grid (the paper uses 1000; at
-                most ``self.limits.steps``, 10 000).
+                most ``self.limits.steps``, 10 000). Steps of zero length (σ_{k+1} = σ_k, e.g. "leading"
+                spacing at 1000 steps) are skipped with a warning; ``out.sigmas`` is the grid that ran.
             batch_size: images per call, each from its own noise (at most ``self.limits.batch_size``, 1024).
             lift: AND only. log q_1 − log q_2 grows by lift/n per step and ends at +lift: ``lift > 0`` favours
                 prompt_1, ``lift < 0`` prompt_2. A list gives one value per prompt.
@@ -315,12 +387,15 @@ class SuperDiffPipeline(DiffusionPipeline):
         device, generator = self._execution_device, seeded(seed, generator)
         embeddings = self.encode_prompt(prompts + extra, device)
 
-        self.scheduler.set_timesteps(num_inference_steps)
-        sigmas, timesteps = self.scheduler.sigmas, self.scheduler.timesteps.to(device)
+        sigmas, timesteps = self.sigma_grid(num_inference_steps)
+        timesteps = timesteps.to(device)
         n_models = len(prompts + extra)  # "joint": its prompt is model N + 1, the one x moves with
-        predictor = PromptPredictor(self.unet, embeddings, n_models, guidance_scale, sigmas, timesteps)
+        prediction_type = self.scheduler.config.prediction_type
+        predictor = PromptPredictor(
+            self.unet, embeddings, n_models, guidance_scale, sigmas, timesteps, prediction_type
+        )
         latents = self.prepare_latents(batch_size, height, width, sigmas[0].item(), generator, device)
-        with self.progress_bar(total=num_inference_steps) as bar:
+        with self.progress_bar(total=len(timesteps)) as bar:
             callback = step_callback(self, callback_on_step_end, len(prompts), timesteps, bar.update)
             options = superpose_options(core_mode, kappa, lift, temperature, log_weights)
             result = superpose(predictor, latents, sigmas, **options, generator=generator, callback=callback)

@@ -80,19 +80,29 @@ def tiny_components(tokenizer: CLIPTokenizer) -> dict:
     return {"unet": unet, "vae": vae, "text_encoder": CLIPTextModel(text_config).eval()}
 
 
-def sd_scheduler() -> EulerDiscreteScheduler:
-    """The Euler scheduler exactly as Stable Diffusion v1-4 configures it (superdiff/sd_configs)."""
+def sd_scheduler(**overrides) -> EulerDiscreteScheduler:
+    """The Euler scheduler exactly as Stable Diffusion v1-4 configures it (superdiff/sd_configs), or with
+    ``overrides`` of its config (e.g. ``prediction_type="v_prediction"``, ``timestep_spacing="leading"``)."""
     config = json.loads(resources.files("superdiff").joinpath("sd_configs/scheduler_config.json").read_text())
-    return EulerDiscreteScheduler.from_config(config)
+    return EulerDiscreteScheduler.from_config({**config, **overrides})
 
 
-def tiny_pipeline(seed: int = 0) -> SuperDiffPipeline:
-    """SuperDiffPipeline of tiny random components, seeded; 64×64 images in seconds on CPU."""
+def tiny_pipeline(
+    seed: int = 0, prediction_type: str = "epsilon", timestep_spacing: str | None = None
+) -> SuperDiffPipeline:
+    """SuperDiffPipeline of tiny random components, seeded; 64×64 images in seconds on CPU.
+
+    ``prediction_type`` ("epsilon", "v_prediction", "sample") and ``timestep_spacing`` ("linspace",
+    "leading", "trailing"; None: v1-4's, i.e. diffusers' default "linspace") set the scheduler's config,
+    as an SD 2.x checkpoint's would.
+    """
     tokenizer = tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
         torch.manual_seed(seed)
         parts = tiny_components(tokenizer)
-    pipe = SuperDiffPipeline(tokenizer=tokenizer, scheduler=sd_scheduler(), **parts)
+    spacing = {} if timestep_spacing is None else {"timestep_spacing": timestep_spacing}
+    scheduler = sd_scheduler(prediction_type=prediction_type, **spacing)
+    pipe = SuperDiffPipeline(tokenizer=tokenizer, scheduler=scheduler, **parts)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -10,12 +10,13 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline, EulerDiscreteScheduler, PNDMScheduler
 from PIL import Image
+from torch import Tensor
 
 from superdiff import SuperDiffPipeline
 from superdiff.hub import WeightsUnavailableError
 from superdiff.limits import LIMITS, Limits
 from superdiff.pipeline_common import NonFiniteError
-from superdiff.pipeline_superdiff import CUSTOM_PIPELINE, PromptPredictor
+from superdiff.pipeline_superdiff import CUSTOM_PIPELINE, PromptPredictor, euler_grid
 from superdiff.sampling import guide
 from superdiff.testing import sd_scheduler, tiny_pipeline
 
@@ -224,6 +225,137 @@ def test_attention_slicing_still_samples_the_same():
     )
     for name in SuperDiffPipeline.model_cpu_offload_seq.split("->"):
         assert isinstance(getattr(sliced, name), torch.nn.Module)
+
+
+# ----------------------------------------------------------------------------- prediction types, σ grids
+
+PREDICTION_TYPES = ["epsilon", "v_prediction", "sample"]
+
+
+def diffusers_eps(scheduler, i: int, model_output: Tensor, x: Tensor) -> Tensor:
+    """The ε that diffusers' own Euler step takes at grid point i: (prev_sample − x)/(σ_{i+1} − σ_i)."""
+    scheduler._step_index = i
+    prev = scheduler.step(model_output, scheduler.timesteps[i], x).prev_sample
+    return (prev.double() - x.double()) / (scheduler.sigmas[i + 1] - scheduler.sigmas[i]).double()
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_eps_equals_what_diffusers_euler_step_implies(prediction_type):
+    """Per σ, the pipeline's ε̂ (per prompt) and guided field against StableDiffusionPipeline's own route:
+    scale_model_input, one UNet call, guidance on the raw output, EulerDiscreteScheduler.step."""
+    pipe = tiny_pipeline(prediction_type=prediction_type)
+    scheduler, w = pipe.scheduler, 7.5
+    scheduler.set_timesteps(10)
+    embeddings = pipe.encode_prompt([P1, P2], "cpu")
+    predictor = PromptPredictor(
+        pipe.unet, embeddings, 2, w, scheduler.sigmas, scheduler.timesteps, prediction_type
+    )
+    worst = 0.0
+    for i in (0, 3, 6, 9):  # σ from 14.6 down to 0.03
+        sigma, t = scheduler.sigmas[i].item(), scheduler.timesteps[i]
+        x = sigma * torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(i))
+        pred = predictor(x, sigma)
+        scheduler._step_index = i  # diffusers' scaling reads σ at its own step counter
+        x_in = scheduler.scale_model_input(x, t).repeat(3, 1, 1, 1)
+        out = pipe.unet(x_in, t, encoder_hidden_states=embeddings.repeat_interleave(2, 0)).sample
+        rows = out.unflatten(0, (3, 2))
+        for k in range(2):  # each prompt unguided: the densities' ε̂_k
+            expected = diffusers_eps(scheduler, i, rows[k], x)
+            worst = max(worst, (pred.eps[k].double() - expected).abs().max().item())
+            torch.testing.assert_close(pred.eps[k].double(), expected, atol=2e-4, rtol=1e-4)
+        guided = rows[2] + w * (rows[:2] - rows[2])  # what diffusers guides: the raw UNet output
+        for k in range(2):
+            expected = diffusers_eps(scheduler, i, guided[k], x)
+            torch.testing.assert_close(pred.field[k].double(), expected, atol=2e-4, rtol=1e-4)
+    print(f"{prediction_type}: max |ε̂ − diffusers' ε| = {worst:.2e}")
+
+
+class ConstUNet(torch.nn.Module):
+    """A stand-in UNet that returns a fixed output in its own dtype."""
+
+    def __init__(self, output: Tensor):
+        super().__init__()
+        self.output, self.dtype = output, output.dtype
+
+    def forward(self, x, t, encoder_hidden_states):
+        return SimpleNamespace(sample=self.output)
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "sample"])
+def test_float16_unet_output_is_converted_in_float32(prediction_type):
+    scheduler = sd_scheduler(prediction_type=prediction_type)
+    scheduler.set_timesteps(10)
+    i, rows = 1, torch.zeros(2, 5, 7)
+    sigma = scheduler.sigmas[i].item()
+    x = sigma * torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    output = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1)).half()
+    predictor = PromptPredictor(
+        ConstUNet(output), rows, 1, 1.0, scheduler.sigmas, scheduler.timesteps, prediction_type
+    )
+    eps = predictor(x, sigma).eps[0, 0]
+    assert eps.dtype == torch.float32
+    expected = diffusers_eps(scheduler, i, output[0].float(), x[0])
+    torch.testing.assert_close(eps.double(), expected, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_card_call_runs_for_every_prediction_type(prediction_type):
+    pipe = tiny_pipeline(prediction_type=prediction_type)
+    out = pipe(P1, P2, seed=1, batch_size=1, lift=0.0, guidance_scale=7.5, **SMALL)
+    assert out[0].dtype == torch.uint8 and out[0].shape == (64, 64, 3)
+    assert torch.isfinite(out.log_q).all() and torch.isfinite(out.samples).all()
+    # AND holds on ε̂, to float32's precision of log q (a random x̂₀-UNet gives ε̂ ~ 1/σ at the last step)
+    assert gap(out).abs().max() < 2e-2 + 1e-6 * out.log_q.abs().max()
+    if prediction_type != "epsilon":  # the same weights read as ε sample elsewhere
+        assert not torch.allclose(out.samples, tiny_pipeline()(P1, P2, seed=1, **SMALL).samples)
+
+
+@pytest.mark.parametrize("where", ["init", "load", "assigned"])
+def test_unknown_prediction_type_is_refused_naming_the_config(saved, tmp_path, where):
+    message = r"^scheduler.config.prediction_type: expected one of .*'v_prediction'.*, got 'flow'"
+    if where == "init":
+        pipe = tiny_pipeline()
+        with pytest.raises(ValueError, match=message):
+            SuperDiffPipeline(**{**pipe.components, "scheduler": sd_scheduler(prediction_type="flow")})
+    elif where == "load":
+        folder = tmp_path / "flow"
+        tiny_pipeline().save_pretrained(folder)
+        sd_scheduler(prediction_type="flow").save_pretrained(folder / "scheduler")
+        with pytest.raises(ValueError, match=message):
+            SuperDiffPipeline.from_pretrained(folder)
+    else:
+        pipe = tiny_pipeline()
+        pipe.scheduler = sd_scheduler(prediction_type="flow")
+        with pytest.raises(ValueError, match=message):
+            pipe(P1, P2, **SMALL)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 7, 50, 1000])
+@pytest.mark.parametrize("spacing", ["leading", "linspace", "trailing"])
+def test_every_timestep_spacing_samples_on_a_strictly_decreasing_grid(spacing, steps, recwarn):
+    pipe = tiny_pipeline(timestep_spacing=spacing)
+    out = pipe([P1], None, seed=0, mode="prompt_1", num_inference_steps=steps, height=64, width=64)
+    pipe.scheduler.set_timesteps(steps)
+    full = pipe.scheduler.sigmas
+    assert (out.sigmas[1:] < out.sigmas[:-1]).all() and out.sigmas[-1] == full[-1]
+    assert len(out.sigmas) == len(full.unique()) and set(out.sigmas.tolist()) == set(full.tolist())
+    assert out.kappa.shape[0] == len(out.sigmas) - 1 and torch.isfinite(out.samples).all()
+    dropped = steps + 1 - len(out.sigmas)
+    assert dropped == (1 if (spacing, steps) == ("leading", 1000) else 0)  # t = 1000 clamps to σ(999)
+    assert len([w for w in recwarn if "zero length" in str(w.message)]) == (dropped > 0)
+
+
+def test_zero_length_steps_are_dropped_keeping_the_timestep_that_moves():
+    scheduler = sd_scheduler(timestep_spacing="leading")
+    sigmas, timesteps = euler_grid(scheduler, 1000)
+    assert scheduler.sigmas[0] == scheduler.sigmas[1] and scheduler.timesteps[0] == 1000
+    assert torch.equal(sigmas, scheduler.sigmas[1:]) and torch.equal(timesteps, scheduler.timesteps[1:])
+    last = sd_scheduler(timestep_spacing="trailing", final_sigmas_type="sigma_min")
+    sigmas, timesteps = euler_grid(last, 1000)  # trailing ends at t = 0, whose σ is sigma_min
+    assert len(timesteps) == 999 and sigmas[-1] == last.sigmas[-1] and (sigmas.diff() < 0).all()
+    with pytest.raises(ValueError, match="^num_inference_steps: .* no step of non-zero length"):
+        stuck = sd_scheduler(timestep_spacing="leading", steps_offset=0, final_sigmas_type="sigma_min")
+        euler_grid(stuck, 2000)  # every t is 0: every σ is sigma_min, the final one too
 
 
 # ----------------------------------------------------------------------------- loading
