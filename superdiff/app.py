@@ -1,0 +1,195 @@
+"""The playground as a web app (Voilà): on localhost for one teacher, or as a classroom server.
+
+    python -m superdiff.app                   # http://localhost:8866/ (make app)
+    python -m superdiff.app --host 0.0.0.0    # classroom mode: prints the URL with its token to share
+
+Both modes refuse a request whose Host is not one of this machine's names (a page using DNS rebinding
+sends its own name), and a kernel websocket from another Origin; they cap the number of kernels (one per
+open page) and shut down kernels idle for --cull-idle seconds. Classroom mode requires a token.
+README, "Teaching with the app".
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import re
+import secrets
+import socket
+import sys
+from pathlib import Path
+
+from jupyter_server.base.handlers import JupyterHandler
+from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
+from tornado import ioloop, web
+from traitlets import Integer, List, Unicode
+from voila.app import Voila
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "04_playground.ipynb"
+PORT = 8866
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+# Measured in classroom mode (README): a kernel holds ≈ 390 MB once both playgrounds have run; 40 of them
+# take ≈ 16 GB and leave a third of this 24 GB machine to the server, the OS and runs in flight.
+MAX_KERNELS = 40
+CULL_IDLE = 900  # seconds without a message to or from a kernel before it is shut down (an open tab too)
+
+
+class CappedKernelManager(AsyncMappingKernelManager):
+    """Voilà's kernel manager with at most ``max_kernels`` kernels: a page past the cap gets a 503."""
+
+    max_kernels = Integer(MAX_KERNELS, config=True, help="The most kernels (open pages) at once.")
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._starting: set[str] = set()  # ids of kernels being started: counted before they are listed
+
+    async def start_kernel(self, *args, kernel_id: str | None = None, **kwargs) -> str:
+        """A new kernel only while fewer than ``max_kernels`` exist or are starting."""
+        if kernel_id is not None and kernel_id in self:
+            return await super().start_kernel(*args, kernel_id=kernel_id, **kwargs)
+        # Checked and reserved with no await in between: requests on the event loop cannot interleave here.
+        if len(set(self.list_kernel_ids()) | self._starting) >= self.max_kernels:
+            reason = f"Too many playgrounds open ({self.max_kernels} at most); try again in a few minutes"
+            raise web.HTTPError(503, reason=reason)
+        kernel_id = self.new_kernel_id()
+        self._starting.add(kernel_id)
+        try:
+            return await super().start_kernel(*args, kernel_id=kernel_id, **kwargs)
+        finally:
+            self._starting.discard(kernel_id)
+
+
+def host_name(host_header: str) -> str:
+    """The name in a Host header, without port or IPv6 brackets, lower case."""
+    name = re.sub(r":\d+$", "", host_header.strip().lower())
+    return name[1:-1] if name.startswith("[") and name.endswith("]") else name
+
+
+def check_host(handler: JupyterHandler) -> bool:
+    """Allow a request only if its Host names this server (settings["superdiff_allowed_hosts"])."""
+    allowed = handler.settings.get("superdiff_allowed_hosts")
+    if allowed is None:  # not the app's server: jupyter_server's own check
+        return _JUPYTER_CHECK_HOST(handler)
+    if host_name(handler.request.host) in allowed:
+        return True
+    handler.log.warning(
+        "Refused a request with Host %r: not one of %s", handler.request.host, sorted(allowed)
+    )
+    return False
+
+
+_JUPYTER_CHECK_HOST = JupyterHandler.check_host
+
+
+class AppVoila(Voila):
+    """Voilà with a Host allowlist: Voilà sets allow_remote_access, which turns jupyter_server's check off."""
+
+    allowed_hosts = List(Unicode(), list(LOCAL_HOSTS), config=True, help="Host names the app answers to.")
+    share_url = Unicode("", config=True, help="The URL printed once the server listens.")
+
+    def start(self):
+        JupyterHandler.check_host = check_host  # this process serves only the app
+        names = {host_name(h) for h in self.allowed_hosts}
+        self.tornado_settings = {**self.tornado_settings, "superdiff_allowed_hosts": names}
+        if self.share_url:
+            ioloop.IOLoop.current().add_callback(print, f"\n{self.share_url}\n", flush=True)
+        super().start()
+
+
+def is_local(host: str) -> bool:
+    """Whether the server would listen on the loopback interface only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def lan_address() -> str:
+    """This machine's address on its default route (a UDP connect sends nothing), else 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+def machine_names() -> set[str]:
+    """This machine's host names and addresses, as students may type them."""
+    names = {socket.gethostname(), socket.getfqdn(), lan_address()}
+    try:
+        names |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
+    except OSError:
+        pass
+    return {n.lower() for n in names if n}
+
+
+def allowed_hosts(host: str, extra: list[str]) -> list[str]:
+    """Localhost names; in classroom mode also this machine's names, the listening address and ``extra``."""
+    names = set(LOCAL_HOSTS)
+    if not is_local(host):
+        names |= machine_names() | {host.lower()} | {host_name(h) for h in extra}
+        names -= {"0.0.0.0", "::"}
+    return sorted(names)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m superdiff.app", description=__doc__.split("\n")[0])
+    p.add_argument("--host", default="localhost", help="address to listen on; 0.0.0.0: classroom mode")
+    p.add_argument("--port", type=int, default=PORT)
+    p.add_argument("--token", help="required to open the app (default: none on localhost, else a new one)")
+    p.add_argument("--max-kernels", type=int, default=MAX_KERNELS, help="most open pages at once")
+    p.add_argument("--cull-idle", type=int, default=CULL_IDLE, help="seconds before an idle kernel stops")
+    p.add_argument("--allow-host", action="append", default=[], help="another name students use (repeat)")
+    p.add_argument("--notebook", type=Path, default=NOTEBOOK)
+    args = p.parse_args(argv)
+    if args.max_kernels < 1 or args.cull_idle < 1:
+        p.error("--max-kernels and --cull-idle: expected integers >= 1")
+    classroom = not is_local(args.host)
+    if classroom and args.token == "":
+        p.error("--token: classroom mode (a non-local --host) requires a token")
+    if classroom and args.token is None:
+        args.token = secrets.token_urlsafe(16)
+    if not args.notebook.is_file():
+        p.error(f"--notebook: no file {args.notebook}")
+    return args
+
+
+def share_url(args: argparse.Namespace) -> str:
+    """What the launcher prints: the URL to open (classroom mode: to share, with its token) and the limits."""
+    token = f"?token={args.token}" if args.token else ""
+    limits = f"at most {args.max_kernels} open pages; a page idle for {args.cull_idle} s loses its kernel"
+    if is_local(args.host):
+        return f"SuperDiff playground: http://localhost:{args.port}/{token}  ({limits}; Ctrl-C stops it)"
+    host = lan_address() if args.host in ("0.0.0.0", "::") else args.host
+    url = f"http://{host}:{args.port}/{token}"
+    return f"Share this URL with the class: {url}\n({limits}; Ctrl-C stops the server)"
+
+
+def voila_argv(args: argparse.Namespace) -> list[str]:
+    """Voilà's command line: no browser, no preheated kernels, the capped and culled kernel manager."""
+    interval = max(1, min(60, args.cull_idle // 4))
+    argv = [str(args.notebook), "--no-browser", f"--Voila.ip={args.host}", f"--Voila.port={args.port}"]
+    argv += ["--Voila.port_retries=0", "--VoilaConfiguration.preheat_kernel=False"]
+    argv += ["--VoilaConfiguration.multi_kernel_manager_class=superdiff.app.CappedKernelManager"]
+    argv += [f"--CappedKernelManager.max_kernels={args.max_kernels}"]
+    argv += [f"--MappingKernelManager.cull_idle_timeout={args.cull_idle}"]
+    argv += [f"--MappingKernelManager.cull_interval={interval}", "--MappingKernelManager.cull_connected=True"]
+    if args.token:
+        argv.append(f"--Voila.token={args.token}")
+    return argv
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    AppVoila.launch_instance(
+        argv=voila_argv(args),
+        allowed_hosts=allowed_hosts(args.host, args.allow_host),
+        share_url=share_url(args),
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,393 @@
+"""The Voilà app as a server (superdiff.app): Host/Origin allowlist, token, kernel cap, culling, and a
+client that sends out-of-range widget values. Plain HTTP and websocket requests on a free localhost
+port, no browser: fast enough (≈ 40 s) for `make pytest`; every server is stopped also on failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from superdiff import app
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "test-token-0123456789"
+START_TIMEOUT, REPLY_TIMEOUT = 60, 60  # seconds
+TINY_NOTEBOOK = {
+    "cells": [{"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": "1"}],
+    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    "nbformat": 4,
+    "nbformat_minor": 4,
+}
+
+
+@dataclass
+class App:
+    """A running app: its process, port and log."""
+
+    proc: subprocess.Popen
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
+
+    def kernels(self) -> list[psutil.Process]:
+        """The kernel processes the server started."""
+        return [p for p in psutil.Process(self.proc.pid).children() if "ipykernel" in " ".join(p.cmdline())]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str, host: str | None = None, timeout: float = REPLY_TIMEOUT) -> tuple[int, str]:
+    """(status, body) of a GET, errors included; ``host`` replaces the Host header."""
+    request = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode(errors="replace")
+
+
+@contextmanager
+def serve(tmp: Path, *options: str, notebook: Path | None = None):
+    """``python -m superdiff.app`` on a free localhost port; stopped (with its kernels) afterwards."""
+    if notebook is None:
+        notebook = tmp / "tiny.ipynb"
+        notebook.write_text(json.dumps(TINY_NOTEBOOK))
+    port, log = free_port(), tmp / "app.log"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
+    env.update({f"JUPYTER_{d}_DIR": str(tmp / d.lower()) for d in ("CONFIG", "DATA", "RUNTIME")})
+    args = [sys.executable, "-m", "superdiff.app", "--port", str(port), "--notebook", str(notebook), *options]
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            args, cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    server = App(proc, port, log)
+    try:
+        wait_until_up(server)
+        yield server
+    finally:
+        stop(proc)
+
+
+def wait_until_up(server: App) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            pytest.fail(f"the app exited with {server.proc.returncode}:\n{server.log_tail()}", pytrace=False)
+        try:
+            if get(server.url + "/voila/static/voila.js", timeout=2)[0] == 200:  # cheap: no kernel
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"the app is not up after {START_TIMEOUT} s:\n{server.log_tail()}", pytrace=False)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group (the server shuts its kernels down), SIGKILL if it hangs."""
+    for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(grace)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def open_page(server: App, token: str = "") -> str:
+    """Load the app's page (this starts a kernel); returns the kernel's id."""
+    status, body = get(f"{server.url}/?token={token}")
+    assert status == 200, f"{status}: {body[:300]}\n{server.log_tail()}"
+    return kernel_of(body)
+
+
+def kernel_of(page: str) -> str:
+    """The kernel id in a Voilà page."""
+    return page.split('"kernelId": "', 1)[1].split('"', 1)[0]
+
+
+def shutdown(server: App, kernel_id: str, token: str = "") -> None:
+    """Shut a kernel down as Voilà's page does when it is closed (a POST with the _xsrf cookie)."""
+    url = f"{server.url}/voila/api/shutdown/{kernel_id}?token={token}"
+    headers = {"Cookie": "_xsrf=5eed", "X-XSRFToken": "5eed"}
+    request = urllib.request.Request(url, method="POST", headers=headers, data=b"")
+    with urllib.request.urlopen(request, timeout=REPLY_TIMEOUT) as response:
+        assert response.status == 204
+
+
+# ----------------------------------------------------------------------------- a widget client
+
+
+def message(msg_type: str, content: dict, channel: str = "shell") -> dict:
+    header = {"msg_id": uuid.uuid4().hex, "msg_type": msg_type, "username": "test", "session": "s"}
+    header.update(date="2026-01-01T00:00:00Z", version="5.3")
+    return {"header": header, "parent_header": {}, "metadata": {}, "content": content, "channel": channel}
+
+
+class WidgetClient:
+    """Speaks the Jupyter widget protocol over the kernel websocket, as a browser (or anyone) can."""
+
+    def __init__(self, ws):
+        self.ws, self.states = ws, {}
+
+    @classmethod
+    async def connect(cls, server: App, kernel_id: str, token: str = "", **headers: str):
+        """Open the kernel's websocket; ``headers``: e.g. Host, Origin. Raises HTTPClientError if refused."""
+        from tornado.httpclient import HTTPRequest
+        from tornado.websocket import websocket_connect
+
+        url = f"ws://127.0.0.1:{server.port}/api/kernels/{kernel_id}/channels?session_id=s"
+        request = HTTPRequest(url + (f"&token={token}" if token else ""), headers=headers)
+        request.connect_timeout = REPLY_TIMEOUT
+        return cls(await websocket_connect(request))
+
+    async def kernel_info(self) -> dict:
+        await self.send("kernel_info_request", {})
+        return await self.receive(lambda m: m["msg_type"] == "kernel_info_reply")
+
+    async def send(self, msg_type: str, content: dict) -> None:
+        await self.ws.write_message(json.dumps(message(msg_type, content)))
+
+    async def receive(self, until, timeout: float = REPLY_TIMEOUT) -> dict:
+        """Read messages (keeping widget states up to date) until ``until(msg)``; returns that message."""
+        deadline = time.monotonic() + timeout
+        while True:
+            raw = await asyncio.wait_for(self.ws.read_message(), max(0.1, deadline - time.monotonic()))
+            assert raw is not None, "the server closed the websocket"
+            msg = json.loads(raw)
+            data = msg["content"].get("data", {}) if msg["msg_type"] == "comm_msg" else {}
+            if data.get("method") == "update":
+                self.states.setdefault(msg["content"]["comm_id"], {}).update(data["state"])
+            if until(msg):
+                return msg
+
+    async def load_states(self) -> None:
+        """Every widget's state: the comm ids from comm_info, then request_state for each."""
+        await self.send("comm_info_request", {"target_name": "jupyter.widget"})
+        reply = await self.receive(lambda m: m["msg_type"] == "comm_info_reply")
+        for comm_id in reply["content"]["comms"]:
+            await self.send("comm_msg", {"comm_id": comm_id, "data": {"method": "request_state"}})
+            await self.receive(lambda m, c=comm_id: m["content"].get("comm_id") == c)
+
+    def playground(self, name: str) -> list[str]:
+        """The widget ids of the playground titled "— <name>:"."""
+        for box in self.states.values():
+            children = [c.removeprefix("IPY_MODEL_") for c in box.get("children", [])]
+            if box.get("_model_name") == "VBoxModel" and f"— {name}:" in self.value(children[0]):
+                return self.descendants(children)
+        raise AssertionError(f"no {name} playground among {len(self.states)} widgets")
+
+    def find(self, ids: list[str], **state) -> str:
+        """The one widget among ``ids`` whose state has these values."""
+        found = [i for i in ids if all(self.states[i].get(k) == v for k, v in state.items())]
+        assert len(found) == 1, f"{len(found)} widgets with {state}"
+        return found[0]
+
+    def descendants(self, ids: list[str]) -> list[str]:
+        out = []
+        for i in ids:
+            out.append(i)
+            out += self.descendants(
+                [c.removeprefix("IPY_MODEL_") for c in self.states[i].get("children", [])]
+            )
+        return out
+
+    def value(self, comm_id: str) -> str:
+        return str(self.states.get(comm_id, {}).get("value", ""))
+
+    async def update(self, comm_id: str, **state) -> None:
+        await self.send("comm_msg", {"comm_id": comm_id, "data": {"method": "update", "state": state}})
+
+    async def click(self, comm_id: str) -> None:
+        data = {"method": "custom", "content": {"event": "click"}}
+        await self.send("comm_msg", {"comm_id": comm_id, "data": data})
+
+    async def run(self, button: str, status: str) -> str:
+        """Press the button and wait until the status line changes to Done or Error; returns its text."""
+        before = self.value(status)
+        await self.click(button)
+
+        def finished(msg) -> bool:
+            now = self.value(status)
+            return now != before and any(word in now for word in ("Done:", "Error"))
+
+        await self.receive(finished, timeout=300)
+        return re.sub(r"<[^>]+>", "", html.unescape(self.value(status)))
+
+
+# ----------------------------------------------------------------------------- the tests
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The app as `make app` runs it (localhost, no token) on a tiny notebook, with at most 2 kernels."""
+    with serve(tmp_path_factory.mktemp("app"), "--max-kernels", "2") as running:
+        yield running
+
+
+def test_a_wrong_host_is_refused(server):
+    evil = f"evil.example:{server.port}"  # what a page using DNS rebinding sends
+    assert get(server.url + "/", host=evil)[0] == 403 and server.kernels() == []
+    kernel_id = open_page(server)
+    assert get(f"{server.url}/api/kernels/{kernel_id}", host=evil)[0] == 403
+    assert get(f"{server.url}/api/kernels/{kernel_id}", host=f"localhost:{server.port}")[0] == 200
+    shutdown(server, kernel_id)
+
+
+def test_the_kernel_websocket_refuses_a_wrong_host_or_origin(server):
+    kernel_id = open_page(server)
+    port, seen = server.port, {}
+    cases = {  # (Host, Origin)
+        "rebinding": (f"evil.example:{port}", f"http://evil.example:{port}"),
+        "cross-site": (f"127.0.0.1:{port}", "http://evil.example"),
+        "other port": (f"127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"),
+        "same origin": (f"127.0.0.1:{port}", f"http://127.0.0.1:{port}"),
+    }
+
+    async def connect_all() -> None:
+        from tornado.httpclient import HTTPClientError
+
+        for name, (host, origin) in cases.items():
+            try:
+                client = await WidgetClient.connect(server, kernel_id, Host=host, Origin=origin)
+            except HTTPClientError as err:
+                seen[name] = err.code
+                continue
+            seen[name] = (await client.kernel_info())["content"]["status"]
+            client.ws.close()
+
+    try:
+        asyncio.run(connect_all())
+    finally:
+        shutdown(server, kernel_id)
+    assert seen == {"rebinding": 403, "cross-site": 403, "other port": 403, "same origin": "ok"}
+
+
+def test_the_kernel_count_never_exceeds_the_cap(server):
+    counts = []
+
+    def load(_) -> tuple[int, str]:
+        counts.append(len(server.kernels()))
+        return get(server.url + "/")
+
+    with ThreadPoolExecutor(4) as pool:
+        pages = list(pool.map(load, range(4)))  # at once: the cap holds for kernels still starting
+    counts.append(len(server.kernels()))
+    assert sorted(status for status, _ in pages) == [200, 200, 503, 503] and max(counts) == 2
+    assert "Too many playgrounds open (2 at most)" in get(server.url + "/")[1]
+    kernel_ids = [
+        body.split('"kernelId": "', 1)[1].split('"', 1)[0] for status, body in pages if status == 200
+    ]
+    shutdown(server, kernel_ids[0])
+    shutdown(server, open_page(server))  # a closed page frees its place
+    shutdown(server, kernel_ids[1])
+    assert server.kernels() == []
+
+
+def test_with_a_token_requests_without_it_are_refused_and_idle_kernels_are_culled(tmp_path):
+    with serve(tmp_path, "--token", TOKEN, "--cull-idle", "2") as server:
+        for url in (server.url + "/", server.url + "/?token=wrong"):
+            status, page = get(url)  # the login page, after a redirect
+            assert "kernelId" not in page and "token" in page.lower() and server.kernels() == []
+        kernel_id = open_page(server, TOKEN)
+        assert get(f"{server.url}/api/kernels/{kernel_id}")[0] == 403
+        assert get(f"{server.url}/api/kernels/{kernel_id}?token={TOKEN}")[0] == 200
+        deadline = time.monotonic() + 30
+        while server.kernels() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert server.kernels() == [], "an idle kernel was not culled within 30 s"
+        assert "Culling kernels with idle durations > 2 seconds" in server.log.read_text()
+
+
+def test_out_of_range_widget_values_from_a_client_are_rejected_by_the_kernel(tmp_path):
+    """The issue's attack: raise steps.max and ask for 5000 steps, set batch_size to 10**12 or -5."""
+    notebook = tmp_path / "playground.ipynb"
+    source = "from superdiff.widgets import playground\nplayground('toy')"
+    notebook.write_text(json.dumps({**TINY_NOTEBOOK, "cells": [code(source)]}))
+    with serve(tmp_path, notebook=notebook) as server:
+        statuses = asyncio.run(attack(server, open_page(server)))
+    assert statuses == [
+        "Error: steps: expected an integer from 1 to 1000, got 5000",
+        "Error: batch_size: expected an integer from 1 to 2000, got 1000000000000",
+        "Error: batch_size: expected an integer from 1 to 2000, got -5",
+        "Done: 10 samples, 20 steps",
+    ]
+
+
+async def attack(server: App, kernel_id: str) -> list[str]:
+    """Send the out-of-range values over the websocket, press Generate each time; the status lines."""
+    client = await WidgetClient.connect(server, kernel_id)
+    await client.load_states()
+    ids = client.playground("toy")
+    button, status = client.find(ids, description="Generate"), client.find(ids, value="Press Generate.")
+    steps, batch = client.find(ids, description="steps"), client.find(ids, description="batch size")
+    seen = []
+    for widget, state in (
+        (steps, {"max": 10**6, "value": 5000}),
+        (batch, {"max": 10**13, "value": 10**12}),
+        (batch, {"min": -10, "value": -5}),
+        (batch, {"value": 10}),
+    ):
+        await client.update(widget, **state)
+        if widget == batch:
+            await client.update(steps, value=20)
+        seen.append((await client.run(button, status)).split(" in ")[0].rstrip("."))
+    client.ws.close()
+    return seen
+
+
+def code(source: str) -> dict:
+    return {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": source}
+
+
+# ----------------------------------------------------------------------------- the launcher's options
+
+
+def test_classroom_mode_requires_a_token_and_prints_the_url_to_share():
+    tiny = str(ROOT / "notebooks" / "04_playground.ipynb")
+    local = app.parse_args(["--notebook", tiny])
+    assert local.token is None and "--Voila.token" not in " ".join(app.voila_argv(local))
+    classroom = app.parse_args(["--host", "0.0.0.0", "--notebook", tiny])
+    assert len(classroom.token) >= 20 and f"--Voila.token={classroom.token}" in app.voila_argv(classroom)
+    url = app.share_url(classroom)
+    assert url.startswith("Share this URL with the class: http://") and f"/?token={classroom.token}" in url
+    assert f"at most {app.MAX_KERNELS} open pages" in url
+    with pytest.raises(SystemExit):
+        app.parse_args(["--host", "0.0.0.0", "--token", ""])
+
+
+def test_allowed_hosts():
+    assert app.allowed_hosts("localhost", ["class.example"]) == ["127.0.0.1", "::1", "localhost"]
+    hosts = app.allowed_hosts("0.0.0.0", ["Class.Example:8866"])
+    assert {"localhost", "class.example", app.lan_address()} <= set(hosts) and "0.0.0.0" not in hosts
+    assert [app.host_name(h) for h in ("A.b:88", "[::1]:8866", "x")] == ["a.b", "::1", "x"]
