@@ -112,9 +112,8 @@ class PipelineBackend:
         self.steps, self.batch = steps or self.steps, batch or self.batch
 
     def sigmas(self, steps: int) -> Tensor:
-        """The σ grid of a run: the Euler scheduler's, as the pipeline sets it."""
-        self.pipe.scheduler.set_timesteps(steps)
-        return self.pipe.scheduler.sigmas.double().cpu()
+        """The σ grid a call samples on (the pipeline's: zero-length scheduler steps dropped)."""
+        return self.pipe.sigma_grid(steps)[0].double().cpu()
 
     def size(self) -> dict:
         """height and width: the checkpoint's native size (as diffusers picks it)."""
@@ -245,11 +244,15 @@ def png_output(fig) -> dict:
     return {"output_type": "display_data", "data": data, "metadata": {}}
 
 
-def kappa_figure(kappa: Tensor, sigmas: Tensor, labels, title: str):
-    """κ over σ for the steps done so far, on the x-range of the whole run (sampling runs left → right)."""
+def kappa_figure(kappa: Tensor, sigmas: Tensor, labels, title: str, window: int | None = None):
+    """κ over σ for the steps done so far, on the x-range of the whole run (sampling runs left → right).
+
+    ``window``: a running mean over that many steps (AND's per-step κ is mostly noise, notebook 2).
+    """
     fig = Figure(figsize=(5.5, 3.4))
     ax = fig.subplots()
-    viz.plot_kappa(kappa, sigmas[: len(kappa) + 1], labels=labels, ax=ax, title=title)
+    window = None if window is None else min(window, len(kappa))
+    viz.plot_kappa(kappa, sigmas[: len(kappa) + 1], labels=labels, window=window, ax=ax, title=title)
     ax.set_xlim(float(sigmas[0]) * 1.1, float(sigmas[len(sigmas) - 2]) / 1.1)  # the last σ may be 0
     fig.subplots_adjust(left=0.12, right=0.97, bottom=0.15, top=0.9)  # fixed: tight_layout triples the cost
     return fig
@@ -442,7 +445,8 @@ class Playground:
 
     def _sample(self, p: dict):
         """Run the backend, moving the progress bar every step and redrawing κ every few steps."""
-        sigmas, n = self.backend.sigmas(p["steps"]), p["steps"]
+        sigmas = self.backend.sigmas(p["steps"])
+        n = len(sigmas) - 1  # the steps that run: a scheduler may have fewer than asked
         every, kappas, last = max(1, n // LIVE_UPDATES), [], time.perf_counter()
         self.progress.max, self.progress.value = n, 0
         self._set_status(f"Sampling {self.title(p)} …")
@@ -460,7 +464,10 @@ class Playground:
             return self.backend.run(p, on_step)
 
     def _show_kappa(self, kappa: Tensor, sigmas: Tensor, p: dict, suffix: str) -> None:
-        fig = kappa_figure(kappa, sigmas, self.labels(p), f"κ over σ, {self.mode_name(p)}{suffix}")
+        window = max(1, (len(sigmas) - 1) // 20) if p["mode"] == "and" else None
+        smoothed = f", running mean of {window} steps" if window else ""
+        title = f"κ over σ, {self.mode_name(p)}{smoothed}{suffix}"
+        fig = kappa_figure(kappa, sigmas, self.labels(p), title, window)
         self.kappa_out.outputs = (png_output(fig),)
 
     def _set_status(self, text: str, error: bool = False) -> None:

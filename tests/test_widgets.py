@@ -304,3 +304,26 @@ def test_prompt_with_mathtext_dollars_is_drawn_and_a_failing_plot_keeps_the_resu
     monkeypatch.setattr(pg.backend, "figure", broken)
     kept = pg.generate()
     assert kept is not None and pg.result is kept and "plot failed" in pg.status.value
+
+
+def test_and_kappa_is_plotted_as_a_running_mean_and_sd_grid_is_the_pipelines(monkeypatch):
+    import superdiff.widgets as w
+
+    seen = []
+    real = w.kappa_figure
+    monkeypatch.setattr(w, "kappa_figure", lambda *a, **k: seen.append(a) or real(*a, **k))
+    pg = playground("toy")
+    pg.steps.value, pg.batch_size.value = 100, 4
+    for mode in ("and", "or"):
+        pg.mode.value = mode
+        assert pg.generate() is not None, pg.status.value
+    (*_, and_title, and_window), (*_, or_title, or_window) = seen[-2], seen[-1]
+    assert and_window == 5 and "running mean of 5 steps" in and_title
+    assert or_window is None and "running mean" not in or_title
+
+    testing = require("superdiff.testing")
+    pipe = testing.tiny_pipeline(timestep_spacing="leading")
+    sd = playground(pipe)
+    sd.steps.value, sd.batch_size.value = 1000, 1
+    grid = sd.backend.sigmas(1000)
+    assert torch.equal(grid, pipe.sigma_grid(1000)[0].double()) and len(grid) - 1 == 999
