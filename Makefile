@@ -8,6 +8,8 @@ TORCH  ?= torch==2.13.0
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 CHROMIUM ?= /usr/bin/chromium
 APP_PORT ?= 8866
+APP_HOST ?= localhost
+APP_ARGS ?=
 
 .PHONY: setup demo test lint pytest pytest-widgets7 compat compat-card compat-lower nbval e2e browser-deps notebooks lab app study-and results-digits weights clean
 
@@ -104,10 +106,11 @@ weights: setup
 lab: setup
 	$(BIN)/jupyter lab notebooks/
 
-# The playground as a web page for teaching sessions: controls and plots, no code (Voilà).
+# The playground as a web page for teaching sessions: controls and plots, no code (Voilà, superdiff/app.py).
+# On localhost for one teacher; APP_HOST=0.0.0.0 is classroom mode: a token, the URL to share printed, at most
+# 36 open pages, idle ones closed (README "Teaching with the app"). More options: APP_ARGS="--max-kernels 20".
 app: setup
-	@echo "SuperDiff playground: http://localhost:$(APP_PORT)/  (Ctrl-C stops it; another port: make app APP_PORT=8870)"
-	$(BIN)/voila notebooks/04_playground.ipynb --no-browser --Voila.ip=localhost --Voila.port=$(APP_PORT) --Voila.port_retries=0
+	$(BIN)/python -m superdiff.app --host $(APP_HOST) --port $(APP_PORT) $(APP_ARGS)
 
 clean:
 	rm -rf $(VENV) $(W7) outputs .pytest_cache .ruff_cache build dist *.egg-info

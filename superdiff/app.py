@@ -28,9 +28,9 @@ from voila.app import Voila
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "04_playground.ipynb"
 PORT = 8866
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
-# Measured in classroom mode (README): a kernel holds ≈ 390 MB once both playgrounds have run; 40 of them
-# take ≈ 16 GB and leave a third of this 24 GB machine to the server, the OS and runs in flight.
-MAX_KERNELS = 40
+# Measured (benchmarks/app_memory.py, README): a kernel holds 335 MB RSS once both playgrounds ran, 545 MB
+# after the sliders' largest runs. 36 of the largest take ≈ 19.6 GB of this 24 GB machine, leaving ≈ 4 GB.
+MAX_KERNELS = 36
 CULL_IDLE = 900  # seconds without a message to or from a kernel before it is shut down (an open tab too)
 
 

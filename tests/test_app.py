@@ -213,6 +213,12 @@ class WidgetClient:
         assert len(found) == 1, f"{len(found)} widgets with {state}"
         return found[0]
 
+    def status_line(self, ids: list[str]) -> str:
+        """The playground's status line: "Press Generate.", or a coloured span once it has run."""
+        found = [i for i in ids if self.value(i).startswith(("Press Generate.", '<span style="color:'))]
+        assert len(found) == 1, f"{len(found)} status lines"
+        return found[0]
+
     def descendants(self, ids: list[str]) -> list[str]:
         out = []
         for i in ids:
@@ -233,13 +239,13 @@ class WidgetClient:
         await self.send("comm_msg", {"comm_id": comm_id, "data": data})
 
     async def run(self, button: str, status: str) -> str:
-        """Press the button and wait until the status line changes to Done or Error; returns its text."""
-        before = self.value(status)
+        """Press the button and wait until the status line is set to Done or Error; returns its text."""
         await self.click(button)
 
         def finished(msg) -> bool:
-            now = self.value(status)
-            return now != before and any(word in now for word in ("Done:", "Error"))
+            content = msg["content"]
+            value = str(content.get("data", {}).get("state", {}).get("value", ""))
+            return content.get("comm_id") == status and any(word in value for word in ("Done:", "Error"))
 
         await self.receive(finished, timeout=300)
         return re.sub(r"<[^>]+>", "", html.unescape(self.value(status)))
@@ -349,7 +355,7 @@ async def attack(server: App, kernel_id: str) -> list[str]:
     client = await WidgetClient.connect(server, kernel_id)
     await client.load_states()
     ids = client.playground("toy")
-    button, status = client.find(ids, description="Generate"), client.find(ids, value="Press Generate.")
+    button, status = client.find(ids, description="Generate"), client.status_line(ids)
     steps, batch = client.find(ids, description="steps"), client.find(ids, description="batch size")
     seen = []
     for widget, state in (

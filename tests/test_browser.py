@@ -197,10 +197,10 @@ def lab(tmp_path):
 
 @pytest.fixture
 def voila(tmp_path):
-    """The Voilà app, as `make app` serves it (the notebook is only read)."""
+    """The Voilà app, as `make app` serves it (superdiff.app), with a token (the notebook is only read)."""
     require_browser()
-    args = [sys.executable, "-m", "voila", str(NOTEBOOK), "--no-browser", "--Voila.ip=127.0.0.1"]
-    args += ["--Voila.port={port}", "--Voila.port_retries=0", "--Voila.token={token}"]
+    args = [sys.executable, "-m", "superdiff.app", "--host", "127.0.0.1", "--port", "{port}"]
+    args += ["--token", "{token}"]
     with serve(args, tmp_path, "/login") as server:  # a cheap page: `/` would execute the notebook
         yield server
 
