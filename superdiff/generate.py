@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ._io import png, write_atomically
+from .hub import dtype_kwarg
 from .limits import LIMITS
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
@@ -142,15 +143,6 @@ def pick_dtype(dtype: str, device: str):
 def split_prompts(prompts: list[str]) -> tuple:
     """CLI prompts -> (prompt_1, prompt_2) as the pipeline takes them (a list for N != 2)."""
     return (prompts[0], prompts[1]) if len(prompts) == 2 else (prompts, None)
-
-
-def dtype_kwarg(dtype) -> dict:
-    """``dtype=`` where diffusers accepts it (newer ones deprecate ``torch_dtype``), else ``torch_dtype=``."""
-    try:
-        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
-    except ImportError:
-        return {"torch_dtype": dtype}
-    return {"dtype": dtype}
 
 
 def load(model: str, dtype, device: str, cpu_offload: bool, attention_slicing: bool):

@@ -54,3 +54,12 @@ def explain_unavailable(name):
         if os.path.isdir(name) or (isinstance(err, ValueError) and not _looks_like_path(name)):
             raise
         raise weights_unavailable(name, err) from None  # the cause stays in err.__context__ for debugging
+
+
+def dtype_kwarg(dtype) -> dict:
+    """``dtype=`` where diffusers accepts it (newer ones deprecate ``torch_dtype``), else ``torch_dtype=``."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return {"torch_dtype": dtype}
+    return {"dtype": dtype}

@@ -16,7 +16,7 @@ from diffusers import AutoencoderKL, DiffusionPipeline, EulerDiscreteScheduler, 
 from torch import Tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from .hub import explain_unavailable
+from .hub import dtype_kwarg, explain_unavailable
 from .limits import LIMITS, Limits
 from .output import SuperDiffOutput, to_uint8
 from .pipeline_common import (
@@ -235,8 +235,6 @@ class SuperDiffPipeline(DiffusionPipeline):
         the name the installed one expects (the newest diffusers deprecate ``torch_dtype``, older ones ignore
         ``dtype``).
         """
-        from .generate import dtype_kwarg
-
         dtype, torch_dtype = kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None)
         if dtype is not None and torch_dtype is not None:
             raise ValueError("dtype, torch_dtype: pass one of them (dtype), not both")
