@@ -11,6 +11,7 @@ COMMANDS = {
     "demo": ("superdiff.demo", "the offline default: toy and digits superpositions written to PNG files"),
     "generate": ("superdiff.generate", "superpose two prompts with Stable Diffusion (or the digits model)"),
     "sweep": ("superdiff.sweep.cli", "evaluation grid: prompt pairs x methods x seeds, scored (accelerate)"),
+    "export-hub": ("superdiff.export", "a folder to publish on the Hub whose pipeline.py needs no superdiff"),
 }
 
 

@@ -10,7 +10,9 @@ Use with any Stable Diffusion 1.x / 2.x checkpoint (needs the ``superdiff`` pack
     )
     out = pipe("a flamingo", "a candy cane", seed=1, num_inference_steps=1000, batch_size=1)
 
-Copied next to a checkpoint's model_index.json, ``custom_pipeline="pipeline"`` finds it too.
+Copied next to a checkpoint's model_index.json, ``custom_pipeline="pipeline"`` finds it too, but only where
+the kit is installed. For a folder or Hub repository that works with diffusers alone, write a self-contained
+pipeline.py with ``superdiff export-hub OUT`` (:mod:`superdiff.export`).
 """
 
 from superdiff.pipeline_superdiff import SuperDiffPipeline

@@ -1,0 +1,227 @@
+"""``superdiff export-hub``: a Hub folder whose pipeline.py runs the model card's snippet without the kit."""
+
+import ast
+import importlib.metadata
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from superdiff import export
+from superdiff.cli import main
+from superdiff.testing import tiny_pipeline
+
+# The user's model card's snippet, verbatim (seed/superdiff-sd-v1-4-model-card.md).
+CARD_SNIPPET = (
+    "from PIL import Image\n"
+    "from diffusers import DiffusionPipeline\n"
+    'pipeline = DiffusionPipeline.from_pretrained("superdiff/superdiff-sd-v1-4", '
+    "custom_pipeline='pipeline', trust_remote_code=True)\n"
+    'output = pipeline("a flamingo", "a candy cane", seed=1, num_inference_steps=1000, batch_size=1)\n'
+    "image = Image.fromarray(output[0].cpu().numpy())\n"
+    'image.save("superdiff_output.png")\n'
+)
+CARD_CALL = "num_inference_steps=1000, batch_size=1"
+SMALL_CALL = "num_inference_steps=8, batch_size=1, height=64, width=64"  # 1000 steps at 512²: ~15 min on CPU
+CARD_DEFAULTS = dict(
+    seed=None, num_inference_steps=1000, batch_size=1, lift=0.0, guidance_scale=7.5, height=512, width=512
+)
+
+# Runs a snippet as a user without the kit: `python -I` (no cwd, no PYTHONPATH) and `import superdiff`
+# made to fail (the venv has it installed); then saves the output and reports what was imported.
+RUNNER = """\
+import inspect, json, sys
+sys.modules["superdiff"] = None
+try:
+    import superdiff
+    sys.exit("superdiff is importable")
+except ImportError:
+    pass
+exec(compile(sys.argv[1], "card", "exec"))
+import torch
+torch.save({"images": output.images, "kappa": output.kappa, "log_q": output.log_q}, "output.pt")
+params = inspect.signature(type(pipeline).__call__).parameters
+print(json.dumps({
+    "class": type(pipeline).__name__,
+    "module": type(pipeline).__module__,
+    "kit_modules": sorted(m for m in sys.modules if m.startswith("superdiff") and sys.modules[m] is not None),
+    "defaults": {k: p.default for k, p in params.items() if k in CARD_ARGS},
+}))
+""".replace("CARD_ARGS", repr(sorted(CARD_DEFAULTS)))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """tiny_pipeline() exported, with the pipeline it came from."""
+    pipe = tiny_pipeline()
+    folder = tmp_path_factory.mktemp("hub") / "superdiff-sd-tiny"
+    export.export_hub(folder, pipe)
+    return folder, pipe
+
+
+def run_without_kit(snippet: str, cwd: Path) -> dict:
+    """Run the snippet in a fresh `python -I` where `import superdiff` fails; its report."""
+    env = {
+        **os.environ,
+        "HF_HOME": str(cwd / "hf"),
+        "HF_MODULES_CACHE": str(cwd / "hf" / "modules"),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", RUNNER, snippet], cwd=cwd, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_card_snippet_runs_without_the_kit_and_matches_the_package(exported, tmp_path):
+    folder, pipe = exported
+    snippet = CARD_SNIPPET.replace('"superdiff/superdiff-sd-v1-4"', repr(str(folder)))
+    snippet = snippet.replace(CARD_CALL, SMALL_CALL)
+    assert repr(str(folder)) in snippet and SMALL_CALL in snippet
+    report = run_without_kit(snippet, tmp_path)
+    assert report["class"] == "SuperDiffPipeline" and report["module"].startswith("diffusers_modules.")
+    assert report["kit_modules"] == []
+    assert report["defaults"] == CARD_DEFAULTS
+
+    theirs = torch.load(tmp_path / "output.pt")
+    ours = pipe("a flamingo", "a candy cane", seed=1, **eval(f"dict({SMALL_CALL})"))
+    assert theirs["images"].dtype == torch.uint8 and theirs["images"].shape == (1, 64, 64, 3)
+    assert (theirs["images"].int() - ours.images.int()).abs().max() <= 1
+    torch.testing.assert_close(theirs["kappa"], ours.kappa, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(theirs["log_q"], ours.log_q, rtol=1e-5, atol=1e-3)
+    assert (tmp_path / "superdiff_output.png").stat().st_size > 0
+
+
+def installed_with(*dists: str) -> set[str]:
+    """Distributions that installing ``dists`` installs (their requirements without extras, recursively)."""
+    seen, todo = set(), list(dists)
+    while todo:
+        name = re.split(r"[<>=!~ ;\[(]", todo.pop(), maxsplit=1)[0].lower().replace("_", "-")
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        todo.extend(r for r in requires if "extra ==" not in r)
+    return seen
+
+
+def test_pipeline_imports_only_torch_diffusers_transformers_and_what_they_install(exported):
+    folder, _ = exported
+    imported = export.imported_modules((folder / "pipeline.py").read_text(encoding="utf-8"))
+    assert "." not in imported and "superdiff" not in imported
+    third_party = imported - set(sys.stdlib_module_names) - {"__future__"}
+    assert {"torch", "diffusers", "transformers"} <= third_party
+    # numpy, Pillow and tqdm come with `pip install diffusers transformers`, as the card installs them
+    dists = importlib.metadata.packages_distributions()
+    required = installed_with("torch", "diffusers", "transformers")
+    for module in third_party - {"torch", "diffusers", "transformers"}:
+        assert any(d.lower() in required for d in dists[module]), module
+
+
+def test_pipeline_source_is_the_packages_code_and_compiles():
+    source = export.pipeline_source()
+    assert source == export.pipeline_source()  # deterministic
+    tree = ast.parse(source)
+    names = [node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
+    assert "kappa_and" in names and "ito_increment" in names and "superpose" in names
+    assert "log_likelihood" not in names and "probability_flow" not in names  # not needed: left out
+    assert len(names) == len(set(names))
+    classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and "DiffusionPipeline" in ast.unparse(n)]
+    assert [c.name for c in classes] == ["SuperDiffPipeline"]  # the one class diffusers picks up
+    import superdiff.sampling
+
+    kit = ast.parse(Path(superdiff.sampling.__file__).read_text(encoding="utf-8"))
+    ours = next(n for n in kit.body if getattr(n, "name", "") == "kappa_and")
+    theirs = next(n for n in tree.body if getattr(n, "name", "") == "kappa_and")
+    assert ast.dump(ours) == ast.dump(theirs)
+
+
+def test_folder_is_a_hub_repository(exported):
+    folder, _ = exported
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline", "SuperDiffPipeline"]
+    for part in ("vae", "text_encoder", "tokenizer", "unet", "scheduler"):
+        assert part in index and (folder / part).is_dir()
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    assert "pipeline_tag: text-to-image" in card and "custom_pipeline='pipeline'" in card
+    assert 'from_pretrained("superdiff/superdiff-sd-v1-4"' in card
+    assert "**`lift > 0` favours `prompt_1`**" in card and "skreta2025superposition" in card
+    assert "H100" in card and "$" not in card
+    assert not list(folder.parent.glob(f"*{export.TEMP_SUFFIX}"))
+
+
+def test_without_a_model_only_model_index_names_the_components(tmp_path):
+    out = export.export_hub(tmp_path / "repo", repo_id="me/my-superdiff")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "model_index.json", "pipeline.py"]
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
+    assert index["tokenizer"] == ["transformers", "CLIPTokenizer"]
+    assert 'from_pretrained("me/my-superdiff"' in (out / "README.md").read_text(encoding="utf-8")
+
+
+def test_cli_writes_the_folder(tmp_path, capsys):
+    assert main(["export-hub", str(tmp_path / "repo")]) == 0
+    assert (tmp_path / "repo" / "pipeline.py").is_file()
+    assert "pipeline.py" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- bad OUT
+
+
+def one_line_error(argv, capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("superdiff export-hub: error: OUT: ") and err.count("\n") == 1
+    return err
+
+
+def test_out_not_empty_is_refused_and_left_alone(tmp_path, capsys):
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "notes.txt").write_text("mine")
+    assert "not an empty folder" in one_line_error(["export-hub", str(tmp_path / "repo")], capsys)
+    assert [p.name for p in (tmp_path / "repo").iterdir()] == ["notes.txt"]
+    (tmp_path / "file").write_text("x")
+    one_line_error(["export-hub", str(tmp_path / "file")], capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "repo"]
+
+
+def test_an_empty_out_folder_is_filled(tmp_path):
+    (tmp_path / "repo").mkdir()
+    export.export_hub(tmp_path / "repo")
+    assert (tmp_path / "repo" / "pipeline.py").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
+
+
+def test_out_not_writable_is_refused(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        if os.access(folder, os.W_OK):  # root writes anyway: make the check see what a user would
+            monkeypatch.setattr(export.os, "access", lambda path, mode: False)
+        assert "not writable" in one_line_error(["export-hub", str(folder / "repo")], capsys)
+        assert "does not exist" in one_line_error(["export-hub", str(tmp_path / "no" / "repo")], capsys)
+    finally:
+        folder.chmod(0o755)
+    assert list(folder.iterdir()) == []
+
+
+def test_a_failure_midway_leaves_nothing(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "model_card", broken)
+    with pytest.raises(OSError, match="No space left"):
+        export.export_hub(tmp_path / "repo", "tiny")
+    assert list(tmp_path.iterdir()) == []
