@@ -25,6 +25,7 @@ import shutil
 import string
 import sys
 import tempfile
+import textwrap
 import time
 import typing
 from pathlib import Path
@@ -149,13 +150,13 @@ def pipeline_source() -> str:
 def _header() -> str:
     from . import __version__
 
-    modules = ", ".join(f"superdiff/{name}.py" for name in MODULES)
+    modules = textwrap.fill(", ".join(f"superdiff/{name}.py" for name in MODULES), 100)
     return (
         f'"""SuperDiff for Stable Diffusion, made by superdiff-kit {__version__} `superdiff export-hub`.\n\n'
         'Skreta et al., "The Superposition of Diffusion Models Using the Itô Density Estimator",\n'
         "ICLR 2025 (arXiv 2412.17762). Self-contained: needs torch, diffusers and transformers,\n"
         "not the kit.\n"
-        f"Generated from {modules}: do not edit, regenerate.\n"
+        f"Generated from\n{modules}:\ndo not edit, regenerate.\n"
         '"""'
     )
 
@@ -195,13 +196,17 @@ def model_index(pipe=None) -> dict:
     else:
         hints = typing.get_type_hints(SuperDiffPipeline.__init__)
         index = {k: [cls.__module__.split(".")[0], cls.__name__] for k, cls in hints.items() if k != "return"}
-    head = {"_class_name": ["pipeline", ROOT], "_diffusers_version": diffusers.__version__}
+    # the class name alone: the card passes custom_pipeline="pipeline", and the kit's own
+    # SuperDiffPipeline.from_pretrained(folder) still loads (["pipeline", ROOT] would make it run pipeline.py)
+    head = {"_class_name": ROOT, "_diffusers_version": diffusers.__version__}
     return {**head, **index}
 
 
 def load_model(model):
     """The pipeline behind --model: a SuperDiffPipeline as it is, "tiny", or a Hub id / folder (offline)."""
     if not isinstance(model, str):
+        if not hasattr(model, "save_pretrained"):
+            raise ValueError(f"model: expected a pipeline, 'tiny', a Hub id or a folder, got {model!r}")
         return model
     if model == "tiny":
         from .testing import tiny_pipeline

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from superdiff import export
+from superdiff import SuperDiffPipeline, export
 from superdiff.cli import main
 from superdiff.testing import tiny_pipeline
 
@@ -150,7 +150,7 @@ def test_pipeline_source_is_the_packages_code_and_compiles():
 def test_folder_is_a_hub_repository(exported):
     folder, _ = exported
     index = json.loads((folder / "model_index.json").read_text())
-    assert index["_class_name"] == ["pipeline", "SuperDiffPipeline"]
+    assert index["_class_name"] == "SuperDiffPipeline"
     for part in ("vae", "text_encoder", "tokenizer", "unet", "scheduler"):
         assert part in index and (folder / part).is_dir()
     card = (folder / "README.md").read_text(encoding="utf-8")
@@ -159,6 +159,18 @@ def test_folder_is_a_hub_repository(exported):
     assert "**`lift > 0` favours `prompt_1`**" in card and "skreta2025superposition" in card
     assert "H100" in card and "$" not in card
     assert not list(folder.parent.glob(f"*{export.TEMP_SUFFIX}"))
+
+
+def test_the_kit_loads_an_exported_folder_with_its_own_class(exported):
+    folder, pipe = exported
+    loaded = SuperDiffPipeline.from_pretrained(folder)  # the package's class, not pipeline.py
+    assert type(loaded) is SuperDiffPipeline
+    loaded.set_progress_bar_config(disable=True)
+    small = dict(seed=1, num_inference_steps=4, height=64, width=64)
+    assert torch.equal(
+        loaded("a flamingo", "a candy cane", **small).images,
+        pipe("a flamingo", "a candy cane", **small).images,
+    )
 
 
 def test_without_a_model_only_model_index_names_the_components(tmp_path):
