@@ -100,6 +100,18 @@ def test_card_snippet_runs_without_the_kit_and_matches_the_package(exported, tmp
     assert (tmp_path / "superdiff_output.png").stat().st_size > 0
 
 
+@pytest.mark.skipif(not os.environ.get("SUPERDIFF_VERBATIM"), reason="~15 min on CPU: SUPERDIFF_VERBATIM=1")
+def test_card_snippet_verbatim_without_the_kit(exported, tmp_path):
+    """The snippet unchanged but for the folder: 1000 steps at 512² (the tiny UNet is slow at that size)."""
+    folder, _ = exported
+    report = run_without_kit(
+        CARD_SNIPPET.replace('"superdiff/superdiff-sd-v1-4"', repr(str(folder))), tmp_path
+    )
+    assert report["class"] == "SuperDiffPipeline" and report["kit_modules"] == []
+    images = torch.load(tmp_path / "output.pt")["images"]
+    assert images.dtype == torch.uint8 and images.shape == (1, 512, 512, 3)
+
+
 def installed_with(*dists: str) -> set[str]:
     """Distributions that installing ``dists`` installs (their requirements without extras, recursively)."""
     seen, todo = set(), list(dists)
