@@ -75,5 +75,6 @@ class DigitModels:
             return self.net(v, s, pattern.repeat(len(v) // len(pattern)))
 
         xs = x.double().repeat(len(labels), *([1] * (x.ndim - 1)))
-        ll = log_likelihood(model, xs, grid, hutchinson=probes, generator=gen(seed))
+        with one_thread():  # a small MLP: more threads only add overhead, and much more on a shared CPU
+            ll = log_likelihood(model, xs, grid, hutchinson=probes, generator=gen(seed))
         return ll.reshape(len(labels), len(x))
