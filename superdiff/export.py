@@ -222,7 +222,7 @@ def check_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"OUT: {str(out)!r} exists and is not an empty folder; choose a new path")
     if not out.parent.is_dir():
-        raise ValueError(f"OUT: the folder {str(out.parent)!r} does not exist")
+        raise ValueError(f"OUT: {str(out.parent)!r} is not an existing folder")
     if not os.access(out.parent, os.W_OK | os.X_OK):
         raise ValueError(f"OUT: the folder {str(out.parent)!r} is not writable")
 

@@ -235,7 +235,8 @@ def test_out_not_writable_is_refused(tmp_path, capsys, monkeypatch):
         if os.access(folder, os.W_OK):  # root writes anyway: make the check see what a user would
             monkeypatch.setattr(export.os, "access", lambda path, mode: False)
         assert "not writable" in one_line_error(["export-hub", str(folder / "repo")], capsys)
-        assert "does not exist" in one_line_error(["export-hub", str(tmp_path / "no" / "repo")], capsys)
+        missing = str(tmp_path / "no" / "repo")
+        assert "not an existing folder" in one_line_error(["export-hub", missing], capsys)
     finally:
         folder.chmod(0o755)
     assert list(folder.iterdir()) == []
