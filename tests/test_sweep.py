@@ -33,6 +33,18 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # the in-process sweeps run 
 
 # 2 digit pairs × 3 methods × 3 seeds = 18 images; 10 steps: each run is about a second of sampling
 SMALL = ["--model", "digits", "--methods", "and,or,prompt_1", "--seeds", "0-2", "--steps", "10"]
+ONE_DIGITS_AND = [
+    "--model",
+    "digits",
+    "--pairs",
+    "digits",
+    "--methods",
+    "and",
+    "--seeds",
+    "0",
+    "--steps",
+    "3",
+]  # 5 images
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -225,19 +237,7 @@ def test_a_run_started_meanwhile_with_other_settings_is_refused(tmp_path, monkey
 
 def test_resuming_with_another_scorer_is_refused(tmp_path, capsys):
     out = tmp_path / "sweep"
-    base = [
-        "sweep",
-        "--model",
-        "digits",
-        "--pairs",
-        "digits",
-        "--methods",
-        "and",
-        "--seeds",
-        "0",
-        "--steps",
-        "3",
-    ]
+    base = ["sweep", *ONE_DIGITS_AND]
     assert superdiff_main([*base, "--scorer", "none", "--out", str(out)]) == 0
     capsys.readouterr()
     assert superdiff_main([*base, "--scorer", "digits", "--out", str(out)]) == 2
@@ -252,20 +252,7 @@ def test_non_finite_sampling_stops_the_sweep_without_a_record(tmp_path, capsys, 
 
     monkeypatch.setattr(DigitsPipeline, "predictor", overflowing)
     out = tmp_path / "sweep"
-    args = [
-        "sweep",
-        "--model",
-        "digits",
-        "--pairs",
-        "digits",
-        "--methods",
-        "and",
-        "--seeds",
-        "0",
-        "--steps",
-        "3",
-    ]
-    assert superdiff_main([*args, "--out", str(out)]) == 2
+    assert superdiff_main(["sweep", *ONE_DIGITS_AND, "--out", str(out)]) == 2
     assert "NaN or infinite" in capsys.readouterr().err
     assert not list((out / "records").glob("*.json"))
 
