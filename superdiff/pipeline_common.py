@@ -64,11 +64,11 @@ def superpose_options(core_mode: str, kappa: Tensor | None, lift, temperature, l
 
 
 def check_int(name: str, value, low: int, hint: str = "", high: int | None = None) -> None:
-    """An integer (numpy's too, not a bool) >= low and, if given, <= high."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name}: expected an integer >= {low}{hint}, got {value!r}")
-    if high is not None and value > high:
-        raise ValueError(f"{name}: expected an integer from {low} to {high}{hint}, got {value!r}")
+    """An integer (numpy's too, not a bool) >= low and, if given, <= high; the error names the whole range."""
+    integer = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not (integer and value >= low and (high is None or value <= high)):
+        span = f">= {low}" if high is None else f"from {low} to {high}"
+        raise ValueError(f"{name}: expected an integer {span}{hint}, got {value!r}")
 
 
 def check_finite(name: str, value, low: float = -math.inf, high: float = math.inf) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import numbers
 import sys
 import threading
 import time
@@ -28,8 +27,7 @@ from torch import Tensor
 
 from . import viz
 from ._torch import one_thread
-from .limits import MAX_SEED
-from .pipeline_common import check_finite, parse_mode, superpose_options
+from .pipeline_common import check_finite, check_int, check_seed_value, parse_mode, superpose_options
 from .sampling import geometric_sigmas, superpose
 from .toy import up_and_down
 
@@ -222,12 +220,6 @@ def make_backend(backend):
     )
 
 
-def check_int_range(name: str, value, low: int, high: int) -> None:
-    """An integer (not a bool) from low to high; the error names the whole range."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
-        raise ValueError(f"{name}: expected an integer from {low} to {high}, got {value!r}")
-
-
 # ----------------------------------------------------------------------------- plots as widget outputs
 
 
@@ -356,9 +348,9 @@ class Playground:
             raise ValueError(f"mode: expected one of {modes}, got {p['mode']!r}")
         for name in ("prompt_1", "prompt_2"):
             self._check_prompt(name, p[name])
-        check_int_range("steps", p["steps"], 1, b.max_steps)
-        check_int_range("batch_size", p["batch_size"], 1, b.max_batch)
-        check_int_range("seed", p["seed"], 0, MAX_SEED)
+        check_int("steps", p["steps"], 1, high=b.max_steps)
+        check_int("batch_size", p["batch_size"], 1, high=b.max_batch)
+        check_seed_value("seed", p["seed"])
         check_finite("lift", p["lift"], *LIFT_RANGE)
         check_finite("temperature", p["temperature"], *TEMPERATURE_RANGE)
         check_finite("guidance_scale", p["guidance_scale"], 0.0, (b.guidance or (1.0, 1.0))[1])
