@@ -11,7 +11,7 @@ APP_PORT ?= 8866
 APP_HOST ?= localhost
 APP_ARGS ?=
 
-.PHONY: setup demo test lint pytest card-verbatim pytest-widgets7 compat compat-card compat-lower nbval e2e browser-deps notebooks lab app study-and results-digits weights clean
+.PHONY: setup demo test lint pytest pytest-widgets7 compat compat-card compat-lower nbval e2e browser-deps notebooks lab app study-and results-digits weights clean
 
 setup: $(VENV)/.installed
 
@@ -29,11 +29,7 @@ lint: setup
 	$(BIN)/ruff format --check superdiff tests benchmarks scripts
 
 pytest: setup
-	$(BIN)/python -m pytest -q -m "not browser and not card"
-
-# The model card's snippet verbatim (1000 steps, 512²) on an exported tiny pipeline without the kit (≈ 15 min on CPU).
-card-verbatim: setup
-	$(BIN)/python -m pytest -q -m card
+	$(BIN)/python -m pytest -q -m "not browser"
 
 # The playground's Python side under ipywidgets 7.7.1, Colab's default: a small venv that sees .venv's packages
 # (a .pth) under its own ipywidgets 7.7.1, widgetsnbextension 3.6.1 and jupyterlab_widgets 1.1.1 (≈ 3 s to build).
@@ -69,7 +65,7 @@ compat-card compat-lower: compat-%: $(VENV)/.installed
 	$(BIN)/python -m pip --python $(VENV)-compat-$*/bin/python install --quiet $(COMPAT_$*)
 	$(VENV)-compat-$*/bin/python -c 'import diffusers as d, transformers as t, accelerate as a, torch; \
 	  print("compat-$*:", *(f"{m.__name__} {m.__version__}" for m in (d, t, a, torch)))'
-	HF_HOME=$(abspath $(VENV)-compat-$*)/hf $(VENV)-compat-$*/bin/python -m pytest -q -m "not browser and not card" -p no:cacheprovider
+	HF_HOME=$(abspath $(VENV)-compat-$*)/hf $(VENV)-compat-$*/bin/python -m pytest -q -m "not browser" -p no:cacheprovider
 
 nbval: setup
 	$(if $(NOTEBOOKS),$(BIN)/python -m pytest -q --nbval $(NOTEBOOKS) --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider,@echo "no notebooks yet")

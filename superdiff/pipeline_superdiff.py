@@ -82,10 +82,12 @@ def euler_grid(scheduler, num_inference_steps: int) -> tuple[Tensor, Tensor]:
 
 
 class PromptPredictor(Predictor):
-    """ε̂ of ``num_models`` prompts from ONE UNet call per step, batched with the empty prompt.
+    """ε̂ of ``num_models`` prompts from ONE denoiser call per step, batched with the empty prompt.
 
     ``embeddings`` rows: the prompts (in mode "joint" the joint prompt too), then the empty prompt (last);
+    ``context``: the denoiser's other per-row inputs (SDXL's ``added_cond_kwargs``), nested dicts allowed.
     F_i is prompt i's guided field. ``prediction_type``: what the UNet outputs (diffusers' name), read as ε.
+    A model family overrides :meth:`network_input`, :meth:`timestep`, :meth:`denoise` and :meth:`to_eps`.
     """
 
     def __init__(
@@ -97,33 +99,58 @@ class PromptPredictor(Predictor):
         sigmas,
         timesteps,
         prediction_type: str = "epsilon",
+        context: dict | None = None,
     ):
         self.unet, self.num_models, self.guidance_scale = unet, num_models, guidance_scale
-        self.to_eps = EPS_FROM.get(prediction_type)
-        self.embeddings = embeddings.to(unet.dtype)
+        self.eps_from = EPS_FROM.get(prediction_type)
+        self.rows = embeddings.shape[0]
+        self.context = cast_rows({"encoder_hidden_states": embeddings, **(context or {})}, unet.dtype)
         self.sigmas = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
         self.timesteps = timesteps
+
+    def network_input(self, x: Tensor, sigma: float) -> Tensor:
+        """What the UNet sees: x_VP = x/√(σ²+1)."""
+        return x / math.sqrt(sigma**2 + 1)
 
     def timestep(self, sigma: float) -> Tensor:
         """The UNet's t for σ: the scheduler's own σ ↔ t pairs (σ is always one of its grid points)."""
         return self.timesteps[int((self.sigmas - sigma).abs().argmin())]
 
+    def denoise(self, x_in: Tensor, t: Tensor, context: dict) -> Tensor:
+        """One batched call of the denoiser on all rows."""
+        return self.unet(x_in, t, **context).sample
+
+    def to_eps(self, out: Tensor, x: Tensor, sigma: float) -> Tensor:
+        """The denoiser's native output (rows, B, ...) as ε̂ in VE coordinates."""
+        if self.eps_from is None:  # "epsilon"
+            return out
+        return self.eps_from(out, x, sigma)
+
     def eps_all(self, x: Tensor, sigma: float) -> Tensor:
         """ε̂ for every embedding row at once: (rows, B, ...), in x's dtype."""
-        rows, batch = self.embeddings.shape[0], x.shape[0]
-        x_in = (x / math.sqrt(sigma**2 + 1)).to(self.unet.dtype).repeat(rows, *([1] * (x.ndim - 1)))
-        context = self.embeddings.repeat_interleave(batch, dim=0)
-        out = self.unet(x_in, self.timestep(sigma), encoder_hidden_states=context).sample
-        if self.to_eps is None:  # "epsilon"
-            return out.to(x.dtype).unflatten(0, (rows, batch))
+        batch = x.shape[0]
+        x_in = self.network_input(x, sigma).to(self.unet.dtype).repeat(self.rows, *([1] * (x.ndim - 1)))
+        out = self.denoise(x_in, self.timestep(sigma), repeat_rows(self.context, batch))
         wide = torch.promote_types(x.dtype, torch.float32)  # a float16 UNet's v or x̂₀: convert in float32
-        eps = self.to_eps(out.to(wide).unflatten(0, (rows, batch)), x.to(wide), sigma)
-        return eps.to(x.dtype)
+        return self.to_eps(out.unflatten(0, (self.rows, batch)).to(wide), x.to(wide), sigma).to(x.dtype)
 
     def __call__(self, x: Tensor, sigma: float) -> Prediction:
         eps = self.eps_all(x, sigma)
         eps_cond, eps_uncond = eps[: self.num_models], eps[-1]
         return Prediction(eps_cond, guide(eps_cond, eps_uncond, self.guidance_scale))
+
+
+def cast_rows(context: dict, dtype) -> dict:
+    """Every tensor of a (nested) context in the denoiser's dtype."""
+    return {k: cast_rows(v, dtype) if isinstance(v, dict) else v.to(dtype) for k, v in context.items()}
+
+
+def repeat_rows(context: dict, batch: int) -> dict:
+    """Each row of a (nested) context repeated for the batch: row r serves items r·B … r·B + B − 1."""
+    return {
+        k: repeat_rows(v, batch) if isinstance(v, dict) else v.repeat_interleave(batch, dim=0)
+        for k, v in context.items()
+    }
 
 
 def as_prompts(prompt_1, prompt_2) -> list[str]:
@@ -199,33 +226,13 @@ def check_inputs(
     return prompts
 
 
-class SuperDiffPipeline(DiffusionPipeline):
-    """SuperDiff (Skreta et al., ICLR 2025): superpose Stable Diffusion prompts with OR / AND.
+class SuperDiffMixin:
+    """The SuperDiff call every model family shares; a family supplies its text conditioning
+    (:meth:`prompt_context`), its denoiser's ε in VE coordinates (:meth:`make_predictor`), its σ grid
+    (:meth:`sigma_grid`) and its VAE decoding (:meth:`decode_latents`)."""
 
-    Loads like any Stable Diffusion 1.x / 2.x pipeline (``from_pretrained("CompVis/stable-diffusion-v1-4")``);
-    whatever scheduler the checkpoint ships, sampling uses the σ grid of an ``EulerDiscreteScheduler``.
-    The UNet may predict ε, v (SD 2.x 768-v) or x₀, as ``scheduler.config.prediction_type`` says.
-    """
-
-    model_cpu_offload_seq = "text_encoder->unet->vae"
     limits = LIMITS  # steps, batch_size, size: checked before any work; assign a Limits(...) to raise them
-
-    def __init__(
-        self,
-        vae: AutoencoderKL,
-        text_encoder: CLIPTextModel,
-        tokenizer: CLIPTokenizer,
-        unet: UNet2DConditionModel,
-        scheduler: EulerDiscreteScheduler,
-    ):
-        super().__init__()
-        if not isinstance(scheduler, EulerDiscreteScheduler):  # CompVis/stable-diffusion-v1-4 ships PNDM
-            scheduler = EulerDiscreteScheduler.from_config(scheduler.config)
-        check_scheduler(scheduler)
-        self.register_modules(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler
-        )
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+    denoiser_name = "unet"  # the component that predicts: "unet", or "transformer" (SD3)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -244,53 +251,45 @@ class SuperDiffPipeline(DiffusionPipeline):
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @property
+    def denoiser(self):
+        """The network that predicts (UNet or transformer)."""
+        return getattr(self, self.denoiser_name)
+
+    @property
     def default_size(self) -> int:
-        """The image size (pixels) the UNet was trained at: 512 for SD v1-4."""
-        return self.unet.config.sample_size * self.vae_scale_factor
+        """The image size (pixels) the denoiser was trained at: 512 for SD v1-4, 1024 for SDXL and SD3."""
+        return self.denoiser.config.sample_size * self.vae_scale_factor
+
+    def check_model(self) -> None:
+        """Refuse a configuration the pipeline cannot sample (a scheduler assigned after loading)."""
 
     def check_inputs(self, prompt_1, prompt_2, **kwargs) -> list[str]:
         """Validate a call before any work (see :func:`check_inputs`); returns the prompts."""
-        check_scheduler(self.scheduler)  # a scheduler assigned after loading
+        self.check_model()
         return check_inputs(prompt_1, prompt_2, limits=self.limits, **kwargs)
 
-    def warn_truncated(self, prompts: list[str]) -> None:
-        """Warn (as diffusers' pipelines do) about prompts longer than the text encoder's window."""
-        limit = self.tokenizer.model_max_length
-        for prompt, ids in zip(prompts, self.tokenizer(prompts).input_ids, strict=True):
+    def warn_truncated(self, prompts: list[str], tokenizer=None, name: str = "CLIP") -> None:
+        """Warn (as diffusers' pipelines do) about prompts longer than a text encoder's window."""
+        tokenizer = self.tokenizer if tokenizer is None else tokenizer
+        limit = tokenizer.model_max_length
+        for prompt, ids in zip(prompts, tokenizer(prompts).input_ids, strict=True):
             if len(ids) > limit:
-                dropped = self.tokenizer.decode(ids[limit - 1 : -1])
+                dropped = tokenizer.decode(ids[limit - 1 : -1])
                 warnings.warn(
-                    f"prompt {prompt!r} is cut to CLIP's {limit} tokens; dropped: {dropped!r}", stacklevel=3
+                    f"prompt {prompt!r} is cut to {name}'s {limit} tokens; dropped: {dropped!r}", stacklevel=4
                 )
 
-    def encode_prompt(self, prompts: list[str], device) -> Tensor:
-        """CLIP hidden states of the prompts followed by the empty prompt: (len(prompts) + 1, L, D)."""
-        self.warn_truncated(prompts)
-        tokens = self.tokenizer(
-            prompts + [""],
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        return self.text_encoder(tokens.input_ids.to(device))[0]
-
-    def prepare_latents(
+    def start_latents(
         self, batch_size: int, height: int, width: int, sigma_max: float, generator, device
     ) -> Tensor:
         """x_0 = σ_max·z in float32 (VE form: the core starts log q at the exact N(0, σ_max²I))."""
         shape = (
             batch_size,
-            self.unet.config.in_channels,
+            self.denoiser.config.in_channels,
             height // self.vae_scale_factor,
             width // self.vae_scale_factor,
         )
         return sigma_max * randn_like(torch.empty(shape, device=device), generator)
-
-    def decode_latents(self, latents: Tensor) -> Tensor:
-        """Latents -> (B, H, W, 3) uint8 images on CPU."""
-        image = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
-        return to_uint8(image)
 
     def sigma_grid(self, num_inference_steps: int) -> tuple[Tensor, Tensor]:
         """The σ grid and timesteps a call samples on (see :func:`euler_grid`); warns if steps are dropped."""
@@ -305,6 +304,18 @@ class SuperDiffPipeline(DiffusionPipeline):
             )
         return sigmas, timesteps
 
+    def prompt_context(self, prompts: list[str], device, height: int, width: int) -> dict:
+        """The denoiser's text conditioning: rows for the prompts, then the empty prompt (last)."""
+        raise NotImplementedError
+
+    def make_predictor(self, context: dict, n_models: int, guidance_scale: float, sigmas, timesteps):
+        """The :class:`PromptPredictor` of this family's denoiser."""
+        raise NotImplementedError
+
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """Latents -> (B, H, W, 3) uint8 images on CPU."""
+        raise NotImplementedError
+
     @torch.no_grad()
     def __call__(
         self,
@@ -315,8 +326,8 @@ class SuperDiffPipeline(DiffusionPipeline):
         batch_size: int = 1,
         lift: float | Sequence[float] = 0.0,
         guidance_scale: float = 7.5,
-        height: int = 512,
-        width: int = 512,
+        height: int | None = None,
+        width: int | None = None,
         mode: str = "and",
         temperature: float = 1.0,
         log_weights: Sequence[float] | None = None,
@@ -340,7 +351,8 @@ class SuperDiffPipeline(DiffusionPipeline):
             lift: AND only. log q_1 − log q_2 grows by lift/n per step and ends at +lift: ``lift > 0`` favours
                 prompt_1, ``lift < 0`` prompt_2. A list gives one value per prompt.
             guidance_scale: classifier-free guidance w (>= 0) of the field; densities use unguided ε̂.
-            height, width: image size in pixels, multiples of 8 from 64 to ``self.limits.size`` (2048).
+            height, width: image size in pixels, multiples of 8 from 64 to ``self.limits.size`` (2048);
+                None: the size the model was trained at, ``self.default_size`` (512 for SD v1-4, 1024 SDXL).
             mode: "and" (equal density, default), "or" (mixture), "avg" (κ = 1/N), or the paper's baselines
                 "prompt_1" / "prompt_2" / ... (one prompt alone) and "joint" (one prompt "A that looks
                 like B").
@@ -363,6 +375,8 @@ class SuperDiffPipeline(DiffusionPipeline):
             ValueError: a bad argument, named, before any work; NonFiniteError (a ValueError) when sampling
                 produced NaN or ±inf.
         """
+        height = self.default_size if height is None else height
+        width = self.default_size if width is None else width
         prompts = self.check_inputs(
             prompt_1,
             prompt_2,
@@ -383,16 +397,12 @@ class SuperDiffPipeline(DiffusionPipeline):
         core_mode, kappa = prompt_mode(mode, len(prompts))
         extra = [joint_prompt or JOINT_TEMPLATE.format(*prompts)] if mode == "joint" else []
         device, generator = self._execution_device, seeded(seed, generator)
-        embeddings = self.encode_prompt(prompts + extra, device)
+        context = self.prompt_context(prompts + extra, device, height, width)
 
         sigmas, timesteps = self.sigma_grid(num_inference_steps)
-        timesteps = timesteps.to(device)
         n_models = len(prompts + extra)  # "joint": its prompt is model N + 1, the one x moves with
-        prediction_type = self.scheduler.config.prediction_type
-        predictor = PromptPredictor(
-            self.unet, embeddings, n_models, guidance_scale, sigmas, timesteps, prediction_type
-        )
-        latents = self.prepare_latents(batch_size, height, width, sigmas[0].item(), generator, device)
+        predictor = self.make_predictor(context, n_models, guidance_scale, sigmas, timesteps.to(device))
+        latents = self.start_latents(batch_size, height, width, sigmas[0].item(), generator, device)
         with self.progress_bar(total=len(timesteps)) as bar:
             callback = step_callback(self, callback_on_step_end, len(prompts), timesteps, bar.update)
             options = superpose_options(core_mode, kappa, lift, temperature, log_weights)
@@ -402,3 +412,63 @@ class SuperDiffPipeline(DiffusionPipeline):
         images = self.decode_latents(result.samples)
         self.maybe_free_model_hooks()
         return build_output(result, images, output_type, prompts + extra, len(prompts), mode)
+
+
+class SuperDiffPipeline(SuperDiffMixin, DiffusionPipeline):
+    """SuperDiff (Skreta et al., ICLR 2025): superpose Stable Diffusion prompts with OR / AND.
+
+    Loads like any Stable Diffusion 1.x / 2.x pipeline (``from_pretrained("CompVis/stable-diffusion-v1-4")``);
+    whatever scheduler the checkpoint ships, sampling uses the σ grid of an ``EulerDiscreteScheduler``.
+    The UNet may predict ε, v (SD 2.x 768-v) or x₀, as ``scheduler.config.prediction_type`` says.
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: EulerDiscreteScheduler,
+    ):
+        super().__init__()
+        if not isinstance(scheduler, EulerDiscreteScheduler):  # CompVis/stable-diffusion-v1-4 ships PNDM
+            scheduler = EulerDiscreteScheduler.from_config(scheduler.config)
+        check_scheduler(scheduler)
+        self.register_modules(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler
+        )
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def check_model(self) -> None:
+        """A prediction type the pipeline converts to ε (a scheduler assigned after loading)."""
+        check_scheduler(self.scheduler)
+
+    def encode_prompt(self, prompts: list[str], device) -> Tensor:
+        """CLIP hidden states of the prompts followed by the empty prompt: (len(prompts) + 1, L, D)."""
+        self.warn_truncated(prompts)
+        tokens = self.tokenizer(
+            prompts + [""],
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        return self.text_encoder(tokens.input_ids.to(device))[0]
+
+    def prompt_context(self, prompts: list[str], device, height: int, width: int) -> dict:
+        """CLIP hidden states of the prompts and the empty prompt (:meth:`encode_prompt`)."""
+        return {"embeddings": self.encode_prompt(prompts, device)}
+
+    def make_predictor(self, context: dict, n_models: int, guidance_scale: float, sigmas, timesteps):
+        """One UNet call per step; ε, v or x̂₀ as the scheduler's prediction_type says."""
+        prediction_type = self.scheduler.config.prediction_type
+        return PromptPredictor(
+            self.unet, context["embeddings"], n_models, guidance_scale, sigmas, timesteps, prediction_type
+        )
+
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """Latents -> (B, H, W, 3) uint8 images on CPU."""
+        image = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
+        return to_uint8(image)

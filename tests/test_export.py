@@ -29,8 +29,9 @@ CARD_SNIPPET = (
 )
 CARD_CALL = "num_inference_steps=1000, batch_size=1"
 SMALL_CALL = "num_inference_steps=8, batch_size=1, height=64, width=64"  # 1000 steps at 512²: ~15 min on CPU
+# height, width None: the size the UNet was trained at (pipe.default_size: 512 for v1-4, 64 for the tiny one)
 CARD_DEFAULTS = dict(
-    seed=None, num_inference_steps=1000, batch_size=1, lift=0.0, guidance_scale=7.5, height=512, width=512
+    seed=None, num_inference_steps=1000, batch_size=1, lift=0.0, guidance_scale=7.5, height=None, width=None
 )
 
 # Runs a snippet as a user without the kit: `python -I` (no cwd, no PYTHONPATH) and `import superdiff`
@@ -102,16 +103,16 @@ def test_card_snippet_runs_without_the_kit_and_matches_the_package(exported, tmp
     assert (tmp_path / "superdiff_output.png").stat().st_size > 0
 
 
-@pytest.mark.card  # ~15 min on a CPU: `make card-verbatim`, not part of `make test`
 def test_card_snippet_verbatim_without_the_kit(exported, tmp_path):
-    """The snippet unchanged but for the folder: 1000 steps at 512² (the tiny UNet is slow at that size)."""
-    folder, _ = exported
+    """The snippet unchanged but for the folder: 1000 steps at the tiny UNet's default size."""
+    folder, pipe = exported
     report = run_without_kit(
         CARD_SNIPPET.replace('"superdiff/superdiff-sd-v1-4"', repr(str(folder))), tmp_path
     )
     assert report["class"] == "SuperDiffPipeline" and report["kit_modules"] == []
     images = torch.load(tmp_path / "output.pt")["images"]
-    assert images.dtype == torch.uint8 and images.shape == (1, 512, 512, 3)
+    size = pipe.default_size
+    assert images.dtype == torch.uint8 and images.shape == (1, size, size, 3) and size == 64
 
 
 def installed_with(*dists: str) -> set[str]:
@@ -151,7 +152,8 @@ def test_pipeline_source_is_the_packages_code_and_compiles():
     assert "kappa_and" in names and "ito_increment" in names and "superpose" in names
     assert "log_likelihood" not in names and "probability_flow" not in names  # not needed: left out
     assert len(names) == len(set(names))
-    classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and "DiffusionPipeline" in ast.unparse(n)]
+    classes = [n for n in tree.body if isinstance(n, ast.ClassDef)]
+    classes = [c for c in classes if "DiffusionPipeline" in map(ast.unparse, c.bases)]
     assert [c.name for c in classes] == ["SuperDiffPipeline"]  # the one class diffusers picks up
     import superdiff.sampling
 
