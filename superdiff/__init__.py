@@ -31,6 +31,8 @@ __all__ = [
     "Prediction",
     "Predictor",
     "SuperDiffPipeline",
+    "SuperDiffSD3Pipeline",
+    "SuperDiffXLPipeline",
     "SuperpositionResult",
     "geometric_sigmas",
     "guide",
@@ -50,4 +52,12 @@ def __getattr__(name):
         from .pipeline_superdiff import SuperDiffPipeline
 
         return SuperDiffPipeline
+    if name == "SuperDiffXLPipeline":
+        from .pipeline_xl import SuperDiffXLPipeline
+
+        return SuperDiffXLPipeline
+    if name == "SuperDiffSD3Pipeline":
+        from .pipeline_sd3 import SuperDiffSD3Pipeline
+
+        return SuperDiffSD3Pipeline
     raise AttributeError(f"module 'superdiff' has no attribute {name!r}")

@@ -126,3 +126,16 @@ def tiny_clip(seed: int = 0):
         model = CLIPModel(config).eval()
     images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     return model, CLIPProcessor(image_processor=images, tokenizer=tokenizer)
+
+
+def __getattr__(name):
+    # the SDXL and SD3 builders live beside their pipelines' diffusers imports
+    if name == "tiny_xl_pipeline":
+        from .testing_xl import tiny_xl_pipeline
+
+        return tiny_xl_pipeline
+    if name == "tiny_sd3_pipeline":
+        from .testing_sd3 import tiny_sd3_pipeline
+
+        return tiny_sd3_pipeline
+    raise AttributeError(f"module 'superdiff.testing' has no attribute {name!r}")
