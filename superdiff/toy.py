@@ -193,3 +193,74 @@ def train_eps_model(
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
     return model.eval().requires_grad_(False)
+
+
+class FlowGaussianMixture:
+    """Mixture of isotropic Gaussians under rectified-flow noise x_t = (1 − t)·x₀ + t·ε, exactly.
+
+    p_t = Σ_k w_k N((1 − t)·μ_k, ((1 − t)²·std² + t²)·I). Callable as a velocity model ``v = m(x_t, t)``:
+    the flow-matching target E[ε − x₀ | x_t]. Computed in flow coordinates, independently of superdiff.flow.
+    Inputs may have any shape (B, ...); answers keep x's shape and dtype.
+    """
+
+    def __init__(self, means, std: float, weights=None):
+        mix = GaussianMixture(means, std, weights)  # validates means, std and weights
+        self.means, self.std, self.weights = mix.means, mix.std, mix.weights
+        self._flat = mix._flat
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def _check_t(self, t) -> float:
+        t = float(t)
+        if not 0 <= t <= 1:
+            raise ValueError(f"t: expected a flow time in [0, 1], got {t!r}")
+        return t
+
+    def _components(self, x: Tensor, t: float) -> tuple[Tensor, Tensor, Tensor]:
+        """log w_k + log N_k(x_t) (B, K), x_t − (1 − t)μ_k (B, K, D) and the variances V_k, for flat x."""
+        a = 1 - t
+        var = a**2 * self.std**2 + t**2
+        diff = x[:, None, :] - a * self.means[None]
+        log_n = -0.5 * diff.square().sum(-1) / var - 0.5 * self.dim * math.log(2 * math.pi * var)
+        return log_n + self.weights.log(), diff, var
+
+    def log_prob(self, x: Tensor, t: float) -> Tensor:
+        """Exact log p_t(x_t); (B,)."""
+        log_n, _, _ = self._components(self._flat(x), self._check_t(t))
+        return torch.logsumexp(log_n, dim=-1).to(x.dtype)
+
+    def score(self, x: Tensor, t: float) -> Tensor:
+        """Exact ∇ log p_t(x_t), shaped like x."""
+        log_n, diff, var = self._components(self._flat(x), self._check_t(t))
+        resp = torch.softmax(log_n, dim=-1)
+        return (-(resp[..., None] * diff).sum(1) / var).reshape(x.shape).to(x.dtype)
+
+    def __call__(self, x: Tensor, t: float) -> Tensor:
+        """v(x_t, t) = E[ε − x₀ | x_t]: what a perfectly trained flow-matching model predicts (t = 1 too).
+
+        Per component, E[ε | x_t, k] = t·r_k/V and E[x₀ | x_t, k] = μ_k + (1 − t)·std²·r_k/V with
+        r_k = x_t − (1 − t)μ_k, V = (1 − t)²·std² + t²; for t < 1 the mixture's v is −(x_t + t·score)/(1 − t).
+        """
+        t = self._check_t(t)
+        log_n, diff, var = self._components(self._flat(x), t)
+        resp = torch.softmax(log_n, dim=-1)
+        v_k = (t - (1 - t) * self.std**2) * diff / var - self.means[None]
+        return (resp[..., None] * v_k).sum(1).reshape(x.shape).to(x.dtype)
+
+    def sample(self, n: int, t: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
+        """n exact samples of p_t, x_t = (1 − t)·x₀ + t·ε, flat (n, D), float64."""
+        t = self._check_t(t)
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        x0 = self.means[k] + self.std * torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        return (1 - t) * x0 + t * eps
+
+
+def flow_up_and_down(
+    std: float = 0.4, dim: int = 2, seed: int = 0
+) -> tuple[FlowGaussianMixture, FlowGaussianMixture]:
+    """:func:`up_and_down`'s "up" and "down" toy (same modes, same data) as exact flow-matching models."""
+    up, down = up_and_down(std, dim=dim, seed=seed)
+    return FlowGaussianMixture(up.means, std), FlowGaussianMixture(down.means, std)
