@@ -1,0 +1,198 @@
+"""The fast path (superdiff.fast) on the tiny pipeline: same images as eager, no recompiles, fallbacks."""
+
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from superdiff import fast
+from superdiff.fast import disable_fast_sampling, enable_fast_sampling, fast_sampling_state
+from superdiff.testing import tiny_pipeline
+
+P1, P2 = "a flamingo", "a candy cane"
+CALL = dict(seed=1, num_inference_steps=4, height=64, width=64)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+
+
+def sample(pipe, **kwargs):
+    return pipe(P1, P2, **{**CALL, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def eager():
+    return sample(tiny_pipeline(seed=0))
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """The tiny pipeline compiled by inductor (10 s with a warm inductor cache, 90 s cold, 2 cores)."""
+    torch._dynamo.reset()
+    pipe = tiny_pipeline(seed=0)
+    state = enable_fast_sampling(pipe)
+    tic = time.perf_counter()
+    out = sample(pipe)
+    print(f"first compiled call: {time.perf_counter() - tic:.1f} s")
+    return SimpleNamespace(
+        pipe=pipe, state=state, out=out, graphs=torch._dynamo.utils.counters["stats"].copy()
+    )
+
+
+def conv_weights(module: nn.Module) -> list[torch.Tensor]:
+    return [p for p in module.parameters() if p.ndim == 4]
+
+
+def assert_close(fast_out, eager_out) -> None:
+    """Within float32 compiler tolerance; AND's κ amplifies last-bit differences at small σ."""
+    torch.testing.assert_close(fast_out.samples, eager_out.samples, atol=2e-3, rtol=1e-4)
+    torch.testing.assert_close(fast_out.kappa, eager_out.kappa, atol=2e-2, rtol=0)
+    torch.testing.assert_close(fast_out.log_q, eager_out.log_q, atol=0, rtol=1e-5)
+    assert (fast_out.images.int() - eager_out.images.int()).abs().max() <= 2
+
+
+# ----------------------------------------------------------------------------- compiled (inductor)
+
+
+def test_compiled_matches_eager_in_float32(compiled, eager):
+    assert compiled.state.compiled and compiled.state.channels_last and not compiled.state.cuda_graphs
+    assert compiled.out.kappa.dtype == compiled.out.log_q.dtype == torch.float32
+    assert_close(compiled.out, eager)
+    assert not torch.equal(compiled.out.samples, eager.samples)  # the compiled UNet did run
+
+
+def test_compiled_denoiser_keeps_its_class_and_compiles_one_graph(compiled):
+    unet = compiled.pipe.unet
+    assert type(unet).__name__ == "UNet2DConditionModel" and compiled.pipe.components["unet"] is unet
+    assert isinstance(unet._compiled_call_impl, fast.FastCall)
+    assert compiled.graphs["unique_graphs"] == 1  # four steps, four timesteps: one graph
+
+
+def test_second_call_same_size_does_not_recompile(compiled, eager):
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        out = sample(compiled.pipe)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == compiled.graphs["unique_graphs"]
+    assert_close(out, eager)
+
+
+def test_channels_last_applied_and_undone():
+    pipe = tiny_pipeline(seed=0)
+    state = enable_fast_sampling(pipe, compile=False)
+    assert state == fast_sampling_state(pipe) and not state.compiled and not state.cuda_graphs
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in conv_weights(pipe.unet))
+    assert not all(w.is_contiguous() for w in conv_weights(pipe.unet))
+    disable_fast_sampling(pipe)
+    assert fast_sampling_state(pipe) is None and pipe.unet._compiled_call_impl is None
+    assert all(w.is_contiguous() for w in conv_weights(pipe.unet))
+
+
+# ----------------------------------------------------------------------------- fallbacks
+
+
+def test_fallback_when_torch_compile_raises(monkeypatch, eager):
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("torch.compile is not supported on this platform")
+
+    monkeypatch.setattr(torch, "compile", unavailable)
+    pipe = tiny_pipeline(seed=0)
+    with pytest.warns(RuntimeWarning, match="not supported on this platform.*sampling eager"):
+        state = enable_fast_sampling(pipe, channels_last=False)
+    assert not state.compiled and pipe.unet._compiled_call_impl is None
+    assert torch.equal(sample(pipe).samples, eager.samples)
+
+
+def test_fallback_when_the_compiler_fails_at_the_first_call(eager):
+    """As with no C compiler: compilation is lazy, so the failure comes from the first step."""
+
+    def no_compiler(graph, example_inputs):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+    torch._dynamo.reset()
+    pipe = tiny_pipeline(seed=0)
+    state = enable_fast_sampling(pipe, channels_last=False, backend=no_compiler)
+    assert state.compiled and "mode" not in state.compile_options  # a custom backend takes no mode
+    with pytest.warns(RuntimeWarning, match="No working C\\+\\+ compiler.*sampling eager") as caught:
+        out = sample(pipe)
+    assert sum(w.category is RuntimeWarning for w in caught) == 1
+    assert not state.compiled and pipe.unet._compiled_call_impl is None
+    assert torch.equal(out.samples, eager.samples) and torch.equal(out.kappa, eager.kappa)
+
+
+def test_a_bad_call_raises_its_own_error_and_keeps_the_compiled_path():
+    pipe = tiny_pipeline(seed=0)
+    state = enable_fast_sampling(pipe, channels_last=False, backend="eager")
+    with pytest.raises(RuntimeError):
+        pipe.unet(torch.zeros(1, 3, 8, 8), torch.tensor(1.0), encoder_hidden_states=torch.zeros(1, 77, 32))
+    assert state.compiled and isinstance(pipe.unet._compiled_call_impl, fast.FastCall)
+
+
+# ----------------------------------------------------------------------------- CUDA graphs, faked on CPU
+
+
+class StaticBuffers:
+    """A stand-in for a CUDA-graph replay: every call returns the same output buffer, overwritten."""
+
+    def __init__(self, module: nn.Module, log: dict):
+        self.module, self.log, self.buffer = module, log, None
+
+    def __call__(self, *args, **kwargs):
+        out = self.module._call_impl(*args, **kwargs)
+        self.buffer = out.sample if self.buffer is None else self.buffer.copy_(out.sample)
+        self.log["calls"] += 1
+        return type(out)(sample=self.buffer)
+
+
+def fake_compile(monkeypatch, log: dict) -> None:
+    def compile_(fn, **kwargs):
+        log["kwargs"] = kwargs
+        log["graph"] = StaticBuffers(fn.__self__, log)
+        return log["graph"]
+
+    def mark_step_begin():
+        log["steps"] += 1
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", mark_step_begin)
+
+
+def test_cuda_graphs_mark_each_step_and_copy_the_outputs(monkeypatch, eager):
+    log = {"calls": 0, "steps": 0}
+    fake_compile(monkeypatch, log)
+    pipe = tiny_pipeline(seed=0)
+    state = enable_fast_sampling(pipe, channels_last=False, cuda_graphs=True)
+    assert state.cuda_graphs and log["kwargs"] == {
+        "dynamic": False,
+        "fullgraph": False,
+        "mode": "reduce-overhead",
+    }
+    out = sample(pipe)
+    assert log["calls"] == log["steps"] == CALL["num_inference_steps"]  # one step begun per UNet call
+    assert torch.equal(out.samples, eager.samples) and torch.equal(out.kappa, eager.kappa)
+    x = torch.zeros(3, 4, 8, 8)
+    first = pipe.unet(x, torch.tensor(999.0), encoder_hidden_states=torch.zeros(3, 77, 32)).sample
+    kept = first.clone()
+    pipe.unet(x + 1, torch.tensor(1.0), encoder_hidden_states=torch.zeros(3, 77, 32))  # the next "replay"
+    assert first.data_ptr() != log["graph"].buffer.data_ptr() and torch.equal(first, kept)
+
+
+def test_cuda_graphs_auto_on_cuda_only_without_offload(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    pipe = tiny_pipeline(seed=0)
+    assert not enable_fast_sampling(pipe).cuda_graphs  # CPU
+    monkeypatch.setattr(fast, "module_device", lambda module: torch.device("cuda", 0))
+    assert enable_fast_sampling(pipe).cuda_graphs
+    assert enable_fast_sampling(pipe).compile_options["mode"] == "reduce-overhead"
+    assert not enable_fast_sampling(pipe, compile=False).cuda_graphs
+    pipe.unet.conv_in._hf_hook = object()  # what accelerate's CPU offload leaves on a module
+    assert not enable_fast_sampling(pipe).cuda_graphs
+    with pytest.raises(ValueError, match="cuda_graphs.*compile=True"):
+        enable_fast_sampling(pipe, compile=False, cuda_graphs=True)
+
+
+def test_denoiser_is_the_unet_or_the_transformer():
+    transformer = nn.Linear(2, 2)
+    assert fast.denoiser_of(SimpleNamespace(transformer=transformer)) == ("transformer", transformer)
+    assert fast.denoiser_of(SimpleNamespace(denoiser_name="prior", prior=transformer))[0] == "prior"
+    with pytest.raises(ValueError, match="pipe: expected a denoiser"):
+        fast.denoiser_of(SimpleNamespace(net=transformer))
