@@ -1,0 +1,177 @@
+"""SuperDiff for Stable Diffusion 3 / 3.5 (rectified flow) on diffusers: superpose text prompts with OR / AND.
+
+The transformer predicts the velocity v = ε − x₀ of x_t = (1 − t)·x₀ + t·ε; :class:`FlowPromptPredictor` reads
+it as the ε̂ of the VE process y = x_t/(1 − t), σ = t/(1 − t) (see :mod:`superdiff.flow`), so the core's
+sampler and Itô density estimator run unchanged.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import (
+    StableDiffusion3Pipeline,
+    calculate_shift,
+)
+from torch import Tensor
+
+from .flow import eps_from_velocity, flow_sigmas, t_of_sigma
+from .output import to_uint8
+from .pipeline_superdiff import PromptPredictor, SuperDiffMixin
+
+
+def flow_grid(scheduler: FlowMatchEulerDiscreteScheduler, num_inference_steps: int, mu=None):
+    """(VE σ grid (n + 1, float64, finite σ_max, last 0), the scheduler's timesteps (n)) of its own t grid.
+
+    Zero-length steps (t_{k+1} = t_k) are dropped; ``mu``: the dynamic shift, where the config asks for one.
+    """
+    scheduler.set_timesteps(num_inference_steps, device="cpu", mu=mu)
+    ts, timesteps = scheduler.sigmas, scheduler.timesteps
+    moves = ts[1:] != ts[:-1]
+    if not moves.any():
+        raise ValueError(
+            f"num_inference_steps: the scheduler's t grid for {num_inference_steps} steps has no step of "
+            f"non-zero length; use fewer steps"
+        )
+    return flow_sigmas(torch.cat([ts[:-1][moves], ts[-1:]])), timesteps[moves]
+
+
+def check_flow_scheduler(scheduler) -> None:
+    """A FlowMatchEulerDiscreteScheduler whose t runs 1 → 0 (not Mochi's inverted σ); else ValueError."""
+    if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        raise ValueError(
+            f"scheduler: expected a FlowMatchEulerDiscreteScheduler, got {type(scheduler).__name__}"
+        )
+    if scheduler.config.get("invert_sigmas", False):
+        raise ValueError("scheduler.config.invert_sigmas: expected False (t must run from 1 to 0)")
+
+
+class FlowPromptPredictor(PromptPredictor):
+    """ε̂ of ``num_models`` prompts from ONE SD3 transformer call per step (the empty prompt last).
+
+    The transformer sees x_t = y/(1 + σ) at timestep t·num_train_timesteps, t = σ/(1 + σ) (so the first
+    point, the finite σ_max standing for t = 1, is evaluated at its own t < 1); its v becomes
+    ε̂ = x_t + (1 − t)·v = (y + v)/(1 + σ). Guidance on ε̂ equals guidance on v (affine in v, same x_t).
+    """
+
+    def __init__(
+        self, transformer, embeddings: Tensor, num_models, guidance_scale, sigmas, timesteps, **kwargs
+    ):
+        self.num_train_timesteps = kwargs.pop("num_train_timesteps", 1000)
+        super().__init__(transformer, embeddings, num_models, guidance_scale, sigmas, timesteps, **kwargs)
+
+    def network_input(self, x: Tensor, sigma: float) -> Tensor:
+        """x_t = y/(1 + σ)."""
+        return x / (1 + sigma)
+
+    def timestep(self, sigma: float) -> Tensor:
+        """t·num_train_timesteps with t = σ/(1 + σ), float32 on the timesteps' device."""
+        return self.timesteps.new_tensor(t_of_sigma(sigma) * self.num_train_timesteps, dtype=torch.float32)
+
+    def denoise(self, x_in: Tensor, t: Tensor, context: dict) -> Tensor:
+        """One batched transformer call on all rows: v."""
+        return self.unet(hidden_states=x_in, timestep=t.expand(len(x_in)), **context, return_dict=False)[0]
+
+    def to_eps(self, out: Tensor, x: Tensor, sigma: float) -> Tensor:
+        """ε̂ = x_t + (1 − t)·v."""
+        return eps_from_velocity(out, self.network_input(x, sigma), t_of_sigma(sigma))
+
+
+class SuperDiffSD3Pipeline(SuperDiffMixin, StableDiffusion3Pipeline):
+    """SuperDiff (Skreta et al., ICLR 2025) on Stable Diffusion 3 / 3.5: superpose prompts with OR / AND.
+
+    Loads like diffusers' ``StableDiffusion3Pipeline`` (T5 optional: ``text_encoder_3=None,
+    tokenizer_3=None``); any other scheduler becomes a ``FlowMatchEulerDiscreteScheduler`` of its config,
+    whose t grid (shift, dynamic shift) the call samples on, as σ = t/(1 − t) with t = 1 moved to a finite
+    σ_max.
+
+    The call and output are :class:`.SuperDiffPipeline`'s. ``out.log_q`` is in VE coordinates,
+    y = x_t/(1 − t): the flow density is log p_t(x_t) = log q_σ(y) + d·log(1 + σ)
+    (:func:`.flow.log_prob_flow`), a term the same for every prompt, so κ is unaffected.
+    """
+
+    denoiser_name = "transformer"
+    _optional_components = [*StableDiffusion3Pipeline._optional_components, "text_encoder_3", "tokenizer_3"]
+
+    def __init__(
+        self,
+        transformer: SD3Transformer2DModel,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        vae: AutoencoderKL,
+        text_encoder,
+        tokenizer,
+        text_encoder_2,
+        tokenizer_2,
+        text_encoder_3=None,
+        tokenizer_3=None,
+        image_encoder=None,
+        feature_extractor=None,
+    ):
+        if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+            scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config)
+        super().__init__(
+            transformer, scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2,
+            text_encoder_3, tokenizer_3, image_encoder, feature_extractor,
+        )  # fmt: skip
+        check_flow_scheduler(scheduler)
+
+    def check_model(self) -> None:
+        """A flow-matching scheduler (one assigned after loading)."""
+        check_flow_scheduler(self.scheduler)
+
+    def dynamic_shift(self, height: int | None = None, width: int | None = None) -> float | None:
+        """``mu`` of the scheduler's dynamic shifting for an image size, as diffusers' SD3 pipeline computes
+        it (None: the default size); None where the config shifts statically."""
+        config = self.scheduler.config
+        if not config.get("use_dynamic_shifting", False):
+            return None
+        tokens = [
+            (s or self.default_size) // self.vae_scale_factor // self.patch_size for s in (height, width)
+        ]
+        return calculate_shift(
+            tokens[0] * tokens[1],
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", 1.16),
+        )
+
+    def sigma_grid(self, num_inference_steps: int, height: int | None = None, width: int | None = None):
+        """The scheduler's t grid as VE σ (see :func:`flow_grid`); warns if zero-length steps are dropped."""
+        sigmas, timesteps = flow_grid(self.scheduler, num_inference_steps, self.dynamic_shift(height, width))
+        if len(timesteps) < num_inference_steps:
+            warnings.warn(
+                f"num_inference_steps={num_inference_steps}: {num_inference_steps - len(timesteps)} of the "
+                f"scheduler's steps have zero length; sampling runs the other {len(timesteps)}",
+                stacklevel=3,
+            )
+        return sigmas, timesteps
+
+    def prompt_context(self, prompts: list[str], device, height: int, width: int) -> dict:
+        """Joint (CLIP-L, CLIP-G, T5 or zeros) and pooled CLIP embeddings; the empty prompt last."""
+        self.warn_truncated(prompts)
+        embeddings, _, pooled, _ = self.encode_prompt(
+            prompts + [""], None, None, device=device, do_classifier_free_guidance=False
+        )
+        return {"embeddings": embeddings, "pooled_projections": pooled}
+
+    def make_predictor(self, context: dict, n_models: int, guidance_scale: float, sigmas, timesteps):
+        """One transformer call per step; v read as ε̂."""
+        return FlowPromptPredictor(
+            self.transformer,
+            context["embeddings"],
+            n_models,
+            guidance_scale,
+            sigmas,
+            timesteps,
+            context={"pooled_projections": context["pooled_projections"]},
+            num_train_timesteps=self.scheduler.config.num_train_timesteps,
+        )
+
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """x₀ (y at σ = 0) -> (B, H, W, 3) uint8 on CPU: SD3's latents/scaling_factor + shift_factor."""
+        config = self.vae.config
+        latents = latents / config.scaling_factor + config.shift_factor
+        return to_uint8(self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0])
