@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ._io import png, write_atomically
-from .hub import dtype_kwarg
+from .hub import dtype_kwarg, explain_unavailable
 from .limits import LIMITS
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
@@ -23,6 +23,15 @@ OFFLINE_MODELS = {
     "digits": "the shipped 8×8 digits models (offline, CPU; prompts are digit names)",
 }
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+SD_PIPELINE = ("superdiff.pipeline_superdiff", "SuperDiffPipeline")  # SD 1.x/2.x and unknown SD-likes
+XL_PIPELINE = ("superdiff.pipeline_xl", "SuperDiffXLPipeline")
+SD3_PIPELINE = ("superdiff.pipeline_sd3", "SuperDiffSD3Pipeline")
+PIPELINES = {  # model_index.json _class_name -> (module, SuperDiff pipeline); saved SuperDiff folders too
+    "StableDiffusionXLPipeline": XL_PIPELINE,
+    "SuperDiffXLPipeline": XL_PIPELINE,
+    "StableDiffusion3Pipeline": SD3_PIPELINE,
+    "SuperDiffSD3Pipeline": SD3_PIPELINE,
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -145,6 +154,21 @@ def split_prompts(prompts: list[str]) -> tuple:
     return (prompts[0], prompts[1]) if len(prompts) == 2 else (prompts, None)
 
 
+def pipeline_class(model: str):
+    """The SuperDiff pipeline of a checkpoint, by its model_index.json's ``_class_name`` (else SD 1.x/2.x)."""
+    import importlib
+
+    from diffusers import DiffusionPipeline
+
+    with explain_unavailable(model):
+        name = DiffusionPipeline.load_config(model).get("_class_name")
+    module, cls = PIPELINES.get(name, SD_PIPELINE)
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"--model: {model!r} is a {name}; this installation has no {cls} ({err})") from None
+
+
 def load(model: str, dtype, device: str, cpu_offload: bool, attention_slicing: bool):
     """The pipeline behind --model."""
     import torch
@@ -160,9 +184,7 @@ def load(model: str, dtype, device: str, cpu_offload: bool, attention_slicing: b
 
         pipe = tiny_pipeline()
     else:
-        from superdiff.pipeline_superdiff import SuperDiffPipeline
-
-        pipe = SuperDiffPipeline.from_pretrained(model, **dtype_kwarg(dtype))
+        pipe = pipeline_class(model).from_pretrained(model, **dtype_kwarg(dtype))
     pipe.set_progress_bar_config(disable=False)
     if attention_slicing:
         pipe.enable_attention_slicing()
