@@ -57,10 +57,20 @@ class FlowPromptPredictor(PromptPredictor):
     """
 
     def __init__(
-        self, transformer, embeddings: Tensor, num_models, guidance_scale, sigmas, timesteps, **kwargs
+        self,
+        transformer,
+        embeddings: Tensor,
+        num_models: int,
+        guidance_scale: float,
+        sigmas,
+        timesteps,
+        context: dict | None = None,
+        num_train_timesteps: int = 1000,
     ):
-        self.num_train_timesteps = kwargs.pop("num_train_timesteps", 1000)
-        super().__init__(transformer, embeddings, num_models, guidance_scale, sigmas, timesteps, **kwargs)
+        super().__init__(
+            transformer, embeddings, num_models, guidance_scale, sigmas, timesteps, context=context
+        )
+        self.num_train_timesteps = num_train_timesteps
 
     def network_input(self, x: Tensor, sigma: float) -> Tensor:
         """x_t = y/(1 + σ)."""
@@ -173,5 +183,5 @@ class SuperDiffSD3Pipeline(SuperDiffMixin, StableDiffusion3Pipeline):
     def decode_latents(self, latents: Tensor) -> Tensor:
         """x₀ (y at σ = 0) -> (B, H, W, 3) uint8 on CPU: SD3's latents/scaling_factor + shift_factor."""
         config = self.vae.config
-        latents = latents / config.scaling_factor + config.shift_factor
+        latents = latents / config.scaling_factor + (config.shift_factor or 0.0)
         return to_uint8(self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0])

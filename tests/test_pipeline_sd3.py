@@ -135,6 +135,16 @@ def test_ve_euler_step_equals_flow_match_euler_step(pipe):
     print(f"max |Δx_t| vs FlowMatchEulerDiscreteScheduler.step = {worst:.2e}")
 
 
+def test_float16_pipeline_samples_like_float32():
+    pipe = tiny_sd3_pipeline()
+    reference = pipe(P1, P2, seed=1, **SMALL)
+    pipe.to(torch.float16)
+    out = pipe(P1, P2, seed=1, **SMALL)
+    assert out.samples.dtype == torch.float32 and torch.isfinite(out.log_q).all()
+    torch.testing.assert_close(out.samples, reference.samples, atol=5e-2, rtol=0)
+    torch.testing.assert_close(gap(out), gap(reference), atol=2e-2, rtol=0)
+
+
 class ConstTransformer(torch.nn.Module):
     """A stand-in transformer that returns a fixed float16 v."""
 
@@ -198,11 +208,16 @@ def test_other_schedulers_become_flow_match_euler():
     assert isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler) and pipe.scheduler.config.shift == 3.0
 
 
-def test_save_and_load_round_trip(tmp_path, pipe):
+@pytest.mark.parametrize("t5", [False, True])
+def test_save_and_load_round_trip(tmp_path, t5):
+    pipe = tiny_sd3_pipeline(t5=t5)
     pipe.save_pretrained(tmp_path)
     loaded = SuperDiffSD3Pipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
-    assert loaded.text_encoder_3 is None and isinstance(loaded.scheduler, FlowMatchEulerDiscreteScheduler)
+    assert (loaded.text_encoder_3 is None) is not t5
+    assert (
+        isinstance(loaded.scheduler, FlowMatchEulerDiscreteScheduler) and loaded.scheduler.config.shift == 3
+    )
     torch.testing.assert_close(loaded(P1, P2, seed=2, **SMALL).samples, pipe(P1, P2, seed=2, **SMALL).samples)
 
 
