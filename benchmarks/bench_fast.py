@@ -1,0 +1,234 @@
+"""Time the fast path against the eager pipeline and the paper's loop, side by side in one run.
+
+(a) the paper's loop: three separate float32 UNet calls per step (``bench_sd_unet.paper_step``);
+(b) the pipeline as shipped, eager: one batched UNet call per step, float16 on GPU (float32 on CPU);
+(c) the same pipeline after ``enable_fast_sampling`` (channels_last, torch.compile, CUDA graphs on GPU).
+
+Per-step ms of (b) and (c) is the slope of whole calls of two lengths (text encoding and VAE decoding cancel);
+a 1000-step image is measured for (c) at batch 1 with ``--full 1000`` and otherwise extrapolated (said so).
+torch.profiler splits a step of (b) and (c) into the denoiser and the superposition (κ solve + Itô increments
++ step noise), and counts host–device synchronisations per step on CUDA.
+
+    python benchmarks/bench_fast.py --device cuda             # SD v1-4 architecture, random weights, 512²
+    python benchmarks/bench_fast.py --device cpu --threads 1  # the tiny test pipeline, 64², ~2 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import threading
+import time
+from contextlib import contextmanager
+from functools import wraps
+
+import torch
+from bench_sd_unet import paper_step, sync, timed
+from diffusers.utils import logging as diffusers_logging
+from random_sd import random_sd
+from torch.autograd import DeviceType
+
+from superdiff import sampling
+from superdiff.fast import enable_fast_sampling
+from superdiff.pipeline_superdiff import PromptPredictor
+from superdiff.testing import sd_scheduler, tiny_pipeline
+
+P1, P2 = "a flamingo", "a candy cane"
+UPDATE, DENOISER = "superdiff.update", "superdiff.denoiser"  # profiler labels
+SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+
+
+def build(device: str, tiny: bool):
+    """(pipeline in the benchmark's dtype, a float32 copy of its UNet for the paper's loop)."""
+    pipe = tiny_pipeline(seed=0) if tiny else random_sd(device)
+    pipe = pipe.to(device)
+    unet32 = copy.deepcopy(pipe.unet).float().eval()
+    if device.startswith("cuda"):
+        pipe = pipe.to(dtype=torch.float16)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, unet32
+
+
+def call(pipe, steps: int, batch: int, size: int):
+    """(seconds, output) of one whole pipeline call; its output is on the CPU, so the call has finished."""
+    sync(str(pipe.device))
+    tic = time.perf_counter()
+    out = pipe(P1, P2, seed=1, num_inference_steps=steps, batch_size=batch, height=size, width=size)
+    return time.perf_counter() - tic, out
+
+
+def per_step(pipe, args, batch: int) -> tuple[float, float]:
+    """(s/step, s of the short call): best of repeats of calls of args.steps and 3·args.steps steps."""
+    short = min(call(pipe, args.steps, batch, args.size)[0] for _ in range(args.repeats))
+    long = min(call(pipe, 3 * args.steps, batch, args.size)[0] for _ in range(args.repeats))
+    return (long - short) / (2 * args.steps), short
+
+
+def paper_ms(unet32, args, batch: int) -> float:
+    """ms/step of the paper's loop: 3 float32 UNet calls on random embeddings (cost only)."""
+    scheduler = sd_scheduler()
+    scheduler.set_timesteps(1000)
+    config, latent = unet32.config, args.size // 8
+    x = scheduler.sigmas[0] * torch.randn(batch, config.in_channels, latent, latent, device=args.device)
+    embeddings = torch.randn(3, 1, 77, config.cross_attention_dim, device=args.device)
+    run = paper_step(unet32, x, embeddings, scheduler.sigmas, scheduler.timesteps.to(args.device), 7.5)
+    run(1)  # warm-up
+    return 1e3 * min(timed(run, args.steps, args.device) for _ in range(args.repeats))
+
+
+@contextmanager
+def labelled():
+    """Profiler labels on the denoiser and the superposition (κ solve, Itô increments, step noise)."""
+    inside = threading.local()
+
+    def label(fn, name):
+        @wraps(fn)
+        def run(*args, **kwargs):
+            if getattr(inside, "on", False):  # kappa_and calls ito_increment: count it once
+                return fn(*args, **kwargs)
+            inside.on = True
+            try:
+                with torch.profiler.record_function(name):
+                    return fn(*args, **kwargs)
+            finally:
+                inside.on = False
+
+        return run
+
+    saved = {n: getattr(sampling, n) for n in ("kappa_and", "kappa_or", "ito_increment", "randn_like")}
+    eps_all = PromptPredictor.eps_all
+    for n, fn in saved.items():
+        setattr(sampling, n, label(fn, UPDATE))
+    PromptPredictor.eps_all = label(eps_all, DENOISER)
+    try:
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(sampling, n, fn)
+        PromptPredictor.eps_all = eps_all
+
+
+def profile(pipe, args, batch: int, steps: int) -> dict:
+    """One profiled call: its s, ms per step of the denoiser and of the superposition, synchronisations."""
+    cuda = str(pipe.device).startswith("cuda")
+    activities = [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if cuda else []
+    )
+    with labelled(), torch.profiler.profile(activities=activities) as prof:
+        seconds = call(pipe, steps, batch, args.size)[0]
+    events = prof.events()
+
+    def ms(name):  # device time on CUDA (the host runs ahead), host time on CPU
+        ranges = [e for e in events if e.name == name and e.device_type == DeviceType.CPU]  # not GPU spans
+        times = [e.device_time_total if cuda else e.cpu_time_total for e in ranges]
+        return sum(times) / 1e3 / steps
+
+    syncs = sum(e.name in SYNCS for e in events) if cuda else float("nan")
+    return {"s": seconds, "denoiser": ms(DENOISER), "update": ms(UPDATE), "syncs": syncs}
+
+
+def peak_gib(device: str) -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
+
+
+def reset_peak(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def variant(pipe, args, batch: int) -> dict:
+    """One variant at one batch: first-call s, ms/step, extrapolated image s, profile, peak memory."""
+    reset_peak(args.device)
+    first_s = call(pipe, args.steps, batch, args.size)[0]  # eager: a warm-up; fast: the compilation
+    step, short = per_step(pipe, args, batch)
+    prof_1, prof_2 = (profile(pipe, args, batch, n) for n in (args.steps, 2 * args.steps))
+    row = {"first_s": first_s, "ms": 1e3 * step, "image_s": short + (1000 - args.steps) * step}
+    row.update(prof_2, syncs=(prof_2["syncs"] - prof_1["syncs"]) / args.steps, peak=peak_gib(args.device))
+    row["profiled_ms"] = 1e3 * (prof_2["s"] - prof_1["s"]) / args.steps  # the share's denominator
+    row["out"] = call(pipe, args.steps, batch, args.size)[1]
+    return row
+
+
+def report(name: str, row: dict) -> None:
+    share = 100 * row["update"] / row["profiled_ms"]
+    print(
+        f"{name:34s} {row['ms']:9.2f} ms/step  1000 steps ≈ {row['image_s']:7.1f} s (extrapolated)  "
+        f"first call {row['first_s']:6.1f} s  peak {row['peak']:5.2f} GiB  syncs/step {row['syncs']:.1f}  "
+        f"denoiser {row['denoiser']:.2f} ms, superposition {row['update']:.3f} ms/step ({share:.1f} % of a "
+        f"profiled step, {row['profiled_ms']:.2f} ms)"
+    )
+
+
+def difference(fast: dict, eager: dict) -> str:
+    a, b = fast["out"], eager["out"]
+    image = (a.images.int() - b.images.int()).abs().max().item()
+    kappa, log_q = ((a.kappa - b.kappa).abs().max().item(), (a.log_q - b.log_q).abs().max().item())
+    return f"fast vs eager, same seed: max |Δ| image {image}/255, κ {kappa:.2e}, log q {log_q:.2e}"
+
+
+def full_image(pipe, args) -> None:
+    """A real whole image of the fast path at batch 1 (no extrapolation)."""
+    seconds, out = call(pipe, args.full, 1, args.size)
+    print(
+        f"(c) fast, batch 1, {args.full} steps measured end to end: {seconds:.2f} s "
+        f"({1e3 * seconds / args.full:.2f} ms/step incl. text encoding and VAE decode); "
+        f"κ final {out.kappa[-1, 0].tolist()}"
+    )
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", type=int, default=None, help="pixels (default 512 on GPU, 64 on CPU)")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--steps", type=int, default=None, help="short call's steps (default 20 GPU, 10 CPU)")
+    parser.add_argument("--repeats", type=int, default=2, help="best of this many calls of each length")
+    parser.add_argument(
+        "--full", type=int, default=None, help="steps of a measured (c) image (default 1000 GPU)"
+    )
+    parser.add_argument("--tiny", action="store_true", help="the tiny test pipeline (default on CPU)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args()
+    gpu = args.device.startswith("cuda")
+    args.tiny = args.tiny or not gpu
+    args.size = args.size or (512 if gpu else 64)
+    args.steps = args.steps or (20 if gpu else 10)
+    args.full = (1000 if gpu else 0) if args.full is None else args.full
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    diffusers_logging.set_verbosity_error()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe, unet32 = build(args.device, args.tiny)
+    dtype = str(pipe.unet.dtype)[6:]
+    print(
+        f"{'tiny pipeline' if args.tiny else 'SD v1-4 architecture, random weights'}; device {args.device} "
+        f"({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU'}), {args.size}², "
+        f"AND of 2 prompts, UNet {dtype}; {torch.get_num_threads()} CPU threads; torch {torch.__version__}"
+    )
+    paper = {b: paper_ms(unet32, args, b) for b in args.batch}
+    del unet32
+    eager = {b: variant(pipe, args, b) for b in args.batch}
+    tic = time.perf_counter()
+    state = enable_fast_sampling(pipe)
+    print(f"enable_fast_sampling: {state} ({time.perf_counter() - tic:.2f} s)")
+    fast = {b: variant(pipe, args, b) for b in args.batch}
+    for b in args.batch:
+        print(f"\nbatch {b}:")
+        print(
+            f"{'(a) paper loop, 3 calls, float32':34s} {paper[b]:9.2f} ms/step  1000 steps ≈ "
+            f"{paper[b]:7.1f} s (extrapolated, UNet calls only)"
+        )
+        report(f"(b) pipeline eager, {dtype}", eager[b])
+        report(f"(c) fast path, {dtype}", fast[b])
+        gains = f"(b)/(c) {eager[b]['ms'] / fast[b]['ms']:.2f}x, (a)/(c) {paper[b] / fast[b]['ms']:.2f}x"
+        print(f"speed-up {gains}; {difference(fast[b], eager[b])}")
+    if args.full:
+        full_image(pipe, args)
+
+
+if __name__ == "__main__":
+    main()
