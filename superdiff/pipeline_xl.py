@@ -89,7 +89,7 @@ class SuperDiffXLPipeline(SuperDiffMixin, StableDiffusionXLPipeline):
 
     def prompt_context(self, prompts: list[str], device, height: int, width: int) -> dict:
         """Rows for the prompts, then the empty prompt: hidden states, pooled embeddings and time ids."""
-        self.warn_truncated(prompts, self.tokenizer_2 or self.tokenizer)
+        self.warn_truncated(prompts, self.tokenizer if self.tokenizer_2 is None else self.tokenizer_2)
         embeds, uncond, pooled, uncond_pooled = self.encode_prompt(
             prompts, device=device, do_classifier_free_guidance=True
         )

@@ -71,6 +71,14 @@ def test_avg_drifts_off_the_equal_density_line(pipe):
     assert gap(out)[-1].abs().max() > 1e-2  # so the AND test above is not trivially true
 
 
+def test_joint_baseline_equals_its_written_prompt_alone_and_callback_sees_every_step(pipe):
+    steps = []
+    joint = pipe(P1, P2, seed=0, mode="joint", callback_on_step_end=lambda *a: steps.append(a[1]), **SMALL)
+    assert joint.prompts[-1] == f"{P1} that looks like {P2}" and steps == list(range(6))
+    written = pipe([joint.prompts[-1]], None, seed=0, mode="prompt_1", **SMALL)
+    torch.testing.assert_close(joint.samples, written.samples, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("size", [(64, 64), (72, 64)])
 def test_one_batched_unet_call_per_step_with_pooled_embeds_and_time_ids_per_row(pipe, size):
     calls = []
