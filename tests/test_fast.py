@@ -9,6 +9,9 @@ from torch import nn
 
 from superdiff import fast
 from superdiff.fast import disable_fast_sampling, enable_fast_sampling, fast_sampling_state
+from superdiff.pipeline_common import step_callback
+from superdiff.pipeline_superdiff import PromptPredictor, euler_grid
+from superdiff.sampling import superpose
 from superdiff.testing import tiny_pipeline
 
 P1, P2 = "a flamingo", "a candy cane"
@@ -85,6 +88,27 @@ def test_channels_last_applied_and_undone():
     disable_fast_sampling(pipe)
     assert fast_sampling_state(pipe) is None and pipe.unet._compiled_call_impl is None
     assert all(w.is_contiguous() for w in conv_weights(pipe.unet))
+
+
+# ----------------------------------------------------------------------------- no host wait per step
+
+
+@pytest.mark.parametrize("mode", ["and", "or", "avg"])
+def test_the_step_loop_never_reads_a_value_on_the_host(mode):
+    """On the meta device .item(), bool(), nonzero and mask indexing raise: on CUDA each is a host wait."""
+    pipe = tiny_pipeline(seed=0)
+    sigmas, timesteps = euler_grid(pipe.scheduler, 3)
+    meta = torch.device("meta")
+    predictor = PromptPredictor(
+        pipe.unet.to(meta), torch.empty(3, 77, 32, device=meta), 2, 7.5, sigmas, timesteps
+    )
+    predictor.timesteps = timesteps.to(meta)
+    seen = []
+    hook = step_callback(pipe, lambda *args: seen.append(args), 2, predictor.timesteps, lambda: None)
+    generators = [torch.Generator().manual_seed(i) for i in range(2)]  # CPU noise, as the pipeline's seed
+    x = torch.empty(2, 4, 8, 8, device=meta)
+    out = superpose(predictor, x, sigmas, mode=mode, generator=generators, callback=hook)
+    assert out.samples.is_meta and out.kappa.is_meta and out.log_q.is_meta and len(seen) == 3
 
 
 # ----------------------------------------------------------------------------- fallbacks
