@@ -2,7 +2,7 @@
 
 (a) the paper's loop: three separate float32 UNet calls per step (``bench_sd_unet.paper_step``);
 (b) the pipeline as shipped, eager: one batched UNet call per step, float16 on GPU (float32 on CPU);
-(c) the same pipeline after ``enable_fast_sampling`` (channels_last, torch.compile, CUDA graphs on GPU).
+(c) a copy of it (same weights) after ``enable_fast_sampling``: channels_last, torch.compile, CUDA graphs.
 
 Per-step ms of (b) and (c) is the slope of whole calls of two lengths (text encoding and VAE decoding cancel);
 a 1000-step image is measured for (c) at batch 1 with ``--full 1000`` and otherwise extrapolated (said so).
@@ -55,13 +55,6 @@ def call(pipe, steps: int, batch: int, size: int):
     tic = time.perf_counter()
     out = pipe(P1, P2, seed=1, num_inference_steps=steps, batch_size=batch, height=size, width=size)
     return time.perf_counter() - tic, out
-
-
-def per_step(pipe, args, batch: int) -> tuple[float, float]:
-    """(s/step, s of the short call): best of repeats of calls of args.steps and 3·args.steps steps."""
-    short = min(call(pipe, args.steps, batch, args.size)[0] for _ in range(args.repeats))
-    long = min(call(pipe, 3 * args.steps, batch, args.size)[0] for _ in range(args.repeats))
-    return (long - short) / (2 * args.steps), short
 
 
 def paper_ms(unet32, args, batch: int) -> float:
@@ -127,8 +120,12 @@ def profile(pipe, args, batch: int, steps: int) -> dict:
     return {"s": seconds, "denoiser": ms(DENOISER), "update": ms(UPDATE), "syncs": syncs}
 
 
-def peak_gib(device: str) -> float:
-    return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
+def weights_gib(pipe) -> float:
+    """GiB of the pipeline's parameters and buffers."""
+    tensors = [
+        t for m in pipe.components.values() if isinstance(m, torch.nn.Module) for t in m.state_dict().values()
+    ]
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**30
 
 
 def reset_peak(device: str) -> None:
@@ -136,17 +133,34 @@ def reset_peak(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def variant(pipe, args, batch: int) -> dict:
-    """One variant at one batch: first-call s, ms/step, extrapolated image s, profile, peak memory."""
-    reset_peak(args.device)
-    first_s = call(pipe, args.steps, batch, args.size)[0]  # eager: a warm-up; fast: the compilation
-    step, short = per_step(pipe, args, batch)
-    prof_1, prof_2 = (profile(pipe, args, batch, n) for n in (args.steps, 2 * args.steps))
-    row = {"first_s": first_s, "ms": 1e3 * step, "image_s": short + (1000 - args.steps) * step}
-    row.update(prof_2, syncs=(prof_2["syncs"] - prof_1["syncs"]) / args.steps, peak=peak_gib(args.device))
-    row["profiled_ms"] = 1e3 * (prof_2["s"] - prof_1["s"]) / args.steps  # the share's denominator
-    row["out"] = call(pipe, args.steps, batch, args.size)[1]
-    return row
+def peak_gib(device: str, others: float) -> float:
+    """Peak GiB allocated since reset_peak, less ``others``: weights resident for the other variants."""
+    return torch.cuda.max_memory_allocated() / 2**30 - others if device.startswith("cuda") else float("nan")
+
+
+def measure(pipes: dict, args, batch: int) -> dict:
+    """Each variant at one batch: first-call s, ms/step, extrapolated image s, profile, peak memory.
+
+    The timed calls alternate between the variants, so both see the same load; the best repeat counts.
+    """
+    rows = {name: {"first_s": call(pipe, args.steps, batch, args.size)[0]} for name, pipe in pipes.items()}
+    times = {name: {n: [] for n in (1, 3)} for name in pipes}
+    for _ in range(args.repeats):
+        for name, pipe in pipes.items():
+            for n in (1, 3):
+                times[name][n].append(call(pipe, n * args.steps, batch, args.size)[0])
+    for name, pipe in pipes.items():
+        short, long = min(times[name][1]), min(times[name][3])
+        step = (long - short) / (2 * args.steps)  # text encoding and VAE decoding cancel
+        row = rows[name]
+        row.update(ms=1e3 * step, image_s=short + (1000 - args.steps) * step)
+        reset_peak(args.device)
+        prof_1, prof_2 = (profile(pipe, args, batch, n) for n in (args.steps, 2 * args.steps))
+        row.update(prof_2, syncs=(prof_2["syncs"] - prof_1["syncs"]) / args.steps)
+        row["profiled_ms"] = 1e3 * (prof_2["s"] - prof_1["s"]) / args.steps  # the share's denominator
+        row["out"] = call(pipe, args.steps, batch, args.size)[1]
+        row["peak"] = peak_gib(args.device, sum(weights_gib(p) for n, p in pipes.items() if n != name))
+    return rows
 
 
 def report(name: str, row: dict) -> None:
@@ -211,11 +225,12 @@ def main() -> None:
     )
     paper = {b: paper_ms(unet32, args, b) for b in args.batch}
     del unet32
-    eager = {b: variant(pipe, args, b) for b in args.batch}
     tic = time.perf_counter()
-    state = enable_fast_sampling(pipe)
-    print(f"enable_fast_sampling: {state} ({time.perf_counter() - tic:.2f} s)")
-    fast = {b: variant(pipe, args, b) for b in args.batch}
+    fast_pipe = copy.deepcopy(pipe)  # the same weights: (b) and (c) alternate in every measurement
+    state = enable_fast_sampling(fast_pipe)
+    print(f"enable_fast_sampling: {state} ({time.perf_counter() - tic:.2f} s with the copy)")
+    rows = {b: measure({"eager": pipe, "fast": fast_pipe}, args, b) for b in args.batch}
+    eager, fast = ({b: rows[b][name] for b in args.batch} for name in ("eager", "fast"))
     for b in args.batch:
         print(f"\nbatch {b}:")
         print(
@@ -227,7 +242,7 @@ def main() -> None:
         gains = f"(b)/(c) {eager[b]['ms'] / fast[b]['ms']:.2f}x, (a)/(c) {paper[b] / fast[b]['ms']:.2f}x"
         print(f"speed-up {gains}; {difference(fast[b], eager[b])}")
     if args.full:
-        full_image(pipe, args)
+        full_image(fast_pipe, args)
 
 
 if __name__ == "__main__":
