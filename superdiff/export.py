@@ -33,7 +33,7 @@ from pathlib import Path
 from ._io import _umask, terminate_as_exit
 
 # The modules pipeline.py is made of, each after the ones it imports from.
-MODULES = ("limits", "sampling", "output", "pipeline_common", "hub", "pipeline_superdiff")
+MODULES = ("limits", "sampling", "output", "pipeline_common", "hub", "fast", "pipeline_superdiff")
 ROOT = "SuperDiffPipeline"  # the one DiffusionPipeline subclass diffusers finds in pipeline.py
 ALLOWED_IMPORTS = ("torch", "diffusers", "transformers")  # besides the standard library
 INSTALLED_WITH = ("numpy", "PIL", "tqdm")  # hard requirements of diffusers / transformers / huggingface_hub

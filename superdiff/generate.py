@@ -76,8 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"Stable Diffusion 1.x/2.x Hub id or local folder "
-        f"(default {DEFAULT_MODEL}); offline: " + "; ".join(f"{k}: {v}" for k, v in OFFLINE_MODELS.items()),
+        help=f"Stable Diffusion 1.x/2.x, SDXL or SD3 Hub id or local folder, its pipeline picked from its "
+        f"model_index.json (default {DEFAULT_MODEL}); offline: "
+        + "; ".join(f"{k}: {v}" for k, v in OFFLINE_MODELS.items()),
     )
     parser.add_argument(
         "--dtype",

@@ -16,6 +16,7 @@ from diffusers import AutoencoderKL, DiffusionPipeline, EulerDiscreteScheduler, 
 from torch import Tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from .fast import FastSampling, disable_fast_sampling, enable_fast_sampling
 from .hub import dtype_kwarg, explain_unavailable
 from .limits import LIMITS, Limits
 from .output import SuperDiffOutput, to_uint8
@@ -62,6 +63,14 @@ def check_scheduler(scheduler) -> None:
         raise ValueError(
             f"scheduler.config.prediction_type: expected one of {PREDICTION_TYPES}, got {prediction_type!r}"
         )
+
+
+def as_euler(scheduler) -> EulerDiscreteScheduler:
+    """The checkpoint's scheduler as an EulerDiscreteScheduler of the same config; refuses unknown outputs."""
+    if not isinstance(scheduler, EulerDiscreteScheduler):  # CompVis/stable-diffusion-v1-4 ships PNDM
+        scheduler = EulerDiscreteScheduler.from_config(scheduler.config)
+    check_scheduler(scheduler)
+    return scheduler
 
 
 def euler_grid(scheduler, num_inference_steps: int) -> tuple[Tensor, Tensor]:
@@ -291,8 +300,11 @@ class SuperDiffMixin:
         )
         return sigma_max * randn_like(torch.empty(shape, device=device), generator)
 
-    def sigma_grid(self, num_inference_steps: int) -> tuple[Tensor, Tensor]:
-        """The σ grid and timesteps a call samples on (see :func:`euler_grid`); warns if steps are dropped."""
+    def sigma_grid(
+        self, num_inference_steps: int, height: int | None = None, width: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The σ grid and timesteps a call samples on (see :func:`euler_grid`; the same at every size);
+        warns if steps are dropped."""
         sigmas, timesteps = euler_grid(self.scheduler, num_inference_steps)
         if len(timesteps) < num_inference_steps:
             spacing = self.scheduler.config.timestep_spacing
@@ -303,6 +315,15 @@ class SuperDiffMixin:
                 stacklevel=3,
             )
         return sigmas, timesteps
+
+    def enable_fast_sampling(self, **options) -> FastSampling:
+        """channels_last, torch.compile of the denoiser and, on CUDA, CUDA graphs (:mod:`superdiff.fast`);
+        call after ``.to(device)``. The first call at a new size or batch compiles."""
+        return enable_fast_sampling(self, **options)
+
+    def disable_fast_sampling(self) -> None:
+        """Back to the eager denoiser."""
+        disable_fast_sampling(self)
 
     def prompt_context(self, prompts: list[str], device, height: int, width: int) -> dict:
         """The denoiser's text conditioning: rows for the prompts, then the empty prompt (last)."""
@@ -399,7 +420,7 @@ class SuperDiffMixin:
         device, generator = self._execution_device, seeded(seed, generator)
         context = self.prompt_context(prompts + extra, device, height, width)
 
-        sigmas, timesteps = self.sigma_grid(num_inference_steps)
+        sigmas, timesteps = self.sigma_grid(num_inference_steps, height, width)
         n_models = len(prompts + extra)  # "joint": its prompt is model N + 1, the one x moves with
         predictor = self.make_predictor(context, n_models, guidance_scale, sigmas, timesteps.to(device))
         latents = self.start_latents(batch_size, height, width, sigmas[0].item(), generator, device)
@@ -433,11 +454,8 @@ class SuperDiffPipeline(SuperDiffMixin, DiffusionPipeline):
         scheduler: EulerDiscreteScheduler,
     ):
         super().__init__()
-        if not isinstance(scheduler, EulerDiscreteScheduler):  # CompVis/stable-diffusion-v1-4 ships PNDM
-            scheduler = EulerDiscreteScheduler.from_config(scheduler.config)
-        check_scheduler(scheduler)
         self.register_modules(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=as_euler(scheduler)
         )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
 

@@ -25,17 +25,9 @@ from transformers import (
 )
 
 from superdiff.output import to_uint8
-from superdiff.pipeline_superdiff import PromptPredictor, SuperDiffMixin, check_scheduler
+from superdiff.pipeline_superdiff import PromptPredictor, SuperDiffMixin, as_euler, check_scheduler
 
 XL_CUSTOM_PIPELINE = __file__  # DiffusionPipeline.from_pretrained(folder, custom_pipeline=XL_CUSTOM_PIPELINE)
-
-
-def as_euler(scheduler) -> EulerDiscreteScheduler:
-    """The checkpoint's scheduler as an EulerDiscreteScheduler of the same config; refuses unknown outputs."""
-    if not isinstance(scheduler, EulerDiscreteScheduler):
-        scheduler = EulerDiscreteScheduler.from_config(scheduler.config)
-    check_scheduler(scheduler)
-    return scheduler
 
 
 class SuperDiffXLPipeline(SuperDiffMixin, StableDiffusionXLPipeline):
