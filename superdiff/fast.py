@@ -67,6 +67,8 @@ class FastCall:
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs may be overwritten
         try:
             out = self.compiled(*args, **kwargs)
+        except torch._dynamo.exc.RecompileError:  # the user asked for it (config.error_on_recompile)
+            raise
         except Exception as err:  # any compiler failure: fall back if eager works
             out = self.module._call_impl(*args, **kwargs)  # an error of the call itself raises here
             self.fall_back(err)

@@ -1,5 +1,6 @@
 """The fast path (superdiff.fast) on the tiny pipeline: same images as eager, no recompiles, fallbacks."""
 
+import json
 import time
 from types import SimpleNamespace
 
@@ -72,10 +73,23 @@ def test_compiled_denoiser_keeps_its_class_and_compiles_one_graph(compiled):
     assert compiled.graphs["unique_graphs"] == 1  # four steps, four timesteps: one graph
 
 
+def test_a_compiled_pipeline_saves_and_loads_as_diffusers_expects(tmp_path):
+    pipe = tiny_pipeline(seed=0)
+    enable_fast_sampling(pipe, backend="eager")  # dynamo without code generation: quick
+    sample(pipe, num_inference_steps=1)
+    pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
+    loaded = type(pipe).from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.unet.conv_in.weight, pipe.unet.conv_in.weight, rtol=0, atol=0)
+
+
 def test_second_call_same_size_does_not_recompile(compiled, eager):
+    stats = torch._dynamo.utils.counters["stats"]
+    graphs = stats["unique_graphs"]
     with torch._dynamo.config.patch(error_on_recompile=True):
         out = sample(compiled.pipe)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == compiled.graphs["unique_graphs"]
+    assert stats["unique_graphs"] == graphs
     assert_close(out, eager)
 
 
