@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from superdiff import fast
-from superdiff.fast import disable_fast_sampling, enable_fast_sampling, fast_sampling_state
+from superdiff import fast, testing
+from superdiff.fast import enable_fast_sampling, fast_sampling_state
 from superdiff.pipeline_common import step_callback
 from superdiff.pipeline_superdiff import PromptPredictor, euler_grid
 from superdiff.sampling import superpose
@@ -35,7 +35,7 @@ def compiled():
     """The tiny pipeline compiled by inductor (10 s with a warm inductor cache, 90 s cold, 2 cores)."""
     torch._dynamo.reset()
     pipe = tiny_pipeline(seed=0)
-    state = enable_fast_sampling(pipe)
+    state = pipe.enable_fast_sampling()
     tic = time.perf_counter()
     out = sample(pipe)
     print(f"first compiled call: {time.perf_counter() - tic:.1f} s")
@@ -93,15 +93,18 @@ def test_second_call_same_size_does_not_recompile(compiled, eager):
     assert_close(out, eager)
 
 
-def test_channels_last_applied_and_undone():
-    pipe = tiny_pipeline(seed=0)
-    state = enable_fast_sampling(pipe, compile=False)
+@pytest.mark.parametrize("family", ["tiny_pipeline", "tiny_xl_pipeline", "tiny_sd3_pipeline"])
+def test_channels_last_applied_and_undone(family):
+    pipe = getattr(testing, family)(seed=0)
+    state = pipe.enable_fast_sampling(compile=False)
     assert state == fast_sampling_state(pipe) and not state.compiled and not state.cuda_graphs
-    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in conv_weights(pipe.unet))
-    assert not all(w.is_contiguous() for w in conv_weights(pipe.unet))
-    disable_fast_sampling(pipe)
-    assert fast_sampling_state(pipe) is None and pipe.unet._compiled_call_impl is None
-    assert all(w.is_contiguous() for w in conv_weights(pipe.unet))
+    assert state.denoiser == ("transformer" if family == "tiny_sd3_pipeline" else "unet")
+    weights = conv_weights(pipe.denoiser)
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    assert not all(w.is_contiguous() for w in weights)
+    pipe.disable_fast_sampling()
+    assert fast_sampling_state(pipe) is None and pipe.denoiser._compiled_call_impl is None
+    assert all(w.is_contiguous() for w in conv_weights(pipe.denoiser))
 
 
 # ----------------------------------------------------------------------------- no host wait per step
