@@ -13,6 +13,7 @@ If compilation is unavailable (no C compiler, an unsupported platform), sampling
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -146,6 +147,22 @@ def disable_fast_sampling(pipe) -> None:
     if state.channels_last:
         module.to(memory_format=torch.contiguous_format)
     delattr(module, STATE)
+
+
+@contextmanager
+def contiguous_weights(pipe):
+    """The denoiser's weights contiguous inside the block: diffusers 0.30 saves channels_last weights as they
+    are, and safetensors refuses non-contiguous tensors."""
+    state = fast_sampling_state(pipe)
+    if state is None or not state.channels_last:
+        yield
+        return
+    module = denoiser_of(pipe)[1]
+    module.to(memory_format=torch.contiguous_format)
+    try:
+        yield
+    finally:
+        module.to(memory_format=torch.channels_last)
 
 
 def fast_sampling_state(pipe) -> FastSampling | None:

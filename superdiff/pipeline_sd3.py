@@ -7,13 +7,15 @@ sampler and Itô density estimator run unchanged.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import (
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
     StableDiffusion3Pipeline,
-    calculate_shift,
 )
 from torch import Tensor
 
@@ -22,12 +24,18 @@ from .output import to_uint8
 from .pipeline_superdiff import PromptPredictor, SuperDiffMixin
 
 
+def calculate_shift(seq_len: int, base_seq_len: int, max_seq_len: int, base_shift: float, max_shift: float):
+    """The dynamic shift μ for seq_len image tokens: linear from base_shift to max_shift, as diffusers."""
+    slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return base_shift + slope * (seq_len - base_seq_len)
+
+
 def flow_grid(scheduler: FlowMatchEulerDiscreteScheduler, num_inference_steps: int, mu=None):
     """(VE σ grid (n + 1, float64, finite σ_max, last 0), the scheduler's timesteps (n)) of its own t grid.
 
     Zero-length steps (t_{k+1} = t_k) are dropped; ``mu``: the dynamic shift, where the config asks for one.
     """
-    scheduler.set_timesteps(num_inference_steps, device="cpu", mu=mu)
+    scheduler.set_timesteps(num_inference_steps, device="cpu", **({} if mu is None else {"mu": mu}))
     ts, timesteps = scheduler.sigmas, scheduler.timesteps
     moves = ts[1:] != ts[:-1]
     if not moves.any():
@@ -121,10 +129,14 @@ class SuperDiffSD3Pipeline(SuperDiffMixin, StableDiffusion3Pipeline):
     ):
         if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
             scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config)
-        super().__init__(
-            transformer, scheduler, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2,
-            text_encoder_3, tokenizer_3, image_encoder, feature_extractor,
+        parts = dict(
+            transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder,
+            tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+            text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3, image_encoder=image_encoder,
+            feature_extractor=feature_extractor,
         )  # fmt: skip
+        accepted = inspect.signature(StableDiffusion3Pipeline.__init__).parameters  # < 0.32: no image_encoder
+        super().__init__(**{name: part for name, part in parts.items() if name in accepted})
         check_flow_scheduler(scheduler)
 
     def check_model(self) -> None:
@@ -138,7 +150,8 @@ class SuperDiffSD3Pipeline(SuperDiffMixin, StableDiffusion3Pipeline):
         if not config.get("use_dynamic_shifting", False):
             return None
         tokens = [
-            (s or self.default_size) // self.vae_scale_factor // self.patch_size for s in (height, width)
+            (s or self.default_size) // self.vae_scale_factor // self.transformer.config.patch_size
+            for s in (height, width)
         ]
         return calculate_shift(
             tokens[0] * tokens[1],

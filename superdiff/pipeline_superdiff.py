@@ -16,7 +16,7 @@ from diffusers import AutoencoderKL, DiffusionPipeline, EulerDiscreteScheduler, 
 from torch import Tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from .fast import FastSampling, disable_fast_sampling, enable_fast_sampling
+from .fast import FastSampling, contiguous_weights, disable_fast_sampling, enable_fast_sampling
 from .hub import dtype_kwarg, explain_unavailable
 from .limits import LIMITS, Limits
 from .output import SuperDiffOutput, to_uint8
@@ -324,6 +324,11 @@ class SuperDiffMixin:
     def disable_fast_sampling(self) -> None:
         """Back to the eager denoiser."""
         disable_fast_sampling(self)
+
+    def save_pretrained(self, *args, **kwargs):
+        """``DiffusionPipeline.save_pretrained``, also after :meth:`enable_fast_sampling` (channels_last)."""
+        with contiguous_weights(self):
+            return super().save_pretrained(*args, **kwargs)
 
     def prompt_context(self, prompts: list[str], device, height: int, width: int) -> dict:
         """The denoiser's text conditioning: rows for the prompts, then the empty prompt (last)."""

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel, T5Tokenizer
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModelWithProjection,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
 
 from .pipeline_sd3 import SuperDiffSD3Pipeline
 from .testing import HIDDEN, tiny_text_config, tiny_tokenizer
@@ -13,11 +20,16 @@ JOINT = 2 * HIDDEN  # the two CLIP widths side by side = T5's width = the transf
 SD3_VAE = dict(scaling_factor=1.5305, shift_factor=0.0609)  # stabilityai/stable-diffusion-3-medium's VAE
 
 
-def tiny_t5_tokenizer() -> T5Tokenizer:
-    """A T5 (unigram) tokenizer with a piece per printable ASCII character, built locally."""
+def tiny_t5_tokenizer() -> T5TokenizerFast:
+    """A T5 (unigram) tokenizer, a piece per printable ASCII character, built locally (no sentencepiece)."""
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
     pieces += [(chr(c), -3.0) for c in range(ord("!"), ord("~") + 1)]
-    return T5Tokenizer(vocab=pieces, extra_ids=0)
+    unigram = Tokenizer(models.Unigram(pieces, unk_id=2))
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
+    unigram.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(
+        tokenizer_object=unigram, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0
+    )
 
 
 def tiny_sd3_components(t5: bool = False) -> dict:
