@@ -40,6 +40,7 @@ INSTALLED_WITH = ("numpy", "PIL", "tqdm")  # hard requirements of diffusers / tr
 REPO_ID = "superdiff/superdiff-sd-v1-4"  # the user's model card's repository
 BASE_MODEL = "CompVis/stable-diffusion-v1-4"
 TEMP_SUFFIX = ".superdiff-export.tmp"
+ONLY_SD = "export-hub writes the Stable Diffusion 1.x/2.x pipeline (SDXL and SD3 load with the kit installed)"
 
 
 # ----------------------------------------------------------------------------- the single file
@@ -204,16 +205,23 @@ def model_index(pipe=None) -> dict:
 
 def load_model(model):
     """The pipeline behind --model: a SuperDiffPipeline as it is, "tiny", or a Hub id / folder (offline)."""
+    from .pipeline_superdiff import SuperDiffMixin, SuperDiffPipeline
+
     if not isinstance(model, str):
         if not hasattr(model, "save_pretrained"):
             raise ValueError(f"model: expected a pipeline, 'tiny', a Hub id or a folder, got {model!r}")
+        if isinstance(model, SuperDiffMixin) and not isinstance(model, SuperDiffPipeline):
+            raise ValueError(f"model: {ONLY_SD}, got a {type(model).__name__}")
         return model
     if model == "tiny":
         from .testing import tiny_pipeline
 
         return tiny_pipeline()
-    from .pipeline_superdiff import SuperDiffPipeline
+    from .generate import pipeline_class
 
+    family = pipeline_class(model)
+    if family is not SuperDiffPipeline:
+        raise ValueError(f"--model: {ONLY_SD}; {model!r} needs {family.__name__}")
     return SuperDiffPipeline.from_pretrained(model)
 
 

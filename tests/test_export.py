@@ -15,7 +15,7 @@ import torch
 from superdiff import SuperDiffPipeline, export
 from superdiff._torch import one_thread
 from superdiff.cli import main
-from superdiff.testing import tiny_pipeline
+from superdiff.testing import tiny_pipeline, tiny_xl_pipeline
 
 # The user's model card's snippet, verbatim (seed/superdiff-sd-v1-4-model-card.md).
 CARD_SNIPPET = (
@@ -196,6 +196,16 @@ def test_without_a_model_only_model_index_names_the_components(tmp_path):
     assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
     assert index["tokenizer"] == ["transformers", "CLIPTokenizer"]
     assert 'from_pretrained("me/my-superdiff"' in (out / "README.md").read_text(encoding="utf-8")
+
+
+def test_sdxl_and_sd3_are_refused_before_anything_is_written(tmp_path):
+    xl = tiny_xl_pipeline()
+    with pytest.raises(ValueError, match="model: export-hub writes the Stable Diffusion 1.x/2.x pipeline"):
+        export.export_hub(tmp_path / "from-object", xl)
+    xl.save_pretrained(tmp_path / "tiny-xl")
+    with pytest.raises(ValueError, match="--model: .*'.*tiny-xl' needs SuperDiffXLPipeline"):
+        export.export_hub(tmp_path / "from-folder", str(tmp_path / "tiny-xl"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-xl"]
 
 
 def test_cli_writes_the_folder(tmp_path, capsys):
