@@ -8,7 +8,6 @@ sampler and Itô density estimator run unchanged.
 from __future__ import annotations
 
 import inspect
-import warnings
 
 import torch
 from diffusers import (
@@ -21,7 +20,7 @@ from torch import Tensor
 
 from .flow import eps_from_velocity, flow_sigmas, t_of_sigma
 from .output import to_uint8
-from .pipeline_superdiff import PromptPredictor, SuperDiffMixin
+from .pipeline_superdiff import PromptPredictor, SuperDiffMixin, moving_steps, warn_dropped
 
 
 def calculate_shift(seq_len: int, base_seq_len: int, max_seq_len: int, base_shift: float, max_shift: float):
@@ -36,14 +35,10 @@ def flow_grid(scheduler: FlowMatchEulerDiscreteScheduler, num_inference_steps: i
     Zero-length steps (t_{k+1} = t_k) are dropped; ``mu``: the dynamic shift, where the config asks for one.
     """
     scheduler.set_timesteps(num_inference_steps, device="cpu", **({} if mu is None else {"mu": mu}))
-    ts, timesteps = scheduler.sigmas, scheduler.timesteps
-    moves = ts[1:] != ts[:-1]
-    if not moves.any():
-        raise ValueError(
-            f"num_inference_steps: the scheduler's t grid for {num_inference_steps} steps has no step of "
-            f"non-zero length; use fewer steps"
-        )
-    return flow_sigmas(torch.cat([ts[:-1][moves], ts[-1:]])), timesteps[moves]
+    ts, timesteps = moving_steps(
+        scheduler.sigmas, scheduler.timesteps, f"t grid for {num_inference_steps} steps"
+    )
+    return flow_sigmas(ts), timesteps
 
 
 def check_flow_scheduler(scheduler) -> None:
@@ -164,12 +159,7 @@ class SuperDiffSD3Pipeline(SuperDiffMixin, StableDiffusion3Pipeline):
     def sigma_grid(self, num_inference_steps: int, height: int | None = None, width: int | None = None):
         """The scheduler's t grid as VE σ (see :func:`flow_grid`); warns if zero-length steps are dropped."""
         sigmas, timesteps = flow_grid(self.scheduler, num_inference_steps, self.dynamic_shift(height, width))
-        if len(timesteps) < num_inference_steps:
-            warnings.warn(
-                f"num_inference_steps={num_inference_steps}: {num_inference_steps - len(timesteps)} of the "
-                f"scheduler's steps have zero length; sampling runs the other {len(timesteps)}",
-                stacklevel=3,
-            )
+        warn_dropped(num_inference_steps, len(timesteps), "t repeats")
         return sigmas, timesteps
 
     def prompt_context(self, prompts: list[str], device, height: int, width: int) -> dict:

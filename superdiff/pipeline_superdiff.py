@@ -80,14 +80,25 @@ def euler_grid(scheduler, num_inference_steps: int) -> tuple[Tensor, Tensor]:
     final_sigmas_type="sigma_min" can repeat the last; diffusers' Euler step moves by dt = 0 there.
     """
     scheduler.set_timesteps(num_inference_steps)
-    sigmas, timesteps = scheduler.sigmas, scheduler.timesteps
-    moves = sigmas[1:] != sigmas[:-1]
-    if not moves.any():
-        raise ValueError(
-            f"num_inference_steps: the scheduler's σ grid for {num_inference_steps} steps has no step of "
-            f"non-zero length (timestep_spacing={scheduler.config.timestep_spacing!r}); use fewer steps"
+    return moving_steps(scheduler.sigmas, scheduler.timesteps, f"σ grid for {num_inference_steps} steps")
+
+
+def warn_dropped(requested: int, ran: int, why: str) -> None:
+    """Say that a grid lost zero-length steps, and how many steps sampling runs."""
+    if ran < requested:
+        warnings.warn(
+            f"num_inference_steps={requested}: {requested - ran} of the scheduler's steps have zero length "
+            f"({why}); sampling runs the other {ran}",
+            stacklevel=4,
         )
-    return torch.cat([sigmas[:-1][moves], sigmas[-1:]]), timesteps[moves.to(timesteps.device)]
+
+
+def moving_steps(grid: Tensor, timesteps: Tensor, what: str) -> tuple[Tensor, Tensor]:
+    """A scheduler's grid (n + 1) and timesteps (n) without zero-length steps; ValueError if none moves."""
+    moves = grid[1:] != grid[:-1]
+    if not moves.any():
+        raise ValueError(f"num_inference_steps: the scheduler's {what} has no step of non-zero length")
+    return torch.cat([grid[:-1][moves], grid[-1:]]), timesteps[moves.to(timesteps.device)]
 
 
 class PromptPredictor(Predictor):
@@ -306,14 +317,8 @@ class SuperDiffMixin:
         """The σ grid and timesteps a call samples on (see :func:`euler_grid`; the same at every size);
         warns if steps are dropped."""
         sigmas, timesteps = euler_grid(self.scheduler, num_inference_steps)
-        if len(timesteps) < num_inference_steps:
-            spacing = self.scheduler.config.timestep_spacing
-            warnings.warn(
-                f"num_inference_steps={num_inference_steps}: {num_inference_steps - len(timesteps)} of the "
-                f"scheduler's steps have zero length (σ repeats with timestep_spacing={spacing!r}); sampling "
-                f"runs the other {len(timesteps)}",
-                stacklevel=3,
-            )
+        spacing = self.scheduler.config.timestep_spacing
+        warn_dropped(num_inference_steps, len(timesteps), f"σ repeats with timestep_spacing={spacing!r}")
         return sigmas, timesteps
 
     def enable_fast_sampling(self, **options) -> FastSampling:

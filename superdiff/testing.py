@@ -50,6 +50,22 @@ def tiny_text_config(tokenizer: CLIPTokenizer) -> dict:
     )
 
 
+def tiny_vae(latent_channels: int = 4, **config) -> AutoencoderKL:
+    """A random VAE with SD's 8× downsampling and a few thousand parameters; ``config``: the family's."""
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=latent_channels,
+        block_out_channels=(8, 8, 8, 8),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=64,
+        **config,
+    )
+
+
 def tiny_components(tokenizer: CLIPTokenizer) -> dict:
     """Random UNet, VAE (8× downsampling, as SD) and CLIP text encoder, a few thousand parameters each."""
     unet = UNet2DConditionModel(
@@ -64,18 +80,7 @@ def tiny_components(tokenizer: CLIPTokenizer) -> dict:
         cross_attention_dim=HIDDEN,
         attention_head_dim=4,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        sample_size=64,
-        scaling_factor=0.18215,
-    )
+    vae = tiny_vae(scaling_factor=0.18215)
     text_config = CLIPTextConfig(**tiny_text_config(tokenizer), projection_dim=HIDDEN)
     return {"unet": unet, "vae": vae, "text_encoder": CLIPTextModel(text_config).eval()}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
     CLIPTextConfig,
@@ -14,7 +14,7 @@ from transformers import (
 )
 
 from .pipeline_sd3 import SuperDiffSD3Pipeline
-from .testing import HIDDEN, tiny_text_config, tiny_tokenizer
+from .testing import HIDDEN, tiny_text_config, tiny_tokenizer, tiny_vae
 
 JOINT = 2 * HIDDEN  # the two CLIP widths side by side = T5's width = the transformer's joint_attention_dim
 SD3_VAE = dict(scaling_factor=1.5305, shift_factor=0.0609)  # stabilityai/stable-diffusion-3-medium's VAE
@@ -49,20 +49,7 @@ def tiny_sd3_components(t5: bool = False) -> dict:
         pooled_projection_dim=JOINT,
         pos_embed_max_size=32,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=16,
-        block_out_channels=(8, 8, 8, 8),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        sample_size=64,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        **SD3_VAE,
-    )
+    vae = tiny_vae(16, use_quant_conv=False, use_post_quant_conv=False, **SD3_VAE)
     clip = CLIPTextConfig(**tiny_text_config(tokenizer), projection_dim=HIDDEN)
     parts = dict(
         transformer=transformer,
