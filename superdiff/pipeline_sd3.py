@@ -85,7 +85,8 @@ class FlowPromptPredictor(PromptPredictor):
 
     def denoise(self, x_in: Tensor, t: Tensor, context: dict) -> Tensor:
         """One batched transformer call on all rows: v."""
-        return self.unet(hidden_states=x_in, timestep=t.expand(len(x_in)), **context, return_dict=False)[0]
+        out = self.denoiser(hidden_states=x_in, timestep=t.expand(len(x_in)), **context, return_dict=False)
+        return out[0]
 
     def to_eps(self, out: Tensor, x: Tensor, sigma: float) -> Tensor:
         """ε̂ = x_t + (1 − t)·v."""

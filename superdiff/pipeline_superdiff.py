@@ -112,7 +112,7 @@ class PromptPredictor(Predictor):
 
     def __init__(
         self,
-        unet,
+        denoiser,
         embeddings: Tensor,
         num_models: int,
         guidance_scale: float,
@@ -121,10 +121,10 @@ class PromptPredictor(Predictor):
         prediction_type: str = "epsilon",
         context: dict | None = None,
     ):
-        self.unet, self.num_models, self.guidance_scale = unet, num_models, guidance_scale
+        self.denoiser, self.num_models, self.guidance_scale = denoiser, num_models, guidance_scale
         self.eps_from = EPS_FROM.get(prediction_type)
         self.rows = embeddings.shape[0]
-        self.context = cast_rows({"encoder_hidden_states": embeddings, **(context or {})}, unet.dtype)
+        self.context = cast_rows({"encoder_hidden_states": embeddings, **(context or {})}, denoiser.dtype)
         self.sigmas = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
         self.timesteps = timesteps
 
@@ -138,7 +138,7 @@ class PromptPredictor(Predictor):
 
     def denoise(self, x_in: Tensor, t: Tensor, context: dict) -> Tensor:
         """One batched call of the denoiser on all rows."""
-        return self.unet(x_in, t, **context).sample
+        return self.denoiser(x_in, t, **context).sample
 
     def to_eps(self, out: Tensor, x: Tensor, sigma: float) -> Tensor:
         """The denoiser's native output (rows, B, ...) as ε̂ in VE coordinates."""
@@ -149,7 +149,7 @@ class PromptPredictor(Predictor):
     def eps_all(self, x: Tensor, sigma: float) -> Tensor:
         """ε̂ for every embedding row at once: (rows, B, ...), in x's dtype."""
         batch = x.shape[0]
-        x_in = self.network_input(x, sigma).to(self.unet.dtype).repeat(self.rows, *([1] * (x.ndim - 1)))
+        x_in = self.network_input(x, sigma).to(self.denoiser.dtype).repeat(self.rows, *([1] * (x.ndim - 1)))
         out = self.denoise(x_in, self.timestep(sigma), repeat_rows(self.context, batch))
         wide = torch.promote_types(x.dtype, torch.float32)  # a float16 UNet's v or x̂₀: convert in float32
         return self.to_eps(out.unflatten(0, (self.rows, batch)).to(wide), x.to(wide), sigma).to(x.dtype)
