@@ -84,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype",
         choices=DTYPES,
         default="auto",
-        help="UNet/VAE precision (auto: float16 on GPU, float32 on CPU); κ and log q stay float32",
+        help="UNet/VAE precision (auto: float16 on GPU, float32 on CPU); κ and log q stay float64",
     )
     parser.add_argument("--device", default="auto", help="cuda, cuda:1, mps, cpu (default: best available)")
     parser.add_argument("--cpu-offload", action="store_true", help="enable_model_cpu_offload (small GPUs)")

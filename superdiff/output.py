@@ -15,7 +15,7 @@ class SuperDiffOutput:
     """Images with the κ and log q traces that made them; ``out[i]`` is image i, as in the model card.
 
     images: (B, H, W, 3) uint8 tensor (``output_type="pt"``), numpy array (``"np"``) or list of PIL
-    images (``"pil"``); kappa: (n, B, N) float32 on CPU; log_q: (n + 1, B, N) float32 on CPU;
+    images (``"pil"``); kappa: (n, B, N) float32 on CPU; log_q: (n + 1, B, N) float64 on CPU;
     sigmas: (n + 1,); samples: the model-space samples (latents, or digits in [−1, 1]).
     """
 

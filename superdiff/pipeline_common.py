@@ -196,11 +196,11 @@ def build_output(
     n_prompts: int,
     mode: str,
 ) -> SuperDiffOutput:
-    """A run's SuperDiffOutput: κ and log q of the first n_prompts models only, float32 on CPU."""
+    """A run's SuperDiffOutput: κ (float32) and log q (float64) of the first n_prompts models only, on CPU."""
     return SuperDiffOutput(
         images=format_images(images, output_type),
         kappa=result.kappa[..., :n_prompts].float().cpu(),
-        log_q=result.log_q[..., :n_prompts].float().cpu(),
+        log_q=result.log_q[..., :n_prompts].cpu(),
         sigmas=result.sigmas,
         samples=result.samples.float().cpu(),
         prompts=prompts,

@@ -400,7 +400,8 @@ class SuperDiffMixin:
                 is ignored (the trajectory cannot be changed from a callback).
 
         Returns:
-            SuperDiffOutput: images, kappa (n, B, N) and log_q (n + 1, B, N) float32 on CPU, sigmas, latents.
+            SuperDiffOutput: images, kappa (n, B, N) float32 and log_q (n + 1, B, N) float64 on CPU, sigmas,
+            latents.
 
         Raises:
             ValueError: a bad argument, named, before any work; NonFiniteError (a ValueError) when sampling
