@@ -30,6 +30,7 @@ __all__ = [
     "ModelList",
     "Prediction",
     "Predictor",
+    "SuperDiffFluxPipeline",
     "SuperDiffPipeline",
     "SuperDiffSD3Pipeline",
     "SuperDiffXLPipeline",
@@ -60,4 +61,8 @@ def __getattr__(name):
         from .pipeline_sd3 import SuperDiffSD3Pipeline
 
         return SuperDiffSD3Pipeline
+    if name == "SuperDiffFluxPipeline":
+        from .pipeline_flux import SuperDiffFluxPipeline
+
+        return SuperDiffFluxPipeline
     raise AttributeError(f"module 'superdiff' has no attribute {name!r}")

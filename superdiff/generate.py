@@ -26,11 +26,14 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 SD_PIPELINE = ("superdiff.pipeline_superdiff", "SuperDiffPipeline")  # SD 1.x/2.x and unknown SD-likes
 XL_PIPELINE = ("superdiff.pipeline_xl", "SuperDiffXLPipeline")
 SD3_PIPELINE = ("superdiff.pipeline_sd3", "SuperDiffSD3Pipeline")
+FLUX_PIPELINE = ("superdiff.pipeline_flux", "SuperDiffFluxPipeline")
 PIPELINES = {  # model_index.json _class_name -> (module, SuperDiff pipeline); saved SuperDiff folders too
     "StableDiffusionXLPipeline": XL_PIPELINE,
     "SuperDiffXLPipeline": XL_PIPELINE,
     "StableDiffusion3Pipeline": SD3_PIPELINE,
     "SuperDiffSD3Pipeline": SD3_PIPELINE,
+    "FluxPipeline": FLUX_PIPELINE,
+    "SuperDiffFluxPipeline": FLUX_PIPELINE,
 }
 
 
@@ -59,7 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=1, help=f"images per run (default 1, at most {LIMITS.batch_size})"
     )
     parser.add_argument(
-        "--guidance-scale", type=float, default=7.5, help="classifier-free guidance (default 7.5)"
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance (default 7.5); Flux: its embedded guidance (default 3.5)",
     )
     parser.add_argument(
         "--height", type=int, default=None, help="pixels, multiple of 8 (default: the model's)"
@@ -76,8 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"Stable Diffusion 1.x/2.x, SDXL or SD3 Hub id or local folder, its pipeline picked from its "
-        f"model_index.json (default {DEFAULT_MODEL}); offline: "
+        help=f"Stable Diffusion 1.x/2.x, SDXL, SD3 or Flux Hub id or local folder, its pipeline picked from "
+        f"its model_index.json (default {DEFAULT_MODEL}); offline: "
         + "; ".join(f"{k}: {v}" for k, v in OFFLINE_MODELS.items()),
     )
     parser.add_argument(
@@ -205,7 +211,7 @@ def call_kwargs(args) -> dict:
         mode=args.mode,
         temperature=args.temperature,
     )
-    if args.model != "digits":
+    if args.model != "digits" and args.guidance_scale is not None:  # None: the pipeline's default
         kwargs.update(guidance_scale=args.guidance_scale)
     return kwargs
 

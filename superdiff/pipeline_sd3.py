@@ -29,12 +29,28 @@ def calculate_shift(seq_len: int, base_seq_len: int, max_seq_len: int, base_shif
     return base_shift + slope * (seq_len - base_seq_len)
 
 
-def flow_grid(scheduler: FlowMatchEulerDiscreteScheduler, num_inference_steps: int, mu=None):
+def dynamic_shift(config, image_seq_len: int) -> float | None:
+    """``mu`` of a flow scheduler's dynamic shifting for image_seq_len image tokens, as diffusers computes it;
+    None where the config shifts statically."""
+    if not config.get("use_dynamic_shifting", False):
+        return None
+    return calculate_shift(
+        image_seq_len,
+        config.get("base_image_seq_len", 256),
+        config.get("max_image_seq_len", 4096),
+        config.get("base_shift", 0.5),
+        config.get("max_shift", 1.16),
+    )
+
+
+def flow_grid(scheduler: FlowMatchEulerDiscreteScheduler, num_inference_steps: int, mu=None, base_ts=None):
     """(VE σ grid (n + 1, float64, finite σ_max, last 0), the scheduler's timesteps (n)) of its own t grid.
 
-    Zero-length steps (t_{k+1} = t_k) are dropped; ``mu``: the dynamic shift, where the config asks for one.
+    Zero-length steps (t_{k+1} = t_k) are dropped; ``mu``: the dynamic shift, where the config asks for one;
+    ``base_ts``: the unshifted t grid passed as the scheduler's ``sigmas`` (Flux's); None: its own.
     """
-    scheduler.set_timesteps(num_inference_steps, device="cpu", **({} if mu is None else {"mu": mu}))
+    options = ({} if mu is None else {"mu": mu}) | ({} if base_ts is None else {"sigmas": base_ts})
+    scheduler.set_timesteps(None if base_ts is not None else num_inference_steps, device="cpu", **options)
     ts, timesteps = moving_steps(
         scheduler.sigmas, scheduler.timesteps, f"t grid for {num_inference_steps} steps"
     )
@@ -142,20 +158,11 @@ class SuperDiffSD3Pipeline(SuperDiffMixin, StableDiffusion3Pipeline):
     def dynamic_shift(self, height: int | None = None, width: int | None = None) -> float | None:
         """``mu`` of the scheduler's dynamic shifting for an image size, as diffusers' SD3 pipeline computes
         it (None: the default size); None where the config shifts statically."""
-        config = self.scheduler.config
-        if not config.get("use_dynamic_shifting", False):
-            return None
         tokens = [
             (s or self.default_size) // self.vae_scale_factor // self.transformer.config.patch_size
             for s in (height, width)
         ]
-        return calculate_shift(
-            tokens[0] * tokens[1],
-            config.get("base_image_seq_len", 256),
-            config.get("max_image_seq_len", 4096),
-            config.get("base_shift", 0.5),
-            config.get("max_shift", 1.16),
-        )
+        return dynamic_shift(self.scheduler.config, tokens[0] * tokens[1])
 
     def sigma_grid(self, num_inference_steps: int, height: int | None = None, width: int | None = None):
         """The scheduler's t grid as VE σ (see :func:`flow_grid`); warns if zero-length steps are dropped."""

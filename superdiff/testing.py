@@ -134,7 +134,7 @@ def tiny_clip(seed: int = 0):
 
 
 def __getattr__(name):
-    # the SDXL and SD3 builders live beside their pipelines' diffusers imports
+    # the SDXL, SD3 and Flux builders live beside their pipelines' diffusers imports
     if name == "tiny_xl_pipeline":
         from .testing_xl import tiny_xl_pipeline
 
@@ -143,4 +143,8 @@ def __getattr__(name):
         from .testing_sd3 import tiny_sd3_pipeline
 
         return tiny_sd3_pipeline
+    if name == "tiny_flux_pipeline":
+        from .testing_flux import tiny_flux_pipeline
+
+        return tiny_flux_pipeline
     raise AttributeError(f"module 'superdiff.testing' has no attribute {name!r}")
