@@ -55,8 +55,16 @@ class App:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
 
     def kernels(self) -> list[psutil.Process]:
-        """The kernel processes the server started."""
-        return [p for p in psutil.Process(self.proc.pid).children() if "ipykernel" in " ".join(p.cmdline())]
+        """The live kernel processes the server started (a culled one that is exiting does not count)."""
+        return [p for p in psutil.Process(self.proc.pid).children() if is_kernel(p)]
+
+
+def is_kernel(process: psutil.Process) -> bool:
+    """A running ipykernel; False for a zombie or a process gone while being read."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE and "ipykernel" in " ".join(process.cmdline())
+    except (psutil.ZombieProcess, psutil.NoSuchProcess):
+        return False
 
 
 def free_port() -> int:
