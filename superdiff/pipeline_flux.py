@@ -19,12 +19,14 @@ from torch import Tensor
 from .pipeline_sd3 import (
     FlowPromptPredictor,
     SuperDiffSD3Pipeline,
+    as_flow_match,
     check_flow_scheduler,
     dynamic_shift,
     flow_grid,
+    installed_parts,
 )
 from .pipeline_superdiff import SuperDiffMixin, warn_dropped
-from .sampling import Prediction, randn_like
+from .sampling import Prediction
 
 PATCH = 2  # Flux packs 2×2 latent patches into one token
 DEFAULT_GUIDANCE = 3.5  # FluxPipeline's guidance_scale
@@ -124,16 +126,12 @@ class SuperDiffFluxPipeline(SuperDiffMixin, FluxPipeline):
         image_encoder=None,
         feature_extractor=None,
     ):
-        if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
-            scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config)
         parts = dict(
-            scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+            scheduler=as_flow_match(scheduler), vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
             text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer,
             image_encoder=image_encoder, feature_extractor=feature_extractor,
         )  # fmt: skip
-        accepted = inspect.signature(FluxPipeline.__init__).parameters  # < 0.32: no image_encoder
-        super().__init__(**{name: part for name, part in parts.items() if name in accepted})
-        check_flow_scheduler(scheduler)
+        super().__init__(**installed_parts(FluxPipeline, parts))
 
     def __call__(self, *args, **kwargs):
         """:meth:`.SuperDiffMixin.__call__`, guidance_scale being Flux's embedded guidance (default 3.5)."""
@@ -184,13 +182,10 @@ class SuperDiffFluxPipeline(SuperDiffMixin, FluxPipeline):
         warn_dropped(num_inference_steps, len(timesteps), "t repeats")
         return sigmas, timesteps
 
-    def start_latents(
-        self, batch_size: int, height: int, width: int, sigma_max: float, generator, device
-    ) -> Tensor:
-        """x_0 = σ_max·z, unpacked (B, 16, H/8, W/8), float32."""
+    def latent_shape(self, batch_size: int, height: int, width: int) -> tuple[int, ...]:
+        """Unpacked latents (B, 16, H/8, W/8): the core never sees the 2×2-patch tokens."""
         scale = self.latent_scale
-        shape = (batch_size, self.transformer.config.in_channels // PATCH**2, height // scale, width // scale)
-        return sigma_max * randn_like(torch.empty(shape, device=device), generator)
+        return (batch_size, self.transformer.config.in_channels // PATCH**2, height // scale, width // scale)
 
     def prompt_context(self, prompts: list[str], device, height: int, width: int) -> dict:
         """T5 hidden states and pooled CLIP embeddings, one row per prompt (no empty prompt); the text and

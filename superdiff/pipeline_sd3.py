@@ -67,6 +67,20 @@ def check_flow_scheduler(scheduler) -> None:
         raise ValueError("scheduler.config.invert_sigmas: expected False (t must run from 1 to 0)")
 
 
+def as_flow_match(scheduler) -> FlowMatchEulerDiscreteScheduler:
+    """The checkpoint's scheduler as a FlowMatchEulerDiscreteScheduler of the same config, checked."""
+    if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config)
+    check_flow_scheduler(scheduler)
+    return scheduler
+
+
+def installed_parts(pipeline_class, parts: dict) -> dict:
+    """What the installed diffusers' ``pipeline_class.__init__`` takes of parts (< 0.32: no image_encoder)."""
+    accepted = inspect.signature(pipeline_class.__init__).parameters
+    return {name: part for name, part in parts.items() if name in accepted}
+
+
 class FlowPromptPredictor(PromptPredictor):
     """ε̂ of ``num_models`` prompts from ONE SD3 transformer call per step (the empty prompt last).
 
@@ -139,17 +153,13 @@ class SuperDiffSD3Pipeline(SuperDiffMixin, StableDiffusion3Pipeline):
         image_encoder=None,
         feature_extractor=None,
     ):
-        if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
-            scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config)
         parts = dict(
-            transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder,
+            transformer=transformer, scheduler=as_flow_match(scheduler), vae=vae, text_encoder=text_encoder,
             tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
             text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3, image_encoder=image_encoder,
             feature_extractor=feature_extractor,
         )  # fmt: skip
-        accepted = inspect.signature(StableDiffusion3Pipeline.__init__).parameters  # < 0.32: no image_encoder
-        super().__init__(**{name: part for name, part in parts.items() if name in accepted})
-        check_flow_scheduler(scheduler)
+        super().__init__(**installed_parts(StableDiffusion3Pipeline, parts))
 
     def check_model(self) -> None:
         """A flow-matching scheduler (one assigned after loading)."""

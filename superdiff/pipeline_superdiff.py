@@ -303,13 +303,13 @@ class SuperDiffMixin:
         self, batch_size: int, height: int, width: int, sigma_max: float, generator, device
     ) -> Tensor:
         """x_0 = σ_max·z in float32 (VE form: the core starts log q at the exact N(0, σ_max²I))."""
-        shape = (
-            batch_size,
-            self.denoiser.config.in_channels,
-            height // self.vae_scale_factor,
-            width // self.vae_scale_factor,
-        )
+        shape = self.latent_shape(batch_size, height, width)
         return sigma_max * randn_like(torch.empty(shape, device=device), generator)
+
+    def latent_shape(self, batch_size: int, height: int, width: int) -> tuple[int, ...]:
+        """The core's latents for an image size: (B, denoiser channels, H/f, W/f), f the VAE's factor."""
+        f = self.vae_scale_factor
+        return (batch_size, self.denoiser.config.in_channels, height // f, width // f)
 
     def sigma_grid(
         self, num_inference_steps: int, height: int | None = None, width: int | None = None

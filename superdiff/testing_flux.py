@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+from transformers import CLIPTextConfig, CLIPTextModel
 
 from .pipeline_flux import SuperDiffFluxPipeline
 from .testing import HIDDEN, tiny_text_config, tiny_tokenizer, tiny_vae
-from .testing_sd3 import tiny_t5_tokenizer
+from .testing_sd3 import tiny_t5_encoder, tiny_t5_tokenizer
 
 T5_WIDTH = 2 * HIDDEN  # T5's width = the transformer's joint_attention_dim
 FLUX_VAE = dict(scaling_factor=0.3611, shift_factor=0.1159)  # black-forest-labs/FLUX.1-dev's VAE
@@ -41,13 +41,12 @@ def tiny_flux_components(guidance_embeds: bool = True) -> dict:
         guidance_embeds=guidance_embeds,
         axes_dims_rope=[2, 2, 4],
     )
-    t5 = T5Config(vocab_size=len(tokenizer_2), d_model=T5_WIDTH, d_kv=8, d_ff=37, num_layers=1, num_heads=4)
     return dict(
         transformer=transformer,
         vae=tiny_vae(16, use_quant_conv=False, use_post_quant_conv=False, **FLUX_VAE),
         text_encoder=CLIPTextModel(CLIPTextConfig(**tiny_text_config(tokenizer))).eval(),
         tokenizer=tokenizer,
-        text_encoder_2=T5EncoderModel(t5).eval(),
+        text_encoder_2=tiny_t5_encoder(tokenizer_2, T5_WIDTH),
         tokenizer_2=tokenizer_2,
     )
 

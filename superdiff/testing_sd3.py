@@ -32,6 +32,12 @@ def tiny_t5_tokenizer() -> T5TokenizerFast:
     )
 
 
+def tiny_t5_encoder(tokenizer: T5TokenizerFast, width: int) -> T5EncoderModel:
+    """A 1-layer T5 encoder of the given width over the tokenizer's vocabulary."""
+    config = T5Config(vocab_size=len(tokenizer), d_model=width, d_kv=8, d_ff=37, num_layers=1, num_heads=4)
+    return T5EncoderModel(config).eval()
+
+
 def tiny_sd3_components(t5: bool = False) -> dict:
     """Random SD3 transformer (16 latent channels, 2×2 patches), VAE (8×), two CLIPs with projection and,
     if ``t5``, a T5 encoder with its tokenizer; a few thousand to a hundred thousand parameters each."""
@@ -63,10 +69,7 @@ def tiny_sd3_components(t5: bool = False) -> dict:
     )
     if t5:
         tokenizer_3 = tiny_t5_tokenizer()
-        config = T5Config(
-            vocab_size=len(tokenizer_3), d_model=JOINT, d_kv=8, d_ff=37, num_layers=1, num_heads=4
-        )
-        parts.update(text_encoder_3=T5EncoderModel(config).eval(), tokenizer_3=tokenizer_3)
+        parts.update(text_encoder_3=tiny_t5_encoder(tokenizer_3, JOINT), tokenizer_3=tokenizer_3)
     return parts
 
 
