@@ -96,7 +96,7 @@ notebooks: setup
 study-and: setup
 	$(BIN)/python -m superdiff.and_study
 
-# The digits report (docs/results-digits.md + docs/figures/, ≈ 1 min) and the shipped digits weights (≈ 10 min);
+# The digits report (docs/results-digits.md + docs/figures/, ≈ 1 min) and the shipped digits weights (≈ 20 min);
 # without --out both commands write to the working directory.
 results-digits: setup
 	$(BIN)/python -m superdiff.digits.experiments --out docs/results-digits.md

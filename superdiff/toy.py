@@ -9,10 +9,17 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 
+def _sigma2(sigma, x: Tensor) -> Tensor:
+    """σ² in x's dtype: a scalar, or (B, 1) for one σ per sample (then differentiable in σ)."""
+    s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    return s.square() if s.ndim == 0 else s.reshape(-1, 1).square()
+
+
 class _VEMixture:
     """A mixture of Gaussians under VE noise, q_σ = Σ_k w_k N(μ_k, Σ_k + σ²·I): exact log q, score and ε̂.
 
     Inputs may have any shape (B, ...); they are flattened to (B, D) and answers keep x's shape and dtype.
+    σ is a number or a tensor of one σ per sample (B,).
     """
 
     means: Tensor  # (K, D) float64
@@ -53,6 +60,8 @@ class _VEMixture:
 
     def __call__(self, x: Tensor, sigma: float) -> Tensor:
         """ε̂(x, σ) = −σ·score: what a perfectly trained model predicts."""
+        if isinstance(sigma, Tensor) and sigma.ndim:  # one σ per sample
+            return -sigma.to(x.dtype).reshape(-1, *[1] * (x.ndim - 1)) * self.score(x, sigma)
         return -float(sigma) * self.score(x, sigma)
 
     def sample(self, n: int, sigma: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
@@ -82,10 +91,10 @@ class GaussianMixture(_VEMixture):
         self._set_weights(weights)
 
     def _components(self, x: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
-        var = self.std**2 + float(sigma) ** 2
+        var = self.std**2 + _sigma2(sigma, x)  # () or (B, 1)
         diff = x[:, None, :] - self.means.to(x)[None]
-        log_n = -0.5 * diff.square().sum(-1) / var - 0.5 * self.dim * math.log(2 * math.pi * var)
-        return log_n + self.weights.to(x).log(), -diff / var
+        log_n = -0.5 * diff.square().sum(-1) / var - 0.5 * self.dim * (2 * math.pi * var).log()
+        return log_n + self.weights.to(x).log(), -diff / var[..., None]
 
     def _noise_of(self, k: Tensor, z: Tensor, sigma: float) -> Tensor:
         return math.sqrt(self.std**2 + float(sigma) ** 2) * z
@@ -112,7 +121,7 @@ class FullGaussianMixture(_VEMixture):
         self._set_weights(weights)
 
     def _components(self, x: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
-        lam = self.eigvals + float(sigma) ** 2  # (K, D): eigenvalues of Σ_k + σ²I
+        lam = self.eigvals + _sigma2(sigma, x)[..., None]  # (K, D) or (B, K, D): eigenvalues of Σ_k + σ²I
         proj = torch.einsum("kdj,bkd->bkj", self.eigvecs, x[:, None, :] - self.means[None])  # Uᵀ(x − μ_k)
         log_n = -0.5 * (proj.square() / lam).sum(-1) - 0.5 * (
             lam.log().sum(-1) + self.dim * math.log(2 * math.pi)

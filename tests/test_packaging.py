@@ -138,7 +138,7 @@ def test_train_writes_to_the_working_directory_not_the_package(tmp_path, monkeyp
     monkeypatch.setattr(train, "WEIGHTS", package, raising=False)  # where the default used to point
     monkeypatch.setattr(train, "train_eps", lambda net, *args, **kwargs: net)  # no training: seconds
     monkeypatch.setattr(train, "train_classifier", lambda *args, **kwargs: model.Classifier())
-    monkeypatch.setattr(train, "train_variant", lambda name: model.EpsNet())
+    monkeypatch.setattr(train, "train_variant", lambda name, **kwargs: model.EpsNet())
     monkeypatch.chdir(tmp_path)
     assert train.main([]) == 0
     assert train.main(["--variant", "large"]) == 0  # the README's command

@@ -10,6 +10,7 @@ from .model import (
     digits_split,
     label_of,
     load_conditional,
+    load_fokker_planck,
     load_full_model,
     load_half_models,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "digits_split",
     "label_of",
     "load_conditional",
+    "load_fokker_planck",
     "load_full_model",
     "load_half_models",
     "load_pipeline",

@@ -1,7 +1,8 @@
-"""Two digit models side by side, judged by densities independent of the Itô estimator.
+"""The digit models side by side, judged by densities independent of the Itô estimator.
 
-``DigitModels().log_densities("net", (3, 8), x, sigma)`` gives log q_3(x) and log q_8(x): the network's own
-probability-flow likelihood, or the exact log-density of the Gaussian per digit (``"gaussian"``).
+``DigitModels().log_densities("net", (3, 8), x, sigma)`` gives log q_3(x) and log q_8(x): a network's own
+probability-flow likelihood ("net", "fokker_planck"), or the exact log-density of the Gaussian per digit
+("gaussian").
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from .._torch import one_thread
 from ..sampling import log_likelihood, superpose
 from .gaussian import load_gaussian_models
 from .model import EpsNet, default_sigmas, load_conditional
-from .pipeline import DigitsPipeline
+from .pipeline import MODELS, DigitsPipeline
 
 PROBES = 8  # Hutchinson probes per ODE evaluation of the network's likelihood (checked against exact)
 ODE_STEPS = 100  # Heun steps of the likelihood on the digits grid
@@ -24,16 +25,17 @@ def gen(seed: int) -> torch.Generator:
 
 
 class DigitModels:
-    """The digit models (network, Gaussian per digit) with log-densities independent of the Itô estimator.
+    """The digit models (:data:`.pipeline.MODELS`) with log-densities independent of the Itô estimator.
 
-    ``ode_steps``: Heun steps of the network's PF-ODE likelihood on the digits grid.
+    ``net``: the network of kind "net" (default: the shipped one). ``ode_steps``: Heun steps of a network's
+    PF-ODE likelihood on the digits grid.
     """
 
     def __init__(self, net: EpsNet | None = None, ode_steps: int = ODE_STEPS):
         self.net = net if net is not None else load_conditional()
         self.ode_steps = ode_steps
         self.gaussians, _ = load_gaussian_models()
-        self.pipes = {"net": DigitsPipeline(self.net), "gaussian": DigitsPipeline(model="gaussian")}
+        self.pipes = {m: DigitsPipeline(self.net) if m == "net" else DigitsPipeline(model=m) for m in MODELS}
 
     def run(self, kind: str, labels, w: float, steps: int, mode: str, seed: int, batch: int, keep=()):
         """superpose on default_sigmas(steps); returns the result and x at the steps in ``keep``."""
@@ -71,8 +73,10 @@ class DigitModels:
         grid = torch.cat([grid[grid > sigma * (1 + 1e-9)], torch.tensor([sigma], dtype=grid.dtype)])
         pattern = torch.tensor(labels).repeat_interleave(len(x))
 
+        net = self.pipes[kind].net
+
         def model(v, s):
-            return self.net(v, s, pattern.repeat(len(v) // len(pattern)))
+            return net(v, s, pattern.repeat(len(v) // len(pattern)))
 
         xs = x.double().repeat(len(labels), *([1] * (x.ndim - 1)))
         with one_thread():  # a small MLP: more threads only add overhead, and much more on a shared CPU

@@ -176,6 +176,7 @@ FILES = {
     "half_0_4": "half_0_4.safetensors",
     "half_5_9": "half_5_9.safetensors",
     "full": "full.safetensors",
+    "fokker_planck": "fokker_planck.safetensors",
     "classifier": "classifier.safetensors",
 }
 
@@ -205,6 +206,11 @@ def _cached(name: str) -> nn.Module:
 def load_conditional() -> EpsNet:
     """The class-conditional ε-model (labels 0–9, 10 = null) trained on all training digits."""
     return _cached("conditional")
+
+
+def load_fokker_planck() -> EpsNet:
+    """The conditional model fine-tuned to obey the score Fokker–Planck equation (AND holds better on it)."""
+    return _cached("fokker_planck")
 
 
 def load_half_models() -> tuple[EpsNet, EpsNet]:

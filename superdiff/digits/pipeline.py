@@ -22,7 +22,7 @@ from ..pipeline_common import (
 )
 from ..sampling import Prediction, Predictor, guide, randn_like, superpose
 from .gaussian import GaussianDigitPredictor
-from .model import NULL, EpsNet, default_sigmas, label_of, load_conditional
+from .model import NULL, EpsNet, default_sigmas, label_of, load_conditional, load_fokker_planck
 
 UPSCALE = 8  # 8×8 digits -> 64×64 images (nearest neighbour)
 GUIDANCE = 2.0  # default classifier-free guidance w for this model (docs/results-digits.md, experiment 3)
@@ -45,7 +45,9 @@ class DigitPredictor(Predictor):
         return Prediction(eps, guide(eps, eps_null, self.guidance_scale))
 
 
-MODELS = ("net", "gaussian")  # the trained ε-network; one exact Gaussian per digit (.gaussian)
+# the trained ε-network; it fine-tuned on the score Fokker–Planck equation; one exact Gaussian per digit
+NETS = {"net": load_conditional, "fokker_planck": load_fokker_planck}
+MODELS = (*NETS, "gaussian")
 
 
 def labels_of(prompt_1, prompt_2) -> list[int]:
@@ -75,8 +77,10 @@ class DigitsPipeline:
     """SuperDiff on the digits models: ``pipe("3", "8", seed=0)``, as the Stable Diffusion one.
 
     ``model="net"``: the shipped class-conditional ε-network (sharp digits; below σ ≈ 0.3 its Itô
-    densities drift from its own likelihood, so AND ends 4–5 nats from equal density). ``model="gaussian"``:
-    one fitted Gaussian per digit with exact scores; AND ends within ≈ 0.6 nats (docs/results-and.md).
+    densities drift from its own likelihood, so AND ends 4–5 nats from equal density).
+    ``model="fokker_planck"``: that network fine-tuned to obey the score Fokker–Planck equation; AND ends
+    ≈ 1 nat from equal density, at the price of a blurrier density model. ``model="gaussian"``: one fitted
+    Gaussian per digit with exact scores; AND ends within ≈ 0.6 nats (docs/results-and.md).
     """
 
     limits = LIMITS  # steps and batch_size: checked before any work; assign a Limits(...) to raise them
@@ -87,7 +91,7 @@ class DigitsPipeline:
         if net is not None and model != "net":
             raise ValueError("net: only for model='net'")
         self.model = model
-        self.net = net if net is not None or model != "net" else load_conditional()
+        self.net = net if net is not None else NETS[model]() if model in NETS else None
 
     def predictor(self, labels: Sequence[int], guidance_scale: float) -> Predictor:
         """The prompts' eps-models, guided with scale w, evaluated together."""
@@ -185,5 +189,6 @@ def sample(models, n: int, mode: str, seed: int, steps: int = STEPS):
 
 
 def load_pipeline(model: str = "net") -> DigitsPipeline:
-    """The digits pipeline (offline, CPU): the trained ε-network, or ``model="gaussian"`` (exact scores)."""
+    """The digits pipeline (offline, CPU): ``model`` = "net" (the trained ε-network), "fokker_planck" or
+    "gaussian" (exact scores); see :class:`DigitsPipeline`."""
     return DigitsPipeline(model=model)
