@@ -47,7 +47,7 @@ RUNS = {
 VARIANTS = {
     "conservative": ({"conservative": True}, 5000, {}),  # ε̂ = a gradient field in x (F = ∇<u, f(u)>)
     "large": ({"width": 384}, 20000, {}),  # twice as wide, four times the steps
-    # the conditional network fine-tuned with the score Fokker–Planck residual as a regulariser (≈ 9 min)
+    # the conditional network fine-tuned with the score Fokker–Planck residual as a regulariser (≈ 5 min)
     "fokker_planck": ({}, 2000, {"init": "conditional", "lr": 5e-4, "fp_weight": 10.0}),
 }
 
