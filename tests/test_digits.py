@@ -208,6 +208,27 @@ def test_train_variant_refuses_a_folder_as_out(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "argv, name",
+    [
+        (["--fp-weight", "3"], "--fp-weight"),
+        (["--variant", "large", "--fp-weight", "3"], "--fp-weight"),
+        (["--variant", "fokker_planck", "--fp-weight", "nan"], "--fp-weight"),
+        (["--variant", "fokker_planck", "--fp-weight", "-1"], "--fp-weight"),
+        (["--steps", "100"], "--steps"),
+        (["--variant", "large", "--steps", "0"], "--steps"),
+    ],
+)
+def test_train_refuses_bad_options_before_training(argv, name, tmp_path, monkeypatch, capsys):
+    from superdiff.digits import train
+
+    monkeypatch.setattr(train, "train_eps", lambda *args, **kwargs: pytest.fail("trained"))
+    with pytest.raises(SystemExit):
+        train.main([*argv, "--out", str(tmp_path / "x.safetensors")])
+    assert name in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_non_finite_sampling_raises_instead_of_black_images(pipe, monkeypatch):
     from superdiff.pipeline_common import NonFiniteError
 

@@ -218,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         help=f"with --variant fokker_planck: the penalty's weight, 0–1000 "
         f"(default {VARIANTS['fokker_planck'][2]['fp_weight']:g})",
     )
+    parser.add_argument("--steps", type=int, help="with --variant: its training steps, 1–100000")
     args = parser.parse_args(argv)
+    if args.steps is not None and (not args.variant or not 1 <= args.steps <= 100_000):
+        parser.error(f"--steps: expected 1–100000 with --variant, got {args.steps}")
     if args.fp_weight is not None and args.variant != "fokker_planck":
         parser.error("--fp-weight: only with --variant fokker_planck")
     if args.fp_weight is not None and not 0 <= args.fp_weight <= 1000:  # NaN fails too
@@ -231,8 +234,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--out: with --variant, a .safetensors file path, got {args.out}")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         overrides = {} if args.fp_weight is None else {"fp_weight": args.fp_weight}
-        net = train_variant(args.variant, **overrides)
-        meta = {"variant": args.variant, "steps": str(VARIANTS[args.variant][1])}
+        steps = args.steps or VARIANTS[args.variant][1]
+        net = train_variant(args.variant, steps=steps, **overrides)
+        meta = {"variant": args.variant, "steps": str(steps)}
         save_atomic(net, args.out, meta | {k: str(v) for k, v in overrides.items()})
         print(f"wrote {args.out}")
         return 0
