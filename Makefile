@@ -96,8 +96,8 @@ notebooks: setup
 study-and: setup
 	$(BIN)/python -m superdiff.and_study
 
-# The digits report (docs/results-digits.md + docs/figures/, ≈ 1 min) and the shipped digits weights (≈ 20 min);
-# without --out both commands write to the working directory.
+# The digits report (docs/results-digits.md + docs/figures/, ≈ 1 min) and the shipped digits weights (≈ 9 min
+# on one thread; the times are in their README); without --out both commands write to the working directory.
 results-digits: setup
 	$(BIN)/python -m superdiff.digits.experiments --out docs/results-digits.md
 
