@@ -49,6 +49,7 @@ VARIANTS = {
     "large": ({"width": 384}, 20000, {}),  # twice as wide, four times the steps
     # the conditional network fine-tuned with the score Fokker–Planck residual as a regulariser (≈ 5 min)
     "fokker_planck": ({}, 2000, {"init": "conditional", "lr": 5e-4, "fp_weight": 10.0}),
+    "fokker_planck_scratch": ({}, 5000, {"fp_weight": 10.0}),  # the penalty from random weights (≈ 12 min)
 }
 
 
@@ -215,15 +216,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--fp-weight",
         type=float,
-        help=f"with --variant fokker_planck: the penalty's weight, 0–1000 "
+        help=f"with --variant fokker_planck[_scratch]: the penalty's weight, 0–1000 "
         f"(default {VARIANTS['fokker_planck'][2]['fp_weight']:g})",
     )
     parser.add_argument("--steps", type=int, help="with --variant: its training steps, 1–100000")
     args = parser.parse_args(argv)
     if args.steps is not None and (not args.variant or not 1 <= args.steps <= 100_000):
         parser.error(f"--steps: expected 1–100000 with --variant, got {args.steps}")
-    if args.fp_weight is not None and args.variant != "fokker_planck":
-        parser.error("--fp-weight: only with --variant fokker_planck")
+    penalised = [name for name, (_, _, options) in VARIANTS.items() if "fp_weight" in options]
+    if args.fp_weight is not None and args.variant not in penalised:
+        parser.error(f"--fp-weight: only with --variant {' or '.join(penalised)}")
     if args.fp_weight is not None and not 0 <= args.fp_weight <= 1000:  # NaN fails too
         parser.error(f"--fp-weight: expected 0–1000, got {args.fp_weight}")
     args.out = args.out or Path(f"{args.variant}.safetensors" if args.variant else DEFAULT_OUT)
