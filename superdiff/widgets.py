@@ -59,6 +59,8 @@ class ToyBackend:
     guidance = None  # no classifier-free guidance: the models are unconditional
     steps, max_steps, batch, max_batch = 200, 1000, 300, 2000
     tiny = True  # run on one torch thread
+    model_choices = None  # one pair of models
+    judge_default = True  # exact densities: judging is free
 
     def __init__(self):
         self.models = up_and_down()
@@ -80,6 +82,14 @@ class ToyBackend:
             generator=gen,
             callback=lambda d: on_step(d["i"], d["kappa"]),
         )
+
+    def judge(self, result, p: dict) -> Tensor:
+        """Exact log q_up and log q_down of the samples, (2, B)."""
+        sigma = float(result.sigmas[-1])
+        return torch.stack([m.log_prob(result.samples, sigma) for m in self.models])
+
+    def judge_name(self, p: dict) -> str:
+        return "the exact densities"
 
     def figure(self, result, p: dict, title: str):
         """Samples over the exact densities of up (blue) and down (orange)."""
@@ -104,10 +114,20 @@ class PipelineBackend:
     guidance = (7.5, 20.0)  # (default, slider max)
     steps, max_steps, batch, max_batch = 100, 1000, 1, 8
     tiny = False
+    model_choices = None  # the pipeline given
+    judge = (
+        None  # no density independent of the Itô estimator at this scale (an ODE likelihood takes minutes)
+    )
+    judge_default = False
 
     def __init__(self, pipe, steps: int | None = None, batch: int | None = None, tiny: bool = False):
         self.pipe, self.tiny = pipe, tiny or self.tiny
         self.steps, self.batch = steps or self.steps, batch or self.batch
+        self.final_latents: Tensor | None = None  # of the last run, before decoding or clamping
+
+    def pipeline(self, p: dict):
+        """The pipeline that runs ``p``."""
+        return self.pipe
 
     def sigmas(self, steps: int) -> Tensor:
         """The σ grid a call samples on (the pipeline's: zero-length scheduler steps dropped)."""
@@ -123,9 +143,11 @@ class PipelineBackend:
 
         def callback(pipe, step, timestep, kwargs):
             on_step(step, kwargs["kappa"])
+            if self.judge is not None:  # the judge needs the samples the Itô traces refer to
+                self.final_latents = kwargs["latents"].clone()
             return kwargs
 
-        return self.pipe(
+        return self.pipeline(p)(
             p["prompt_1"],
             p["prompt_2"],
             seed=p["seed"],
@@ -162,12 +184,41 @@ class DigitsBackend(PipelineBackend):
     guidance = (2.0, 10.0)  # the digits model's default w
     steps, max_steps, batch, max_batch = 100, 1000, 8, 64
     tiny = True
+    MODELS = [  # superdiff.digits.MODELS, as the dropdown names them
+        ("trained network", "net"),
+        ("Fokker–Planck network", "fokker_planck"),
+        ("Gaussian per digit (exact)", "gaussian"),
+    ]
 
     def __init__(self, pipe=None, steps: int | None = None, batch: int | None = None):
         from .digits import NAMES, load_pipeline
 
         super().__init__(pipe if pipe is not None else load_pipeline(), steps, batch)
         self.choices = [(f"{i} ({name})", str(i)) for i, name in enumerate(NAMES)]
+        self.model_choices = self.MODELS if pipe is None else None  # a pipeline given is the one to use
+        self.pipes = {self.pipe.model: self.pipe}
+
+    def pipeline(self, p: dict):
+        """The digits pipeline of ``p["model"]`` (loaded on first use), else the one given."""
+        from .digits import load_pipeline
+
+        model = p.get("model", self.pipe.model)
+        if model not in self.pipes:
+            self.pipes[model] = load_pipeline(model)
+        return self.pipes[model]
+
+    def judge(self, result, p: dict) -> Tensor:
+        """log q of the two prompts' models at the final samples (not clamped), (2, B): exact for the
+        Gaussians, else the network's own PF-ODE likelihood (≈ 1 s for 8 samples on one core)."""
+        from .digits.densities import log_densities
+
+        labels = [int(p["prompt_1"]), int(p["prompt_2"])]
+        sigma = float(result.sigmas[-1])
+        return log_densities(self.pipeline(p), labels, self.final_latents, sigma, seed=p["seed"])
+
+    def judge_name(self, p: dict) -> str:
+        exact = self.pipeline(p).model == "gaussian"
+        return "the exact densities" if exact else "the network's own PF-ODE likelihood"
 
     def sigmas(self, steps: int) -> Tensor:
         """The σ grid the digits models were trained for."""
@@ -253,12 +304,18 @@ def kappa_figure(kappa: Tensor, sigmas: Tensor, labels, title: str, window: int 
 # ----------------------------------------------------------------------------- the playground
 
 
+def signed(value) -> str:
+    """A number of nats with its sign and one decimal, "+0.0" for a tiny negative one."""
+    return f"{round(float(value), 1) + 0.0:+.1f}"
+
+
 class Playground:
     """Controls, a Generate button, a progress bar, the samples and a live κ plot; ``.widget`` is the VBox."""
 
     def __init__(self, backend="toy"):
         self.backend = make_backend(backend)
         self.result, self.error, self.seconds = None, None, None
+        self.judged: Tensor | None = None  # (2, B) log q of the last run's samples, if judged
         self.redraw_seconds = REDRAW_SECONDS
         self.thread: threading.Thread | None = None  # the run a click started
         self._busy = threading.Lock()  # held for the whole of a run: one run at a time
@@ -278,6 +335,8 @@ class Playground:
             self.prompt_1 = widgets.Text(b.prompts[0], description="prompt 1", disabled=b.name == "toy")
             self.prompt_2 = widgets.Text(b.prompts[1], description="prompt 2", disabled=b.name == "toy")
         self.mode = widgets.Dropdown(options=b.modes, value="and", description="mode")
+        models = b.model_choices or [("the given one", None)]
+        self.model = widgets.Dropdown(options=models, value=models[0][1], description="model")
         low, high = LIFT_RANGE
         self.lift = widgets.FloatSlider(0.0, min=low, max=high, step=0.1, description="lift (AND)", **wide)
         guidance, guidance_max = b.guidance or (1.0, 1.0)
@@ -293,7 +352,9 @@ class Playground:
         self.seed = widgets.IntText(0, description="seed")
         self.button = widgets.Button(description="Generate", button_style="primary", icon="play")
         self.progress = widgets.IntProgress(0, min=0, max=b.steps, description="sampling")
+        self.judge = widgets.Checkbox(b.judge_default, description="judge by the models' densities", **wide)
         self.status = widgets.HTML("Press Generate.")
+        self.verdict = widgets.HTML("")  # the judge's line
 
     def _make_outputs(self) -> None:
         self.samples_out = widgets.Output(layout={"min_width": "300px"})
@@ -308,15 +369,18 @@ class Playground:
         prompts = widgets.HBox([self.prompt_1, self.prompt_2])
         prompts.layout.display = "none" if b.name == "toy" else None
         self.guidance_scale.layout.display = "none" if b.guidance is None else None
+        self.model.layout.display = "none" if b.model_choices is None else None
+        self.judge.layout.display = "none" if b.judge is None else None
         return widgets.VBox(
             [
                 title,
                 prompts,
-                widgets.HBox([self.mode, self.seed]),
+                widgets.HBox([self.mode, self.model, self.seed]),
                 widgets.HBox([self.lift, self.temperature, self.guidance_scale]),
-                widgets.HBox([self.steps, self.batch_size]),
+                widgets.HBox([self.steps, self.batch_size, self.judge]),
                 widgets.HBox([self.button, self.progress]),
                 self.status,
+                self.verdict,
                 widgets.HBox([self.samples_out, self.kappa_out]),
             ]
         )
@@ -338,6 +402,8 @@ class Playground:
             "steps": self.steps.value,
             "seed": self.seed.value,
             "batch_size": self.batch_size.value,
+            **({"model": self.model.value} if self.backend.model_choices else {}),
+            "judge": bool(self.judge.value) and self.backend.judge is not None,
         }
 
     def check_params(self, p: dict) -> None:
@@ -346,6 +412,9 @@ class Playground:
         modes = [value for _, value in b.modes]
         if p["mode"] not in modes:
             raise ValueError(f"mode: expected one of {modes}, got {p['mode']!r}")
+        models = [value for _, value in b.model_choices or []]
+        if "model" in p and p["model"] not in models:
+            raise ValueError(f"model: expected one of {models}, got {p['model']!r}")
         for name in ("prompt_1", "prompt_2"):
             self._check_prompt(name, p[name])
         check_int("steps", p["steps"], 1, high=b.max_steps)
@@ -416,7 +485,8 @@ class Playground:
         self.button.disabled = True
         start = time.perf_counter()
         try:
-            self.result, self.error = None, None
+            self.result, self.error, self.judged = None, None, None
+            self.verdict.value = ""
             p = self.params()
             self.check_params(p)
             self.result = self._sample(p)
@@ -424,6 +494,8 @@ class Playground:
             figure = self.backend.figure(self.result, p, viz.plain(self.title(p)))  # a "$" is not mathtext
             self.samples_out.outputs = (png_output(figure),)
             self._show_kappa(self.result.kappa, self.result.sigmas, p, "")
+            if p["judge"]:
+                self._judge(p)
             self._set_status(
                 f"Done: {self.result.kappa.shape[1]} samples, {p['steps']} steps in {self.seconds:.1f} s."
             )
@@ -454,6 +526,20 @@ class Playground:
 
         with one_thread() if self.backend.tiny else nullcontext():
             return self.backend.run(p, on_step)
+
+    def _judge(self, p: dict) -> None:
+        """Is AND's promise kept? log q_1 − log q_2 of the samples by densities, not by the Itô estimate."""
+        how = self.backend.judge_name(p)
+        self._set_status(f"Judging the samples by {how} …")
+        self.judged = self.backend.judge(self.result, p).double().cpu()
+        judged = self.judged[0] - self.judged[1]
+        ito = self.result.log_q[-1, :, 0] - self.result.log_q[-1, :, 1]
+        a, b = (html.escape(f"“{name}”") for name in self.labels(p))
+        self.verdict.value = (
+            f"log q {a} − log q {b} at the samples, median: <b>{signed(judged.median())} nats</b> judged by "
+            f"{how} (median |gap| {judged.abs().median():.1f}); the Itô estimate says "
+            f"{signed(ito.median())}"
+        )
 
     def _show_kappa(self, kappa: Tensor, sigmas: Tensor, p: dict, suffix: str) -> None:
         window = max(1, (len(sigmas) - 1) // 20) if p["mode"] == "and" else None

@@ -54,13 +54,26 @@ ERROR_TEXTS = WIDGET_ERRORS + (
     "Error Starting Kernel",
     "Kernel Restarting",
 )
-# Per playground: controls to set (the dropdown and slider labels) and enough steps that a run lasts
-# about a second, so the browser can see the progress bar between 0 and 100 %.
+# Per playground: controls to set (the dropdown, slider and checkbox labels), enough steps that a run lasts
+# about a second, so the browser can see the progress bar between 0 and 100 %, and the judge's verdict.
+JUDGE = "judge by the models' densities"
 RUNS = {
-    "toy": {"dropdowns": {"mode": "AND (equal density)"}, "sliders": {"lift (AND)": -3.0, "steps": 600}},
+    "toy": {
+        "dropdowns": {"mode": "AND (equal density)"},
+        "sliders": {"lift (AND)": -3.0, "steps": 600},
+        "checkboxes": {JUDGE: True},
+        "verdict": "judged by the exact densities",
+    },
     "digits": {
-        "dropdowns": {"prompt 1": "3 (three)", "prompt 2": "8 (eight)", "mode": "AND (equal density)"},
+        "dropdowns": {
+            "prompt 1": "3 (three)",
+            "prompt 2": "8 (eight)",
+            "mode": "AND (equal density)",
+            "model": "Fokker–Planck network",
+        },
         "sliders": {"lift (AND)": 1.5, "steps": 400},
+        "checkboxes": {JUDGE: True},
+        "verdict": "judged by the network's own PF-ODE likelihood",
     },
 }
 
@@ -297,6 +310,8 @@ def set_controls(box, run: dict) -> None:
 
     for label, option in run["dropdowns"].items():
         box.locator(f'.widget-dropdown:has(> label:text-is("{label}")) select').select_option(value=option)
+    for label, checked in run["checkboxes"].items():
+        box.locator(".widget-checkbox", has_text=label).locator("input").set_checked(checked)
     for label, value in run["sliders"].items():
         readout = box.locator(f'.widget-slider:has(> label:text-is("{label}")) .widget-readout')
         expect(readout).to_have_attribute("contenteditable", "true")  # enabled once the kernel saw the mode
@@ -308,6 +323,11 @@ def set_controls(box, run: dict) -> None:
 
 def status_text(box) -> str:
     return box.locator(".widget-html-content").nth(1).inner_text()
+
+
+def verdict_text(box) -> str:
+    """The judge's line under the status: log q_1 − log q_2 by the models' own densities."""
+    return box.locator(".widget-html-content").nth(2).inner_text()
 
 
 def generate(box, steps: int) -> tuple[list[dict], str]:
@@ -336,6 +356,8 @@ def check_run(box, name: str, shot: str) -> dict:
     seconds = time.perf_counter() - start
     box.screenshot(path=SHOTS / shot)
     assert status.startswith("Done:"), f"{name}: the status line says {status!r}"
+    verdict = verdict_text(box)
+    assert run["verdict"] in verdict and "median |gap|" in verdict, f"{name}: the judge says {verdict!r}"
     widths = [e["width"] for e in log]
     moving = sorted({w for w in widths if 0 < w < 100})
     assert len(moving) >= 2, (
@@ -355,6 +377,7 @@ def check_run(box, name: str, shot: str) -> dict:
     return {
         "seconds": seconds,
         "status": status,
+        "verdict": verdict,
         "progress_values": len(moving),
         "kappa_plots": kappa_changes,
     }
@@ -400,11 +423,15 @@ def test_playground_as_voila_app(voila, page):
 
 
 def open_and_run_in_lab(lab: Server, page) -> None:
-    """Open the notebook, wait for its kernel, Run All Cells from the Run menu, wait for the last output."""
+    """Open the notebook, wait for its kernel, Run All Cells from the Run menu, wait until every cell ran."""
+    from playwright.sync_api import expect
+
     page.goto(f"{lab.url}/lab/tree/{NOTEBOOK.name}?token={lab.token}")
     page.get_by_text("Python 3 (ipykernel) | Idle").wait_for()  # the status bar, once the kernel is up
     page.screenshot(path=SHOTS / "lab_before.png")
     page.locator(".lm-MenuBar-itemLabel:text-is('Run')").click()
     page.locator(".lm-Menu-itemLabel:text-is('Run All Cells')").click()
     page.locator(".jp-OutputArea-output", has_text="digits AND run:").wait_for(state="attached")
+    # later cells drive the playgrounds from code too: the test's clicks must not race them
+    expect(page.locator(".jp-InputPrompt", has_text="[*]")).to_have_count(0, timeout=PAGE_TIMEOUT * 1000)
     wait_for_widgets(page)

@@ -165,6 +165,82 @@ def test_prompts_are_checked():
             digits.check_params({**digits.params(), "prompt_1": prompt})
 
 
+def test_digits_model_is_checked():
+    digits = require("superdiff.digits") and playground("digits")
+    from superdiff.digits.pipeline import MODELS
+
+    assert [v for _, v in digits.model.options] == list(MODELS)
+    with pytest.raises(ValueError, match=r"model: expected one of \['net', 'fokker_planck', 'gaussian'\]"):
+        digits.check_params({**digits.params(), "model": "../../weights"})
+
+
+def test_toy_judge_is_the_exact_gap_and_shows_and_keeps_equal_density(toy):
+    toy.steps.value, toy.batch_size.value = 200, 200
+    up, down = toy.backend.models
+    gaps = {}
+    for mode in ("and", "avg"):
+        toy.mode.value = mode
+        result = toy.generate()
+        exact = torch.stack([m.log_prob(result.samples, 0.01) for m in (up, down)])
+        assert torch.equal(toy.judged, exact)
+        gaps[mode] = (exact[0] - exact[1]).abs().median().item()
+        assert f"(median |gap| {gaps[mode]:.1f})" in html.unescape(toy.verdict.value)
+        assert "judged by the exact densities" in toy.verdict.value
+    assert gaps["and"] < 0.5 < 3 < gaps["avg"]  # DESIGN.md §4: ≈ 0.1 vs ≈ 5
+    toy.judge.value = False
+    assert toy.generate() is not None and toy.judged is None and toy.verdict.value == ""
+
+
+def test_digits_playground_runs_the_chosen_model_and_judges_its_unclamped_samples():
+    digits = require("superdiff.digits")
+    from superdiff.digits.gaussian import load_gaussian_models
+
+    pg = playground("digits")
+    pg.steps.value, pg.batch_size.value, pg.seed.value, pg.judge.value = 30, 4, 5, True
+    samples = {}
+    for model in ("net", "gaussian", "fokker_planck"):
+        pg.model.value = model
+        result = pg.generate()
+        assert pg.error is None, pg.status.value
+        samples[model] = result.samples
+        final = []
+        expected = digits.load_pipeline(model)(
+            "3",
+            "8",
+            seed=5,
+            num_inference_steps=30,
+            batch_size=4,
+            callback_on_step_end=lambda pipe, i, s, kw, final=final: final.append(kw["latents"]),
+        )
+        assert torch.equal(result.samples, expected.samples)  # the chosen model ran
+        assert pg.judged.shape == (2, 4) and torch.isfinite(pg.judged).all()
+        if model == "gaussian":  # exact log-densities of the final latents, before clamping to [−1, 1]
+            gaussians, _ = load_gaussian_models()
+            exact = torch.stack([gaussians[c].log_prob(final[-1].double(), 0.01) for c in (3, 8)])
+            assert torch.allclose(pg.judged, exact)
+            assert not torch.allclose(
+                pg.judged,
+                torch.stack(
+                    [g.log_prob(result.samples.double(), 0.01) for g in (gaussians[3], gaussians[8])]
+                ),
+            )
+        assert ("exact densities" in pg.verdict.value) == (model == "gaussian")
+    assert not torch.equal(samples["net"], samples["gaussian"])
+    assert not torch.equal(samples["net"], samples["fokker_planck"])
+
+
+def test_a_given_pipeline_has_no_model_choice_and_stable_diffusion_no_judge():
+    digits = require("superdiff.digits")
+    pg = playground(digits.load_pipeline("gaussian"))
+    assert pg.model.layout.display == "none" and "model" not in pg.params()
+    assert pg.backend.pipeline(pg.params()).model == "gaussian" and pg.judge.layout.display != "none"
+    sd = playground(require("superdiff.testing").tiny_pipeline())
+    sd.judge.value = True  # a client can tick a hidden checkbox
+    sd.steps.value, sd.batch_size.value = 2, 1
+    assert sd.judge.layout.display == "none" and sd.params()["judge"] is False
+    assert sd.generate() is not None and sd.judged is None
+
+
 def test_mode_changes_samples_and_kappa(toy):
     runs = {}
     for mode in ("and", "or"):

@@ -34,7 +34,6 @@ class DigitModels:
     def __init__(self, net: EpsNet | None = None, ode_steps: int = ODE_STEPS):
         self.net = net if net is not None else load_conditional()
         self.ode_steps = ode_steps
-        self.gaussians, _ = load_gaussian_models()
         self.pipes = {m: DigitsPipeline(self.net) if m == "net" else DigitsPipeline(model=m) for m in MODELS}
 
     def run(self, kind: str, labels, w: float, steps: int, mode: str, seed: int, batch: int, keep=()):
@@ -62,23 +61,30 @@ class DigitModels:
     def log_densities(
         self, kind: str, labels, x: Tensor, sigma: float, probes=PROBES, seed: int = 0
     ) -> Tensor:
-        """log q_c(x) at σ per label c, (len(labels), B): exact for the Gaussians, else the PF-ODE likelihood.
+        """log q_c(x) at σ per label c, (len(labels), B), under that kind's model (:func:`log_densities`)."""
+        return log_densities(self.pipes[kind], labels, x, sigma, probes, seed, self.ode_steps)
 
-        The network's likelihoods of all labels run as one batch: row block c of the stacked samples carries
-        label c (the divergence stacks probe copies of the whole batch, so the label pattern tiles along).
-        """
-        if kind == "gaussian":
-            return torch.stack([self.gaussians[c].log_prob(x.double(), sigma) for c in labels])
-        grid = default_sigmas(self.ode_steps)
-        grid = torch.cat([grid[grid > sigma * (1 + 1e-9)], torch.tensor([sigma], dtype=grid.dtype)])
-        pattern = torch.tensor(labels).repeat_interleave(len(x))
 
-        net = self.pipes[kind].net
+def log_densities(
+    pipe: DigitsPipeline, labels, x: Tensor, sigma: float, probes=PROBES, seed: int = 0, ode_steps=ODE_STEPS
+) -> Tensor:
+    """log q_c(x) at σ per label c under a digits pipeline's models, (len(labels), B).
 
-        def model(v, s):
-            return net(v, s, pattern.repeat(len(v) // len(pattern)))
+    Exact for the Gaussians, else the network's PF-ODE likelihood (``ode_steps`` Heun steps, ``probes``
+    Hutchinson probes). The likelihoods of all labels run as one batch: row block c of the stacked samples
+    carries label c (the divergence stacks probe copies of the whole batch, so the label pattern tiles along).
+    """
+    if pipe.model == "gaussian":
+        gaussians, _ = load_gaussian_models()
+        return torch.stack([gaussians[c].log_prob(x.double(), sigma) for c in labels])
+    grid = default_sigmas(ode_steps)
+    grid = torch.cat([grid[grid > sigma * (1 + 1e-9)], torch.tensor([sigma], dtype=grid.dtype)])
+    pattern = torch.tensor(labels).repeat_interleave(len(x))
 
-        xs = x.double().repeat(len(labels), *([1] * (x.ndim - 1)))
-        with one_thread():  # a small MLP: more threads only add overhead, and much more on a shared CPU
-            ll = log_likelihood(model, xs, grid, hutchinson=probes, generator=gen(seed))
-        return ll.reshape(len(labels), len(x))
+    def model(v, s):
+        return pipe.net(v, s, pattern.repeat(len(v) // len(pattern)))
+
+    xs = x.double().repeat(len(labels), *([1] * (x.ndim - 1)))
+    with one_thread():  # a small MLP: more threads only add overhead, and much more on a shared CPU
+        ll = log_likelihood(model, xs, grid, hutchinson=probes, generator=gen(seed))
+    return ll.reshape(len(labels), len(x))
