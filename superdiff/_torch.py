@@ -16,3 +16,15 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def math_attention():
+    """Attention's math kernel, whose backward can be differentiated again (flash and memory-efficient
+    kernels have no double backward)."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3
+        return torch.backends.cuda.sdp_kernel(
+            enable_flash=False, enable_mem_efficient=False, enable_math=True
+        )
+    return sdpa_kernel(SDPBackend.MATH)

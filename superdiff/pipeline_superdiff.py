@@ -43,17 +43,38 @@ BASELINES = ("joint",)  # and the core's "prompt_<k>"
 JOINT_TEMPLATE = "{} that looks like {}"  # the paper's joint-prompt baseline, "A that looks like B"
 
 
-def eps_from_v(v: Tensor, x: Tensor, sigma: float) -> Tensor:
+def eps_from_v(v: Tensor, x: Tensor, sigma: float | Tensor) -> Tensor:
     """ε = v/√(σ²+1) + σ·x/(σ²+1): v-prediction in VE coordinates (x the VE sample)."""
-    return v / math.sqrt(sigma**2 + 1) + (sigma / (sigma**2 + 1)) * x
+    root = (sigma**2 + 1).sqrt() if isinstance(sigma, Tensor) else math.sqrt(sigma**2 + 1)
+    return v / root + (sigma / (sigma**2 + 1)) * x
 
 
-def eps_from_x0(x0: Tensor, x: Tensor, sigma: float) -> Tensor:
+def eps_from_x0(x0: Tensor, x: Tensor, sigma: float | Tensor) -> Tensor:
     """ε = (x − x̂₀)/σ: x₀-prediction ("sample") in VE coordinates."""
     return (x - x0) / sigma
 
 
 EPS_FROM = {"v_prediction": eps_from_v, "sample": eps_from_x0, "original_sample": eps_from_x0}
+
+
+def training_sigmas(scheduler) -> Tensor:
+    """σ of the training timesteps t = 0 … T − 1 (increasing): √((1 − ᾱ_t)/ᾱ_t), as the scheduler has them."""
+    alphas = scheduler.alphas_cumprod
+    return ((1 - alphas) / alphas) ** 0.5
+
+
+def timestep_of(sigma: Tensor, train: Tensor) -> Tensor:
+    """The UNet's continuous t for σ (B,): the inverse of the scheduler's interpolation of σ linear in t,
+    differentiable in σ; ValueError outside the training range."""
+    train = train.to(sigma)
+    low, high = train[0] * (1 - 1e-6), train[-1] * (1 + 1e-6)  # the range, up to float32 rounding
+    if not bool(((sigma >= low) & (sigma <= high)).all()):
+        raise ValueError(
+            f"sigma: expected values in [{train[0].item():.4g}, {train[-1].item():.4g}] (the scheduler's "
+            f"training range), got {sigma.min().item():.4g} … {sigma.max().item():.4g}"
+        )
+    i = (torch.searchsorted(train, sigma.detach()) - 1).clamp(0, len(train) - 2)
+    return i + (sigma - train[i]) / (train[i + 1] - train[i])
 
 
 def check_scheduler(scheduler) -> None:
@@ -489,6 +510,27 @@ class SuperDiffPipeline(SuperDiffMixin, DiffusionPipeline):
     def prompt_context(self, prompts: list[str], device, height: int, width: int) -> dict:
         """CLIP hidden states of the prompts and the empty prompt (:meth:`encode_prompt`)."""
         return {"embeddings": self.encode_prompt(prompts, device)}
+
+    def eps_model(self, prompt: str = "") -> Callable[[Tensor, Tensor], Tensor]:
+        """ε̂(x, σ) of one prompt, unguided, in VE coordinates: latents x (B, 4, h, w), σ (B,) anywhere in the
+        scheduler's training range, differentiable in both (for :func:`.fokker_planck.score_fpe_residual`)."""
+        self.check_model()
+        with torch.no_grad():
+            embedding = self.encode_prompt([prompt], self._execution_device)[:1]  # without the empty prompt
+        train = training_sigmas(self.scheduler)
+        eps_from = EPS_FROM.get(self.scheduler.config.prediction_type)
+
+        def eps(x: Tensor, sigma: Tensor) -> Tensor:
+            sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(len(x))
+            s = sigma.view(-1, *[1] * (x.ndim - 1))
+            x_in = (x / (s**2 + 1).sqrt()).to(self.unet.dtype)
+            t = timestep_of(sigma, train)
+            out = self.unet(x_in, t, encoder_hidden_states=embedding.expand(len(x), -1, -1)).sample.to(
+                x.dtype
+            )
+            return out if eps_from is None else eps_from(out, x, s)
+
+        return eps
 
     def make_predictor(self, context: dict, n_models: int, guidance_scale: float, sigmas, timesteps):
         """One UNet call per step; ε, v or x̂₀ as the scheduler's prediction_type says."""

@@ -69,6 +69,24 @@ def test_training_with_the_fokker_planck_penalty_lowers_the_residual():
     assert regularised < 0.5 * plain  # measured 0.020 vs 0.061
 
 
+def test_the_penalty_sees_fp_batch_images_noised_to_at_least_fp_sigma_min(monkeypatch):
+    from superdiff.digits import train
+
+    x, y = digits_split("train")
+
+    def penalised_sigmas(sigma_min):
+        seen = []
+        monkeypatch.setattr(train, "fp_penalty", lambda net, x, s, labels: seen.append(s) or s.sum() * 0)
+        torch.manual_seed(0)
+        options = {"fp_weight": 1.0, "fp_sigma_min": sigma_min, "batch": 32}
+        train_eps(EpsNet(width=16, depth=1), x, y, steps=4, seed=0, **options)
+        assert len(seen) == 4 and all(len(s) == 8 for s in seen)
+        return torch.cat(seen)
+
+    everywhere, above = penalised_sigmas(0.0), penalised_sigmas(0.3)
+    assert everywhere.min() < 0.3 <= above.min()  # 32 noise levels a batch, median σ ≈ 0.37
+
+
 def test_the_shipped_fokker_planck_network_has_a_smaller_residual_than_the_network_it_was_tuned_from():
     from superdiff.digits import load_conditional, load_fokker_planck
 
@@ -89,3 +107,106 @@ def test_and_on_the_fokker_planck_network_ends_nearer_equal_density_by_its_own_l
     # measured: AND 0.86 nats on it vs 4.6 on the shipped network; averaging on it 1.9 (3 pairs: 1.1 vs 2.3)
     assert gaps["fokker_planck", "and"] < 0.5 * gaps["net", "and"], gaps
     assert gaps["fokker_planck", "and"] < gaps["fokker_planck", "avg"], gaps
+
+
+# ----------------------------------------------------------------------------- Hutchinson's estimate, images
+
+
+def digits_points(b: int = 6):
+    """Noised held-out digits (b, 1, 8, 8), σ from 0.03 to 3, and a label-conditioned shipped network."""
+    from superdiff.digits import load_conditional
+
+    x, y = digits_split("held_out")
+    sigma = torch.tensor([0.03, 0.1, 0.3, 1.0, 3.0, 0.5])[:b]
+    noised = x[:b] + sigma[:, None, None, None] * torch.randn(
+        b, 1, 8, 8, generator=torch.Generator().manual_seed(0)
+    )
+    net = load_conditional()
+    return noised, sigma, lambda v, s: net(v, s, y[:b].repeat_interleave(len(v) // b))
+
+
+def test_hutchinson_estimates_average_to_the_exact_residual():
+    x, sigma, model = digits_points()
+    exact = score_fpe_residual(model, x.flatten(1), sigma).detach()
+    draws = torch.stack(
+        [
+            score_fpe_residual(
+                model, x.flatten(1), sigma, hutchinson=8, generator=torch.Generator().manual_seed(i)
+            ).detach()
+            for i in range(10)
+        ]
+    )
+    error = (draws.mean(0) - exact).norm(dim=1) / exact.norm(dim=1)
+    assert error.max() < 0.15, error  # measured ≤ 0.06 with 20 draws; one draw of 8 probes: ≈ 0.2
+
+
+def test_images_give_the_residual_of_their_flattened_pixels():
+    x, sigma, model = digits_points(b=3)
+    image = score_fpe_residual(model, x, sigma)
+    assert image.shape == x.shape
+    torch.testing.assert_close(image.flatten(1), score_fpe_residual(model, x.flatten(1), sigma))
+
+
+def test_exact_divergence_of_latents_is_refused_before_any_model_call():
+    def model(x, sigma):
+        pytest.fail("the model was called")
+
+    with pytest.raises(ValueError, match="x: 16384 dimensions a sample.*hutchinson=k"):
+        score_fpe_residual(model, torch.zeros(1, 4, 64, 64), torch.ones(1))
+    with pytest.raises(ValueError, match="hutchinson"):
+        score_fpe_residual(model, torch.zeros(1, 8), torch.ones(1), hutchinson=0)
+
+
+# ----------------------------------------------------------------------------- SD: ε̂ as a function of σ
+
+
+@pytest.mark.parametrize(
+    "prediction_type, atol", [("epsilon", 1e-5), ("v_prediction", 1e-5), ("sample", 2e-4)]
+)
+def test_sd_eps_model_is_the_pipelines_unguided_prediction_on_its_grid(prediction_type, atol):
+    from superdiff.testing import tiny_pipeline
+
+    pipe = tiny_pipeline(prediction_type=prediction_type)
+    eps = pipe.eps_model("a cat")
+    sigmas, timesteps = pipe.sigma_grid(10)
+    context = pipe.prompt_context(["a cat", "a dog"], "cpu", 64, 64)
+    predictor = pipe.make_predictor(context, 2, 7.5, sigmas, timesteps)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        for sigma in sigmas[:-1].tolist():
+            expected = predictor(sigma * x, sigma).eps[0]  # prompt 1, unguided
+            got = eps(sigma * x, torch.full((2,), sigma, dtype=torch.float64))
+            torch.testing.assert_close(got, expected, atol=atol, rtol=0)  # measured ≤ 1.7e-6, 4.6e-5 (x₀)
+
+
+def test_sd_eps_model_is_differentiable_in_sigma_and_refuses_sigma_outside_training():
+    from superdiff.pipeline_superdiff import training_sigmas
+    from superdiff.testing import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    eps = pipe.eps_model("a cat")
+    train = training_sigmas(pipe.scheduler).double()
+    at = torch.tensor([300, 900])  # σ mid-way between training timesteps: t(σ) is linear around them
+    sigma = ((train[at] + train[at + 1]) / 2).requires_grad_(True)
+    h = (train[at + 1] - train[at]) / 100  # Δt = 0.01: the time embedding oscillates once per unit of t
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    w = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    (autograd,) = torch.autograd.grad((eps(x, sigma) * w).sum(), sigma)
+    with torch.no_grad():
+        step = torch.diag(h)
+        central = [((eps(x, sigma + e) - eps(x, sigma - e)) * w).sum() / (2 * e.sum()) for e in step]
+    torch.testing.assert_close(autograd, torch.stack(central), rtol=5e-3, atol=0)  # float32 UNet: 1e-3
+    with pytest.raises(ValueError, match=r"sigma: expected values in \[0.02917, 14.61\]"):
+        eps(x, torch.tensor([20.0, 1.0], dtype=torch.float64))
+
+
+def test_sd_residual_from_probes_matches_the_exact_one():
+    from superdiff.testing import tiny_pipeline
+
+    eps = tiny_pipeline().eps_model("a cat")
+    x = 3 * torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # 32²
+    sigma = torch.tensor([2.0], dtype=torch.float64)
+    exact = score_fpe_residual(eps, x, sigma).detach()
+    probed = score_fpe_residual(eps, x, sigma, hutchinson=64, generator=torch.Generator().manual_seed(0))
+    assert exact.abs().max() > 1  # random weights: far from the equation
+    assert (probed.detach() - exact).norm() < 0.1 * exact.norm()  # measured 0.009 with 16 × 4 probes
