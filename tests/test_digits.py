@@ -215,6 +215,9 @@ def test_train_variant_refuses_a_folder_as_out(tmp_path):
         (["--variant", "large", "--fp-weight", "3"], "--fp-weight"),
         (["--variant", "fokker_planck", "--fp-weight", "nan"], "--fp-weight"),
         (["--variant", "fokker_planck", "--fp-weight", "-1"], "--fp-weight"),
+        (["--variant", "conservative", "--fp-sigma-min", "0.3"], "--fp-sigma-min"),
+        (["--variant", "fokker_planck", "--fp-sigma-min", "11"], "--fp-sigma-min"),
+        (["--variant", "fokker_planck_scratch", "--fp-sigma-min", "nan"], "--fp-sigma-min"),
         (["--steps", "100"], "--steps"),
         (["--variant", "large", "--steps", "0"], "--steps"),
     ],
@@ -227,6 +230,25 @@ def test_train_refuses_bad_options_before_training(argv, name, tmp_path, monkeyp
         train.main([*argv, "--out", str(tmp_path / "x.safetensors")])
     assert name in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_train_passes_the_penalty_options_to_training_and_records_them(tmp_path, monkeypatch):
+    import json
+
+    from safetensors import safe_open
+
+    from superdiff.digits import train
+
+    calls = []
+    monkeypatch.setattr(train, "train_eps", lambda net, x, y, steps, **kw: calls.append((steps, kw)) or net)
+    out = tmp_path / "fp.safetensors"
+    argv = ["--variant", "fokker_planck", "--fp-weight", "2", "--fp-sigma-min", "0.3", "--steps", "7"]
+    assert train.main([*argv, "--out", str(out)]) == 0
+    ((steps, options),) = calls
+    assert steps == 7 and options["fp_weight"] == 2.0 and options["fp_sigma_min"] == 0.3
+    assert options["lr"] == train.VARIANTS["fokker_planck"][2]["lr"]  # the variant's own options stay
+    meta = json.loads(safe_open(out, "pt").metadata()["superdiff"])
+    assert (meta["fp_weight"], meta["fp_sigma_min"], meta["steps"]) == ("2.0", "0.3", "7")
 
 
 def test_non_finite_sampling_raises_instead_of_black_images(pipe, monkeypatch):

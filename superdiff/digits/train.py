@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..fokker_planck import score_fpe_residual
-from .model import FILES, NULL, SEED, WEIGHTS, Classifier, EpsNet, digits_split, load_module
+from .model import FILES, NULL, SEED, SIGMA_MAX, WEIGHTS, Classifier, EpsNet, digits_split, load_module
 
 P_MEAN, P_STD = -1.0, 1.4  # log σ ~ N(P_MEAN, P_STD²) during training (EDM), covers σ ∈ [0.01, 10]
 DEFAULT_OUT = "digits-weights"  # in the working directory: the installed package is not written to
@@ -103,12 +103,14 @@ def train_eps(
     desc: str = "",
     fp_weight: float = 0.0,
     fp_batch: int = 8,
+    fp_sigma_min: float = 0.0,
     ema_decay: float = EMA_DECAY,
 ) -> EpsNet:
     """Denoising score matching on F's unit-variance target; returns the EMA copy of the weights.
 
     ``fp_weight`` > 0 adds that times the mean square score Fokker–Planck residual (σ²-scaled, exact
-    divergence) at the first ``fp_batch`` noised images of each batch (≈ 30 ms an image on one CPU thread).
+    divergence) at the first ``fp_batch`` noised images of each batch with σ ≥ ``fp_sigma_min`` (≈ 30 ms an
+    image on one CPU thread).
     """
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
@@ -126,8 +128,9 @@ def train_eps(
         f = net.raw(x_sigma / (sigma.square()[:, None] + net.sigma_data**2).sqrt(), sigma, labels)
         loss = (f - net.target(x0, noise, sigma)).square().mean()
         if fp_weight:
-            part = labels[:fp_batch] if conditional else None
-            loss = loss + fp_weight * fp_penalty(net, x_sigma[:fp_batch], sigma[:fp_batch], part)
+            pick = (sigma >= fp_sigma_min).nonzero().squeeze(1)[:fp_batch]
+            part = labels[pick] if conditional else None
+            loss = loss + fp_weight * fp_penalty(net, x_sigma[pick], sigma[pick], part)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr)
         opt.zero_grad(set_to_none=True)
@@ -219,15 +222,23 @@ def main(argv: list[str] | None = None) -> int:
         help=f"with --variant fokker_planck[_scratch]: the penalty's weight, 0–1000 "
         f"(default {VARIANTS['fokker_planck'][2]['fp_weight']:g})",
     )
+    parser.add_argument(
+        "--fp-sigma-min",
+        type=float,
+        help="with --variant fokker_planck[_scratch]: penalise only at σ ≥ this, 0–10 (default 0)",
+    )
     parser.add_argument("--steps", type=int, help="with --variant: its training steps, 1–100000")
     args = parser.parse_args(argv)
     if args.steps is not None and (not args.variant or not 1 <= args.steps <= 100_000):
         parser.error(f"--steps: expected 1–100000 with --variant, got {args.steps}")
     penalised = [name for name, (_, _, options) in VARIANTS.items() if "fp_weight" in options]
-    if args.fp_weight is not None and args.variant not in penalised:
-        parser.error(f"--fp-weight: only with --variant {' or '.join(penalised)}")
-    if args.fp_weight is not None and not 0 <= args.fp_weight <= 1000:  # NaN fails too
-        parser.error(f"--fp-weight: expected 0–1000, got {args.fp_weight}")
+    penalty = {"fp_weight": (args.fp_weight, 1000), "fp_sigma_min": (args.fp_sigma_min, SIGMA_MAX)}
+    for key, (value, high) in penalty.items():
+        flag = "--" + key.replace("_", "-")
+        if value is not None and args.variant not in penalised:
+            parser.error(f"{flag}: only with --variant {' or '.join(penalised)}")
+        if value is not None and not 0 <= value <= high:  # NaN fails too
+            parser.error(f"{flag}: expected 0–{high:g}, got {value}")
     args.out = args.out or Path(f"{args.variant}.safetensors" if args.variant else DEFAULT_OUT)
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)  # thread count changes float sums; tiny nets gain little from threads
@@ -235,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.out.suffix != ".safetensors":
             parser.error(f"--out: with --variant, a .safetensors file path, got {args.out}")
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        overrides = {} if args.fp_weight is None else {"fp_weight": args.fp_weight}
+        overrides = {key: value for key, (value, _) in penalty.items() if value is not None}
         steps = args.steps or VARIANTS[args.variant][1]
         net = train_variant(args.variant, steps=steps, **overrides)
         meta = {"variant": args.variant, "steps": str(steps)}
