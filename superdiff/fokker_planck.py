@@ -35,7 +35,7 @@ def score_fpe_residual(
     """σ²·(∂_σ s − σ·∇(∇·s + ‖s‖²)) for s = −ε̂/σ at x (B, ...), σ (B,); zero for exact scores.
 
     The divergence is exact (D Jacobian rows, one batched pass; D ≤ 4096), or Hutchinson's estimate from
-    ``hutchinson`` = k Rademacher probes (for latents, k + 1 model rows a sample): the residual is then an
+    ``hutchinson`` = k Rademacher probes (for latents: k model rows a sample): the residual is then an
     unbiased estimate, its square is not (the probes' variance adds to it). The graph is kept for training.
     """
     _check_hutchinson(hutchinson)
