@@ -2,10 +2,11 @@
 
     from superdiff.widgets import playground
     playground("toy")      # the paper's 2-D up/down toy, exact models, seconds on CPU
-    playground("digits")   # the shipped 8×8 digits model, prompts are digit names
+    playground("digits")   # the 8×8 digits models (network, Fokker–Planck network, Gaussians); digit prompts
     playground(pipe)       # any SuperDiffPipeline (Stable Diffusion), e.g. superdiff.testing.tiny_pipeline()
 
-The digits and Stable Diffusion modules are imported only when their backend is built.
+"judge" (toy and digits) measures log q_1 − log q_2 of the samples by the models' own densities, not by the
+Itô estimate. The digits and Stable Diffusion modules are imported only when their backend is built.
 """
 
 from __future__ import annotations
