@@ -885,8 +885,8 @@ Three times longer fine-tunes move the gap a little and leave the held-out likel
 weight, not the training time, sets the price. Trained with the penalty from the start, the network is
 as consistent as exact scores (AND 0.53 nats, own-path error +1.1; the Gaussians: 0.4–0.9 and −1.8)
 and its density the blurriest of all (1.8 nats per held-out image, below the Gaussians' 27), though
-it still draws every digit it is asked for; at weight 1 from random weights it lands below the
-fine-tune of weight 10 on both counts (AND 1.49, held-out log q 24.1).
+it still draws every digit it is asked for; at weight 1 from random weights it is worse than the
+weight-10 fine-tune on both counts (AND 1.49 vs 1.10, held-out log q 24.1 vs 31.3).
 
 Where the penalty acts moves the network along the same trade-off, not off it. Penalised only at
 σ ≥ 0.3, the network keeps the shipped network's held-out likelihood (57.4) and AND ends 2.32 nats from
