@@ -10,8 +10,15 @@ from torch import Tensor
 
 from .._torch import one_thread
 from ..viz import plot_kappa, save_figure
-from .model import load_half_models
+from .densities import log_densities
+from .model import default_sigmas, label_of, load_half_models
 from .pipeline import load_pipeline, sample
+
+JUDGED = {
+    "net": "trained network",
+    "fokker_planck": "Fokker–Planck network",
+    "gaussian": "Gaussian per digit",
+}
 
 
 def mosaic(samples: Tensor, ncols: int = 8, gap: int = 1) -> Tensor:
@@ -59,3 +66,29 @@ def write_digits_figures(out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     with one_thread():
         return [and_figure(out_dir / "digits_and.png"), or_figure(out_dir / "digits_or.png")]
+
+
+def judged_gaps(prompts=("3", "8"), batch: int = 48, seed: int = 0, steps: int = 200) -> dict:
+    """model -> {mode: median |log q_1 − log q_2|} of AND and averaging samples, by each model's own density
+    (exact for the Gaussians, else the network's PF-ODE likelihood) at the samples before clamping."""
+    labels, sigma_min = [label_of(p) for p in prompts], default_sigmas(1)[-1].item()
+    gaps = {}
+    with one_thread():
+        for model in JUDGED:
+            pipe, gaps[model] = load_pipeline(model), {}
+            for mode in ("and", "avg"):
+                last = {}
+                options = {"num_inference_steps": steps, "callback_on_step_end": keep_latents(last)}
+                pipe(*prompts, seed=seed, batch_size=batch, mode=mode, **options)
+                log_q = log_densities(pipe, labels, last["x"], sigma_min, seed=seed)
+                gaps[model][mode] = (log_q[0] - log_q[1]).abs().median().item()
+    return gaps
+
+
+def keep_latents(store: dict):
+    """A step callback that keeps the latest latents in ``store["x"]``."""
+
+    def callback(pipe, step, sigma, kwargs):
+        store["x"] = kwargs["latents"]
+
+    return callback
