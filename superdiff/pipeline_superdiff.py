@@ -525,9 +525,8 @@ class SuperDiffPipeline(SuperDiffMixin, DiffusionPipeline):
             s = sigma.view(-1, *[1] * (x.ndim - 1))
             x_in = (x / (s**2 + 1).sqrt()).to(self.unet.dtype)
             t = timestep_of(sigma, train)
-            out = self.unet(x_in, t, encoder_hidden_states=embedding.expand(len(x), -1, -1)).sample.to(
-                x.dtype
-            )
+            out = self.unet(x_in, t, encoder_hidden_states=embedding.expand(len(x), -1, -1)).sample
+            out = out.to(x.dtype)
             return out if eps_from is None else eps_from(out, x, s)
 
         return eps

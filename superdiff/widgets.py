@@ -116,9 +116,8 @@ class PipelineBackend:
     steps, max_steps, batch, max_batch = 100, 1000, 1, 8
     tiny = False
     model_choices = None  # the pipeline given
-    judge = (
-        None  # no density independent of the Itô estimator at this scale (an ODE likelihood takes minutes)
-    )
+    # no density independent of the Itô estimator at this scale: an ODE likelihood takes minutes
+    judge = None
     judge_default = False
 
     def __init__(self, pipe, steps: int | None = None, batch: int | None = None, tiny: bool = False):
