@@ -16,7 +16,8 @@ class SuperDiffOutput:
 
     images: (B, H, W, 3) uint8 tensor (``output_type="pt"``), numpy array (``"np"``) or list of PIL
     images (``"pil"``); kappa: (n, B, N) float32 on CPU; log_q: (n + 1, B, N) float64 on CPU;
-    sigmas: (n + 1,); samples: the model-space samples (latents, or digits in [−1, 1]).
+    sigmas: (n + 1,); samples: the model-space samples (latents, or digits in [−1, 1]); latents: the
+    sampler's final x as it is, before any clamping or decoding: the point that ``log_q[-1]`` estimates at.
     """
 
     images: Tensor | np.ndarray | list
@@ -24,6 +25,7 @@ class SuperDiffOutput:
     log_q: Tensor
     sigmas: Tensor
     samples: Tensor | None = None
+    latents: Tensor | None = None
     prompts: list[str] = field(default_factory=list)
     mode: str = "and"
 

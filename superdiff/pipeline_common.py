@@ -195,14 +195,18 @@ def build_output(
     prompts: list[str],
     n_prompts: int,
     mode: str,
+    samples: Tensor | None = None,
 ) -> SuperDiffOutput:
-    """A run's SuperDiffOutput: κ (float32) and log q (float64) of the first n_prompts models only, on CPU."""
+    """A run's SuperDiffOutput: κ (float32) and log q (float64) of the first n_prompts models only, on CPU;
+    ``samples`` (default: the sampler's final x, which ``latents`` always is) as float32 on CPU."""
+    latents = result.samples.float().cpu()
     return SuperDiffOutput(
         images=format_images(images, output_type),
         kappa=result.kappa[..., :n_prompts].float().cpu(),
         log_q=result.log_q[..., :n_prompts].cpu(),
         sigmas=result.sigmas,
-        samples=result.samples.float().cpu(),
+        samples=latents if samples is None else samples.float().cpu(),
+        latents=latents,
         prompts=prompts,
         mode=mode,
     )

@@ -123,7 +123,6 @@ class PipelineBackend:
     def __init__(self, pipe, steps: int | None = None, batch: int | None = None, tiny: bool = False):
         self.pipe, self.tiny = pipe, tiny or self.tiny
         self.steps, self.batch = steps or self.steps, batch or self.batch
-        self.final_latents: Tensor | None = None  # of the last run, before decoding or clamping
 
     def pipeline(self, p: dict):
         """The pipeline that runs ``p``."""
@@ -143,8 +142,6 @@ class PipelineBackend:
 
         def callback(pipe, step, timestep, kwargs):
             on_step(step, kwargs["kappa"])
-            if self.judge is not None:  # the judge needs the samples the Itô traces refer to
-                self.final_latents = kwargs["latents"].clone()
             return kwargs
 
         return self.pipeline(p)(
@@ -214,7 +211,7 @@ class DigitsBackend(PipelineBackend):
 
         labels = [int(p["prompt_1"]), int(p["prompt_2"])]
         sigma = float(result.sigmas[-1])
-        return log_densities(self.pipeline(p), labels, self.final_latents, sigma, seed=p["seed"])
+        return log_densities(self.pipeline(p), labels, result.latents, sigma, seed=p["seed"])
 
     def judge_name(self, p: dict) -> str:
         exact = self.pipeline(p).model == "gaussian"

@@ -116,6 +116,20 @@ def test_output_shapes_and_range(pipe):
     assert (single.kappa[..., 1] == 1).all() and single.log_q.shape == (6, 2, 2)
 
 
+def test_latents_are_the_final_x_the_trace_refers_to_and_samples_their_clamp(pipe):
+    final = []
+    out = pipe(
+        "3",
+        "8",
+        seed=0,
+        batch_size=4,
+        num_inference_steps=30,
+        callback_on_step_end=lambda p, i, sigma, kw: final.append(kw["latents"].clone()),
+    )
+    assert torch.equal(out.latents, final[-1])
+    assert (out.latents.abs() > 1).any() and torch.equal(out.samples, out.latents.clamp(-1, 1))
+
+
 def test_callback_sees_every_step(pipe):
     seen = []
     pipe(

@@ -209,8 +209,11 @@ def test_callback_sees_kappa_of_every_step(pipe):
     def callback(p, step, timestep, kwargs):
         assert p is pipe and kwargs["latents"].shape == (2, 4, 8, 8)
         seen.append((step, float(timestep), kwargs["kappa"].clone(), kwargs["log_q"].clone()))
+        latents.append(kwargs["latents"].clone())
 
+    latents = []
     out = pipe(P1, P2, seed=0, batch_size=2, callback_on_step_end=callback, **SMALL)
+    assert torch.equal(out.latents, latents[-1].float().cpu()) and out.samples is out.latents
     assert [s[0] for s in seen] == list(range(6))
     assert seen[0][1] > seen[-1][1]  # timesteps run from noisy to clean
     torch.testing.assert_close(torch.stack([s[2] for s in seen]).float(), out.kappa)

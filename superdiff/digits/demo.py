@@ -77,18 +77,7 @@ def judged_gaps(prompts=("3", "8"), batch: int = 48, seed: int = 0, steps: int =
         for model in JUDGED:
             pipe, gaps[model] = load_pipeline(model), {}
             for mode in ("and", "avg"):
-                last = {}
-                options = {"num_inference_steps": steps, "callback_on_step_end": keep_latents(last)}
-                pipe(*prompts, seed=seed, batch_size=batch, mode=mode, **options)
-                log_q = log_densities(pipe, labels, last["x"], sigma_min, seed=seed)
+                out = pipe(*prompts, seed=seed, batch_size=batch, mode=mode, num_inference_steps=steps)
+                log_q = log_densities(pipe, labels, out.latents, sigma_min, seed=seed)
                 gaps[model][mode] = (log_q[0] - log_q[1]).abs().median().item()
     return gaps
-
-
-def keep_latents(store: dict):
-    """A step callback that keeps the latest latents in ``store["x"]``."""
-
-    def callback(pipe, step, sigma, kwargs):
-        store["x"] = kwargs["latents"]
-
-    return callback

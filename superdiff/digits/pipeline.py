@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -169,14 +168,16 @@ class DigitsPipeline:
                 predictor, x, sigmas, **options, generator=generator, progress=progress, callback=callback
             )
         check_finite_result(result)
-        result = replace(result, samples=result.samples.clamp(-1, 1))
+        samples = result.samples.clamp(-1, 1)
         images = to_uint8(
-            result.samples.repeat_interleave(UPSCALE, -1).repeat_interleave(UPSCALE, -2).repeat(1, 3, 1, 1)
+            samples.repeat_interleave(UPSCALE, -1).repeat_interleave(UPSCALE, -2).repeat(1, 3, 1, 1)
         )
         prompts = (
             list(prompt_1) if isinstance(prompt_1, (list, tuple)) else [prompt_1, prompt_2][: len(labels)]
         )
-        return build_output(result, images, output_type, [str(p) for p in prompts], len(labels), mode)
+        return build_output(
+            result, images, output_type, [str(p) for p in prompts], len(labels), mode, samples
+        )
 
 
 def sample(models, n: int, mode: str, seed: int, steps: int = STEPS):
