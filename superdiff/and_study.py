@@ -54,11 +54,11 @@ CHECKPOINTS = (3.0, 1.0, 0.3, 0.1, 0.03, 0.01)  # σ at which (c) compares the I
 # ----------------------------------------------------------------------------- small helpers
 
 
-def mean_sd(values) -> str:
+def mean_sd(values, digits: int = 2) -> str:
     """'mean ± sd' over seeds (sample sd)."""
     values = [float(v) for v in values]
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.2f} ± {sd:.2f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {sd:.{digits}f}"
 
 
 def med_abs(t: Tensor) -> float:

@@ -11,6 +11,7 @@ import torch
 
 from . import viz
 from ._io import text, write_atomically
+from .and_study import mean_sd
 from .digits.demo import JUDGED, judged_gaps, write_digits_figures
 from .sampling import geometric_sigmas, superpose
 from .toy import up_and_down
@@ -83,15 +84,19 @@ def toy_gap(runs: dict, name: str) -> float:
 def equal_density_report(runs: dict, digits: dict, seed: int) -> str:
     """Does AND reach equal density? The gaps of AND and averaging by each model's own density."""
     how = {"net": "PF-ODE likelihood", "fokker_planck": "PF-ODE likelihood", "gaussian": "exact"}
-    rows = [("toy “up” & “down”", "exact", toy_gap(runs, "AND"), toy_gap(runs, "average"))]
-    rows += [(f"digits “3” & “8”: {JUDGED[m]}", how[m], g["and"], g["avg"]) for m, g in digits.items()]
-    head = f"  {'models':<40} {'judged by':<18} {'AND':>5} {'averaging':>10}"
-    lines = [f"  {name:<40} {judge:<18} {a:5.1f} {b:10.1f}" for name, judge, a, b in rows]
+    rows = [("toy “up” & “down”", "exact", f"{toy_gap(runs, 'AND'):.1f}", f"{toy_gap(runs, 'average'):.1f}")]
+    rows += [
+        (f"digits “3” & “8”: {JUDGED[m]}", how[m], mean_sd(g["and"], 1), mean_sd(g["avg"], 1))
+        for m, g in digits.items()
+    ]
+    seeds = ", ".join(str(seed + k) for k in range(len(next(iter(digits.values()))["and"])))
+    head = f"  {'models':<40} {'judged by':<18} {'AND':>9} {'averaging':>10}"
+    lines = [f"  {name:<40} {judge:<18} {a:>9} {b:>10}" for name, judge, a, b in rows]
     return "\n".join(
         [
             "Equal density? AND keeps the Itô estimates of log q_1 and log q_2 equal; the median",
-            f"|log q_1 − log q_2| of the samples by each model's own density, in nats (seed {seed};",
-            "digits: 48 samples, 200 steps):",
+            "|log q_1 − log q_2| of the samples by each model's own density, in nats (toy: 500 samples,",
+            f"seed {seed}; digits: 16 samples at each of seeds {seeds}, 200 steps; mean ± sd over seeds):",
             head,
             *lines,
             "Over pairs and seeds: README, “What AND achieves” (docs/results-and.md).",
@@ -112,7 +117,7 @@ def run(args) -> int:
     runs = toy_runs(args.steps, seed=args.seed)
     paths = [viz.save_figure(toy_figure(runs), args.out / "toy_superposition.png")]
     paths += write_digits_figures(args.out)
-    report = equal_density_report(runs, judged_gaps(seed=args.seed), args.seed)
+    report = equal_density_report(runs, judged_gaps(seeds=range(args.seed, args.seed + 3)), args.seed)
     paths.append(args.out / "equal_density.txt")
     write_atomically([(paths[-1], text(report + "\n"))])
     for p in paths:
