@@ -64,6 +64,19 @@ def check_targets(paths: Sequence[Path]) -> None:
             raise IsADirectoryError(errno.EISDIR, "a folder is in the way of a file to write", str(path))
 
 
+def check_writable(folder: Path, name: str) -> None:
+    """ValueError naming ``name`` unless ``folder`` is, or can be made, a folder this process can write to;
+    probed with a temp folder in its nearest existing ancestor, removed at once (nothing left behind)."""
+    folder = Path(folder).expanduser().absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{name}: {str(existing)!r} is a file, not a folder")
+    try:
+        tempfile.TemporaryDirectory(prefix=".probe.", suffix=TEMP_SUFFIX, dir=existing).cleanup()
+    except OSError as err:
+        raise ValueError(f"{name}: cannot write in {str(existing)!r} ({err.strerror})") from None
+
+
 def write_atomically(
     writes: Sequence[tuple[Path, Writer]], before_rename: Callable[[], None] | None = None
 ) -> None:

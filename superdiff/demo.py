@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -10,13 +11,17 @@ import matplotlib.pyplot as plt
 import torch
 
 from . import viz
-from ._io import text, write_atomically
+from ._io import check_targets, check_writable, png, text, write_atomically
 from .and_study import mean_sd
-from .digits.demo import JUDGED, judged_gaps, write_digits_figures
+from .digits.demo import DPI, JUDGED, digits_figures, judged_gaps
+from .limits import LIMITS, MAX_SEED
+from .pipeline_common import check_int
 from .sampling import geometric_sigmas, superpose
 from .toy import up_and_down
 
 SIGMA_MAX, SIGMA_MIN = 20.0, 0.01  # the toy's σ grid: from pure noise to nearly clean data
+FILES = ["toy_superposition.png", "digits_and.png", "digits_or.png", "equal_density.txt"]
+TOY_DPI = 110
 
 
 def toy_runs(steps: int = 500, batch: int = 500, seed: int = 0) -> dict:
@@ -89,7 +94,7 @@ def equal_density_report(runs: dict, digits: dict, seed: int) -> str:
         (f"digits “3” & “8”: {JUDGED[m]}", how[m], mean_sd(g["and"], 1), mean_sd(g["avg"], 1))
         for m, g in digits.items()
     ]
-    seeds = ", ".join(str(seed + k) for k in range(len(next(iter(digits.values()))["and"])))
+    seeds = f"{seed}–{seed + len(next(iter(digits.values()))['and']) - 1}"
     head = f"  {'models':<40} {'judged by':<18} {'AND':>9} {'averaging':>10}"
     lines = [f"  {name:<40} {judge:<18} {a:>9} {b:>10}" for name, judge, a, b in rows]
     return "\n".join(
@@ -106,22 +111,46 @@ def equal_density_report(runs: dict, digits: dict, seed: int) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("outputs"), help="folder for the PNG files")
-    p.add_argument("--steps", type=int, default=500, help="sampling steps for the toy (>= 1)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=500, help=f"sampling steps for the toy (1 to {LIMITS.steps})")
+    p.add_argument("--seed", type=int, default=0, help=f"0 to {MAX_SEED - 2} (the digits use seed, +1, +2)")
+
+
+def check_arguments(args) -> list[Path]:
+    """Every check before any work; returns the files the demo writes."""
+    check_int("--steps", args.steps, 1, high=LIMITS.steps)
+    check_int("--seed", args.seed, 0, high=MAX_SEED - 2)
+    check_writable(args.out, "--out")
+    paths = [args.out / name for name in FILES]
+    check_targets(paths)
+    return paths
+
+
+def demo(args) -> tuple[list[Path], str]:
+    """Sample, judge and plot, then write every file at once (an error leaves none): (paths, report)."""
+    paths, figures = check_arguments(args), []
+    try:
+        runs = toy_runs(args.steps, seed=args.seed)
+        figures.append((toy_figure(runs), TOY_DPI))
+        figures += [(fig, DPI) for fig in digits_figures(args.seed).values()]
+        report = equal_density_report(runs, judged_gaps(seeds=range(args.seed, args.seed + 3)), args.seed)
+        writers = [png(fig, dpi) for fig, dpi in figures] + [text(report + "\n")]
+        write_atomically(list(zip(paths, writers, strict=True)))
+    finally:
+        for fig, _ in figures:
+            plt.close(fig)
+    return paths, report
 
 
 def run(args) -> int:
-    if args.steps < 1:
-        raise SystemExit(f"superdiff demo: --steps must be >= 1, got {args.steps}")
+    """Entry point of ``superdiff demo``: 0 on success, 2 with a one-line message on bad input."""
     start = time.perf_counter()
-    runs = toy_runs(args.steps, seed=args.seed)
-    paths = [viz.save_figure(toy_figure(runs), args.out / "toy_superposition.png")]
-    paths += write_digits_figures(args.out)
-    report = equal_density_report(runs, judged_gaps(seeds=range(args.seed, args.seed + 3)), args.seed)
-    paths.append(args.out / "equal_density.txt")
-    write_atomically([(paths[-1], text(report + "\n"))])
-    for p in paths:
-        print(f"wrote {p}")
+    try:
+        written, report = demo(args)
+    except (ValueError, OSError) as err:  # bad arguments, unwritable folder
+        print(f"superdiff demo: error: {err}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
     print(report)
     print(f"done in {time.perf_counter() - start:.0f} s")
     return 0

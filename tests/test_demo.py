@@ -5,6 +5,7 @@ import re
 import pytest
 from PIL import Image
 
+from superdiff import demo
 from superdiff.cli import main
 from superdiff.demo import toy_runs
 from superdiff.toy import up_and_down
@@ -25,7 +26,7 @@ def test_demo_writes_the_figures_and_judges_equal_density(tmp_path, capsys):
         "digits “3” & “8”: Fokker–Planck network",
         "digits “3” & “8”: Gaussian per digit",
     ]
-    assert "seeds 0, 1, 2" in report
+    assert "seeds 0–2" in report
     # mean over seeds 0–2 of 16 samples: AND nearer equal density where the scores obey the equation
     for name in list(rows)[2:]:
         (and_gap, and_sd), (avg_gap, avg_sd) = re.findall(r"(\d+\.\d) ± (\d+\.\d)", rows[name])
@@ -33,10 +34,36 @@ def test_demo_writes_the_figures_and_judges_equal_density(tmp_path, capsys):
         assert float(and_sd) > 0 and float(avg_sd) > 0  # three different seeds
 
 
-def test_demo_rejects_bad_steps_before_writing(tmp_path):
-    with pytest.raises(SystemExit, match="--steps"):
-        main(["demo", "--out", str(tmp_path / "out"), "--steps", "0"])
-    assert not (tmp_path / "out").exists()
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "0"], "--steps: expected an integer from 1 to 10000, got 0"),
+        (["--steps", "10001"], "--steps: expected an integer from 1 to 10000, got 10001"),
+        (["--seed", "-1"], "--seed: expected an integer from 0 to 4294967293, got -1"),
+        (["--seed", str(2**32 - 2)], "--seed: expected an integer from 0 to 4294967293"),
+        (["--out", "{file}/out"], "is a file, not a folder"),
+        (["--out", "{folder}"], "a folder is in the way of a file to write"),
+    ],
+)
+def test_demo_rejects_bad_input_before_any_work(argv, message, tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("mine")
+    (tmp_path / "folder" / "equal_density.txt").mkdir(parents=True)
+    monkeypatch.setattr(demo, "toy_runs", lambda *a, **k: pytest.fail("sampled before checking"))
+    argv = [a.format(file=tmp_path / "file", folder=tmp_path / "folder") for a in argv]
+    assert main(["demo", "--out", str(tmp_path / "out"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("superdiff demo: error: ") and message in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["equal_density.txt", "file", "folder"]
+
+
+def test_demo_writes_nothing_when_a_late_stage_fails(tmp_path, monkeypatch):
+    def fail(**kwargs):
+        raise RuntimeError("judge failed")
+
+    monkeypatch.setattr(demo, "judged_gaps", fail)
+    with pytest.raises(RuntimeError, match="judge failed"):
+        main(["demo", "--out", str(tmp_path), "--steps", "5"])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_demo_runs_show_the_paper_toy_behaviour():

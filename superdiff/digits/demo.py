@@ -15,6 +15,7 @@ from .densities import log_densities
 from .model import default_sigmas, label_of, load_half_models
 from .pipeline import load_pipeline, sample
 
+DPI = 80  # the digits figures' resolution
 JUDGED = {
     "net": "trained network",
     "fokker_planck": "Fokker–Planck network",
@@ -36,37 +37,40 @@ def mosaic(samples: Tensor, ncols: int = 8, gap: int = 1) -> Tensor:
     return out  # ink dark on white
 
 
-def grid_with_kappa(samples: Tensor, kappa: Tensor, sigmas: Tensor, labels, title: str, path: Path) -> Path:
-    """Save a figure: the digits on the left, κ over σ on the right."""
+def kappa_grid(samples: Tensor, kappa: Tensor, sigmas: Tensor, labels, title: str):
+    """A figure: the digits on the left, κ over σ on the right."""
     fig, (ax_img, ax_k) = plt.subplots(1, 2, figsize=(9, 3.4), gridspec_kw={"width_ratios": [1, 1.3]})
     ax_img.imshow(mosaic(samples).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax_img.set_title(title, fontsize=10)
     ax_img.axis("off")
     plot_kappa(kappa, sigmas, labels=labels, ax=ax_k)
     fig.tight_layout()
-    return save_figure(fig, path, dpi=80)
+    return fig
 
 
-def and_figure(path: Path, prompts=("3", "8"), batch: int = 16, seed: int = 0) -> Path:
+def grid_with_kappa(samples: Tensor, kappa: Tensor, sigmas: Tensor, labels, title: str, path: Path) -> Path:
+    """Save :func:`kappa_grid` as a PNG."""
+    return save_figure(kappa_grid(samples, kappa, sigmas, labels, title), path, dpi=DPI)
+
+
+def and_figure(prompts=("3", "8"), batch: int = 16, seed: int = 0):
     """SuperDiff AND of two digit prompts with the conditional model."""
     out = load_pipeline()(*prompts, seed=seed, batch_size=batch, mode="and")
     title = f'SuperDiff AND: "{prompts[0]}" AND "{prompts[1]}"'
-    return grid_with_kappa(out.samples, out.kappa, out.sigmas, [f'"{p}"' for p in prompts], title, path)
+    return kappa_grid(out.samples, out.kappa, out.sigmas, [f'"{p}"' for p in prompts], title)
 
 
-def or_figure(path: Path, batch: int = 16, seed: int = 0) -> Path:
+def or_figure(batch: int = 16, seed: int = 0):
     """SuperDiff OR of the separately trained 0–4 and 5–9 models."""
     res = sample(load_half_models(), batch, "or", seed)
     title = "SuperDiff OR: model(0–4) OR model(5–9)"
-    return grid_with_kappa(res.samples, res.kappa, res.sigmas, ["model 0–4", "model 5–9"], title, path)
+    return kappa_grid(res.samples, res.kappa, res.sigmas, ["model 0–4", "model 5–9"], title)
 
 
-def write_digits_figures(out_dir: Path) -> list[Path]:
-    """Write digits_and.png and digits_or.png (samples + κ over σ) into out_dir; returns their paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def digits_figures(seed: int = 0) -> dict:
+    """file name -> figure: digits_and.png and digits_or.png (samples + κ over σ)."""
     with one_thread():
-        return [and_figure(out_dir / "digits_and.png"), or_figure(out_dir / "digits_or.png")]
+        return {"digits_and.png": and_figure(seed=seed), "digits_or.png": or_figure(seed=seed)}
 
 
 def judged_gaps(prompts=("3", "8"), batch: int = 16, seeds=(0, 1, 2), steps: int = 200) -> dict:
