@@ -13,7 +13,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ._io import png, write_atomically
+from ._io import check_writable, png, write_atomically
 from .hub import dtype_kwarg, explain_unavailable
 from .limits import LIMITS
 
@@ -119,8 +119,7 @@ def output_paths(out: str, batch_size: int) -> tuple[list[Path], Path]:
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out: expected a .png file name, got {str(out)!r}")
-    if out.parent.exists() and not out.parent.is_dir():
-        raise ValueError(f"--out: {str(out.parent)!r} is not a folder")
+    check_writable(out.parent, "--out")
     images = [out] if batch_size == 1 else [out.with_name(f"{out.stem}_{i}.png") for i in range(batch_size)]
     paths = images + [out.with_name(f"{out.stem}_kappa.png")]
     folders = [str(p) for p in paths if p.is_dir()]

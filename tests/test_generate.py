@@ -105,6 +105,22 @@ def test_bad_output_name_is_refused(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["a_file"]
 
 
+def test_unwritable_output_folder_is_refused_before_loading(tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    import superdiff.generate
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(superdiff.generate, "load", lambda *a, **k: pytest.fail("loaded before --out"))
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", denied)  # root may write anywhere: fake a refusal
+    assert generate(tmp_path, out="new/flamingo.png") == 2
+    err = capsys.readouterr().err
+    assert f"--out: cannot write in {str(tmp_path)!r} (Permission denied)" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_missing_output_folders_are_created_after_sampling(tmp_path):
     assert generate(tmp_path, out="new/dir/flamingo.png") == 0
     assert sorted(p.name for p in (tmp_path / "new" / "dir").iterdir()) == [
