@@ -127,16 +127,17 @@ def check_arguments(args) -> list[Path]:
 
 def demo(args) -> tuple[list[Path], str]:
     """Sample, judge and plot, then write every file at once (an error leaves none): (paths, report)."""
-    paths, figures = check_arguments(args), []
+    paths, figures = check_arguments(args), {}
     try:
         runs = toy_runs(args.steps, seed=args.seed)
-        figures.append((toy_figure(runs), TOY_DPI))
-        figures += [(fig, DPI) for fig in digits_figures(args.seed).values()]
+        figures["toy_superposition.png"] = (toy_figure(runs), TOY_DPI)
+        figures.update((name, (fig, DPI)) for name, fig in digits_figures(args.seed).items())
         report = equal_density_report(runs, judged_gaps(seeds=range(args.seed, args.seed + 3)), args.seed)
-        writers = [png(fig, dpi) for fig, dpi in figures] + [text(report + "\n")]
-        write_atomically(list(zip(paths, writers, strict=True)))
+        writers = {name: png(fig, dpi) for name, (fig, dpi) in figures.items()}
+        writers["equal_density.txt"] = text(report + "\n")
+        write_atomically([(path, writers[path.name]) for path in paths])
     finally:
-        for fig, _ in figures:
+        for fig, _ in figures.values():
             plt.close(fig)
     return paths, report
 
