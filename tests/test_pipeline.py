@@ -10,6 +10,7 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline, EulerDiscreteScheduler, PNDMScheduler
 from PIL import Image
+from pipelines import P1, P2, SMALL, diffusers_eps, gap, pipe_fixture, record_calls, saved_fixture
 from torch import Tensor
 
 from superdiff import SuperDiffPipeline
@@ -20,29 +21,13 @@ from superdiff.pipeline_superdiff import CUSTOM_PIPELINE, PromptPredictor, euler
 from superdiff.sampling import guide
 from superdiff.testing import sd_scheduler, tiny_pipeline
 
-P1, P2 = "a flamingo", "a candy cane"
-SMALL = dict(num_inference_steps=6, height=64, width=64)
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
+pipe = pipe_fixture(tiny_pipeline)
+saved = saved_fixture(tiny_pipeline)
 
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline()
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    """tiny_pipeline() saved the way Hub checkpoints are laid out."""
-    folder = tmp_path_factory.mktemp("tiny-sd")
-    tiny_pipeline().save_pretrained(folder)
-    return folder
-
-
-def gap(out):
-    """Estimated log q_1 − log q_2 along the trajectories: (n + 1, B)."""
-    return out.log_q[..., 0] - out.log_q[..., 1]
+# What SD 1.x shares with the other families (the seeded tiny builder, the AND invariant at every step, the
+# bad inputs) is tested in test_pipeline_contract.py.
 
 
 # ----------------------------------------------------------------------------- the card's call
@@ -89,24 +74,7 @@ def test_generator_list_gives_each_image_as_if_it_ran_alone(pipe):
     assert not torch.allclose(batched.samples[0], batched.samples[1])
 
 
-def test_tiny_pipeline_is_deterministic_and_leaves_global_rng_alone():
-    state = torch.get_rng_state()
-    a, b, c = tiny_pipeline(0), tiny_pipeline(0), tiny_pipeline(1)
-    assert torch.equal(torch.get_rng_state(), state)
-    w = [next(p.unet.parameters()) for p in (a, b, c)]
-    assert torch.equal(w[0], w[1]) and not torch.equal(w[0], w[2])
-
-
 # ----------------------------------------------------------------------------- the math through the pipeline
-
-
-@pytest.mark.parametrize("lift", [0.0, 3.0, -2.0])
-def test_and_gap_follows_lift_schedule_at_every_step(pipe, lift):
-    out = pipe(P1, P2, seed=0, batch_size=2, lift=lift, **SMALL)
-    n = SMALL["num_inference_steps"]
-    schedule = torch.arange(n + 1)[:, None] * lift / n
-    torch.testing.assert_close(gap(out), schedule.expand(n + 1, 2).double(), atol=1e-4, rtol=0)
-    assert not torch.allclose(out.kappa, torch.full_like(out.kappa, 0.5), atol=1e-3)  # AND is not averaging
 
 
 def test_positive_lift_favours_prompt_1(pipe):
@@ -117,7 +85,7 @@ def test_positive_lift_favours_prompt_1(pipe):
 def test_avg_without_and_drifts_off_the_equal_density_line(pipe):
     out = pipe(P1, P2, seed=0, mode="avg", **SMALL)
     assert torch.equal(out.kappa, torch.full_like(out.kappa, 0.5))
-    assert gap(out)[-1].abs().max() > 1.0  # so the AND test above is not trivially true
+    assert gap(out)[-1].abs().max() > 1.0  # so the AND test (contract) is not trivially true
 
 
 def test_or_kappa_is_softmax_of_traces_before_each_step(pipe):
@@ -140,13 +108,11 @@ def test_three_prompts_and_keeps_all_densities_equal(pipe):
 
 @pytest.mark.parametrize("prompts", [(P1, P2), ([P1, P2, "a zebra"], None)])
 def test_one_batched_unet_call_per_step(pipe, prompts):
-    batches = []
-    hook = pipe.unet.register_forward_hook(lambda module, args, output: batches.append(args[0].shape[0]))
-    try:
+    calls = []
+    with record_calls(pipe.unet, calls):
         pipe(*prompts, seed=0, batch_size=2, **SMALL)
-    finally:
-        hook.remove()
     n_prompts = 3 if prompts[1] is None else 2
+    batches = [call["sample"].shape[0] for call in calls]
     assert batches == [(n_prompts + 1) * 2] * SMALL["num_inference_steps"]  # N prompts + the empty one
 
 
@@ -234,13 +200,6 @@ def test_attention_slicing_still_samples_the_same():
 # ----------------------------------------------------------------------------- prediction types, σ grids
 
 PREDICTION_TYPES = ["epsilon", "v_prediction", "sample"]
-
-
-def diffusers_eps(scheduler, i: int, model_output: Tensor, x: Tensor) -> Tensor:
-    """The ε that diffusers' own Euler step takes at grid point i: (prev_sample − x)/(σ_{i+1} − σ_i)."""
-    scheduler._step_index = i
-    prev = scheduler.step(model_output, scheduler.timesteps[i], x).prev_sample
-    return (prev.double() - x.double()) / (scheduler.sigmas[i + 1] - scheduler.sigmas[i]).double()
 
 
 @pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
@@ -419,57 +378,6 @@ def test_missing_local_folder_is_named(offline, tmp_path):
 
 
 # ----------------------------------------------------------------------------- bad inputs
-
-
-BAD = [
-    ("prompt_1", dict(prompt_1="")),
-    ("prompt_2", dict(prompt_2="   ")),
-    ("prompt_2", dict(prompt_2=None)),
-    ("prompt_1", dict(prompt_1=None)),
-    ("height", dict(height=100)),
-    ("height", dict(height=56)),
-    ("width", dict(width=32)),
-    ("width", dict(width=64.0)),
-    ("num_inference_steps", dict(num_inference_steps=0)),
-    ("batch_size", dict(batch_size=0)),
-    ("guidance_scale", dict(guidance_scale=-1.0)),
-    ("guidance_scale", dict(guidance_scale=math.inf)),
-    ("mode", dict(mode="xor")),
-    ("mode", dict(mode="prompt_3")),
-    ("lift", dict(lift=math.inf)),
-    ("lift", dict(lift=math.nan)),
-    ("lift", dict(lift=[1.0, 2.0, 3.0])),
-    ("temperature", dict(temperature=math.nan)),
-    ("temperature", dict(temperature=0.0)),
-    ("log_weights", dict(log_weights=[0.0, math.nan])),
-    ("output_type", dict(output_type="jpg")),
-    ("seed", dict(seed=1.5)),
-    ("seed", dict(seed=1, generator=torch.Generator())),
-    ("generator", dict(generator=[torch.Generator()] * 2, batch_size=3)),
-    ("generator", dict(generator=[torch.Generator(), 1])),
-    # sizes past the limits are refused before anything is allocated (issue 13)
-    ("num_inference_steps", dict(num_inference_steps=10**9)),
-    ("batch_size", dict(batch_size=10**9)),
-    ("height", dict(height=100_000)),
-    ("width", dict(width=8192)),
-    ("seed", dict(seed=2**32)),  # would give seed 0's noise
-    ("seed", dict(seed=2**64)),
-    ("lift", dict(lift=1e300)),
-    ("guidance_scale", dict(guidance_scale=1e30)),
-    ("temperature", dict(temperature=1e300)),
-    ("log_weights", dict(log_weights=[0.0, 1e300])),
-]
-
-
-@pytest.mark.parametrize("name, bad", BAD, ids=[f"{n}={list(b.values())[-1]!r}" for n, b in BAD])
-def test_bad_input_raises_value_error_naming_it_before_any_work(pipe, monkeypatch, name, bad):
-    def no_work(*args, **kwargs):
-        raise AssertionError("work started before the inputs were checked")
-
-    monkeypatch.setattr(pipe, "encode_prompt", no_work)
-    kwargs = {"prompt_1": P1, "prompt_2": P2, **SMALL, **bad}
-    with pytest.raises(ValueError, match=rf"^{name}: "):
-        pipe(**kwargs)
 
 
 def test_limits_can_be_raised_per_pipeline(pipe, monkeypatch):

@@ -1,4 +1,4 @@
-"""SuperDiff on tiny random SDXL components: the card's call, AND, one UNet call, parity, loading."""
+"""SuperDiff on tiny random SDXL components: the card's call, one UNet call, parity, loading."""
 
 import json
 
@@ -6,35 +6,20 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
-from test_pipeline import BAD, diffusers_eps  # the SD pipeline's bad inputs and diffusers' Euler ε
+from pipelines import P1, P2, SMALL, diffusers_eps, gap, pipe_fixture, record_calls, saved_fixture
 
 from superdiff import SuperDiffPipeline, SuperDiffXLPipeline
 from superdiff.generate import pipeline_class
 from superdiff.pipeline_xl import XL_CUSTOM_PIPELINE
 from superdiff.testing import sd_scheduler, tiny_xl_pipeline
 
-P1, P2 = "a flamingo", "a candy cane"
-SMALL = dict(num_inference_steps=6, height=64, width=64)
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
+pipe = pipe_fixture(tiny_xl_pipeline)
+saved = saved_fixture(tiny_xl_pipeline)
 
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_xl_pipeline()
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    """tiny_xl_pipeline() saved the way Hub checkpoints are laid out."""
-    folder = tmp_path_factory.mktemp("tiny-xl")
-    tiny_xl_pipeline().save_pretrained(folder)
-    return folder
-
-
-def gap(out):
-    """Estimated log q_1 − log q_2 along the trajectories: (n + 1, B)."""
-    return out.log_q[..., 0] - out.log_q[..., 1]
+# What SDXL shares with the other families (the seeded tiny builder, the AND invariant at every step, the
+# bad inputs) is tested in test_pipeline_contract.py.
 
 
 def test_card_call_gives_uint8_images_and_traces(pipe):
@@ -47,27 +32,9 @@ def test_card_call_gives_uint8_images_and_traces(pipe):
     assert not torch.equal(pipe(P1, P2, seed=2, **SMALL).images, out.images)
 
 
-def test_tiny_xl_pipeline_is_deterministic_and_leaves_global_rng_alone():
-    state = torch.get_rng_state()
-    a, b, c = tiny_xl_pipeline(0), tiny_xl_pipeline(0), tiny_xl_pipeline(1)
-    assert torch.equal(torch.get_rng_state(), state)
-    w = [next(p.unet.parameters()) for p in (a, b, c)]
-    assert torch.equal(w[0], w[1]) and not torch.equal(w[0], w[2])
-    assert a.default_size == 64 and a.unet.config.addition_embed_type == "text_time"
-
-
-@pytest.mark.parametrize("lift", [0.0, 2.0, -2.0])
-def test_and_gap_follows_lift_schedule_at_every_step(pipe, lift):
-    out = pipe(P1, P2, seed=0, batch_size=2, lift=lift, **SMALL)
-    n = SMALL["num_inference_steps"]
-    schedule = torch.arange(n + 1)[:, None] * lift / n
-    torch.testing.assert_close(gap(out), schedule.expand(n + 1, 2).double(), atol=1e-4, rtol=0)
-    assert not torch.allclose(out.kappa, torch.full_like(out.kappa, 0.5), atol=1e-3)  # AND is not averaging
-
-
 def test_avg_drifts_off_the_equal_density_line(pipe):
     out = pipe(P1, P2, seed=0, mode="avg", **SMALL)
-    assert gap(out)[-1].abs().max() > 1e-2  # so the AND test above is not trivially true
+    assert gap(out)[-1].abs().max() > 1e-2  # so the AND test (contract) is not trivially true
 
 
 def test_joint_baseline_equals_its_written_prompt_alone_and_callback_sees_every_step(pipe):
@@ -80,13 +47,10 @@ def test_joint_baseline_equals_its_written_prompt_alone_and_callback_sees_every_
 
 @pytest.mark.parametrize("size", [(64, 64), (72, 64)])
 def test_one_batched_unet_call_per_step_with_pooled_embeds_and_time_ids_per_row(pipe, size):
+    # the tiny UNet is conditioned as SDXL's, on pooled embeddings and size "time ids"; trained at 64²
+    assert pipe.default_size == 64 and pipe.unet.config.addition_embed_type == "text_time"
     calls = []
-
-    def record(module, args, kwargs, output):
-        calls.append((args[0].shape[0], kwargs["encoder_hidden_states"], kwargs["added_cond_kwargs"]))
-
-    hook = pipe.unet.register_forward_hook(record, with_kwargs=True)
-    try:
+    with record_calls(pipe.unet, calls):
         pipe(
             [P1, P2, "a zebra"],
             None,
@@ -96,13 +60,12 @@ def test_one_batched_unet_call_per_step_with_pooled_embeds_and_time_ids_per_row(
             height=size[0],
             width=size[1],
         )
-    finally:
-        hook.remove()
     assert len(calls) == 3
     context = pipe.prompt_context([P1, P2, "a zebra"], "cpu", *size)
     expected_pooled = context["added_cond_kwargs"]["text_embeds"].repeat_interleave(2, 0)
-    for rows, hidden, added in calls:
-        assert rows == (3 + 1) * 2 and hidden.shape == (8, 77, 64)
+    for call in calls:
+        hidden, added = call["encoder_hidden_states"], call["added_cond_kwargs"]
+        assert call["sample"].shape[0] == (3 + 1) * 2 and hidden.shape == (8, 77, 64)
         assert added["text_embeds"].shape == (8, 32) and added["time_ids"].shape == (8, 6)
         torch.testing.assert_close(added["text_embeds"], expected_pooled)
         assert (added["time_ids"] == torch.tensor([*size, 0, 0, *size], dtype=torch.float32)).all()
@@ -215,17 +178,6 @@ def test_generate_samples_a_saved_xl_folder(saved, tmp_path):
     args = ["generate", P1, P2, "--model", str(saved), "--steps", "2", "--seed", "1", "--device", "cpu"]
     assert main([*args, "--out", str(out)]) == 0
     assert Image.open(out).size == (64, 64)  # the tiny UNet's trained size, from SDXL's config
-
-
-@pytest.mark.parametrize("name, bad", BAD[:25], ids=[f"{n}={list(b.values())[-1]!r}" for n, b in BAD[:25]])
-def test_bad_input_raises_value_error_naming_it_before_any_unet_call(pipe, monkeypatch, name, bad):
-    def no_work(*args, **kwargs):
-        raise AssertionError("work started before the inputs were checked")
-
-    monkeypatch.setattr(pipe, "encode_prompt", no_work)
-    monkeypatch.setattr(pipe.unet, "forward", no_work)
-    with pytest.raises(ValueError, match=rf"^{name}: "):
-        pipe(**{"prompt_1": P1, "prompt_2": P2, **SMALL, **bad})
 
 
 def test_unknown_prediction_type_is_refused(pipe):

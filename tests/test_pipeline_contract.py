@@ -1,0 +1,210 @@
+"""What the SuperDiff pipelines of several model families do alike, one test for all of them, parametrised
+over the families' tiny random pipelines: sd (Stable Diffusion 1.x), xl (SDXL), sd3 and flux. What only
+one family does is tested in its own file: test_pipeline.py, test_pipeline_xl.py, test_pipeline_sd3.py,
+test_pipeline_flux.py."""
+
+import functools
+import math
+import re
+
+import pytest
+import torch
+from diffusers import EulerDiscreteScheduler
+from PIL import Image
+from pipelines import P1, P2, SMALL, gap, record_calls
+
+from superdiff.testing import tiny_flux_pipeline, tiny_pipeline, tiny_sd3_pipeline, tiny_xl_pipeline
+
+BUILDERS = {"sd": tiny_pipeline, "xl": tiny_xl_pipeline, "sd3": tiny_sd3_pipeline, "flux": tiny_flux_pipeline}
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+
+
+@pytest.fixture(scope="module")
+def pipes():
+    """pipes(family): the family's tiny pipeline, built on first use and shared by this module's tests
+    (which leave it as they found it)."""
+    return functools.cache(lambda family: BUILDERS[family]())
+
+
+# ----------------------------------------------------------------------------- every family
+
+
+@pytest.mark.parametrize("family", BUILDERS)
+def test_tiny_pipeline_is_seeded_and_leaves_global_rng_alone(family):
+    build = BUILDERS[family]
+    state = torch.get_rng_state()
+    a, b, c = build(0), build(0), build(1)
+    assert torch.equal(torch.get_rng_state(), state)
+    w = [next(p.denoiser.parameters()) for p in (a, b, c)]  # the UNet or transformer
+    assert torch.equal(w[0], w[1]) and not torch.equal(w[0], w[2])
+
+
+BAD = [  # SD 1.x and SDXL
+    ("prompt_1", dict(prompt_1="")),
+    ("prompt_2", dict(prompt_2="   ")),
+    ("prompt_2", dict(prompt_2=None)),
+    ("prompt_1", dict(prompt_1=None)),
+    ("height", dict(height=100)),
+    ("height", dict(height=56)),
+    ("width", dict(width=32)),
+    ("width", dict(width=64.0)),
+    ("num_inference_steps", dict(num_inference_steps=0)),
+    ("batch_size", dict(batch_size=0)),
+    ("guidance_scale", dict(guidance_scale=-1.0)),
+    ("guidance_scale", dict(guidance_scale=math.inf)),
+    ("mode", dict(mode="xor")),
+    ("mode", dict(mode="prompt_3")),
+    ("lift", dict(lift=math.inf)),
+    ("lift", dict(lift=math.nan)),
+    ("lift", dict(lift=[1.0, 2.0, 3.0])),
+    ("temperature", dict(temperature=math.nan)),
+    ("temperature", dict(temperature=0.0)),
+    ("log_weights", dict(log_weights=[0.0, math.nan])),
+    ("output_type", dict(output_type="jpg")),
+    ("seed", dict(seed=1.5)),
+    ("seed", dict(seed=1, generator=torch.Generator())),
+    ("generator", dict(generator=[torch.Generator()] * 2, batch_size=3)),
+    ("generator", dict(generator=[torch.Generator(), 1])),
+]
+PAST_LIMITS = [  # sizes past the limits are refused before anything is allocated (issue 13); SD 1.x
+    ("num_inference_steps", dict(num_inference_steps=10**9)),
+    ("batch_size", dict(batch_size=10**9)),
+    ("height", dict(height=100_000)),
+    ("width", dict(width=8192)),
+    ("seed", dict(seed=2**32)),  # would give seed 0's noise
+    ("seed", dict(seed=2**64)),
+    ("lift", dict(lift=1e300)),
+    ("guidance_scale", dict(guidance_scale=1e30)),
+    ("temperature", dict(temperature=1e300)),
+    ("log_weights", dict(log_weights=[0.0, 1e300])),
+]
+FLOW_BAD = [  # SD3 and Flux
+    ("prompt_2", dict(prompt_2="")),
+    ("num_inference_steps", dict(num_inference_steps=0)),
+    ("height", dict(height=60)),
+    ("mode", dict(mode="xor")),
+    ("guidance_scale", dict(guidance_scale=float("nan"))),
+    ("seed", dict(seed=-1)),
+]
+BAD_INPUTS = {
+    "sd": BAD + PAST_LIMITS,
+    "xl": BAD,
+    "sd3": FLOW_BAD,
+    "flux": [*FLOW_BAD, ("width", dict(width=72))],  # a multiple of 8, not of 16: no 2×2 patches
+}
+CASES = [(family, name, bad) for family, cases in BAD_INPUTS.items() for name, bad in cases]
+
+
+def no_work(*args, **kwargs):
+    raise AssertionError("work started before the inputs were checked")
+
+
+def case_id(family: str, name: str, bad: dict) -> str:
+    """family-name=value, without the memory addresses in a generator's repr (stable across runs)."""
+    return re.sub(r" at 0x[0-9a-f]+", "", f"{family}-{name}={list(bad.values())[-1]!r}")
+
+
+@pytest.mark.parametrize("family, name, bad", CASES, ids=[case_id(*case) for case in CASES])
+def test_bad_input_raises_value_error_naming_it_before_any_work(pipes, monkeypatch, family, name, bad):
+    """Checked before the prompts are encoded and before any call of the UNet or transformer."""
+    pipe, calls = pipes(family), []
+    monkeypatch.setattr(pipe, "encode_prompt", no_work)
+    monkeypatch.setattr(pipe.denoiser, "forward", no_work)
+    with record_calls(pipe.denoiser, calls), pytest.raises(ValueError, match=rf"^{name}: "):
+        pipe(**{"prompt_1": P1, "prompt_2": P2, **SMALL, **bad})
+    assert calls == []
+
+
+# ----------------------------------------------------------------------------- SD 1.x and SDXL (a UNet, ε)
+
+
+@pytest.mark.parametrize(
+    "family, lift", [("sd", 0.0), ("sd", 3.0), ("sd", -2.0), ("xl", 0.0), ("xl", 2.0), ("xl", -2.0)]
+)
+def test_and_gap_follows_lift_schedule_at_every_step(pipes, family, lift):
+    out = pipes(family)(P1, P2, seed=0, batch_size=2, lift=lift, **SMALL)
+    n = SMALL["num_inference_steps"]
+    schedule = torch.arange(n + 1)[:, None] * lift / n
+    torch.testing.assert_close(gap(out), schedule.expand(n + 1, 2).double(), atol=1e-4, rtol=0)
+    assert not torch.allclose(out.kappa, torch.full_like(out.kappa, 0.5), atol=1e-3)  # AND is not averaging
+
+
+# ----------------------------------------------------------------------------- SD3 and Flux (flow matching)
+
+
+@pytest.mark.parametrize(
+    "family, options",
+    [
+        ("sd3", dict(t5=False)),
+        ("sd3", dict(t5=True)),
+        ("flux", dict(guidance_embeds=True)),  # FLUX.1-dev
+        ("flux", dict(guidance_embeds=False)),  # FLUX.1-schnell
+    ],
+    ids=["sd3", "sd3-t5", "flux-dev", "flux-schnell"],
+)
+def test_card_call_gives_uint8_images_and_finite_traces(family, options):
+    pipe = BUILDERS[family](**options)
+    out = pipe(P1, P2, seed=1, num_inference_steps=6, batch_size=1)  # default size: 64² for the tiny model
+    assert out[0].dtype == torch.uint8 and out[0].shape == (64, 64, 3) and out[0].float().std() > 1
+    assert out.kappa.shape == (6, 1, 2) and out.log_q.shape == (7, 1, 2)
+    assert torch.isfinite(out.kappa).all() and torch.isfinite(out.log_q).all()  # σ_max finite: no NaN
+    assert torch.isfinite(out.sigmas).all() and out.sigmas[-1] == 0
+    assert out.samples.shape == (1, 16, 8, 8)
+    Image.fromarray(out[0].numpy())
+    assert torch.equal(pipe(P1, P2, seed=1, num_inference_steps=6).images, out.images)
+
+
+@pytest.mark.parametrize("lift", [0.0, 2.0, -2.0])
+@pytest.mark.parametrize("family, sigma_3", [("sd3", 2.02), ("flux", 1.58)])
+def test_and_gap_follows_lift_schedule_after_the_capped_first_steps(pipes, family, sigma_3, lift):
+    """From σ_3 on (SD3: 2, Flux: ≈ 1.6) every step adds lift/n exactly. Above (SD3: σ = 32, 12, 4.5; Flux:
+    20, 7.9, 3.2) the random prompts' ε̂ agree closely (SD3: to ~1e-3) and reaching lift/n there would take
+    a large κ (SD3: ≈ ±100): the core's ridge caps κ, so those steps add less (docs/model-families.md), and
+    how much less depends on the random weights (diffusers' version)."""
+    pipe = pipes(family)
+    out = pipe(P1, P2, seed=0, batch_size=2, lift=lift, **SMALL)
+    n = SMALL["num_inference_steps"]
+    increments = gap(out).diff(dim=0)
+    assert out.sigmas[3] == pytest.approx(sigma_3, abs=0.01)
+    torch.testing.assert_close(increments[3:], torch.full_like(increments[3:], lift / n), atol=5e-3, rtol=0)
+    if lift == 0:
+        assert gap(out).abs().max() < 0.05
+    else:  # the capped steps still move the gap the right way, by at most lift/n
+        assert (increments[:3] / (lift / n)).min() > 0.25 and (increments[:3] / (lift / n)).max() < 1.05
+    avg = pipe(P1, P2, seed=0, batch_size=2, mode="avg", **SMALL)
+    assert gap(avg)[-1].abs().max() > 0.1  # without AND the gap drifts: the test above is not trivial
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_modes_and_callback(pipes, family):
+    pipe, seen = pipes(family), []
+    out = pipe(P1, P2, seed=0, mode="or", callback_on_step_end=lambda p, i, t, kw: seen.append(kw), **SMALL)
+    assert len(seen) == 6 and seen[0]["latents"].shape == (1, 16, 8, 8)
+    torch.testing.assert_close(out.kappa.sum(-1), torch.ones(6, 1))
+    single = pipe(P1, P2, seed=0, mode="prompt_2", **SMALL)
+    alone = pipe([P2], None, seed=0, mode="prompt_1", **SMALL)
+    torch.testing.assert_close(single.samples, alone.samples, atol=1e-4, rtol=1e-4)
+    joint = pipe(P1, P2, seed=0, mode="joint", **SMALL)
+    assert joint.prompts[-1] == f"{P1} that looks like {P2}" and joint[0].shape == (64, 64, 3)
+    gen = pipe(P1, P2, generator=torch.Generator().manual_seed(0), **SMALL)
+    torch.testing.assert_close(gen.samples, pipe(P1, P2, seed=0, **SMALL).samples)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_float16_pipeline_samples_like_float32(family):
+    pipe = BUILDERS[family]()
+    reference = pipe(P1, P2, seed=1, **SMALL)
+    pipe.to(torch.float16)
+    out = pipe(P1, P2, seed=1, **SMALL)
+    assert out.samples.dtype == torch.float32 and torch.isfinite(out.log_q).all()
+    torch.testing.assert_close(out.samples, reference.samples, atol=5e-2, rtol=0)
+    torch.testing.assert_close(gap(out), gap(reference), atol=2e-2, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_scheduler_assigned_after_loading_is_refused(family):
+    pipe = BUILDERS[family]()
+    pipe.scheduler = EulerDiscreteScheduler()
+    with pytest.raises(ValueError, match="^scheduler"):
+        pipe(P1, P2, **SMALL)
