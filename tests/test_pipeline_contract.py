@@ -40,7 +40,7 @@ def test_tiny_pipeline_is_seeded_and_leaves_global_rng_alone(family):
     assert torch.equal(w[0], w[1]) and not torch.equal(w[0], w[2])
 
 
-BAD = [  # SD 1.x and SDXL
+BAD = [
     ("prompt_1", dict(prompt_1="")),
     ("prompt_2", dict(prompt_2="   ")),
     ("prompt_2", dict(prompt_2=None)),
@@ -66,8 +66,12 @@ BAD = [  # SD 1.x and SDXL
     ("seed", dict(seed=1, generator=torch.Generator())),
     ("generator", dict(generator=[torch.Generator()] * 2, batch_size=3)),
     ("generator", dict(generator=[torch.Generator(), 1])),
+    ("prompt_2", dict(prompt_2="")),
+    ("height", dict(height=60)),
+    ("guidance_scale", dict(guidance_scale=math.nan)),
+    ("seed", dict(seed=-1)),
 ]
-PAST_LIMITS = [  # sizes past the limits are refused before anything is allocated (issue 13); SD 1.x
+PAST_LIMITS = [  # sizes past the limits are refused before anything is allocated (issue 13)
     ("num_inference_steps", dict(num_inference_steps=10**9)),
     ("batch_size", dict(batch_size=10**9)),
     ("height", dict(height=100_000)),
@@ -79,20 +83,9 @@ PAST_LIMITS = [  # sizes past the limits are refused before anything is allocate
     ("temperature", dict(temperature=1e300)),
     ("log_weights", dict(log_weights=[0.0, 1e300])),
 ]
-FLOW_BAD = [  # SD3 and Flux
-    ("prompt_2", dict(prompt_2="")),
-    ("num_inference_steps", dict(num_inference_steps=0)),
-    ("height", dict(height=60)),
-    ("mode", dict(mode="xor")),
-    ("guidance_scale", dict(guidance_scale=float("nan"))),
-    ("seed", dict(seed=-1)),
-]
-BAD_INPUTS = {
-    "sd": BAD + PAST_LIMITS,
-    "xl": BAD,
-    "sd3": FLOW_BAD,
-    "flux": [*FLOW_BAD, ("width", dict(width=72))],  # a multiple of 8, not of 16: no 2×2 patches
-}
+BAD_INPUTS = {family: BAD + PAST_LIMITS for family in BUILDERS}
+BAD_INPUTS["flux"].append(("width", dict(width=72)))  # a multiple of 8, not of 16: no 2×2 patches
+
 CASES = [(family, name, bad) for family, cases in BAD_INPUTS.items() for name, bad in cases]
 
 
