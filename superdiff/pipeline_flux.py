@@ -153,17 +153,10 @@ class SuperDiffFluxPipeline(SuperDiffMixin, FluxPipeline):
         """A flow-matching scheduler (one assigned after loading)."""
         check_flow_scheduler(self.scheduler)
 
-    def check_inputs(self, prompt_1, prompt_2, **kwargs) -> list[str]:
-        """:meth:`.SuperDiffMixin.check_inputs`, and height, width multiples of 16 (2×2 latent patches)."""
-        prompts = super().check_inputs(prompt_1, prompt_2, **kwargs)
-        multiple = self.latent_scale * PATCH
-        for name in ("height", "width"):
-            if kwargs[name] % multiple:
-                raise ValueError(
-                    f"{name}: Flux packs 2×2 latent patches: expected a multiple of {multiple}, "
-                    f"got {kwargs[name]}"
-                )
-        return prompts
+    @property
+    def size_multiple(self) -> int:
+        """16: the VAE's 8, times Flux's 2×2 latent patches."""
+        return self.latent_scale * PATCH
 
     def image_seq_len(self, height: int | None = None, width: int | None = None) -> int:
         """Image tokens of the transformer at a size (None: the default size)."""

@@ -165,6 +165,11 @@ class SuperDiffSD3Pipeline(SuperDiffMixin, StableDiffusion3Pipeline):
         """A flow-matching scheduler (one assigned after loading)."""
         check_flow_scheduler(self.scheduler)
 
+    @property
+    def size_multiple(self) -> int:
+        """16: the VAE's 8, times the transformer's 2×2 latent patches."""
+        return self.vae_scale_factor * self.transformer.config.patch_size
+
     def dynamic_shift(self, height: int | None = None, width: int | None = None) -> float | None:
         """``mu`` of the scheduler's dynamic shifting for an image size, as diffusers' SD3 pipeline computes
         it (None: the default size); None where the config shifts statically."""

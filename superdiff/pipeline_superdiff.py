@@ -227,12 +227,12 @@ def check_joint(mode: str, n_prompts: int, joint_prompt) -> None:
         raise ValueError(f"joint_prompt: expected a non-empty string, got {joint_prompt!r}")
 
 
-def check_size(height, width, max_size: int = LIMITS.size) -> None:
-    """height and width: multiples of 8 from 64 to max_size."""
+def check_size(height, width, max_size: int = LIMITS.size, multiple: int = 8) -> None:
+    """height and width: multiples of ``multiple`` from 64 to max_size."""
     for name, value in (("height", height), ("width", width)):
-        check_int(name, value, 64, ", a multiple of 8")
-        if value % 8:
-            raise ValueError(f"{name}: expected a multiple of 8 (>= 64), got {value}")
+        check_int(name, value, 64, f", a multiple of {multiple}")
+        if value % multiple:
+            raise ValueError(f"{name}: expected a multiple of {multiple} (>= 64), got {value}")
         if value > max_size:
             raise ValueError(
                 f"{name}: expected at most {max_size} pixels, got {value} (raise the limit: pipe.limits = "
@@ -249,10 +249,12 @@ def check_inputs(
     width=512,
     joint_prompt=None,
     limits: Limits = LIMITS,
+    size_multiple: int = 8,
     **options,
 ) -> list[str]:
     """Validate a call before any work; returns the prompts. Raises ValueError naming the argument.
 
+    ``size_multiple``: height and width must be multiples of it (the pipeline's :attr:`size_multiple`);
     ``options``: the call's other arguments, as :func:`.pipeline_common.check_sampling_args` takes them.
     """
     prompts = as_prompts(prompt_1, prompt_2)
@@ -262,7 +264,7 @@ def check_inputs(
             f"prompt_2: mode {mode!r} superposes at least two prompts; pass prompt_2 (or a list as prompt_1)"
         )
     check_joint(mode, len(prompts), joint_prompt)
-    check_size(height, width, limits.size)
+    check_size(height, width, limits.size, size_multiple)
     check_sampling_args(len(prompts), limits=limits, **options)
     return prompts
 
@@ -301,13 +303,20 @@ class SuperDiffMixin:
         """The image size (pixels) the denoiser was trained at: 512 for SD v1-4, 1024 for SDXL and SD3."""
         return self.denoiser.config.sample_size * self.vae_scale_factor
 
+    @property
+    def size_multiple(self) -> int:
+        """Height and width must be multiples of it: the VAE's downsampling (8 for SD and SDXL)."""
+        return self.vae_scale_factor
+
     def check_model(self) -> None:
         """Refuse a configuration the pipeline cannot sample (a scheduler assigned after loading)."""
 
     def check_inputs(self, prompt_1, prompt_2, **kwargs) -> list[str]:
         """Validate a call before any work (see :func:`check_inputs`); returns the prompts."""
         self.check_model()
-        return check_inputs(prompt_1, prompt_2, limits=self.limits, **kwargs)
+        return check_inputs(
+            prompt_1, prompt_2, limits=self.limits, size_multiple=self.size_multiple, **kwargs
+        )
 
     def warn_truncated(self, prompts: list[str], tokenizer=None, name: str = "CLIP") -> None:
         """Warn (as diffusers' pipelines do) about prompts longer than a text encoder's window."""

@@ -84,7 +84,8 @@ PAST_LIMITS = [  # sizes past the limits are refused before anything is allocate
     ("log_weights", dict(log_weights=[0.0, 1e300])),
 ]
 BAD_INPUTS = {family: BAD + PAST_LIMITS for family in BUILDERS}
-BAD_INPUTS["flux"].append(("width", dict(width=72)))  # a multiple of 8, not of 16: no 2×2 patches
+for family in ("sd3", "flux"):  # a multiple of 8, not of 16: no 2×2 latent patches
+    BAD_INPUTS[family].append(("width", dict(width=72)))
 
 CASES = [(family, name, bad) for family, cases in BAD_INPUTS.items() for name, bad in cases]
 
