@@ -8,10 +8,7 @@ from __future__ import annotations
 import asyncio
 import html
 import json
-import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +22,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from servers import free_port, log_tail, running
 
 from superdiff import app
 
@@ -52,7 +50,7 @@ class App:
         return f"http://127.0.0.1:{self.port}"
 
     def log_tail(self) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
+        return log_tail(self.log, 30)
 
     def kernels(self) -> list[psutil.Process]:
         """The live kernel processes the server started (a culled one that is exiting does not count)."""
@@ -65,12 +63,6 @@ def is_kernel(process: psutil.Process) -> bool:
         return process.status() != psutil.STATUS_ZOMBIE and "ipykernel" in " ".join(process.cmdline())
     except (psutil.ZombieProcess, psutil.NoSuchProcess):
         return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str, host: str | None = None, timeout: float = REPLY_TIMEOUT) -> tuple[int, str]:
@@ -90,46 +82,14 @@ def serve(tmp: Path, *options: str, notebook: Path | None = None):
         notebook = tmp / "tiny.ipynb"
         notebook.write_text(json.dumps(TINY_NOTEBOOK))
     port, log = free_port(), tmp / "app.log"
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
-    env.update({f"JUPYTER_{d}_DIR": str(tmp / d.lower()) for d in ("CONFIG", "DATA", "RUNTIME")})
     args = [sys.executable, "-m", "superdiff.app", "--port", str(port), "--notebook", str(notebook), *options]
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            args, cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    server = App(proc, port, log)
-    try:
-        wait_until_up(server)
-        yield server
-    finally:
-        stop(proc)
+    url = f"http://127.0.0.1:{port}"
 
+    def up() -> bool:
+        return get(url + "/voila/static/voila.js", timeout=2)[0] == 200  # cheap: no kernel
 
-def wait_until_up(server: App) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            pytest.fail(f"the app exited with {server.proc.returncode}:\n{server.log_tail()}", pytrace=False)
-        try:
-            if get(server.url + "/voila/static/voila.js", timeout=2)[0] == 200:  # cheap: no kernel
-                return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"the app is not up after {START_TIMEOUT} s:\n{server.log_tail()}", pytrace=False)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group (the server shuts its kernels down), SIGKILL if it hangs."""
-    for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(grace)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    with running(args, tmp, log, up, START_TIMEOUT) as proc:
+        yield App(proc, port, log)
 
 
 def open_page(server: App, token: str = "") -> str:

@@ -12,8 +12,6 @@ import json
 import os
 import re
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +23,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+from servers import free_port, log_tail, running
 
 from superdiff.widgets import REDRAW_SECONDS
 
@@ -105,52 +104,8 @@ class Server:
     token: str
     log: Path
 
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def server_env(tmp: Path) -> dict:
-    """Config, data and runtime in a temp dir (no user settings leak in); torch on one thread."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
-    for name in ("CONFIG", "DATA", "RUNTIME"):
-        env[f"JUPYTER_{name}_DIR"] = str(tmp / name.lower())
-    return env
-
-
-def wait_until_up(server: Server, path: str) -> None:
-    """Poll until the server answers 200 on path; fail with its log tail if it exits or times out."""
-    deadline = time.monotonic() + SERVER_TIMEOUT
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            pytest.fail(f"server exited with {server.proc.returncode}:\n{server.log_tail()}", pytrace=False)
-        try:
-            with urllib.request.urlopen(server.url + path, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"server not up after {SERVER_TIMEOUT} s:\n{server.log_tail()}", pytrace=False)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (it shuts its kernels down), SIGKILL if it hangs."""
-    for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    def log_tail(self) -> str:
+        return log_tail(self.log)
 
 
 @contextmanager
@@ -158,16 +113,14 @@ def serve(args: list[str], tmp: Path, ready_path: str):
     """Run a Jupyter server on a free localhost port with a token; always stopped afterwards."""
     port, token, log = free_port(), secrets.token_hex(16), tmp / "server.log"
     args = [a.format(port=port, token=token) for a in args]
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            args, cwd=tmp, env=server_env(tmp), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    server = Server(proc, f"http://127.0.0.1:{port}", token, log)
-    try:
-        wait_until_up(server, ready_path.format(token=token))
-        yield server
-    finally:
-        stop(proc)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        with urllib.request.urlopen(url + ready_path.format(token=token), timeout=5) as response:
+            return response.status == 200
+
+    with running(args, tmp, log, up, SERVER_TIMEOUT) as proc:
+        yield Server(proc, url, token, log)
 
 
 def fresh_notebook(dest: Path) -> Path:
