@@ -4,7 +4,8 @@
 #   1. the fast path (bench_fast.py): paper loop vs eager pipeline vs enable_fast_sampling, batch 1 and 4,
 #      first-call compile time, peak memory, syncs/step, superposition share, and a measured 1000-step image;
 #   2. the eager card call, 1000 steps end to end (bench_pipeline.py), if time is left;
-#   3. the sweep's batching gain (batch 1 vs 8), if time is left.
+#   3. the sweep's batching gain (batch 1 vs 8), if time is left;
+#   4. the cost of the score Fokker–Planck residual on the SD UNet (bench_fpe.py), if time is left.
 #   bash benchmarks/gpu_checks.sh [OUT_DIR]
 # In this workplace's device tool, packages missing on the GPU machine travel as wheels in .whl/.
 set -uo pipefail
@@ -44,5 +45,10 @@ if [ -d /tmp/sd-random ] && time_left 150; then
       --steps 50 --scorer none --batch-size $b --out /tmp/sweep-b$b 2>&1 | grep -v "Loading\|sweep:" | tee "$OUT/sweep_b$b.txt"
     cp /tmp/sweep-b$b/summary.md "$OUT/sweep_b$b.md"
   done
+fi
+step "4. score Fokker–Planck residual on the SD v1-4 UNet, float32, 512², 1 and 4 probes"
+if time_left 60; then
+  timeout 120 python3 benchmarks/bench_fpe.py --device cuda --repeats 2 2>&1 | grep -v "^USDT" \
+    | tee "$OUT/bench_fpe.txt"
 fi
 step "done"
