@@ -109,7 +109,7 @@ lab: setup
 
 # The playground as a web page for teaching sessions: controls and plots, no code (Voilà, superdiff/app.py).
 # On localhost for one teacher; APP_HOST=0.0.0.0 is classroom mode: a token, the URL to share printed, at most
-# 36 open pages, idle ones closed (README "Teaching with the app"). More options: APP_ARGS="--max-kernels 20".
+# 36 open pages (fewer where memory holds fewer), idle ones closed (README "Teaching with the app"). More options: APP_ARGS="--max-kernels 20".
 app: setup
 	$(BIN)/python -m superdiff.app --host $(APP_HOST) --port $(APP_PORT) $(APP_ARGS)
 

@@ -19,6 +19,8 @@ import socket
 import sys
 from pathlib import Path
 
+import nbformat
+import psutil  # through accelerate, a dependency
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from tornado import ioloop, web
@@ -31,6 +33,8 @@ LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 # Measured (benchmarks/app_memory.py, README): a kernel holds 335 MB RSS once both playgrounds ran, 545 MB
 # after the sliders' largest runs. 36 of the largest take ≈ 19.6 GB of this 24 GB machine, leaving ≈ 4 GB.
 MAX_KERNELS = 36
+KERNEL_GIB, RESERVE_GIB = 0.545, 3.5  # a kernel after the largest runs; the server, the OS and headroom
+MIN_TOKEN = 8  # characters of a classroom token: the network can try short ones
 CULL_IDLE = 900  # seconds without a message to or from a kernel before it is shut down (an open tab too)
 
 
@@ -135,26 +139,61 @@ def allowed_hosts(host: str, extra: list[str]) -> list[str]:
     return sorted(names)
 
 
+def memory_gib() -> float:
+    """This machine's physical memory in GiB."""
+    return psutil.virtual_memory().total / 2**30
+
+
+def kernels_that_fit() -> int:
+    """Kernels that fit in memory if every student makes the largest runs: (memory − 3.5 GiB) / 0.545 GiB."""
+    return max(1, int((memory_gib() - RESERVE_GIB) / KERNEL_GIB))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m superdiff.app", description=__doc__.split("\n")[0])
     p.add_argument("--host", default="localhost", help="address to listen on; 0.0.0.0: classroom mode")
-    p.add_argument("--port", type=int, default=PORT)
+    p.add_argument("--port", type=int, default=PORT, help=f"1 to 65535 (default {PORT})")
     p.add_argument("--token", help="required to open the app (default: none on localhost, else a new one)")
-    p.add_argument("--max-kernels", type=int, default=MAX_KERNELS, help="most open pages at once")
+    p.add_argument(
+        "--max-kernels",
+        type=int,
+        help=f"most open pages at once (default {MAX_KERNELS}, or fewer where memory holds fewer)",
+    )
     p.add_argument("--cull-idle", type=int, default=CULL_IDLE, help="seconds before an idle kernel stops")
     p.add_argument("--allow-host", action="append", default=[], help="another name students use (repeat)")
     p.add_argument("--notebook", type=Path, default=NOTEBOOK)
     args = p.parse_args(argv)
-    if args.max_kernels < 1 or args.cull_idle < 1:
-        p.error("--max-kernels and --cull-idle: expected integers >= 1")
+    if not 1 <= args.port <= 65535:
+        p.error(f"--port: expected an integer from 1 to 65535, got {args.port}")
+    fit = kernels_that_fit()
+    if args.max_kernels is None:
+        args.max_kernels = min(MAX_KERNELS, fit)
+    if not 1 <= args.max_kernels <= fit:
+        p.error(
+            f"--max-kernels: expected an integer from 1 to {fit}, got {args.max_kernels} ({fit} kernels fit "
+            f"in this machine's {memory_gib():.0f} GiB: {KERNEL_GIB} GiB each after the largest runs)"
+        )
+    if args.cull_idle < 1:
+        p.error(f"--cull-idle: expected an integer >= 1, got {args.cull_idle}")
     classroom = not is_local(args.host)
-    if classroom and args.token == "":
-        p.error("--token: classroom mode (a non-local --host) requires a token")
     if classroom and args.token is None:
         args.token = secrets.token_urlsafe(16)
-    if not args.notebook.is_file():
-        p.error(f"--notebook: no file {args.notebook}")
+    if classroom and len(args.token) < MIN_TOKEN:
+        p.error(
+            f"--token: classroom mode (a non-local --host) requires a token of {MIN_TOKEN} or more characters"
+        )
+    check_notebook(p, args.notebook)
     return args
+
+
+def check_notebook(p: argparse.ArgumentParser, path: Path) -> None:
+    """An existing Jupyter notebook (.ipynb that nbformat reads), else the parser's error."""
+    if path.suffix != ".ipynb" or not path.is_file():
+        p.error(f"--notebook: expected an existing .ipynb file, got {str(path)!r}")
+    try:
+        nbformat.read(path, as_version=4)
+    except Exception as err:  # noqa: BLE001 (any way of not being a notebook)
+        p.error(f"--notebook: {str(path)!r} is not a Jupyter notebook ({type(err).__name__})")
 
 
 def share_url(args: argparse.Namespace) -> str:

@@ -355,9 +355,47 @@ def test_classroom_mode_requires_a_token_and_prints_the_url_to_share():
     assert len(classroom.token) >= 20 and f"--Voila.token={classroom.token}" in app.voila_argv(classroom)
     url = app.share_url(classroom)
     assert url.startswith("Share this URL with the class: http://") and f"/?token={classroom.token}" in url
-    assert f"at most {app.MAX_KERNELS} open pages" in url
+    assert f"at most {classroom.max_kernels} open pages" in url
     with pytest.raises(SystemExit):
         app.parse_args(["--host", "0.0.0.0", "--token", ""])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--port", "0"], "--port: expected an integer from 1 to 65535, got 0"),
+        (["--port", "99999"], "--port: expected an integer from 1 to 65535, got 99999"),
+        (["--max-kernels", "0"], "--max-kernels: expected an integer from 1 to 8, got 0"),
+        (["--max-kernels", "9"], "--max-kernels: expected an integer from 1 to 8, got 9 (8 kernels fit"),
+        (["--cull-idle", "0"], "--cull-idle: expected an integer >= 1, got 0"),
+        (
+            ["--host", "0.0.0.0", "--token", ""],
+            "--token: classroom mode (a non-local --host) requires a token",
+        ),
+        (["--host", "0.0.0.0", "--token", "abc1234"], "requires a token of 8 or more characters"),
+        (["--notebook", "{tmp}/missing.ipynb"], "--notebook: expected an existing .ipynb file"),
+        (["--notebook", "{tmp}/notes.txt"], "--notebook: expected an existing .ipynb file"),
+        (["--notebook", "{tmp}/broken.ipynb"], "is not a Jupyter notebook"),
+    ],
+)
+def test_the_launcher_refuses_bad_options_with_the_range(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(app, "memory_gib", lambda: 8.0)  # (8 − 3.5) / 0.545: 8 kernels fit
+    (tmp_path / "notes.txt").write_text("{}")
+    (tmp_path / "broken.ipynb").write_text('{"cells": 1}')
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    with pytest.raises(SystemExit) as info:
+        app.parse_args(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("memory, default", [(8.0, 8), (16.0, 22), (64.0, app.MAX_KERNELS)])
+def test_the_kernel_cap_is_what_fits_in_memory(memory, default, monkeypatch):
+    monkeypatch.setattr(app, "memory_gib", lambda: memory)
+    notebook = str(ROOT / "notebooks" / "04_playground.ipynb")
+    assert app.parse_args(["--notebook", notebook]).max_kernels == default
+    assert app.parse_args(["--notebook", notebook, "--max-kernels", str(default)]).max_kernels == default
+    classroom = app.parse_args(["--host", "0.0.0.0", "--token", "12345678", "--notebook", notebook])
+    assert classroom.token == "12345678" and f"at most {default} open pages" in app.share_url(classroom)
 
 
 def test_allowed_hosts():
