@@ -138,8 +138,8 @@ def peak_gib(device: str, others: float) -> float:
     return torch.cuda.max_memory_allocated() / 2**30 - others if device.startswith("cuda") else float("nan")
 
 
-def measure(pipes: dict, args, batch: int) -> dict:
-    """Each variant at one batch: first-call s, ms/step, extrapolated image s, profile, peak memory.
+def timing(pipes: dict, args, batch: int) -> dict:
+    """Each variant at one batch: first-call s, ms/step, extrapolated 1000-step image s.
 
     The timed calls alternate between the variants, so both see the same load; the best repeat counts.
     """
@@ -149,27 +149,38 @@ def measure(pipes: dict, args, batch: int) -> dict:
         for name, pipe in pipes.items():
             for n in (1, 3):
                 times[name][n].append(call(pipe, n * args.steps, batch, args.size)[0])
-    for name, pipe in pipes.items():
+    for name, row in rows.items():
         short, long = min(times[name][1]), min(times[name][3])
         step = (long - short) / (2 * args.steps)  # text encoding and VAE decoding cancel
-        row = rows[name]
         row.update(ms=1e3 * step, image_s=short + (1000 - args.steps) * step)
-        reset_peak(args.device)
-        prof_1, prof_2 = (profile(pipe, args, batch, n) for n in (args.steps, 2 * args.steps))
-        row.update(prof_2, syncs=(prof_2["syncs"] - prof_1["syncs"]) / args.steps)
-        row["profiled_ms"] = 1e3 * (prof_2["s"] - prof_1["s"]) / args.steps  # the share's denominator
-        row["out"] = call(pipe, args.steps, batch, args.size)[1]
-        row["peak"] = peak_gib(args.device, sum(weights_gib(p) for n, p in pipes.items() if n != name))
     return rows
 
 
-def report(name: str, row: dict) -> None:
-    share = 100 * row["update"] / row["profiled_ms"]
+def details(pipes: dict, name: str, args, batch: int) -> dict:
+    """One variant's profile (denoiser and superposition ms, syncs/step), peak memory and an output."""
+    pipe = pipes[name]
+    reset_peak(args.device)
+    prof_1, prof_2 = (profile(pipe, args, batch, n) for n in (args.steps, 2 * args.steps))
+    row = dict(prof_2, syncs=(prof_2["syncs"] - prof_1["syncs"]) / args.steps)
+    row["profiled_ms"] = 1e3 * (prof_2["s"] - prof_1["s"]) / args.steps  # the share's denominator
+    row["out"] = call(pipe, args.steps, batch, args.size)[1]
+    row["peak"] = peak_gib(args.device, sum(weights_gib(p) for n, p in pipes.items() if n != name))
+    return row
+
+
+def report_timing(name: str, row: dict) -> None:
     print(
         f"{name:34s} {row['ms']:9.2f} ms/step  1000 steps ≈ {row['image_s']:7.1f} s (extrapolated)  "
-        f"first call {row['first_s']:6.1f} s  peak {row['peak']:5.2f} GiB  syncs/step {row['syncs']:.1f}  "
-        f"denoiser {row['denoiser']:.2f} ms, superposition {row['update']:.3f} ms/step ({share:.1f} % of a "
-        f"profiled step, {row['profiled_ms']:.2f} ms)"
+        f"first call {row['first_s']:6.1f} s"
+    )
+
+
+def report_details(name: str, row: dict) -> None:
+    share = 100 * row["update"] / row["profiled_ms"]
+    print(
+        f"{name:34s} peak {row['peak']:5.2f} GiB  syncs/step {row['syncs']:.1f}  denoiser "
+        f"{row['denoiser']:.2f} ms, superposition {row['update']:.3f} ms/step ({share:.1f} % of a profiled "
+        f"step, {row['profiled_ms']:.2f} ms)"
     )
 
 
@@ -188,6 +199,33 @@ def full_image(pipe, args) -> None:
         f"({1e3 * seconds / args.full:.2f} ms/step incl. text encoding and VAE decode); "
         f"κ final {out.kappa[-1, 0].tolist()}"
     )
+
+
+def one_batch(pipes: dict, paper: float, args, batch: int) -> None:
+    """Time, then profile, the variants at one batch, printing each figure as soon as it is measured."""
+    dtype = str(pipes["eager"].unet.dtype)[6:]
+    labels = {"eager": f"(b) pipeline eager, {dtype}", "fast": f"(c) fast path, {dtype}"}
+    print(f"\nbatch {batch}:")
+    print(
+        f"{'(a) paper loop, 3 calls, float32':34s} {paper:9.2f} ms/step  1000 steps ≈ {paper:7.1f} s "
+        "(extrapolated, UNet calls only)"
+    )
+    rows = timing(pipes, args, batch)
+    for name, row in rows.items():
+        report_timing(labels[name], row)
+    eager, fast = rows["eager"]["ms"], rows["fast"]["ms"]
+    print(f"speed-up (b)/(c) {eager / fast:.2f}x, (a)/(c) {paper / fast:.2f}x")
+    if batch == 1 and args.full:
+        full_image(pipes["fast"], args)
+    outs = {}
+    for name in pipes:
+        try:  # the timings above stand even if the profiler fails
+            outs[name] = details(pipes, name, args, batch)
+            report_details(labels[name], outs[name])
+        except Exception as err:
+            print(f"{labels[name]}: profile failed: {type(err).__name__}: {str(err)[:300]}")
+    if len(outs) == 2:
+        print(difference(outs["fast"], outs["eager"]))
 
 
 def parse_args() -> argparse.Namespace:
@@ -228,21 +266,10 @@ def main() -> None:
     tic = time.perf_counter()
     fast_pipe = copy.deepcopy(pipe)  # the same weights: (b) and (c) alternate in every measurement
     state = enable_fast_sampling(fast_pipe)
-    print(f"enable_fast_sampling: {state} ({time.perf_counter() - tic:.2f} s with the copy)")
-    rows = {b: measure({"eager": pipe, "fast": fast_pipe}, args, b) for b in args.batch}
-    eager, fast = ({b: rows[b][name] for b in args.batch} for name in ("eager", "fast"))
+    print(f"enable_fast_sampling: {state} ({time.perf_counter() - tic:.2f} s with the copy)", flush=True)
+    pipes = {"eager": pipe, "fast": fast_pipe}
     for b in args.batch:
-        print(f"\nbatch {b}:")
-        print(
-            f"{'(a) paper loop, 3 calls, float32':34s} {paper[b]:9.2f} ms/step  1000 steps ≈ "
-            f"{paper[b]:7.1f} s (extrapolated, UNet calls only)"
-        )
-        report(f"(b) pipeline eager, {dtype}", eager[b])
-        report(f"(c) fast path, {dtype}", fast[b])
-        gains = f"(b)/(c) {eager[b]['ms'] / fast[b]['ms']:.2f}x, (a)/(c) {paper[b] / fast[b]['ms']:.2f}x"
-        print(f"speed-up {gains}; {difference(fast[b], eager[b])}")
-    if args.full:
-        full_image(fast_pipe, args)
+        one_batch(pipes, paper[b], args, b)
 
 
 if __name__ == "__main__":
