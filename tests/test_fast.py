@@ -7,11 +7,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from superdiff import fast, testing
+from superdiff import fast, sampling, testing
 from superdiff.fast import enable_fast_sampling, fast_sampling_state
 from superdiff.pipeline_common import step_callback
 from superdiff.pipeline_superdiff import PromptPredictor, euler_grid
+from superdiff.sampling import randn_like as sampling_randn_like
 from superdiff.sampling import superpose
 from superdiff.testing import tiny_pipeline
 
@@ -110,11 +113,30 @@ def test_channels_last_applied_and_undone(family):
 # ----------------------------------------------------------------------------- no host wait per step
 
 
-@pytest.mark.parametrize("mode", ["and", "or", "avg"])
-def test_the_step_loop_never_reads_a_value_on_the_host(mode):
-    """On the meta device .item(), bool(), nonzero and mask indexing raise: on CUDA each is a host wait."""
+class HostToDevice(TorchDispatchMode):
+    """Counts blocking copies of CPU tensors to another device: on CUDA each makes the host wait."""
+
+    COPIES = ("_to_copy", "copy_", "_copy_from", "_copy_from_and_resize")
+
+    def __init__(self):
+        super().__init__()
+        self.copies, self.paused = [], False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        tensors = [t for t in pytree.tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+        devices = {t.device.type for t in tensors}
+        if func.__name__.split(".")[0] in self.COPIES and "cpu" in devices and len(devices) > 1:
+            if not (self.paused or kwargs.get("non_blocking")):
+                self.copies.append(func.__name__)
+        return out
+
+
+def meta_run(mode: str, steps: int, monkeypatch) -> int:
+    """Blocking copies to the device in one superpose call of ``steps`` on meta, the step noise aside."""
     pipe = tiny_pipeline(seed=0)
-    sigmas, timesteps = euler_grid(pipe.scheduler, 3)
+    sigmas, timesteps = euler_grid(pipe.scheduler, steps)
     meta = torch.device("meta")
     predictor = PromptPredictor(
         pipe.unet.to(meta), torch.empty(3, 77, 32, device=meta), 2, 7.5, sigmas, timesteps
@@ -124,8 +146,27 @@ def test_the_step_loop_never_reads_a_value_on_the_host(mode):
     hook = step_callback(pipe, lambda *args: seen.append(args), 2, predictor.timesteps, lambda: None)
     generators = [torch.Generator().manual_seed(i) for i in range(2)]  # CPU noise, as the pipeline's seed
     x = torch.empty(2, 4, 8, 8, device=meta)
-    out = superpose(predictor, x, sigmas, mode=mode, generator=generators, callback=hook)
-    assert out.samples.is_meta and out.kappa.is_meta and out.log_q.is_meta and len(seen) == 3
+    copies = HostToDevice()
+
+    def randn_like(*args):  # on CUDA a pinned, non-blocking copy (sampling.randn_like); on meta a plain one
+        copies.paused = True
+        try:
+            return sampling_randn_like(*args)
+        finally:
+            copies.paused = False
+
+    monkeypatch.setattr(sampling, "randn_like", randn_like)
+    with copies:
+        out = superpose(predictor, x, sigmas, mode=mode, generator=generators, callback=hook)
+    assert out.samples.is_meta and out.kappa.is_meta and out.log_q.is_meta and len(seen) == steps
+    return len(copies.copies)
+
+
+@pytest.mark.parametrize("mode", ["and", "or", "avg"])
+def test_the_step_loop_never_makes_the_host_wait(mode, monkeypatch):
+    """On the meta device .item(), bool(), nonzero and mask indexing raise, and a blocking copy of a CPU
+    tensor is counted: on CUDA each is a host wait. The copies (of lift and the like) are per call only."""
+    assert meta_run(mode, 6, monkeypatch) == meta_run(mode, 3, monkeypatch)
 
 
 # ----------------------------------------------------------------------------- fallbacks
