@@ -12,6 +12,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import warnings
 from argparse import Namespace
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from PIL import Image
 
 from superdiff.cli import main as superdiff_main
 from superdiff.hub import WeightsUnavailableError
+from superdiff.pipeline_superdiff import SuperDiffMixin
 from superdiff.sweep import load_pairs, parse_methods, parse_seeds, plan
 from superdiff.sweep.plan import batches
 from superdiff.sweep.run import CRASH_AFTER, records
@@ -134,6 +136,7 @@ def test_seeds_and_methods_specs():
         (["--batch-size", "0"], "--batch-size"),
         (["--lift", "nan"], "--lift"),
         (["--scorer", "digits", "--model", "tiny"], "--scorer"),
+        (["--fast"], "--fast"),  # the digits model has no denoiser to compile
         # sizes past the limits, refused before any allocation (issue 13)
         (["--seeds", "0-99999999999"], "--seeds"),
         (["--seeds", str(2**64)], "--seeds"),
@@ -390,6 +393,30 @@ def test_stable_diffusion_sweep_scores_every_method_with_clip(tmp_path, clip_fol
     one = [r for r in rows if r["method"] == "prompt_1"]
     assert all(r["kappa_mean"] == [1.0, 0.0] for r in one)
     assert (out / "summary.png").stat().st_size > 1000
+
+
+def test_fast_sweep_draws_the_eager_images_and_says_so(tmp_path, capsys, monkeypatch, two_pairs):
+    """--fast compiles the tiny pipeline's UNet (the shapes of test_fast: warm inductor cache) and draws the
+    same images as an eager sweep, within a float rounding; the records and the summary say which it was."""
+    states = []
+    enable = SuperDiffMixin.enable_fast_sampling
+    monkeypatch.setattr(SuperDiffMixin, "enable_fast_sampling", lambda pipe: states.append(enable(pipe)))
+    args = ["sweep", "--model", "tiny", "--pairs", two_pairs, "--methods", "and", "--seeds", "0-1"]
+    args += ["--steps", "3", "--batch-size", "1"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback to eager
+        assert superdiff_main([*args, "--out", str(tmp_path / "eager")]) == 0
+        assert superdiff_main([*args, "--fast", "--out", str(tmp_path / "fast")]) == 0
+    assert len(states) == 1 and states[0].compiled
+    eager, fast = read_records(tmp_path / "eager"), read_records(tmp_path / "fast")
+    assert len(eager) == len(fast) == 4
+    assert {r["fast"] for r in eager} == {False} and {r["fast"] for r in fast} == {True}
+    for a, b in zip(eager, fast, strict=True):
+        assert a["key"] == b["key"] and a["kappa_final"] == pytest.approx(b["kappa_final"], abs=1e-3)
+        a_px, b_px = (pixels(tmp_path / name / a["image"]).astype(int) for name in ("eager", "fast"))
+        assert a["image"] == b["image"] and np.abs(a_px - b_px).max() <= 2
+    assert "--fast: the first call of each batch shape" in (tmp_path / "fast" / "summary.md").read_text()
+    assert "--fast" not in (tmp_path / "eager" / "summary.md").read_text()
 
 
 def test_summary_matches_the_records(tmp_path, capsys):

@@ -57,6 +57,7 @@ class SweepConfig:
     clip_model: str = DEFAULT_CLIP
     dtype: str = "auto"
     size: int | None = None  # SD image height = width in pixels (None: the model's)
+    fast: bool = False  # enable_fast_sampling; not a setting: images match eager's within fp16 rounding
     items: list[Item] = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -182,9 +183,8 @@ def records(cfg, batch, out, scores, seconds: float, scorer_name, device: str, p
             row.update(
                 score_min=round(scores[i].min().item(), 6), score_mean=round(scores[i].mean().item(), 6)
             )
-        row.update(
-            seconds=round(seconds / len(batch), 4), batch_size=len(batch), device=device, process=process
-        )
+        row.update(seconds=round(seconds / len(batch), 4), batch_size=len(batch), fast=cfg.fast)
+        row.update(device=device, process=process)
         rows.append(row)
     return rows
 
@@ -217,6 +217,8 @@ def load_pipeline(cfg: SweepConfig, device: str):
     pipe = load(cfg.model, pick_dtype(cfg.dtype, device), device, cpu_offload=False, attention_slicing=False)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)  # one overall bar instead
+    if cfg.fast:
+        pipe.enable_fast_sampling()
     return pipe
 
 

@@ -107,7 +107,8 @@ def markdown(table: list[dict], scorer: str | None, timing: dict, cfg) -> str:
     lines += [
         "",
         f"This run: {timing['images']} new images in {timing['seconds']:.1f} s on "
-        f"{timing['processes']} process(es) (model loading excluded).",
+        f"{timing['processes']} process(es) (model loading excluded"
+        f"{'; --fast: the first call of each batch shape includes its compilation' if cfg.fast else ''}).",
         "",
     ]
     return "\n".join(lines)
