@@ -4,7 +4,7 @@
 #   1. the fast path (bench_fast.py): paper loop vs eager pipeline vs enable_fast_sampling, batch 1 and 4,
 #      first-call compile time, peak memory, syncs/step, superposition share, and a measured 1000-step image;
 #   2. the eager card call, 1000 steps end to end (bench_pipeline.py), if time is left;
-#   3. the sweep's batching gain (batch 1 vs 8), if time is left;
+#   3. the sweep's batching gain (batch 1 vs 8) and --fast at batch 8, if time is left;
 #   4. the cost of the score Fokker–Planck residual on the SD UNet (bench_fpe.py), if time is left.
 #   bash benchmarks/gpu_checks.sh [OUT_DIR]
 # In this workplace's device tool, packages missing on the GPU machine travel as wheels in .whl/.
@@ -37,13 +37,18 @@ if time_left 90; then
     | tee "$OUT/bench_pipeline.txt"
 fi
 
-step "3. sweep: 5 pairs x AND x 8 seeds, 50 steps, batch 1 vs 8 on one GPU"
+step "3. sweep: 5 pairs x AND x 8 seeds, 50 steps, batch 1 vs 8 on one GPU (then batch 8 --fast, if time is left)"
 if [ -d /tmp/sd-random ] && time_left 150; then
   head -6 superdiff/sweep/pairs/paper_sd.csv > /tmp/pairs5.csv
-  for b in 1 8; do
+  for run in b1 b8 b8_fast; do
+    fast=""
+    if [ $run = b8_fast ]; then time_left 150 || break; fast=--fast; fi
     python3 -m superdiff.cli sweep --model /tmp/sd-random --pairs /tmp/pairs5.csv --methods and --seeds 0-7 \
-      --steps 50 --scorer none --batch-size $b --out /tmp/sweep-b$b 2>&1 | grep -v "Loading\|sweep:" | tee "$OUT/sweep_b$b.txt"
-    cp /tmp/sweep-b$b/summary.md "$OUT/sweep_b$b.md"
+      --steps 50 --scorer none --batch-size ${run:1:1} $fast --out /tmp/sweep-$run 2>&1 | grep -v "Loading\|sweep:"
+    cp /tmp/sweep-$run/summary.md "$OUT/sweep_$run.md"
+    python3 -c "import json, statistics as st, sys; s = [json.loads(l)['seconds'] for l in open(sys.argv[1])]
+print(f'{sys.argv[2]}: s/image median {st.median(s):.3f}, max {max(s):.3f} (a first call)')" \
+      /tmp/sweep-$run/records.jsonl $run
   done
 fi
 step "4. score Fokker–Planck residual on the SD v1-4 UNet, float32, 512², 1 and 4 probes"
