@@ -37,6 +37,7 @@ def eager():
 def compiled():
     """The tiny pipeline compiled by inductor (10 s with a warm inductor cache, 90 s cold, 2 cores)."""
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()  # reset() keeps them: graphs compiled by earlier tests
     pipe = tiny_pipeline(seed=0)
     state = pipe.enable_fast_sampling()
     tic = time.perf_counter()
@@ -94,6 +95,18 @@ def test_second_call_same_size_does_not_recompile(compiled, eager):
         out = sample(compiled.pipe)
     assert stats["unique_graphs"] == graphs
     assert_close(out, eager)
+
+
+@pytest.mark.parametrize("mode", ["or", "avg"])
+def test_other_prompts_steps_and_modes_at_the_same_size_do_not_recompile(compiled, mode):
+    """A sweep's calls differ in prompts, steps, guidance, lift and mode, not in the UNet's shapes."""
+    stats = torch._dynamo.utils.counters["stats"]
+    graphs = stats["unique_graphs"]
+    call = dict(CALL, seed=5, num_inference_steps=6, guidance_scale=3.0, mode=mode)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled.pipe("a cat", "a dog", **call)
+        compiled.pipe("a cat", "a dog", **dict(call, mode="and", lift=2.0))
+    assert stats["unique_graphs"] == graphs
 
 
 @pytest.mark.parametrize("family", ["tiny_pipeline", "tiny_xl_pipeline", "tiny_sd3_pipeline"])

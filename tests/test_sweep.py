@@ -396,8 +396,9 @@ def test_stable_diffusion_sweep_scores_every_method_with_clip(tmp_path, clip_fol
 
 
 def test_fast_sweep_draws_the_eager_images_and_says_so(tmp_path, capsys, monkeypatch, two_pairs):
-    """--fast compiles the tiny pipeline's UNet (the shapes of test_fast: warm inductor cache) and draws the
-    same images as an eager sweep, within a float rounding; the records and the summary say which it was."""
+    """--fast compiles the tiny pipeline's UNet (test_fast's shapes: a warm inductor cache) and draws the
+    same images as an eager sweep (κ within test_fast's 2e-2: AND amplifies last bits); the records and the
+    summary say which it was."""
     states = []
     enable = SuperDiffMixin.enable_fast_sampling
     monkeypatch.setattr(SuperDiffMixin, "enable_fast_sampling", lambda pipe: states.append(enable(pipe)))
@@ -412,7 +413,7 @@ def test_fast_sweep_draws_the_eager_images_and_says_so(tmp_path, capsys, monkeyp
     assert len(eager) == len(fast) == 4
     assert {r["fast"] for r in eager} == {False} and {r["fast"] for r in fast} == {True}
     for a, b in zip(eager, fast, strict=True):
-        assert a["key"] == b["key"] and a["kappa_final"] == pytest.approx(b["kappa_final"], abs=1e-3)
+        assert a["key"] == b["key"] and a["kappa_final"] == pytest.approx(b["kappa_final"], abs=2e-2)
         a_px, b_px = (pixels(tmp_path / name / a["image"]).astype(int) for name in ("eager", "fast"))
         assert a["image"] == b["image"] and np.abs(a_px - b_px).max() <= 2
     assert "--fast: the first call of each batch shape" in (tmp_path / "fast" / "summary.md").read_text()
