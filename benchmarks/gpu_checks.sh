@@ -7,7 +7,8 @@
 #   3. the sweep's batching gain (batch 1 vs 8) and --fast at batch 8, if time is left;
 #   4. the cost of the score Fokker–Planck residual on the SD UNet (bench_fpe.py), if time is left.
 #   bash benchmarks/gpu_checks.sh [OUT_DIR]
-# In this workplace's device tool, packages missing on the GPU machine travel as wheels in .whl/.
+# In this workplace's device tool, packages missing on the GPU machine travel as wheels in .whl/ (its image
+# lacks diffusers and importlib_metadata: pip download --no-deps -d .whl diffusers==0.42.1 importlib_metadata==8.7.0).
 set -uo pipefail
 OUT=${1:-${OUT:-outputs/gpu}}; mkdir -p "$OUT"
 if [ -d .whl ]; then
