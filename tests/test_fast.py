@@ -2,6 +2,7 @@
 
 import json
 import time
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -10,7 +11,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from superdiff import fast, sampling, testing
+from superdiff import fast, sampling, testing, testing_flux
 from superdiff.fast import enable_fast_sampling, fast_sampling_state
 from superdiff.pipeline_common import step_callback
 from superdiff.pipeline_superdiff import PromptPredictor, euler_grid
@@ -68,6 +69,21 @@ def test_compiled_matches_eager_in_float32(compiled, eager):
     assert compiled.out.kappa.dtype == torch.float32 and compiled.out.log_q.dtype == torch.float64
     assert_close(compiled.out, eager)
     assert not torch.equal(compiled.out.samples, eager.samples)  # the compiled UNet did run
+
+
+@pytest.mark.parametrize("family", ["tiny_xl_pipeline", "tiny_sd3_pipeline", "tiny_flux_pipeline"])
+def test_every_family_compiles_and_draws_the_eager_images(family):
+    """SDXL's UNet and the SD3 and Flux transformers compile too (about 20 s each cold, 2 cores)."""
+    make = getattr(testing, family, None) or getattr(testing_flux, family)
+    eager = sample(make(seed=0))
+    pipe = make(seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback to eager
+        state = pipe.enable_fast_sampling()
+        out = sample(pipe)
+    assert state.compiled and isinstance(pipe.denoiser._compiled_call_impl, fast.FastCall)
+    assert_close(out, eager)
+    assert not torch.equal(out.samples, eager.samples)  # the compiled denoiser did run
 
 
 def test_compiled_denoiser_keeps_its_class_and_compiles_one_graph(compiled):
