@@ -201,10 +201,8 @@ def full_image(pipe, args) -> None:
     )
 
 
-def one_batch(pipes: dict, paper: float, args, batch: int) -> None:
+def one_batch(pipes: dict, labels: dict, paper: float, args, batch: int) -> None:
     """Time, then profile, the variants at one batch, printing each figure as soon as it is measured."""
-    dtype = str(pipes["eager"].unet.dtype)[6:]
-    labels = {"eager": f"(b) pipeline eager, {dtype}", "fast": f"(c) fast path, {dtype}"}
     print(f"\nbatch {batch}:")
     print(
         f"{'(a) paper loop, 3 calls, float32':34s} {paper:9.2f} ms/step  1000 steps ≈ {paper:7.1f} s "
@@ -268,8 +266,9 @@ def main() -> None:
     state = enable_fast_sampling(fast_pipe)
     print(f"enable_fast_sampling: {state} ({time.perf_counter() - tic:.2f} s with the copy)", flush=True)
     pipes = {"eager": pipe, "fast": fast_pipe}
+    labels = {"eager": f"(b) pipeline eager, {dtype}", "fast": f"(c) fast path, {dtype}"}
     for b in args.batch:
-        one_batch(pipes, paper[b], args, b)
+        one_batch(pipes, labels, paper[b], args, b)
 
 
 if __name__ == "__main__":
