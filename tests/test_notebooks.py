@@ -39,6 +39,14 @@ def test_install_source_is_this_release_tag():
     assert source.startswith("superdiff-kit @ git+https://")
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_colab_badge_opens_this_notebook_at_the_release_tag(path):
+    """The notebook Colab opens and the package its install cell installs come from the same tag."""
+    badge = "".join(cells(path)[0]["source"])
+    url = re.search(r"\(https://colab\.research\.google\.com/github/([^)]+)\)", badge).group(1)
+    assert url == f"superdiff-kit/superdiff-kit/blob/v{VERSION}/notebooks/{path.name}"
+
+
 def run_install_cell(monkeypatch, colab: bool) -> list[list[str]]:
     """Execute the install cell with pip replaced by a recorder; returns the commands it would run."""
     calls = []
