@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .limits import LIMITS, MAX_GUIDANCE, MAX_MAGNITUDE, MAX_SEED, Limits
 from .output import SuperDiffOutput, format_images
-from .sampling import SuperpositionResult, check_superpose_args
+from .sampling import SuperpositionResult, check_generator, check_superpose_args
 
 SUPERPOSITIONS = ("and", "or", "avg")  # κ from the core
 SINGLE_PROMPT = "prompt_<k>"  # the baseline "prompt_k": prompt k alone
@@ -91,13 +91,7 @@ def check_seed(seed, generator, batch_size: int = 1) -> None:
         check_seed_value("seed", seed)
         if generator is not None:
             raise ValueError("seed: pass either seed or generator, not both")
-    gens = generator if isinstance(generator, (list, tuple)) else [generator]
-    if generator is not None and not all(isinstance(g, torch.Generator) for g in gens):
-        raise ValueError(f"generator: expected a torch.Generator or a list of them, got {generator!r}")
-    if isinstance(generator, (list, tuple)) and len(generator) != batch_size:
-        raise ValueError(
-            f"generator: expected a list of batch_size = {batch_size} generators, got {len(generator)}"
-        )
+    check_generator(generator, batch_size)
 
 
 def check_mode_options(n_prompts: int, lift, temperature, log_weights) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -181,6 +182,20 @@ def kappa_and(pred: Prediction, noise: Tensor, sigma: float, dsigma: float, targ
     return kappa.to(c.dtype)
 
 
+def warn_if_lift_missed(log_q: Tensor, lift: Tensor, n: int) -> None:
+    """AND's traces end at the lift unless its ridge damped κ where the models agree; warn if they miss."""
+    missed = ((log_q[:, :-1] - log_q[:, -1:]) - (lift[:-1] - lift[-1])).abs().max().item()
+    rounding = torch.finfo(log_q.dtype).eps * log_q.abs().max().item() * math.sqrt(n)  # float32 on MPS
+    if missed > 0.05 + 0.01 * (lift.max() - lift.min()).item() + rounding:
+        warnings.warn(
+            f"lift: the estimated log q_1 − log q_2 ended up to {missed:.3g} nats from the lift: at some "
+            "steps the models' ε̂ nearly agree (within about 0.1 %), where reaching it would move x far, so κ "
+            "stays near 1/N there",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
 # ----------------------------------------------------------------------------- the sampler
 
 
@@ -217,14 +232,27 @@ def _check_sigmas(sigmas) -> Tensor:
     return sigmas
 
 
-def _per_model(value, name: str, n_models: int, default_last: float = 0.0) -> Tensor:
-    """A scalar (applies to model 1 vs. the rest) or one value per model, as a float64 vector."""
-    v = torch.as_tensor(value, dtype=torch.float64).cpu()
-    if v.ndim == 0:
-        v = torch.cat([v[None], torch.full((n_models - 1,), default_last, dtype=torch.float64)])
+def _per_model(value, name: str, n_models: int, scalar: bool = True) -> Tensor:
+    """One value per model as a float64 vector; a scalar (if allowed) applies to model 1 vs. the rest."""
+    expected = (
+        f"a finite scalar or {n_models} finite values"
+        if scalar
+        else f"{n_models} finite values, one per model"
+    )
+    try:
+        v = torch.as_tensor(value, dtype=torch.float64).cpu()
+    except (TypeError, ValueError, RuntimeError):  # strings, ragged lists, None
+        raise ValueError(f"{name}: expected {expected}, got {value!r}") from None
+    if v.ndim == 0 and scalar:
+        v = torch.cat([v[None], torch.zeros(n_models - 1, dtype=torch.float64)])
     if v.shape != (n_models,) or not torch.isfinite(v).all():
-        raise ValueError(f"{name}: expected a finite scalar or {n_models} finite values, got {value!r}")
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
     return v
+
+
+def is_real(value) -> bool:
+    """A real number (Python or NumPy), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def check_superpose_args(
@@ -233,16 +261,12 @@ def check_superpose_args(
     """Validate the options; returns lift, log_weights and the fixed κ (or None) as per-model vectors."""
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+    if not (is_real(temperature) and math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature: expected a finite number > 0, got {temperature!r}")
     lift = _per_model(lift, "lift", n_models)
     if log_weights is None:
         log_weights = torch.zeros(n_models, dtype=torch.float64)
-    elif torch.as_tensor(log_weights).ndim == 0:
-        raise ValueError(
-            f"log_weights: expected {n_models} values (log prior weight per model), got a scalar"
-        )
-    log_weights = _per_model(log_weights, "log_weights", n_models)
+    log_weights = _per_model(log_weights, "log_weights", n_models, scalar=False)
     if (mode == "fixed") != (kappa is not None):
         raise ValueError("kappa: give fixed mixing weights exactly when mode='fixed'")
     if kappa is not None:
@@ -260,6 +284,29 @@ def trace_dtype(device) -> torch.dtype:
     −1e6 to −3e6, where float32 resolves 0.06 to 0.25 nats), and float32 sums over d lose the small
     differences between prompts that AND solves for. float32 on MPS, which has no float64."""
     return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
+def check_generator(generator, batch: int) -> None:
+    """generator: None, a torch.Generator, or a list of ``batch`` of them (one per sample)."""
+    many = isinstance(generator, (list, tuple))
+    gens = generator if many else [] if generator is None else [generator]
+    if not all(isinstance(g, torch.Generator) for g in gens):
+        raise ValueError(f"generator: expected a torch.Generator or a list of them, got {generator!r}")
+    if many and len(generator) != batch:
+        raise ValueError(
+            f"generator: expected a list of {batch} generators, one per sample, got {len(generator)}"
+        )
+
+
+def check_samples(x, name: str = "x") -> None:
+    """x: a finite floating-point tensor (B, ...) with B >= 1 and at least one dimension per sample."""
+    if not isinstance(x, Tensor) or x.ndim < 2 or x.shape[0] < 1 or not x.is_floating_point():
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(
+            f"{name}: expected a floating-point tensor (B, ...), B >= 1, e.g. (B, 1) for scalars, got {shape}"
+        )
+    if not x.is_meta and not torch.isfinite(x).all():  # meta tensors (shape-only dry runs) have no values
+        raise ValueError(f"{name}: contains NaN or infinite values")
 
 
 def randn_like(x: Tensor, generator: Generators) -> Tensor:
@@ -304,10 +351,12 @@ def superpose(
             (the constant weights ``kappa``; e.g. [1, 0] samples model 1 alone, tracing every density).
         lift: AND only. log q_1 − log q_2 grows by lift/n per step and ends at +lift, so
             ``lift > 0`` favours model 1. A scalar lifts model 1 against all others; a sequence
-            gives one value per model (log q_i − log q_j ends at lift_i − lift_j).
+            gives one value per model (log q_i − log q_j ends at lift_i − lift_j). Where the models' ε̂
+            nearly agree (within about 0.1 %) a step cannot lift without moving x far; κ stays near 1/N there,
+            and a RuntimeWarning says how far the traces end from the lift.
         temperature: OR only, T in κ = softmax(T·(log q + log_weights)).
-        log_weights: OR only, b_i = log w_i per model (default: equal); at T = 1 OR samples Σ w_i q_i,
-            other T scale the prior too.
+        log_weights: OR only, b_i = log w_i per model (default: equal); at T = 1 OR samples
+            Σ w_i q_i / Σ w_j, other T scale the prior too.
         generator: torch generator for the step noise, or a list of B (one per sample).
         progress: show a tqdm bar.
         callback: called after every step with ``{"i", "sigma", "x", "kappa", "log_q"}``.
@@ -317,10 +366,11 @@ def superpose(
     n_models = predictor.num_models
     lift, log_weights, fixed = check_superpose_args(n_models, mode, lift, temperature, log_weights, kappa)
     sigmas = _check_sigmas(sigmas)
-    if not isinstance(x, Tensor) or x.ndim < 1 or x.shape[0] < 1 or not x.is_floating_point():
-        raise ValueError("x: expected a floating-point tensor of shape (B, ...) with B >= 1")
+    check_samples(x)
+    check_generator(generator, len(x))
 
     n = len(sigmas) - 1
+    lifted = mode == "and" and n_models > 1 and bool(lift.any()) and not x.is_meta
     work = trace_dtype(x.device)
     log_q = gaussian_log_prob(x.to(work), sigmas[0].item())[:, None].repeat(1, n_models)
     lift, log_weights = lift.to(x.device, work), log_weights.to(x.device, work)
@@ -345,6 +395,8 @@ def superpose(
         log_qs.append(log_q)
         if callback is not None:
             callback({"i": i, "sigma": sigma, "x": x, "kappa": kappa, "log_q": log_q})
+    if lifted:
+        warn_if_lift_missed(log_q, lift, n)
     return SuperpositionResult(x, torch.stack(kappas), torch.stack(log_qs), sigmas)
 
 
@@ -379,7 +431,7 @@ def divergence(model: EpsModel, x: Tensor, sigma: float, probes: Tensor | None) 
             xs = x.detach().repeat(len(v) // len(x), *([1] * (x.ndim - 1))).requires_grad_(True)
             out = model(xs, sigma)
             (vjp,) = torch.autograd.grad(out, xs, v)
-            quad.append((vjp * v).flatten(1).sum(-1).reshape(-1, len(x)))
+            quad.append((vjp * v).flatten(1).sum(-1, dtype=wide(x.dtype)).reshape(-1, len(x)))
     div = torch.cat(quad).sum(0) if exact else torch.cat(quad).mean(0)
     return out[: len(x)].detach(), div.detach()
 
@@ -395,10 +447,20 @@ def _probe_chunks(x: Tensor, probes: Tensor | None, k: int):
         yield basis.to(x.dtype).reshape(-1, 1, *x.shape[1:]).expand(-1, *x.shape)
 
 
+def wide(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of sums over a sample's dimensions: float32 or wider (float16's largest value is 65 504)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def probes_for(x: Tensor, hutchinson: int | None, generator: Generators) -> Tensor | None:
-    """Rademacher probes (k, B, ...) for Hutchinson's estimator, or None for the exact divergence."""
+    """Rademacher probes (k, B, ...) for Hutchinson's estimator, or None for the exact divergence.
+
+    A list of B generators draws sample i's k probes from generator i, as :func:`randn_like` its noise.
+    """
     if hutchinson is None:
         return None
+    if isinstance(generator, (list, tuple)):
+        return torch.cat([probes_for(x[i : i + 1], hutchinson, g) for i, g in enumerate(generator)], dim=1)
     return randn_like(x[None].expand(hutchinson, *x.shape), generator).sign()
 
 
@@ -426,7 +488,9 @@ def probability_flow(
     """
     sigmas = _check_sigmas(sigmas)
     _check_hutchinson(hutchinson)
-    log_q = gaussian_log_prob(x, sigmas[0].item())
+    check_samples(x)
+    check_generator(generator, len(x))
+    log_q = gaussian_log_prob(x.to(wide(x.dtype)), sigmas[0].item())
     log_qs, calls = [log_q], 0
     for i in tqdm(range(len(sigmas) - 1), disable=not progress, desc="PF-ODE"):
         sigma, dsigma = sigmas[i].item(), (sigmas[i + 1] - sigmas[i]).item()
@@ -461,7 +525,8 @@ def log_likelihood(
     Integrates dx/dσ = ε̂(x, σ) and d log q/dσ = −∇·ε̂ back up the sampler's decreasing grid, from
     sigmas[-1] to sigmas[0], with Heun steps (two model calls per step), and adds the exact Gaussian
     log N(x; 0, sigmas[0]²·I) at the top. ``hutchinson=k``: k Rademacher probes per evaluation instead
-    of the exact divergence (d vector–Jacobian products, batched). Float64 x gives float64 answers.
+    of the exact divergence (d vector–Jacobian products, batched). The model sees x in its dtype; log q is
+    summed in float32 or wider (float64 x gives float64 answers).
     """
     sigmas = _check_sigmas(sigmas)
     if sigmas[-1] <= 0:
@@ -469,13 +534,13 @@ def log_likelihood(
             "sigmas: the last value must be > 0 (the likelihood is evaluated at noise sigmas[-1])"
         )
     _check_hutchinson(hutchinson)
-    if not isinstance(x, Tensor) or x.ndim < 2 or x.shape[0] < 1 or not x.is_floating_point():
-        raise ValueError("x: expected a floating-point tensor of shape (B, ...) with B >= 1")
+    check_samples(x)
+    check_generator(generator, len(x))
     up = sigmas.flip(0).tolist()
-    delta = torch.zeros(len(x), dtype=x.dtype, device=x.device)  # ∫ ∇·ε̂ dσ from sigmas[-1] to sigmas[0]
+    delta = torch.zeros(len(x), dtype=wide(x.dtype), device=x.device)  # ∫ ∇·ε̂ dσ, sigmas[-1] to sigmas[0]
     for s, s_next in tqdm(
         zip(up[:-1], up[1:], strict=True), total=len(up) - 1, disable=not progress, desc="likelihood"
     ):
         x, d_delta = _heun_step(model, x, s, s_next, hutchinson, generator)
         delta = delta + d_delta
-    return gaussian_log_prob(x, up[-1]) + delta
+    return gaussian_log_prob(x.to(delta.dtype), up[-1]) + delta

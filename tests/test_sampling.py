@@ -232,6 +232,65 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
         geometric_sigmas(20, 0.01, 0)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"x": torch.tensor([[0.0, math.nan]] * 4)}, "x: contains NaN"),
+        ({"x": torch.full((4, 2), math.inf)}, "x: contains NaN or infinite"),
+        ({"x": torch.zeros(4)}, r"x: .*\(B, 1\) for scalars, got \(4,\)"),
+        ({"generator": 5}, "generator: expected a torch.Generator"),
+        (
+            {"generator": [torch.Generator()] * 3},
+            "generator: expected a list of 4 generators, one per sample",
+        ),
+        ({"lift": "1"}, "lift: expected a finite scalar or 2 finite values, got '1'"),
+        ({"mode": "or", "temperature": True}, "temperature: expected a finite number > 0"),
+        (
+            {"mode": "or", "log_weights": 1.0},
+            "log_weights: expected 2 finite values, one per model, got 1.0",
+        ),
+    ],
+)
+def test_bad_input_fails_before_any_model_call(kwargs, message):
+    calls = []
+
+    def model(x, sigma):
+        calls.append(sigma)
+        return UP(x, sigma)
+
+    args = {"x": torch.zeros(4, 2)} | kwargs
+    with pytest.raises(ValueError, match=message):
+        superpose([model, DOWN], args.pop("x"), geometric_sigmas(20, 0.01, 5), **args)
+    assert calls == []
+
+
+def test_number_types_numpy_and_python_alike():
+    np = pytest.importorskip("numpy")
+    a = run([UP, DOWN], n=20, batch=8, mode="or", temperature=np.float32(2.0), lift=np.float64(0.0))
+    b = run([UP, DOWN], n=20, batch=8, mode="or", temperature=2.0)
+    assert torch.equal(a.samples, b.samples)
+
+
+def near_up(rel: float):
+    """A model whose ε̂ is UP's times (1 + rel): the two agree to a relative ``rel`` everywhere."""
+    return lambda x, sigma: UP(x, sigma) * (1 + rel)
+
+
+def test_and_warns_when_models_too_alike_to_reach_the_lift():
+    """Where ε̂_1 ≈ ε̂_2 (within ~0.1 %) the ridge keeps κ near 1/2 rather than move x far: the lift falls
+    short, and the user is told by how much."""
+    with pytest.warns(RuntimeWarning, match=r"lift: .* ended up to 4 nats from the lift"):
+        r = run([UP, near_up(1e-4)], n=200, batch=16, lift=4.0)
+    assert (r.log_q[-1, :, 0] - r.log_q[-1, :, 1]).abs().max() < 0.01
+    with pytest.warns(RuntimeWarning, match=r"ended up to 2\.\d+ nats"):
+        run([UP, near_up(1e-3)], n=200, batch=16, lift=4.0)
+    r = run([UP, near_up(1e-2)], n=200, batch=16, lift=4.0)  # RuntimeWarnings are errors here
+    torch.testing.assert_close(
+        r.log_q[-1, :, 0] - r.log_q[-1, :, 1], torch.full((16,), 4.0, dtype=torch.float64), atol=1e-3, rtol=0
+    )
+    r = run([UP, near_up(1e-4)], n=200, batch=16)  # lift 0: nothing to reach, no warning
+
+
 def test_up_and_down_in_d_dimensions_keeps_the_toys_geometry():
     up2, down2 = up_and_down()
     up, down = up_and_down(dim=64, seed=3)
