@@ -205,7 +205,7 @@ class SuperpositionResult:
 
     samples: Tensor  # (B, ...)
     kappa: Tensor  # (n, B, N) mixing weights used at each step
-    log_q: Tensor  # (n + 1, B, N) Itô estimates of log q_i along the trajectory
+    log_q: Tensor  # (n + 1, B, N) Itô estimates of log q_i along the trajectory (AND: only their differences)
     sigmas: Tensor  # (n + 1,)
 
 
