@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ._io import check_writable, png, write_atomically
 from .hub import dtype_kwarg, explain_unavailable
-from .limits import LIMITS
+from .limits import LIMITS, MAX_SIZE
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 OFFLINE_MODELS = {
@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--guidance-scale",
         type=float,
         default=None,
-        help="classifier-free guidance (default 7.5); Flux: its embedded guidance (default 3.5)",
+        help="classifier-free guidance (default 7.5; digits 2); Flux: its embedded guidance (default 3.5)",
     )
     parser.add_argument(
         "--height", type=int, default=None, help="pixels, multiple of 8 (default: the model's)"
@@ -105,7 +105,8 @@ def add_max_size(parser: argparse.ArgumentParser) -> None:
         "--max-size",
         type=int,
         default=LIMITS.size,
-        help=f"largest height/width in pixels (default {LIMITS.size}; raise it for a GPU that fits more)",
+        help=f"largest height/width in pixels (default {LIMITS.size}, at most {MAX_SIZE}; raise it for a GPU "
+        "that fits more)",
     )
 
 
@@ -175,8 +176,19 @@ def pipeline_class(model: str):
         raise ValueError(f"--model: {model!r} is a {name}; this installation has no {cls} ({err})") from None
 
 
-def load(model: str, dtype, device: str, cpu_offload: bool, attention_slicing: bool):
-    """The pipeline behind --model."""
+def model_class(model: str):
+    """The pipeline class behind --model, from its config alone (no weights); None for digits."""
+    if model == "digits":
+        return None
+    if model == "tiny":
+        from superdiff.pipeline_superdiff import SuperDiffPipeline
+
+        return SuperDiffPipeline
+    return pipeline_class(model)
+
+
+def load(model: str, cls, dtype, device: str, cpu_offload: bool, attention_slicing: bool):
+    """The pipeline behind --model (``cls``: its :func:`model_class`)."""
     import torch
 
     if model == "digits":
@@ -190,7 +202,7 @@ def load(model: str, dtype, device: str, cpu_offload: bool, attention_slicing: b
 
         pipe = tiny_pipeline()
     else:
-        pipe = pipeline_class(model).from_pretrained(model, **dtype_kwarg(dtype))
+        pipe = cls.from_pretrained(model, **dtype_kwarg(dtype))
     pipe.set_progress_bar_config(disable=False)
     if attention_slicing:
         pipe.enable_attention_slicing()
@@ -201,7 +213,7 @@ def load(model: str, dtype, device: str, cpu_offload: bool, attention_slicing: b
 
 
 def call_kwargs(args) -> dict:
-    """Pipeline keyword arguments from the CLI options, but the image size (digits have no guidance)."""
+    """Pipeline keyword arguments from the CLI options, but the image size."""
     kwargs = dict(
         seed=args.seed,
         num_inference_steps=args.steps,
@@ -210,37 +222,67 @@ def call_kwargs(args) -> dict:
         mode=args.mode,
         temperature=args.temperature,
     )
-    if args.model != "digits" and args.guidance_scale is not None:  # None: the pipeline's default
+    if args.guidance_scale is not None:  # None: the pipeline's default
         kwargs.update(guidance_scale=args.guidance_scale)
     return kwargs
 
 
-def check_arguments(args) -> None:
-    """Every check that needs no model, before gigabytes of weights load (and before --out is looked at)."""
+OPTIONS = {  # the pipelines' argument names as the CLI spells them, for error messages
+    "prompt_1": "prompts",
+    "prompt_2": "prompts",
+    "num_inference_steps": "--steps",
+    "batch_size": "--batch-size",
+    "guidance_scale": "--guidance-scale",
+    "height": "--height",
+    "width": "--width",
+    "lift": "--lift",
+    "temperature": "--temperature",
+    "seed": "--seed",
+    "mode": "--mode",
+}
+
+
+def as_option_error(err: ValueError) -> ValueError:
+    """The pipeline's ValueError naming its argument as the CLI option (num_inference_steps -> --steps)."""
+    name, sep, rest = str(err).partition(": ")
+    if name == "joint_prompt":
+        return ValueError(
+            "--mode: 'joint' on the command line takes exactly two prompts (\"A that looks like B\")"
+        )
+    return ValueError(f"{OPTIONS[name]}: {rest}") if sep and name in OPTIONS else err
+
+
+def check_arguments(args, cls=None) -> None:
+    """Every check that needs no weights, before they load (``cls``, if given: its size multiple)."""
     prompt_1, prompt_2 = split_prompts(args.prompts)
     from superdiff.pipeline_common import check_int
 
-    check_int("--max-size", args.max_size, 64)
-    if args.model == "digits":
-        from superdiff.digits.pipeline import check_inputs
+    check_int("--max-size", args.max_size, 64, high=MAX_SIZE)
+    try:
+        if args.model == "digits":
+            from superdiff.digits.pipeline import check_inputs
 
-        if args.height is not None or args.width is not None:
-            raise ValueError("--height, --width: the digits model makes 64×64 images; leave them out")
-        check_inputs(prompt_1, prompt_2, **call_kwargs(args))
-        return
-    from superdiff.pipeline_superdiff import check_inputs
+            if args.height is not None or args.width is not None:
+                raise ValueError("--height, --width: the digits model makes 64×64 images; leave them out")
+            check_inputs(prompt_1, prompt_2, **call_kwargs(args))
+            return
+        from superdiff.pipeline_superdiff import check_inputs
 
-    size = {k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None}
-    check_inputs(prompt_1, prompt_2, **call_kwargs(args), **size, limits=limits(args))
+        size = {k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None}
+        multiple = {"size_multiple": cls.SIZE_MULTIPLE} if cls is not None else {}
+        check_inputs(prompt_1, prompt_2, **call_kwargs(args), **size, limits=limits(args), **multiple)
+    except ValueError as err:
+        raise as_option_error(err) from None
 
 
 def kappa_figure(out, args):
     """The κ plot drawn once (a label matplotlib cannot render fails here), or None with a warning."""
     import matplotlib.pyplot as plt
 
+    from superdiff.pipeline_superdiff import abbreviate
     from superdiff.viz import plot_kappa
 
-    labels = args.prompts if out.kappa.shape[-1] == len(args.prompts) else None
+    labels = [abbreviate(p, 40) for p in args.prompts] if out.kappa.shape[-1] == len(args.prompts) else None
     fig = None
     try:
         fig = plot_kappa(out.kappa, out.sigmas, labels=labels, title=f"κ over σ ({args.mode.upper()})").figure
@@ -260,7 +302,12 @@ def generate(args) -> list[Path]:
     check_arguments(args)
     images, kappa_path = output_paths(args.out, args.batch_size)
     device = pick_device(args.device)
-    pipe = load(args.model, pick_dtype(args.dtype, device), device, args.cpu_offload, args.attention_slicing)
+    cls = model_class(args.model)
+    if cls is not None and cls.SIZE_MULTIPLE != 8:  # SD3, Flux: sizes in multiples of 16
+        check_arguments(args, cls)
+    pipe = load(
+        args.model, cls, pick_dtype(args.dtype, device), device, args.cpu_offload, args.attention_slicing
+    )
     pipe.limits = limits(args)
     kwargs = call_kwargs(args)
     if args.model != "digits":
@@ -289,6 +336,9 @@ def run(args) -> int:
     except MemoryError:
         print("superdiff generate: error: out of memory; try a smaller --batch-size or size", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("superdiff generate: interrupted", file=sys.stderr)
+        return 130
     for path in written:
         print(path)
     return 0

@@ -12,6 +12,7 @@ class Limits:
     steps: int = 10_000  # 10× the paper's 1000
     batch_size: int = 1_024  # images per call
     size: int = 2_048  # pixels per side: 4× SD v1's 512, 2× SDXL's 1024
+    prompts: int = 16  # prompts superposed in one call: the denoiser's batch is (prompts + 1) × batch_size
 
 
 LIMITS = Limits()
@@ -19,3 +20,5 @@ MAX_SEED = 2**32 - 1  # torch's CPU generator keeps 32 bits of a seed: seed 2**3
 MAX_MAGNITUDE = 1e6  # |lift|, |log_weights| and temperature: far past any useful value, far from overflow
 MAX_GUIDANCE = 1e3
 MAX_SWEEP_IMAGES = 1_000_000  # pairs × methods × seeds of one sweep folder
+MAX_SIZE = 16_384  # the largest --max-size: 64× the pixels of 2048², far past any GPU's memory at batch 1
+MAX_PROMPT_CHARS = 2_000  # characters per prompt: T5 (SD3, Flux) reads at most 512 tokens, CLIP 77

@@ -125,6 +125,11 @@ def check_sampling_args(
     limits: Limits = LIMITS,
 ) -> None:
     """The checks every pipeline call needs (defaults: any valid value); ValueErrors name the argument."""
+    if n_prompts > limits.prompts:
+        raise ValueError(
+            f"prompt_1: expected at most {limits.prompts} prompts, got {n_prompts} (raise the limit: "
+            "pipe.limits = Limits(prompts=...))"
+        )
     check_int("num_inference_steps", num_inference_steps, 1, high=limits.steps)
     check_int("batch_size", batch_size, 1, high=limits.batch_size)
     check_finite("guidance_scale", guidance_scale, low=0.0, high=MAX_GUIDANCE)

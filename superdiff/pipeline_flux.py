@@ -153,6 +153,8 @@ class SuperDiffFluxPipeline(SuperDiffMixin, FluxPipeline):
         """A flow-matching scheduler (one assigned after loading)."""
         check_flow_scheduler(self.scheduler)
 
+    SIZE_MULTIPLE = 16  # before loading: the VAE's 8 times 2×2 latent patches
+
     @property
     def size_multiple(self) -> int:
         """16: the VAE's 8, times Flux's 2×2 latent patches."""

@@ -18,7 +18,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from .fast import FastSampling, contiguous_weights, disable_fast_sampling, enable_fast_sampling
 from .hub import dtype_kwarg, explain_unavailable
-from .limits import LIMITS, Limits
+from .limits import LIMITS, MAX_PROMPT_CHARS, Limits
 from .output import SuperDiffOutput, to_uint8
 from .pipeline_common import (
     build_output,
@@ -204,10 +204,26 @@ def as_prompts(prompt_1, prompt_2) -> list[str]:
     if prompt_2 is not None:
         prompts.append(prompt_2)
     for i, p in enumerate(prompts):
-        if not isinstance(p, str) or not p.strip():
-            name = "prompt_2" if prompt_2 is not None and i == len(prompts) - 1 else "prompt_1"
-            raise ValueError(f"{name}: expected a non-empty string, got {p!r}")
+        name = "prompt_2" if prompt_2 is not None and i == len(prompts) - 1 else "prompt_1"
+        check_prompt(name, p)
     return prompts
+
+
+def abbreviate(text: str, n: int) -> str:
+    """text cut to n characters, the last one "…", if longer (a prompt in a warning or a plot legend)."""
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def check_prompt(name: str, prompt) -> None:
+    """A prompt: non-empty text of at most MAX_PROMPT_CHARS characters that encodes as UTF-8."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"{name}: expected a non-empty string, got {prompt!r}")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"{name}: expected at most {MAX_PROMPT_CHARS} characters, got {len(prompt)}")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{name}: not valid UTF-8 text ({ascii(prompt[:40])})") from None
 
 
 def prompt_mode(mode, n_prompts: int) -> tuple[str, Tensor | None]:
@@ -275,6 +291,7 @@ class SuperDiffMixin:
     (:meth:`sigma_grid`) and its VAE decoding (:meth:`decode_latents`)."""
 
     limits = LIMITS  # steps, batch_size, size: checked before any work; assign a Limits(...) to raise them
+    SIZE_MULTIPLE = 8  # the family's usual size_multiple, for checks before any weights load
     denoiser_name = "unet"  # the component that predicts: "unet", or "transformer" (SD3)
 
     @classmethod
@@ -326,7 +343,9 @@ class SuperDiffMixin:
             if len(ids) > limit:
                 dropped = tokenizer.decode(ids[limit - 1 : -1])
                 warnings.warn(
-                    f"prompt {prompt!r} is cut to {name}'s {limit} tokens; dropped: {dropped!r}", stacklevel=4
+                    f"prompt {abbreviate(prompt, 200)!r} is cut to {name}'s {limit} tokens; "
+                    f"dropped: {abbreviate(dropped, 200)!r}",
+                    stacklevel=4,
                 )
 
     def start_latents(

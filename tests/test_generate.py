@@ -63,37 +63,85 @@ def test_digits_model_when_installed(tmp_path):
 @pytest.mark.parametrize(
     "options, prompts, expected",
     [
-        (["--height", "60"], None, "height"),
-        (["--steps", "0"], None, "num_inference_steps"),
-        (["--batch-size", "0"], None, "batch_size"),
-        (["--guidance-scale", "-1"], None, "guidance_scale"),
-        (["--mode", "xor"], None, "mode"),
-        (["--lift", "inf"], None, "lift"),
-        (["--temperature", "0"], None, "temperature"),
-        ([], ("a flamingo",), "prompt_2"),
-        ([], ("a flamingo", ""), "prompt_2"),
+        (["--height", "60"], None, "--height"),
+        (["--steps", "0"], None, "--steps"),
+        (["--batch-size", "0"], None, "--batch-size"),
+        (["--guidance-scale", "-1"], None, "--guidance-scale"),
+        (["--mode", "xor"], None, "--mode"),
+        (["--lift", "inf"], None, "--lift"),
+        (["--temperature", "0"], None, "--temperature"),
+        ([], ("a flamingo",), "prompts"),
+        ([], ("a flamingo", ""), "prompts"),
+        ([], ("a flamingo", "x" * 2001), "prompts"),
+        (
+            [],
+            ("a flamingo", "a candy \udcff cane"),
+            "prompts",
+        ),  # not UTF-8 (a byte the shell could not decode)
+        ([], tuple(f"prompt {i}" for i in range(17)), "prompts"),
+        (["--mode", "joint"], ("a", "b", "c"), "--mode"),
+        (["--max-size", "100000", "--height", "99992"], None, "--max-size"),
         (["--device", "no-such-device"], None, "--device"),
         # sizes past the limits: refused before any allocation (issue 13)
-        (["--batch-size", "1000000000"], None, "batch_size"),
-        (["--steps", "1000000000"], None, "num_inference_steps"),
-        (["--height", "100000"], None, "height"),
-        (["--width", "8192"], None, "width"),
-        (["--height", "72", "--max-size", "64"], None, "height"),
-        (["--seed", str(2**32)], None, "seed"),
-        (["--seed", str(2**64)], None, "seed"),
-        (["--lift", "1e300"], None, "lift"),
-        (["--guidance-scale", "1e30"], None, "guidance_scale"),
+        (["--batch-size", "1000000000"], None, "--batch-size"),
+        (["--steps", "1000000000"], None, "--steps"),
+        (["--height", "100000"], None, "--height"),
+        (["--width", "8192"], None, "--width"),
+        (["--height", "72", "--max-size", "64"], None, "--height"),
+        (["--seed", str(2**32)], None, "--seed"),
+        (["--seed", str(2**64)], None, "--seed"),
+        (["--lift", "1e300"], None, "--lift"),
+        (["--guidance-scale", "1e30"], None, "--guidance-scale"),
         (["--device", "meta"], None, "--device"),
-        (["--model", "digits", "--steps", "1000000000"], ("3", "8"), "num_inference_steps"),
-        (["--model", "digits", "--batch-size", "1000000000"], ("3", "8"), "batch_size"),
+        (["--model", "digits", "--steps", "1000000000"], ("3", "8"), "--steps"),
+        (["--model", "digits", "--batch-size", "1000000000"], ("3", "8"), "--batch-size"),
         (["--model", "digits", "--height", "64"], ("3", "8"), "--height, --width"),
-        (["--model", "digits"], ("3", "cat"), "prompt_2"),
+        (["--model", "digits"], ("3", "cat"), "prompts"),
+        (["--model", "digits"], ("3", "²"), "prompts"),  # a digit to str.isdigit, not a digit name
+        (["--model", "digits", "--guidance-scale", "nan"], ("3", "8"), "--guidance-scale"),
     ],
 )
 def test_bad_arguments_exit_nonzero_and_write_nothing(tmp_path, capsys, options, prompts, expected):
     code = generate(tmp_path, *options, **({"prompts": prompts} if prompts else {}))
     assert code != 0
     assert f"error: {expected}:" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_digits_take_the_guidance_scale(tmp_path):
+    images = {}
+    for w in ("1", "8"):
+        assert (
+            generate(tmp_path, "--model", "digits", "--guidance-scale", w, prompts=("3", "8"), out=f"{w}.png")
+            == 0
+        )
+        images[w] = (tmp_path / f"{w}.png").read_bytes()
+    assert images["1"] != images["8"]
+
+
+def test_flux_sizes_are_checked_in_multiples_of_16_before_loading(tmp_path, monkeypatch, capsys):
+    import superdiff.generate
+
+    model = tmp_path / "flux"
+    model.mkdir()
+    (model / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
+    monkeypatch.setattr(
+        superdiff.generate, "load", lambda *a, **k: pytest.fail("loaded before the size check")
+    )
+    assert generate(tmp_path, "--model", str(model), "--height", "72") == 2
+    assert "error: --height: expected a multiple of 16" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["flux"]
+
+
+def test_ctrl_c_exits_130_with_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    import superdiff.generate
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(superdiff.generate, "load", interrupted)
+    assert generate(tmp_path) == 130
+    assert capsys.readouterr().err == "superdiff generate: interrupted\n"
     assert list(tmp_path.iterdir()) == []
 
 

@@ -234,7 +234,7 @@ def label_of(prompt, arg: str = "prompt") -> int:
         return int(prompt)
     if isinstance(prompt, str):
         key = prompt.strip().lower()
-        if key.isdigit() and len(key) == 1:
+        if len(key) == 1 and key in "0123456789":  # str.isdigit accepts "²" too
             return int(key)
         if key in NAMES:
             return NAMES.index(key)
