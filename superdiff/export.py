@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import glob
 import importlib.resources
 import importlib.util
 import json
@@ -39,7 +40,9 @@ ALLOWED_IMPORTS = ("torch", "diffusers", "transformers")  # besides the standard
 INSTALLED_WITH = ("numpy", "PIL", "tqdm")  # hard requirements of diffusers / transformers / huggingface_hub
 REPO_ID = "superdiff/superdiff-sd-v1-4"  # the user's model card's repository
 BASE_MODEL = "CompVis/stable-diffusion-v1-4"
-TEMP_SUFFIX = ".superdiff-export.tmp"
+TEMP_SUFFIX = ".superdiff-export.tmp"  # the temp folder: .<OUT's name>.<random>.superdiff-export.tmp
+STALE_S = 60  # an unlocked temp folder untouched this long is a killed export's: the next one removes it
+REPO_ID_CHARS = 80  # a bad --repo-id is echoed up to about this many characters
 ONLY_SD = "export-hub writes the Stable Diffusion 1.x/2.x pipeline (SDXL and SD3 load with the kit installed)"
 
 
@@ -225,8 +228,34 @@ def load_model(model):
     return SuperDiffPipeline.from_pretrained(model)
 
 
+def is_repo_id(repo_id) -> bool:
+    """Whether repo_id is a Hub id "namespace/name", as huggingface_hub checks it (ASCII only)."""
+    from huggingface_hub.utils import validate_repo_id
+
+    if not (isinstance(repo_id, str) and repo_id.isascii() and repo_id.count("/") == 1):
+        return False
+    try:
+        validate_repo_id(repo_id)
+    except ValueError:  # HFValidationError
+        return False
+    return True
+
+
+def check_repo_id(repo_id) -> None:
+    """repo_id is a Hub id "namespace/name" (so safe to paste in the card's snippet); else ValueError."""
+    if not is_repo_id(repo_id):
+        text = str(repo_id)
+        shown = text if len(text) <= REPO_ID_CHARS else text[:REPO_ID_CHARS] + "..."
+        raise ValueError(
+            '--repo-id: expected a Hub repository id "namespace/name" '
+            f"(letters, digits, '-', '_', '.'; at most 96 characters each), got {shown!r}"
+        )
+
+
 def check_out(out: Path) -> None:
-    """OUT is new or an empty folder, in a writable folder; else ValueError naming OUT."""
+    """OUT is new or an empty folder (no symlink) in a writable folder; else ValueError naming OUT."""
+    if out.is_symlink():  # a rename cannot replace it: refused before the work, not after
+        raise ValueError(f"OUT: {str(out)!r} is a symbolic link; give a new path or the folder it points to")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"OUT: {str(out)!r} exists and is not an empty folder; choose a new path")
     if not out.parent.is_dir():
@@ -243,24 +272,66 @@ def export_hub(out, model=None, repo_id: str = REPO_ID) -> Path:
     snippet loads. Everything is written to a temp folder beside ``out`` and renamed at the end, so an
     error leaves nothing behind. Returns ``out``.
     """
+    check_repo_id(repo_id)
     out = Path(out).expanduser().absolute()
     check_out(out)
     pipe = None if model is None else load_model(model)
     source = pipeline_source()
     with terminate_as_exit():
+        remove_stale(out)
         try:
             tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=TEMP_SUFFIX, dir=out.parent))
         except PermissionError as err:
             raise ValueError(
                 f"OUT: the folder {str(out.parent)!r} is not writable ({err.strerror})"
             ) from None
+        lock = _lock(tmp)  # held while it lasts: a later export tells a killed one's folder from ours
         try:
             _write(tmp, pipe, source, repo_id)
             os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
             _rename(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            _unlock(lock)
     return out
+
+
+def _lock(folder: Path) -> int | None:
+    """An exclusive lock on folder (a descriptor to close to release it); None where none can be taken."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no locks, so no stale folder is ever removed
+        return None
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # locked by a running export, or locks unsupported (NFS): not known to be stale
+        os.close(fd)
+        return None
+    return fd
+
+
+def _unlock(lock: int | None) -> None:
+    """Release a lock from _lock."""
+    if lock is not None:
+        os.close(lock)
+
+
+def remove_stale(out: Path) -> None:
+    """Remove the temp folders beside out of exports that were killed (unlocked, untouched for STALE_S)."""
+    for tmp in out.parent.glob(f".{glob.escape(out.name)}.*{TEMP_SUFFIX}"):
+        try:
+            if tmp.is_symlink() or not tmp.is_dir() or time.time() - tmp.stat().st_mtime < STALE_S:
+                continue
+        except OSError:  # removed meanwhile
+            continue
+        lock = _lock(tmp)
+        if lock is not None:
+            shutil.rmtree(tmp, ignore_errors=True)  # under the lock
+            _unlock(lock)
 
 
 def _write(folder: Path, pipe, source: str, repo_id: str) -> None:
@@ -293,6 +364,7 @@ def model_card(repo_id: str = REPO_ID, pipe=None) -> str:
 
     from . import __version__
 
+    check_repo_id(repo_id)
     base = getattr(pipe, "name_or_path", None) or BASE_MODEL
     base = base if base.count("/") == 1 and not base.startswith((".", "/", "~")) else BASE_MODEL
     versions = dict(

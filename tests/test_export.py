@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -217,11 +218,21 @@ def test_cli_writes_the_folder(tmp_path, capsys):
 # ----------------------------------------------------------------------------- bad OUT
 
 
-def one_line_error(argv, capsys) -> str:
+def one_line_error(argv, capsys, option: str = "OUT") -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("superdiff export-hub: error: OUT: ") and err.count("\n") == 1
+    assert err.startswith(f"superdiff export-hub: error: {option}: ") and err.count("\n") == 1
     return err
+
+
+@pytest.fixture
+def no_load(monkeypatch):
+    """Loading the model fails the test: a refusal must come before it."""
+
+    def load(model):
+        raise AssertionError("the model was loaded before the refusal")
+
+    monkeypatch.setattr(export, "load_model", load)
 
 
 def test_out_not_empty_is_refused_and_left_alone(tmp_path, capsys):
@@ -264,3 +275,101 @@ def test_a_failure_midway_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         export.export_hub(tmp_path / "repo", "tiny")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_symlink_out_is_refused_before_the_model_loads(tmp_path, capsys, no_load):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for name in ("link", "dangling"):
+        err = one_line_error(["export-hub", str(tmp_path / name), "--model", "tiny"], capsys)
+        assert f"{str(tmp_path / name)!r} is a symbolic link" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "empty", "link"]
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- bad --repo-id
+
+INJECTED = 'x", trust_remote_code=True); import os; os.system("rm -rf ~"); ("'
+
+
+@pytest.mark.parametrize(
+    "repo_id",
+    [
+        INJECTED,
+        "",
+        "not a valid id!!",
+        "a" * 100_000,
+        "gpt2",
+        "a/b/c",
+        "me/my--model",
+        "me/" + "m" * 97,
+        "ü/x",
+    ],
+)
+def test_a_bad_repo_id_is_refused_before_the_model_loads(repo_id, tmp_path, capsys, no_load):
+    argv = ["export-hub", str(tmp_path / "repo"), "--model", "tiny", "--repo-id", repo_id]
+    err = one_line_error(argv, capsys, option="--repo-id")
+    assert 'expected a Hub repository id "namespace/name"' in err and "at most 96 characters each" in err
+    assert len(err) < 250  # the value is echoed shortened
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_card_takes_only_a_repo_id():
+    assert export.is_repo_id("me/my-superdiff") and export.is_repo_id("me/" + "m" * 96)
+    assert 'from_pretrained("me/My_model.v2"' in export.model_card("me/My_model.v2")
+    with pytest.raises(ValueError, match="--repo-id: expected a Hub repository id"):
+        export.model_card(INJECTED)
+
+
+# ----------------------------------------------------------------------------- temp folders of killed exports
+
+
+def temp_folder(parent: Path, name: str, age_s: float) -> Path:
+    """A temp folder as an export leaves it, with a file, last touched age_s ago."""
+    folder = parent / f"{name}{export.TEMP_SUFFIX}"
+    folder.mkdir()
+    (folder / "pipeline.py").write_text("# half\n")
+    then = time.time() - age_s
+    os.utime(folder, (then, then))
+    return folder
+
+
+def test_a_killed_exports_temp_folder_is_removed_by_the_next_export(tmp_path, monkeypatch):
+    fcntl = pytest.importorskip("fcntl")
+    monkeypatch.setattr(export, "pipeline_source", lambda: "# pipeline.py\n")
+    old = export.STALE_S + 10
+    killed = temp_folder(tmp_path, ".repo.k1ll3d", old)
+    fresh = temp_folder(tmp_path, ".repo.fr3sh", 0)  # may be one that has just started: kept
+    running = temp_folder(tmp_path, ".repo.runn1ng", old)  # locked: its export runs yet
+    other = temp_folder(tmp_path, ".other.k1ll3d", old)  # another OUT's: not ours to judge
+    fd = os.open(running, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        export.export_hub(tmp_path / "repo")
+    finally:
+        os.close(fd)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["repo", fresh.name, running.name, other.name]
+    )
+    assert not killed.exists()
+
+
+def test_a_running_exports_temp_folder_is_kept(tmp_path, monkeypatch):
+    pytest.importorskip("fcntl")
+    monkeypatch.setattr(export, "pipeline_source", lambda: "# pipeline.py\n")
+    monkeypatch.setattr(export, "STALE_S", 0)
+    card = export.model_card
+
+    def meanwhile(*args):  # a second export to the same OUT starts while this one writes
+        export.remove_stale(tmp_path / "repo")
+        assert len(list(tmp_path.glob(f".repo.*{export.TEMP_SUFFIX}"))) == 1
+        return card(*args)
+
+    monkeypatch.setattr(export, "model_card", meanwhile)
+    export.export_hub(tmp_path / "repo")
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == [
+        "README.md",
+        "model_index.json",
+        "pipeline.py",
+    ]
