@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 # subcommand -> module with ``add_arguments(parser)`` and ``run(args) -> int``; imported only when used.
 COMMANDS = {
@@ -16,6 +17,8 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    # diffusers passes huggingface_hub an argument that it deprecates: nothing a user of the CLI can change
+    warnings.filterwarnings("ignore", message="The `local_dir_use_symlinks` argument is deprecated")
     parser = argparse.ArgumentParser(
         prog="superdiff", description="SuperDiff: superposition of diffusion models."
     )

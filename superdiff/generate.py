@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ._io import check_writable, png, write_atomically
-from .hub import dtype_kwarg, explain_unavailable
+from .hub import dtype_kwarg, explain_unavailable, offline_kwargs
 from .limits import LIMITS, MAX_SIZE
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
@@ -168,7 +168,7 @@ def pipeline_class(model: str):
     from diffusers import DiffusionPipeline
 
     with explain_unavailable(model):
-        name = DiffusionPipeline.load_config(model).get("_class_name")
+        name = DiffusionPipeline.load_config(model, **offline_kwargs(model)).get("_class_name")
     module, cls = PIPELINES.get(name, SD_PIPELINE)
     try:
         return getattr(importlib.import_module(module), cls)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 from contextlib import contextmanager
+from functools import cache
+from urllib.parse import urlparse
 
 CAUSE_CHARS = 200  # the cause's first line is shortened to about this many characters
+PROBE_S = 3.0  # how long the Hub may take to accept a connection before it counts as unreachable
+PROXIES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
 class WeightsUnavailableError(OSError):
@@ -54,6 +59,27 @@ def explain_unavailable(name):
         if os.path.isdir(name) or (isinstance(err, ValueError) and not _looks_like_path(name)):
             raise
         raise weights_unavailable(name, err) from None  # the cause stays in err.__context__ for debugging
+
+
+@cache
+def hub_reachable() -> bool:
+    """Whether the Hub accepts a connection within PROBE_S (assumed so behind a proxy, which may be the only
+    way out): huggingface_hub retries an unreachable Hub for about 30 s before it fails."""
+    if any(os.environ.get(name) for name in PROXIES):
+        return True
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
+    try:
+        socket.create_connection((host, 443), timeout=PROBE_S).close()
+    except OSError:
+        return False
+    return True
+
+
+def offline_kwargs(name) -> dict:
+    """``local_files_only=True`` for a Hub id when the Hub is unreachable: the cache answers at once."""
+    if os.path.isdir(str(name)) or _looks_like_path(str(name)) or hub_reachable():
+        return {}
+    return {"local_files_only": True}
 
 
 def dtype_kwarg(dtype) -> dict:

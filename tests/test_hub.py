@@ -1,6 +1,20 @@
 """The offline error: one sentence on how to get the weights, then the cause, shortened between words."""
 
-from superdiff.hub import CAUSE_CHARS, weights_unavailable
+import socket
+import time
+
+import huggingface_hub.constants
+import pytest
+
+from superdiff.generate import pipeline_class
+from superdiff.hub import (
+    CAUSE_CHARS,
+    PROXIES,
+    WeightsUnavailableError,
+    hub_reachable,
+    offline_kwargs,
+    weights_unavailable,
+)
 
 
 def cause_of(err) -> str:
@@ -23,3 +37,34 @@ def test_short_cause_is_kept_whole():
 def test_one_long_word_is_kept_whole():
     url = "https://example.org/" + "a" * 300
     assert cause_of(weights_unavailable("CompVis/sd", OSError(f"{url} unreachable"))) == url + " …"
+
+
+@pytest.fixture
+def hub_down(monkeypatch):
+    """The Hub refuses connections (as on a machine without internet), whatever this machine can reach."""
+
+    def refused(*args, **kwargs):
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    for name in PROXIES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", refused)
+    hub_reachable.cache_clear()
+    yield
+    hub_reachable.cache_clear()
+
+
+def test_an_unreachable_hub_is_answered_from_the_cache_at_once(hub_down, tmp_path):
+    """huggingface_hub retries an unreachable Hub for about 30 s; after the probe the cache answers."""
+    assert offline_kwargs("CompVis/stable-diffusion-v1-4") == {"local_files_only": True}
+    assert offline_kwargs(str(tmp_path)) == {}  # a local folder needs no Hub
+    start = time.perf_counter()  # the CLI looks up the pipeline class in the model's config first
+    with pytest.raises(WeightsUnavailableError, match="not in the local Hugging Face cache"):
+        pipeline_class("superdiff-kit/no-such-model")
+    assert time.perf_counter() - start < 10
+
+
+def test_behind_a_proxy_the_hub_is_assumed_reachable(hub_down, monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example.org:3128")
+    assert offline_kwargs("CompVis/stable-diffusion-v1-4") == {}
