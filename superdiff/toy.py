@@ -25,6 +25,13 @@ class _VEMixture:
     means: Tensor  # (K, D) float64
     weights: Tensor  # (K,)
 
+    def _set_means(self, means) -> None:
+        self.means = torch.as_tensor(means, dtype=torch.float64)
+        if self.means.ndim != 2 or len(self.means) < 1 or not torch.isfinite(self.means).all():
+            raise ValueError(
+                f"means: expected finite values of shape (K, D), K >= 1, got {tuple(self.means.shape)}"
+            )
+
     def _set_weights(self, weights) -> None:
         k = len(self.means)
         w = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else torch.as_tensor(weights)
@@ -82,9 +89,7 @@ class GaussianMixture(_VEMixture):
     """
 
     def __init__(self, means, std: float, weights=None):
-        self.means = torch.as_tensor(means, dtype=torch.float64)
-        if self.means.ndim != 2 or len(self.means) < 1:
-            raise ValueError(f"means: expected shape (K, D) with K >= 1, got {tuple(self.means.shape)}")
+        self._set_means(means)
         if not (math.isfinite(std) and std > 0):
             raise ValueError(f"std: expected a finite number > 0, got {std!r}")
         self.std = float(std)
@@ -108,9 +113,7 @@ class FullGaussianMixture(_VEMixture):
     """
 
     def __init__(self, means, covariances, weights=None):
-        self.means = torch.as_tensor(means, dtype=torch.float64)
-        if self.means.ndim != 2 or len(self.means) < 1:
-            raise ValueError(f"means: expected shape (K, D) with K >= 1, got {tuple(self.means.shape)}")
+        self._set_means(means)
         cov = torch.as_tensor(covariances, dtype=torch.float64)
         k, d = self.means.shape
         if cov.shape != (k, d, d) or not torch.isfinite(cov).all():

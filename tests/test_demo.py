@@ -42,7 +42,7 @@ def test_demo_writes_the_figures_and_judges_equal_density(tmp_path, capsys):
         (["--seed", "-1"], "--seed: expected an integer from 0 to 4294967293, got -1"),
         (["--seed", str(2**32 - 2)], "--seed: expected an integer from 0 to 4294967293"),
         (["--out", "{file}/out"], "is a file, not a folder"),
-        (["--out", "{folder}"], "a folder is in the way of a file to write"),
+        (["--out", "{folder}"], "--out: '{folder}/equal_density.txt' is a folder in the way"),
     ],
 )
 def test_demo_rejects_bad_input_before_any_work(argv, message, tmp_path, capsys, monkeypatch):
@@ -50,6 +50,7 @@ def test_demo_rejects_bad_input_before_any_work(argv, message, tmp_path, capsys,
     (tmp_path / "folder" / "equal_density.txt").mkdir(parents=True)
     monkeypatch.setattr(demo, "toy_runs", lambda *a, **k: pytest.fail("sampled before checking"))
     argv = [a.format(file=tmp_path / "file", folder=tmp_path / "folder") for a in argv]
+    message = message.format(folder=tmp_path / "folder")
     assert main(["demo", "--out", str(tmp_path / "out"), *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("superdiff demo: error: ") and message in err and err.count("\n") == 1

@@ -145,8 +145,12 @@ def test_full_mixture_with_isotropic_covariances_is_the_isotropic_mixture():
         (torch.zeros(2, 3), torch.eye(3).expand(3, 3, 3), "covariances"),
         (torch.zeros(1, 2), -torch.eye(2)[None], "covariances"),
         (torch.zeros(3), torch.eye(3)[None], "means"),
+        (torch.tensor([[0.0, math.nan]]), torch.eye(2)[None], "means: expected finite"),
     ],
 )
 def test_full_mixture_bad_arguments(means, covs, name):
     with pytest.raises(ValueError, match=name):
         FullGaussianMixture(means, covs)
+    if name.startswith("means"):
+        with pytest.raises(ValueError, match=name):
+            GaussianMixture(means, 0.4)
