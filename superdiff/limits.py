@@ -22,3 +22,15 @@ MAX_GUIDANCE = 1e3
 MAX_SWEEP_IMAGES = 1_000_000  # pairs × methods × seeds of one sweep folder
 MAX_SIZE = 16_384  # the largest --max-size: 64× the pixels of 2048², far past any GPU's memory at batch 1
 MAX_PROMPT_CHARS = 2_000  # characters per prompt: T5 (SD3, Flux) reads at most 512 tokens, CLIP 77
+
+
+def check_prompt(name: str, prompt) -> None:
+    """A prompt: non-empty text of at most MAX_PROMPT_CHARS characters that encodes as UTF-8."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"{name}: expected a non-empty string, got {prompt!r}")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"{name}: expected at most {MAX_PROMPT_CHARS} characters, got {len(prompt)}")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{name}: not valid UTF-8 text ({ascii(prompt[:40])})") from None

@@ -18,7 +18,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from .fast import FastSampling, contiguous_weights, disable_fast_sampling, enable_fast_sampling
 from .hub import dtype_kwarg, explain_unavailable
-from .limits import LIMITS, MAX_PROMPT_CHARS, Limits
+from .limits import LIMITS, Limits, check_prompt
 from .output import SuperDiffOutput, to_uint8
 from .pipeline_common import (
     build_output,
@@ -212,18 +212,6 @@ def as_prompts(prompt_1, prompt_2) -> list[str]:
 def abbreviate(text: str, n: int) -> str:
     """text cut to n characters, the last one "…", if longer (a prompt in a warning or a plot legend)."""
     return text if len(text) <= n else text[: n - 1] + "…"
-
-
-def check_prompt(name: str, prompt) -> None:
-    """A prompt: non-empty text of at most MAX_PROMPT_CHARS characters that encodes as UTF-8."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f"{name}: expected a non-empty string, got {prompt!r}")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise ValueError(f"{name}: expected at most {MAX_PROMPT_CHARS} characters, got {len(prompt)}")
-    try:
-        prompt.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{name}: not valid UTF-8 text ({ascii(prompt[:40])})") from None
 
 
 def prompt_mode(mode, n_prompts: int) -> tuple[str, Tensor | None]:

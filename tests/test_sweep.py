@@ -175,6 +175,21 @@ def no_models(monkeypatch):
         ("prompt_1,prompt_2\n3,8\n,8\n", "--pairs: line 3 of"),
         ("prompt_1,prompt_2\n3,8\n1,7\n3,8\n", "--pairs: line 4 of .* repeats line 2"),
         ("- [3, 8]\n- {prompt_1: 1, prompt_2: [\n", "--pairs: not valid YAML"),
+        pytest.param(  # a comma in an unquoted prompt: not cut to its first two fields
+            "prompt_1,prompt_2\n3,8\na cat, photorealistic,a dog\n",
+            '--pairs: line 3 of .* has 3 fields, the header 2; quote prompts that contain commas: "a cat, ',
+            id="extra-fields",
+        ),
+        pytest.param(  # csv.Error: one line, not a traceback
+            'prompt_1,prompt_2\n3,8\n"' + "x" * 200_000 + '",8\n',
+            r"--pairs: line 3 of .* is not valid CSV \(field larger than field limit",
+            id="csv-error",
+        ),
+        pytest.param(
+            "prompt_1,prompt_2\n3,8\n" + "x" * 2001 + ",8\n",
+            "--pairs: line 3 of .*: prompt: expected at most 2000 characters, got 2001",
+            id="long-prompt",
+        ),
     ],
 )
 def test_bad_pairs_are_refused_before_any_model_loads(tmp_path, capsys, no_models, pairs, option):
@@ -184,6 +199,29 @@ def test_bad_pairs_are_refused_before_any_model_loads(tmp_path, capsys, no_model
     assert superdiff_main(["sweep", "--model", "digits", "--pairs", str(path), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert re.match(f"superdiff sweep: error: {option}", err) and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def flux_folder(tmp_path_factory) -> Path:
+    from superdiff.testing_flux import tiny_flux_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-flux")
+    tiny_flux_pipeline().save_pretrained(folder)
+    return folder
+
+
+def test_size_not_a_multiple_of_the_familys_is_refused_before_any_model_loads(
+    tmp_path, capsys, no_models, flux_folder
+):
+    out = tmp_path / "sweep"
+    args = ["sweep", "--model", str(flux_folder), "--size", "72", "--out", str(out)]
+    assert superdiff_main(args) == 2  # a multiple of 8, not of Flux's 16
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("superdiff sweep: error: --size: expected a multiple of 16")
+        and len(err.splitlines()) == 1
+    )
     assert not out.exists()
 
 
@@ -247,17 +285,97 @@ def test_resuming_with_another_scorer_is_refused(tmp_path, capsys):
     assert "scorer='none'" in capsys.readouterr().err
 
 
+def test_max_size_is_the_pipelines_limit(tmp_path, capsys, monkeypatch):
+    """--max-size raises the pipeline's own limit (here the default lowered to 64 px, so that a 72 px tiny
+    sweep stands for a 2056 px one)."""
+    from superdiff.limits import Limits
+
+    monkeypatch.setattr(SuperDiffMixin, "limits", Limits(size=64))
+    args = [
+        "sweep",
+        "--model",
+        "tiny",
+        "--pairs",
+        "paper",
+        "--methods",
+        "and",
+        "--seeds",
+        "0",
+        "--steps",
+        "1",
+    ]
+    out = tmp_path / "sweep"
+    assert superdiff_main([*args, "--size", "72", "--max-size", "128", "--out", str(out)]) == 0
+    assert pixels(out / "images" / "p000_and_s0000.png").shape == (72, 72, 3)
+
+
 def test_non_finite_sampling_stops_the_sweep_without_a_record(tmp_path, capsys, monkeypatch):
+    """A failure before the first record leaves no sweep folder (a rerun may change settings); one in a
+    folder that holds records keeps it."""
     from superdiff.digits.pipeline import DigitsPipeline
 
     def overflowing(self, labels, guidance_scale):
         return [lambda x, sigma: torch.full_like(x, math.nan)] * len(labels)
 
+    predictor = DigitsPipeline.predictor
     monkeypatch.setattr(DigitsPipeline, "predictor", overflowing)
-    out = tmp_path / "sweep"
+    out, resumed = tmp_path / "sweep", tmp_path / "resumed"
     assert superdiff_main(["sweep", *ONE_DIGITS_AND, "--out", str(out)]) == 2
-    assert "NaN or infinite" in capsys.readouterr().err
-    assert not list((out / "records").glob("*.json"))
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("superdiff sweep: error: ") and "NaN or infinite" in err
+    assert not out.exists()
+    monkeypatch.setattr(DigitsPipeline, "predictor", predictor)
+    assert superdiff_main(["sweep", *ONE_DIGITS_AND, "--out", str(resumed)]) == 0
+    monkeypatch.setattr(DigitsPipeline, "predictor", overflowing)
+    assert superdiff_main(["sweep", *ONE_DIGITS_AND, "--seeds", "0-1", "--out", str(resumed)]) == 2
+    assert (resumed / "sweep.json").exists() and len(list((resumed / "records").glob("*.json"))) == 5
+    monkeypatch.setattr(DigitsPipeline, "predictor", predictor)
+    assert superdiff_main(["sweep", *ONE_DIGITS_AND[:-2], "--steps", "4", "--out", str(out)]) == 0
+
+
+def test_unreadable_records_are_redone(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["sweep", *ONE_DIGITS_AND, "--out", str(out)]
+    assert superdiff_main(args) == 0
+    records = sorted((out / "records").glob("*.json"))
+    stamps = {path: path.stat().st_mtime_ns for path in records[2:]}
+    records[0].write_text("")  # as a crash could leave it
+    records[1].write_text('{"x": 1}\n')
+    assert superdiff_main(args) == 0
+    assert [r["key"] for r in read_records(out)] == [path.stem for path in records]
+    assert {path: path.stat().st_mtime_ns for path in records[2:]} == stamps  # not redone
+    assert "This run: 2 new images" in (out / "summary.md").read_text()
+
+
+def test_interrupt_keeps_the_completed_images_and_resumes(tmp_path, capsys, monkeypatch):
+    import superdiff.sweep.run
+
+    write, calls = superdiff.sweep.run.write_batch, []
+
+    def interrupted_after_two(*args):
+        write(*args)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(superdiff.sweep.run, "write_batch", interrupted_after_two)
+    out = tmp_path / "sweep"
+    args = ["sweep", *ONE_DIGITS_AND, "--batch-size", "1", "--out", str(out)]
+    try:
+        code = superdiff_main(args)
+    except KeyboardInterrupt:  # a failed test, not an interrupted test session
+        pytest.fail("the interrupt escaped the sweep command")
+    assert code == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == (
+        "superdiff sweep: interrupted; completed images are kept, rerun the same command to resume"
+    )
+    done = sorted((out / "records").glob("*.json"))
+    assert len(done) == 2 and all(json.loads(path.read_text())["key"] == path.stem for path in done)
+    monkeypatch.setattr(superdiff.sweep.run, "write_batch", write)
+    assert superdiff_main(args) == 0
+    assert len(read_records(out)) == 5 and "This run: 3 new images" in (out / "summary.md").read_text()
 
 
 def test_csv_cells_that_a_spreadsheet_would_run_are_made_text():

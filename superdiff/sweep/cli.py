@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..generate import DEFAULT_MODEL, DTYPES, add_max_size
+from ..limits import MAX_SIZE
 from .plan import (
     DEFAULT_METHODS,
     JOINT_METHODS,
@@ -18,6 +19,7 @@ from .plan import (
 from .scoring import DEFAULT_CLIP
 
 SCORERS = ("auto", "clip", "digits", "none")
+INTERRUPTED = "interrupted; completed images are kept, rerun the same command to resume"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,15 +80,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def check_size(size, max_size: int) -> None:
-    """--size: None (the model's) or a multiple of 8 from 64 to --max-size."""
+def check_size(size, max_size: int, multiple: int = 8) -> None:
+    """--size: None (the model's) or a multiple of ``multiple`` (the model family's) from 64 to --max-size."""
     from ..pipeline_common import check_int
 
-    check_int("--max-size", max_size, 64)
+    check_int("--max-size", max_size, 64, high=MAX_SIZE)
     if size is not None:
-        check_int("--size", size, 64, ", a multiple of 8 (raise the limit with --max-size)", high=max_size)
-        if size % 8:
-            raise ValueError(f"--size: expected a multiple of 8, >= 64, got {size}")
+        hint = f", a multiple of {multiple} (raise the limit with --max-size)"
+        check_int("--size", size, 64, hint, high=max_size)
+        if size % multiple:
+            raise ValueError(f"--size: expected a multiple of {multiple}, >= 64, got {size}")
+
+
+def size_multiple(model: str) -> int:
+    """The image size multiple of --model's family (16: SD3, Flux), from its config alone (no weights)."""
+    from ..generate import model_class
+
+    cls = model_class(model)
+    return 8 if cls is None else cls.SIZE_MULTIPLE
 
 
 def check_digit_pairs(pairs: list[tuple[str, str]]) -> None:
@@ -110,7 +121,9 @@ def config(args):
         scorer = "digits" if digits else "none" if args.model == "tiny" else "clip"
     if scorer == "digits" and not digits:
         raise ValueError("--scorer: the digits classifier scores --model digits only")
-    check_size(args.size, args.max_size)
+    check_size(args.size, args.max_size)  # the range first, then the family's multiple from the config
+    if args.size is not None:
+        check_size(args.size, args.max_size, size_multiple(args.model))
     pairs = load_pairs(args.pairs or ("digits" if digits else "paper"))
     if digits:
         check_digit_pairs(pairs)
@@ -132,24 +145,29 @@ def config(args):
         clip_model=args.clip_model,
         dtype=args.dtype,
         size=args.size,
+        max_size=args.max_size,
         fast=args.fast,
     )
 
 
 def run(args) -> int:
-    """Entry point: 0 when the sweep and its summary are written, 2 with a one-line message on bad input."""
+    """Entry point: 0 when the sweep and its summary are written, 2 with a one-line message on bad input,
+    130 when interrupted (Ctrl-C)."""
     from .run import run_sweep, sweep_state
 
     state = sweep_state()
+    who = f" [process {state.process_index}]" if state.num_processes > 1 else ""
     try:
         timing = run_sweep(config(args), state)
     except (ValueError, OSError, MemoryError) as err:  # bad arguments, weights unavailable, unwritable folder
-        who = f" [process {state.process_index}]" if state.num_processes > 1 else ""
         message = (
             "out of memory; try a smaller --batch-size or --size" if isinstance(err, MemoryError) else err
         )
         print(f"superdiff sweep{who}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # records are written atomically: the completed ones stay valid
+        print(f"superdiff sweep{who}: {INTERRUPTED}", file=sys.stderr)
+        return 130
     if state.is_main_process:
         print(f"{timing['images']} images in {timing['seconds']:.1f} s on {timing['processes']} process(es)")
         print(f"summary: {args.out}/summary.md")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from ..limits import MAX_SEED, MAX_SWEEP_IMAGES
+from ..limits import MAX_SEED, MAX_SWEEP_IMAGES, check_prompt
 
 SHIPPED_PAIRS = {"paper": "paper_sd.csv", "digits": "digits.csv"}  # --pairs NAME -> sweep/pairs/FILE
 METHODS = {
@@ -60,13 +60,33 @@ def _pairs_text(source: str) -> tuple[str, str]:
     return text, "yaml" if path.suffix.lower() in (".yaml", ".yml") else "csv"
 
 
-def _rows(text: str, fmt: str) -> list[tuple[str, object]]:
-    """(where, row) of each pair of a CSV (header prompt_1,prompt_2) or YAML (mappings or 2-lists) text."""
-    if fmt == "csv":
-        reader = csv.DictReader(io.StringIO(text))
+def _csv_rows(text: str, source: str) -> list[tuple[str, object]]:
+    """(where, row) of each pair of a CSV text whose header names prompt_1,prompt_2."""
+    reader = csv.DictReader(io.StringIO(text))
+    rows = []
+    try:
         if not {"prompt_1", "prompt_2"} <= set(reader.fieldnames or ()):
             raise ValueError(f"--pairs: the CSV header must name prompt_1,prompt_2; got {reader.fieldnames}")
-        return [(f"line {reader.line_num}", (row["prompt_1"], row["prompt_2"])) for row in reader]
+        for row in reader:
+            where = f"line {reader.line_num}"
+            if None in row:  # DictReader puts the fields past the header's under the key None
+                raise ValueError(
+                    f"--pairs: {where} of {source!r} has {len(reader.fieldnames) + len(row[None])} fields, "
+                    f'the header {len(reader.fieldnames)}; quote prompts that contain commas: "a cat, '
+                    'photorealistic",a dog'
+                )
+            rows.append((where, (row["prompt_1"], row["prompt_2"])))
+    except csv.Error as err:
+        raise ValueError(
+            f"--pairs: line {reader.reader.line_num} of {source!r} is not valid CSV ({err})"
+        ) from None
+    return rows
+
+
+def _rows(text: str, fmt: str, source: str) -> list[tuple[str, object]]:
+    """(where, row) of each pair of a CSV (header prompt_1,prompt_2) or YAML (mappings or 2-lists) text."""
+    if fmt == "csv":
+        return _csv_rows(text, source)
     try:
         rows = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -82,11 +102,16 @@ def _rows(text: str, fmt: str) -> list[tuple[str, object]]:
 def load_pairs(source: str) -> list[tuple[str, str]]:
     """The distinct (prompt_1, prompt_2) pairs of ``--pairs``: "paper", "digits", or a CSV/YAML file."""
     pairs = {}  # pair -> where it is
-    for where, row in _rows(*_pairs_text(source)):
+    for where, row in _rows(*_pairs_text(source), source):
         ok = isinstance(row, (list, tuple)) and len(row) == 2
         if not (ok and all(isinstance(p, str) and p.strip() for p in row)):
             raise ValueError(f"--pairs: {where} of {source!r} must be two non-empty prompts, got {row!r}")
         pair = (row[0].strip(), row[1].strip())
+        try:
+            for p in pair:
+                check_prompt("prompt", p)  # at most MAX_PROMPT_CHARS characters, UTF-8
+        except ValueError as err:
+            raise ValueError(f"--pairs: {where} of {source!r}: {err}") from None
         if pair in pairs:  # it would be sampled and counted twice
             raise ValueError(f"--pairs: {where} of {source!r} repeats {pairs[pair]}: {pair!r}")
         pairs[pair] = where

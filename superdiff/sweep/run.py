@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -57,6 +58,7 @@ class SweepConfig:
     clip_model: str = DEFAULT_CLIP
     dtype: str = "auto"
     size: int | None = None  # SD image height = width in pixels (None: the model's)
+    max_size: int = LIMITS.size  # the pipeline's limit on size; not a setting: it changes no image
     fast: bool = False  # enable_fast_sampling; not a setting: images match eager's within fp16 rounding
     items: list[Item] = field(init=False, repr=False)
 
@@ -122,19 +124,46 @@ def image_path(out: Path, item: Item) -> Path:
     return out / "images" / f"{item.key}.png"
 
 
+def is_record(row, item: Item) -> bool:
+    """row is item's record as the summary reads it: its key and method, finite seconds and scores."""
+    if not isinstance(row, dict) or row.get("key") != item.key or row.get("method") != item.method:
+        return False
+    numbers = [row.get("seconds")] + [row[k] for k in ("score_min", "score_mean") if row.get(k) is not None]
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers)
+
+
+def read_record(out: Path, item: Item) -> dict | None:
+    """The item's record; None if it is missing or unreadable (empty after a crash, edited): item to redo."""
+    try:
+        row = json.loads(record_path(out, item).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
+        return None
+    return row if is_record(row, item) else None
+
+
 def pending(cfg: SweepConfig) -> list[Item]:
-    """The items that have no record yet."""
-    return [item for item in cfg.items if not record_path(cfg.out, item).exists()]
+    """The items that have no readable record yet."""
+    return [item for item in cfg.items if read_record(cfg.out, item) is None]
+
+
+def remove_unreadable_records(cfg: SweepConfig) -> int:
+    """Delete the record files that cannot be read back, so that their items are redone and counted."""
+    paths = [record_path(cfg.out, item) for item in pending(cfg)]
+    paths = [path for path in paths if path.is_file()]
+    for path in paths:
+        path.unlink(missing_ok=True)
+    return len(paths)
 
 
 def load_records(cfg: SweepConfig) -> list[dict]:
     """The record of every item of the sweep's plan, in plan order."""
-    missing = pending(cfg)
+    rows = [read_record(cfg.out, item) for item in cfg.items]
+    missing = [item for item, row in zip(cfg.items, rows, strict=True) if row is None]
     if missing:
         raise RuntimeError(
-            f"{len(missing)} items have no record yet (first: {missing[0].key}); rerun the sweep"
+            f"{len(missing)} items have no readable record (first: {missing[0].key}); rerun the sweep"
         )
-    return [json.loads(record_path(cfg.out, item).read_text(encoding="utf-8")) for item in cfg.items]
+    return rows
 
 
 # ----------------------------------------------------------------------------- one batch
@@ -212,9 +241,11 @@ def write_batch(cfg: SweepConfig, batch, images, rows, done: int) -> None:
 
 def load_pipeline(cfg: SweepConfig, device: str):
     """The sweep's pipeline on this process's device (the digits model stays on the CPU)."""
-    from ..generate import load, pick_dtype
+    from ..generate import load, model_class, pick_dtype
 
-    pipe = load(cfg.model, pick_dtype(cfg.dtype, device), device, cpu_offload=False, attention_slicing=False)
+    cls, dtype = model_class(cfg.model), pick_dtype(cfg.dtype, device)
+    pipe = load(cfg.model, cls, dtype, device, cpu_offload=False, attention_slicing=False)
+    pipe.limits = replace(LIMITS, size=cfg.max_size)  # --max-size
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)  # one overall bar instead
     if cfg.fast:
@@ -237,6 +268,14 @@ def process_logger(out: Path, index: int) -> logging.Logger:
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     logger.handlers = [handler]
     return logger
+
+
+def close_logger(index: int) -> None:
+    """Close this process's log file (see :func:`process_logger`)."""
+    logger = logging.getLogger(f"superdiff.sweep.process{index}")
+    for handler in logger.handlers:
+        handler.close()
+    logger.handlers = []
 
 
 class Progress:
@@ -296,7 +335,7 @@ def claim(cfg: SweepConfig) -> list[Path]:
 
 
 def unclaim(created: list[Path]) -> None:
-    """Undo :func:`claim` when the models failed to load: no sweep.json, no folder of a sweep never run."""
+    """Undo :func:`claim`: remove the created paths in order; a folder that is not empty stays."""
     for path in created:
         if path.is_dir():
             try:
@@ -307,27 +346,34 @@ def unclaim(created: list[Path]) -> None:
             path.unlink(missing_ok=True)
 
 
-def run_sweep(cfg: SweepConfig, state: PartialState | None = None) -> dict:
-    """Sample and score every pending item of the sweep on this process's share; returns the run's timing."""
-    state = state or sweep_state()
-    created = claim(cfg) if state.is_main_process else []
-    device = str(state.device)
-    try:
-        pipe, scorer = load_pipeline(cfg, device), load_scorer(cfg.scorer, cfg.clip_model, device)
-    except BaseException:
-        unclaim(created)
-        raise
+def release(cfg: SweepConfig, created: list[Path], index: int) -> None:
+    """After a failure before the first record: remove what this run made (its log, empty folders) and
+    :func:`unclaim` the folder, so a rerun may use other settings; anything else in it (a record, another
+    process's log) keeps it this sweep's."""
+    close_logger(index)
+    log = cfg.out / "logs" / f"process-{index}.log"
+    made = [log, log.parent, cfg.out / "images", cfg.out / "records", *created]
+    if all(path in made for path in cfg.out.rglob("*")):
+        unclaim(made)
+
+
+def prepare(cfg: SweepConfig, state: PartialState) -> list[Item]:
+    """The pending items, listed alike by every process once the main one has removed what a crash left."""
     if state.is_main_process:
         for folder in (cfg.out, cfg.out / "images", cfg.out / "records"):
             remove_stale_temps(folder)
+        remove_unreadable_records(cfg)
     state.wait_for_everyone()
     todo = pending(cfg)
     state.wait_for_everyone()  # every process has listed the same pending items before anyone writes
+    return todo
 
-    log = process_logger(cfg.out, state.process_index)
+
+def sample_share(cfg: SweepConfig, state: PartialState, pipe, scorer, todo: list[Item], progress) -> int:
+    """Sample, score and write this process's batches of the pending items; returns how many images."""
+    device, log = str(state.device), process_logger(cfg.out, state.process_index)
     size = None if cfg.model == "digits" else cfg.size or pipe.default_size
-    scorer_name, where = getattr(scorer, "name", None), device_name(device)
-    progress, start, written = Progress(cfg, todo, state), time.perf_counter(), 0
+    scorer_name, where, written = getattr(scorer, "name", None), device_name(device), 0
     with state.split_between_processes(batches(todo, cfg.batch_size)) as mine:
         log.info(f"process {state.process_index}/{state.num_processes} on {device}: {len(mine)} batches")
         for done, batch in enumerate(mine):
@@ -340,10 +386,38 @@ def run_sweep(cfg: SweepConfig, state: PartialState | None = None) -> dict:
             written += len(batch)
             log.info(f"{' '.join(item.key for item in batch)}: {seconds:.2f} s")
             progress.update()
-    progress.wait_for_all()
-    state.wait_for_everyone()
-    timing = {"images": len(todo), "seconds": time.perf_counter() - start, "processes": state.num_processes}
     log.info(f"done: {written} images written by this process")
+    return written
+
+
+def sample(cfg: SweepConfig, state: PartialState) -> dict:
+    """Load the models, then sample and score this process's share of the pending items; the run's timing."""
+    device = str(state.device)
+    pipe, scorer = load_pipeline(cfg, device), load_scorer(cfg.scorer, cfg.clip_model, device)
+    todo = prepare(cfg, state)
+    progress, start = Progress(cfg, todo, state), time.perf_counter()
+    try:
+        sample_share(cfg, state, pipe, scorer, todo, progress)
+        progress.wait_for_all()
+    finally:
+        progress.bar.close()  # an error message starts on a line of its own
+    state.wait_for_everyone()
+    return {"images": len(todo), "seconds": time.perf_counter() - start, "processes": state.num_processes}
+
+
+def run_sweep(cfg: SweepConfig, state: PartialState | None = None) -> dict:
+    """Sample and score every pending item of the sweep on this process's share; returns the run's timing.
+
+    A failure before the first record (models unavailable, a size too large) leaves no sweep folder behind.
+    """
+    state = state or sweep_state()
+    created = claim(cfg) if state.is_main_process else []
+    try:
+        timing = sample(cfg, state)
+    except BaseException:
+        if created:
+            release(cfg, created, state.process_index)
+        raise
     if state.is_main_process:
         write_summary(cfg, load_records(cfg), timing)
     return timing
