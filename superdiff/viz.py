@@ -123,7 +123,9 @@ def plot_log_q(
         lo, mid, hi = (torch.quantile(y, q, dim=1).numpy() for q in (0.1, 0.5, 0.9))
         ax.plot(s, mid, color=f"C{i}", lw=2, label=label)
         ax.fill_between(s, lo, hi, color=f"C{i}", alpha=0.2)
-    ax.fill_between([], [], color="gray", alpha=0.2, label="shaded: 10–90 % of samples")
+    band = "shaded: 10–90 % of samples"
+    if band not in ax.get_legend_handles_labels()[1]:  # once when runs are overlaid
+        ax.fill_between([], [], color="gray", alpha=0.2, label=band)
     default = "log-density gap along trajectories" if gap else "estimated log-densities along trajectories"
     _sigma_axis(ax, title or default, "nats")
     ax.legend(fontsize=8)

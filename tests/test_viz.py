@@ -60,6 +60,9 @@ def test_log_q_legend_names_the_band_and_scatter_window_follows_lim():
     ax = plot_log_q(r.log_q, sigmas, labels=["up", "down"])
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "shaded: 10–90 % of samples" in labels and "log q(up)" in labels
+    plot_log_q(r.log_q, sigmas, labels=["up", "down"], gap=True, name="avg", color=1, ax=ax)  # overlaid
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels.count("shaded: 10–90 % of samples") == 1 and "avg: log q(up) − log q(down)" in labels
     ax = scatter_over_models(r.samples, (up, down), 4.0, lim=12.0)
     assert ax.get_xlim() == (-12.0, 12.0) and ax.get_ylim() == (-12.0, 12.0)
     plt.close("all")
