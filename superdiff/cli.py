@@ -29,7 +29,11 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == [name]:  # only the chosen subcommand's module is imported
             importlib.import_module(module).add_arguments(p)
     args = parser.parse_args(argv)
-    return importlib.import_module(COMMANDS[args.command][0]).run(args)
+    try:
+        return importlib.import_module(COMMANDS[args.command][0]).run(args)
+    except KeyboardInterrupt:  # every command writes atomically: what it finished is whole, the rest absent
+        print(f"superdiff {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

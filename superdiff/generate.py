@@ -336,9 +336,6 @@ def run(args) -> int:
     except MemoryError:
         print("superdiff generate: error: out of memory; try a smaller --batch-size or size", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("superdiff generate: interrupted", file=sys.stderr)
-        return 130
     for path in written:
         print(path)
     return 0

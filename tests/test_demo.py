@@ -57,6 +57,20 @@ def test_demo_rejects_bad_input_before_any_work(argv, message, tmp_path, capsys,
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["equal_density.txt", "file", "folder"]
 
 
+def test_ctrl_c_exits_130_with_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "toy_runs", interrupted)
+    try:
+        code = main(["demo", "--out", str(tmp_path), "--steps", "5"])
+    except KeyboardInterrupt:  # escaping, it would stop the whole test session
+        pytest.fail("Ctrl-C escaped the command")
+    assert code == 130
+    assert capsys.readouterr().err == "superdiff demo: interrupted\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_demo_writes_nothing_when_a_late_stage_fails(tmp_path, monkeypatch):
     def fail(**kwargs):
         raise RuntimeError("judge failed")

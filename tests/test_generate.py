@@ -140,7 +140,11 @@ def test_ctrl_c_exits_130_with_one_line_and_writes_nothing(tmp_path, monkeypatch
         raise KeyboardInterrupt
 
     monkeypatch.setattr(superdiff.generate, "load", interrupted)
-    assert generate(tmp_path) == 130
+    try:
+        code = generate(tmp_path)
+    except KeyboardInterrupt:  # escaping, it would stop the whole test session
+        pytest.fail("Ctrl-C escaped the command")
+    assert code == 130
     assert capsys.readouterr().err == "superdiff generate: interrupted\n"
     assert list(tmp_path.iterdir()) == []
 
