@@ -187,8 +187,8 @@ def model_class(model: str):
     return pipeline_class(model)
 
 
-def load(model: str, cls, dtype, device: str, cpu_offload: bool, attention_slicing: bool):
-    """The pipeline behind --model (``cls``: its :func:`model_class`)."""
+def load(model: str, dtype, device: str, cpu_offload: bool, attention_slicing: bool, cls=None):
+    """The pipeline behind --model (``cls``: its :func:`model_class`, looked up if None)."""
     import torch
 
     if model == "digits":
@@ -202,7 +202,7 @@ def load(model: str, cls, dtype, device: str, cpu_offload: bool, attention_slici
 
         pipe = tiny_pipeline()
     else:
-        pipe = cls.from_pretrained(model, **dtype_kwarg(dtype))
+        pipe = (cls or model_class(model)).from_pretrained(model, **dtype_kwarg(dtype))
     pipe.set_progress_bar_config(disable=False)
     if attention_slicing:
         pipe.enable_attention_slicing()
@@ -305,9 +305,8 @@ def generate(args) -> list[Path]:
     cls = model_class(args.model)
     if cls is not None and cls.SIZE_MULTIPLE != 8:  # SD3, Flux: sizes in multiples of 16
         check_arguments(args, cls)
-    pipe = load(
-        args.model, cls, pick_dtype(args.dtype, device), device, args.cpu_offload, args.attention_slicing
-    )
+    dtype = pick_dtype(args.dtype, device)
+    pipe = load(args.model, dtype, device, args.cpu_offload, args.attention_slicing, cls=cls)
     pipe.limits = limits(args)
     kwargs = call_kwargs(args)
     if args.model != "digits":

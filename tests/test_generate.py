@@ -260,7 +260,7 @@ def test_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys):
         def __call__(self, *args, **kwargs):
             raise MemoryError
 
-    monkeypatch.setattr(superdiff.generate, "load", lambda *args: Exhausted())
+    monkeypatch.setattr(superdiff.generate, "load", lambda *args, **kwargs: Exhausted())
     assert generate(tmp_path) == 2
     err = capsys.readouterr().err
     assert err.startswith("superdiff generate: error: out of memory") and len(err.splitlines()) == 1

@@ -395,3 +395,13 @@ def test_and_kappa_is_plotted_as_a_running_mean_and_sd_grid_is_the_pipelines(mon
     sd.steps.value, sd.batch_size.value = 1000, 1
     grid = sd.backend.sigmas(1000)
     assert torch.equal(grid, pipe.sigma_grid(1000)[0].double()) and len(grid) - 1 == 999
+
+
+def test_load_sd_loads_through_the_clis_loader_with_the_bar_off():
+    """The playground's Stable Diffusion loader (weights from the Hub) on the offline tiny model."""
+    from superdiff import SuperDiffPipeline
+    from superdiff.widgets import load_sd
+
+    pipe = load_sd("tiny")
+    assert isinstance(pipe, SuperDiffPipeline) and pipe._progress_bar_config == {"disable": True}
+    assert pipe.unet.device.type == "cpu" and pipe.unet.dtype == torch.float32

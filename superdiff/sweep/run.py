@@ -241,10 +241,9 @@ def write_batch(cfg: SweepConfig, batch, images, rows, done: int) -> None:
 
 def load_pipeline(cfg: SweepConfig, device: str):
     """The sweep's pipeline on this process's device (the digits model stays on the CPU)."""
-    from ..generate import load, model_class, pick_dtype
+    from ..generate import load, pick_dtype
 
-    cls, dtype = model_class(cfg.model), pick_dtype(cfg.dtype, device)
-    pipe = load(cfg.model, cls, dtype, device, cpu_offload=False, attention_slicing=False)
+    pipe = load(cfg.model, pick_dtype(cfg.dtype, device), device, cpu_offload=False, attention_slicing=False)
     pipe.limits = replace(LIMITS, size=cfg.max_size)  # --max-size
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)  # one overall bar instead
