@@ -297,9 +297,22 @@ def kappa_figure(out, args):
         return None
 
 
+def warn_unused(args) -> None:
+    """One line on stderr for each option that --mode does not use (the pipeline ignores it silently)."""
+    unused = [("--lift", args.lift != 0.0, "and"), ("--temperature", args.temperature != 1.0, "or")]
+    for option, given, mode in unused:
+        if given and args.mode != mode:
+            print(
+                f"superdiff generate: warning: {option} is used by --mode {mode} only; ignored with --mode "
+                f"{args.mode}",
+                file=sys.stderr,
+            )
+
+
 def generate(args) -> list[Path]:
     """Validate, load, sample, plot κ, write; returns the written paths."""
     check_arguments(args)
+    warn_unused(args)
     images, kappa_path = output_paths(args.out, args.batch_size)
     device = pick_device(args.device)
     cls = model_class(args.model)

@@ -149,6 +149,22 @@ def test_ctrl_c_exits_130_with_one_line_and_writes_nothing(tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "options, unused",
+    [
+        (["--mode", "or", "--lift", "2"], ["--lift"]),
+        (["--mode", "avg", "--lift", "2", "--temperature", "3"], ["--lift", "--temperature"]),
+        (["--mode", "and", "--temperature", "3"], ["--temperature"]),
+        (["--mode", "and", "--lift", "2"], []),
+        (["--mode", "or", "--temperature", "3"], []),
+    ],
+)
+def test_options_the_mode_ignores_are_named(tmp_path, capsys, options, unused):
+    assert generate(tmp_path, *options) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning: --" in line]
+    assert [line.split("warning: ")[1].split(" ")[0] for line in warnings] == unused
+
+
 def test_bad_output_name_is_refused(tmp_path, capsys):
     (tmp_path / "a_file").write_text("")
     assert generate(tmp_path, out="flamingo.jpg") != 0
