@@ -57,10 +57,16 @@ def terminate_as_exit():
         signal.signal(signal.SIGTERM, previous)
 
 
-def check_targets(paths: Sequence[Path]) -> None:
-    """No target is a folder (a rename onto it would fail after the earlier files were replaced)."""
+def check_targets(paths: Sequence[Path], option: str | None = None) -> None:
+    """No target is a folder (a rename onto it would fail after the earlier files were replaced); with
+    ``option``, a ValueError naming the command-line option before any work, else an IsADirectoryError."""
     for path in paths:
         if Path(path).is_dir():
+            if option:
+                raise ValueError(
+                    f"{option}: {str(path)!r} is a folder in the way of a file to write; "
+                    f"choose another {option}"
+                )
             raise IsADirectoryError(errno.EISDIR, "a folder is in the way of a file to write", str(path))
 
 

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from . import viz
-from ._io import check_writable, png, text, write_atomically
+from ._io import check_targets, check_writable, png, text, write_atomically
 from .and_study import mean_sd
 from .digits.demo import DPI, JUDGED, digits_figures, judged_gaps
 from .limits import LIMITS, MAX_SEED
@@ -121,9 +121,7 @@ def check_arguments(args) -> list[Path]:
     check_int("--seed", args.seed, 0, high=MAX_SEED - 2)
     check_writable(args.out, "--out")
     paths = [args.out / name for name in FILES]
-    folders = [str(p) for p in paths if p.is_dir()]
-    if folders:  # the write would fail after minutes of sampling
-        raise ValueError(f"--out: {folders[0]!r} is a folder in the way of a file the demo writes")
+    check_targets(paths, "--out")  # else the write would fail after minutes of sampling
     return paths
 
 

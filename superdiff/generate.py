@@ -13,7 +13,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ._io import check_writable, png, write_atomically
+from ._io import check_targets, check_writable, png, write_atomically
 from .hub import dtype_kwarg, explain_unavailable, offline_kwargs
 from .limits import LIMITS, MAX_SIZE
 
@@ -123,9 +123,7 @@ def output_paths(out: str, batch_size: int) -> tuple[list[Path], Path]:
     check_writable(out.parent, "--out")
     images = [out] if batch_size == 1 else [out.with_name(f"{out.stem}_{i}.png") for i in range(batch_size)]
     paths = images + [out.with_name(f"{out.stem}_kappa.png")]
-    folders = [str(p) for p in paths if p.is_dir()]
-    if folders:
-        raise ValueError(f"--out: {folders[0]!r} is a folder; choose another --out")
+    check_targets(paths, "--out")
     return images, paths[-1]
 
 
