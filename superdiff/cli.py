@@ -7,6 +7,8 @@ import importlib
 import sys
 import warnings
 
+from tqdm.auto import tqdm
+
 # subcommand -> module with ``add_arguments(parser)`` and ``run(args) -> int``; imported only when used.
 COMMANDS = {
     "demo": ("superdiff.demo", "the offline default: toy and digits superpositions written to PNG files"),
@@ -16,9 +18,36 @@ COMMANDS = {
 }
 
 
+def is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def join_negative_values(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """['--lift', '-1e6'] as ['--lift=-1e6']: argparse reads a negative number in e-notation as an option."""
+    takes_value = {s for a in parser._actions if a.nargs is None for s in a.option_strings}
+    joined = []
+    for token in argv:
+        if joined and joined[-1] in takes_value and token.startswith("-") and is_number(token):
+            joined[-1] = f"{joined[-1]}={token}"
+        else:
+            joined.append(token)
+    return joined
+
+
+def show_warning(command: str):
+    """Python's warnings as the command's own one-line messages (above any progress bar, not inside it)."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        tqdm.write(f"superdiff {command}: warning: {message}", file=sys.stderr if file is None else file)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
-    # diffusers passes huggingface_hub an argument that it deprecates: nothing a user of the CLI can change
-    warnings.filterwarnings("ignore", message="The `local_dir_use_symlinks` argument is deprecated")
     parser = argparse.ArgumentParser(
         prog="superdiff", description="SuperDiff: superposition of diffusion models."
     )
@@ -28,12 +57,17 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_, description=help_)
         if argv[:1] == [name]:  # only the chosen subcommand's module is imported
             importlib.import_module(module).add_arguments(p)
+            argv = join_negative_values(argv, p)
     args = parser.parse_args(argv)
-    try:
-        return importlib.import_module(COMMANDS[args.command][0]).run(args)
-    except KeyboardInterrupt:  # every command writes atomically: what it finished is whole, the rest absent
-        print(f"superdiff {args.command}: interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        # diffusers passes huggingface_hub an argument it deprecates: nothing a user of the CLI can change
+        warnings.filterwarnings("ignore", message="The `local_dir_use_symlinks` argument is deprecated")
+        warnings.showwarning = show_warning(args.command)
+        try:
+            return importlib.import_module(COMMANDS[args.command][0]).run(args)
+        except KeyboardInterrupt:  # each command writes atomically: what it finished is whole, the rest gone
+            print(f"superdiff {args.command}: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

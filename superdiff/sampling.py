@@ -192,7 +192,7 @@ def warn_if_lift_missed(log_q: Tensor, lift: Tensor, n: int) -> None:
             "steps the models' ε̂ nearly agree (within about 0.1 %), where reaching it would move x far, so κ "
             "stays near 1/N there",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,  # the caller of superpose (torch.no_grad adds a frame)
         )
 
 

@@ -240,6 +240,7 @@ def test_unreachable_weights_give_one_clear_line(tmp_path, monkeypatch, capsys):
     assert list((tmp_path / "out").iterdir()) == []
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # diffusers' own (numpy 2), printed by the CLI
 def test_prompt_with_mathtext_dollars_still_writes_image_and_plot(tmp_path, capsys):
     assert generate(tmp_path, prompts=("a $x^$ b", "a dog")) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["flamingo.png", "flamingo_kappa.png"]
@@ -280,3 +281,19 @@ def test_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys):
     assert generate(tmp_path) == 2
     err = capsys.readouterr().err
     assert err.startswith("superdiff generate: error: out of memory") and len(err.splitlines()) == 1
+
+
+@pytest.mark.filterwarnings("always::RuntimeWarning")  # shown, as outside pytest
+def test_negative_e_notation_is_a_value_and_warnings_are_one_line(tmp_path, capsys):
+    assert generate(tmp_path, "--lift", "-1e6") == 0  # argparse alone reads -1e6 as an option
+    err = [line for line in capsys.readouterr().err.splitlines() if "lift" in line]
+    assert len(err) == 1 and err[0].startswith("superdiff generate: warning: lift: the estimated log q_1")
+
+
+def test_negative_e_notation_reaches_the_option(tmp_path, monkeypatch):
+    import superdiff.generate
+
+    seen = []
+    monkeypatch.setattr(superdiff.generate, "run", lambda args: seen.append(args) or 0)
+    assert main(["generate", "a", "b", "--lift", "-1E1", "--temperature", "-.5e0", "--cpu-offload"]) == 0
+    assert (seen[0].prompts, seen[0].lift, seen[0].temperature) == (["a", "b"], -10.0, -0.5)

@@ -279,8 +279,9 @@ def near_up(rel: float):
 def test_and_warns_when_models_too_alike_to_reach_the_lift():
     """Where ε̂_1 ≈ ε̂_2 (within ~0.1 %) the ridge keeps κ near 1/2 rather than move x far: the lift falls
     short, and the user is told by how much."""
-    with pytest.warns(RuntimeWarning, match=r"lift: .* ended up to 4 nats from the lift"):
+    with pytest.warns(RuntimeWarning, match=r"lift: .* ended up to 4 nats from the lift") as warned:
         r = run([UP, near_up(1e-4)], n=200, batch=16, lift=4.0)
+    assert warned[0].filename == __file__  # it points at the call of superpose (here, in run)
     assert (r.log_q[-1, :, 0] - r.log_q[-1, :, 1]).abs().max() < 0.01
     with pytest.warns(RuntimeWarning, match=r"ended up to 2\.\d+ nats"):
         run([UP, near_up(1e-3)], n=200, batch=16, lift=4.0)
