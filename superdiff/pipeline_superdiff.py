@@ -78,8 +78,16 @@ def timestep_of(sigma: Tensor, train: Tensor) -> Tensor:
 
 
 def check_scheduler(scheduler) -> None:
-    """A prediction type the pipeline converts to ε; else ValueError naming it and the accepted ones."""
-    prediction_type = scheduler.config.get("prediction_type", "epsilon")
+    """A DDPM noise schedule and a prediction type the pipeline converts to ε; else a ValueError."""
+    config = scheduler.config
+    if "sigma_data" in config or not ("beta_schedule" in config or "trained_betas" in config):
+        # an EDM (e.g. Playground v2.5) or flow-matching checkpoint: from_config would give it linear betas
+        raise ValueError(
+            "scheduler: expected a DDPM noise schedule (betas, as the schedulers of SD 1.x/2.x and SDXL), "
+            f"got {type(scheduler).__name__} with an EDM or flow-matching schedule, which this pipeline "
+            "cannot sample"
+        )
+    prediction_type = config.get("prediction_type", "epsilon")
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(
             f"scheduler.config.prediction_type: expected one of {PREDICTION_TYPES}, got {prediction_type!r}"
@@ -88,9 +96,9 @@ def check_scheduler(scheduler) -> None:
 
 def as_euler(scheduler) -> EulerDiscreteScheduler:
     """The checkpoint's scheduler as an EulerDiscreteScheduler of the same config; refuses unknown outputs."""
+    check_scheduler(scheduler)
     if not isinstance(scheduler, EulerDiscreteScheduler):  # CompVis/stable-diffusion-v1-4 ships PNDM
         scheduler = EulerDiscreteScheduler.from_config(scheduler.config)
-    check_scheduler(scheduler)
     return scheduler
 
 

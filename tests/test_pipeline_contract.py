@@ -10,7 +10,13 @@ import warnings
 
 import pytest
 import torch
-from diffusers import EulerDiscreteScheduler
+from diffusers import (
+    DDIMScheduler,
+    EDMDPMSolverMultistepScheduler,
+    EDMEulerScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+)
 from PIL import Image
 from pipelines import P1, P2, SMALL, gap, record_calls
 
@@ -199,6 +205,27 @@ def test_float16_pipeline_samples_like_float32(family):
     assert out.samples.dtype == torch.float32 and torch.isfinite(out.log_q).all()
     torch.testing.assert_close(out.samples, reference.samples, atol=5e-2, rtol=0)
     torch.testing.assert_close(gap(out), gap(reference), atol=2e-2, rtol=0)
+
+
+NOT_DDPM = [  # Playground v2.5 (an SDXL UNet) ships the first; the others have no betas either
+    EDMDPMSolverMultistepScheduler(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5),
+    EDMEulerScheduler(),
+    FlowMatchEulerDiscreteScheduler(),
+]
+
+
+@pytest.mark.parametrize("family", ["sd", "xl"])
+@pytest.mark.parametrize("scheduler", NOT_DDPM, ids=lambda s: type(s).__name__)
+def test_schedules_without_betas_are_refused_not_read_as_linear_betas(family, scheduler, pipes):
+    pipe = pipes(family)
+    message = rf"^scheduler: expected a DDPM noise schedule .*, got {type(scheduler).__name__} with an EDM"
+    with pytest.raises(ValueError, match=message):
+        type(pipe)(**{**pipe.components, "scheduler": scheduler})
+    other = type(pipe)(**{**pipe.components, "scheduler": DDIMScheduler.from_config(pipe.scheduler.config)})
+    assert isinstance(other.scheduler, EulerDiscreteScheduler)  # a DDPM scheduler becomes Euler, as PNDM
+    other.scheduler = scheduler
+    with pytest.raises(ValueError, match=message):
+        other(P1, P2, **SMALL)
 
 
 @pytest.mark.parametrize("family", ["sd3", "flux"])
