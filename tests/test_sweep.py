@@ -225,6 +225,23 @@ def test_size_not_a_multiple_of_the_familys_is_refused_before_any_model_loads(
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "model, option, expected",
+    [("flux", [], 3.5), ("flux", ["--guidance-scale", "5"], 5.0), ("tiny", [], 7.5), ("digits", [], 2.0)],
+)
+def test_default_guidance_is_the_familys(tmp_path, flux_folder, model, option, expected):
+    """Flux's guidance is the transformer's embedded one (diffusers' default 3.5), not CFG's 7.5."""
+    import argparse
+
+    from superdiff.sweep.cli import add_arguments, config
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    model = str(flux_folder) if model == "flux" else model
+    args = parser.parse_args(["--model", model, "--out", str(tmp_path / "sweep"), *option])
+    assert config(args).guidance_scale == expected
+
+
 def test_csv_with_excel_byte_order_mark_loads(tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_bytes("prompt_1,prompt_2\n3,8\n".encode("utf-8-sig"))

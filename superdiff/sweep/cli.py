@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 
-from ..generate import DEFAULT_MODEL, DTYPES, add_max_size
+from ..generate import DEFAULT_MODEL, DTYPES, add_max_size, model_class
 from ..limits import MAX_SIZE
 from .plan import (
     DEFAULT_METHODS,
@@ -44,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--guidance-scale",
         type=float,
         default=None,
-        help="classifier-free guidance (default: 7.5 SD, 2 digits)",
+        help="classifier-free guidance (default: 7.5 SD, 2 digits); Flux: its embedded one (default 3.5)",
     )
     parser.add_argument("--lift", type=float, default=0.0, help="AND: final log q_1 − log q_2 (default 0)")
     parser.add_argument(
@@ -94,10 +95,13 @@ def check_size(size, max_size: int, multiple: int = 8) -> None:
 
 def size_multiple(model: str) -> int:
     """The image size multiple of --model's family (16: SD3, Flux), from its config alone (no weights)."""
-    from ..generate import model_class
-
     cls = model_class(model)
     return 8 if cls is None else cls.SIZE_MULTIPLE
+
+
+def default_guidance(model: str) -> float:
+    """--model's default guidance_scale (Flux: its embedded 3.5), from its config alone (no weights)."""
+    return inspect.signature(model_class(model).__call__).parameters["guidance_scale"].default
 
 
 def check_digit_pairs(pairs: list[tuple[str, str]]) -> None:
@@ -138,7 +142,7 @@ def config(args):
         steps=args.steps if args.steps is not None else (STEPS if digits else 1000),
         guidance_scale=args.guidance_scale
         if args.guidance_scale is not None
-        else (GUIDANCE if digits else 7.5),
+        else (GUIDANCE if digits else default_guidance(args.model)),
         lift=args.lift,
         batch_size=args.batch_size,
         scorer=scorer,
