@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/app_memory.py [--sessions 20] [--budget 240]
 
 Opens up to --sessions pages one after another (each a kernel), runs the toy and the digits playground
-once in each over the widget protocol (the first one also at the UI's largest steps and batch), and
+once in each over the widget protocol (the first one also at the UI's largest steps and batch, the digits
+judged on each of its models), and
 reports per kernel RSS and PSS (shared library pages counted once) and the machine's available memory
 before and after. Stops adding sessions after --budget seconds; every kernel is shut down at the end.
 """
@@ -25,9 +26,16 @@ sys.path.insert(0, str(ROOT / "tests"))
 from test_app import TOKEN, WidgetClient, open_page, serve, shutdown  # noqa: E402
 
 MB = 2**20
-RUNS = {  # per playground: the UI's defaults, then the largest steps and batch its sliders offer
-    "toy": [{}, {"steps": 1000, "batch size": 2000}],
-    "digits": [{}, {"steps": 1000, "batch size": 64}],
+JUDGE = "judge by the models' densities"
+# per playground: the UI's defaults, then the largest steps and batch its sliders offer (digits: judged on
+# each of its models); each change is (a widget's description, its new state)
+RUNS = {
+    "toy": [{}, {"steps": {"value": 1000}, "batch size": {"value": 2000}}],
+    "digits": [
+        {},
+        {"steps": {"value": 1000}, "batch size": {"value": 64}},
+        *({JUDGE: {"value": True}, "model": {"index": k}} for k in range(3)),
+    ],
 }
 
 
@@ -40,8 +48,8 @@ async def run_playgrounds(server, kernel_id: str, largest: bool) -> list[str]:
         ids = client.playground(name)
         button, status = client.find(ids, description="Generate"), client.status_line(ids)
         for values in settings if largest else settings[:1]:
-            for description, value in values.items():
-                await client.update(client.find(ids, description=description), value=value)
+            for description, state in values.items():
+                await client.update(client.find(ids, description=description), **state)
             statuses.append(f"{name}: {await client.run(button, status)}")
     client.ws.close()
     return statuses

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import re
 import secrets
 import socket
@@ -27,13 +28,15 @@ from tornado import ioloop, web
 from traitlets import Integer, List, Unicode
 from voila.app import Voila
 
+from .limits import APP_ENV
+
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "04_playground.ipynb"
 PORT = 8866
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
-# Measured (benchmarks/app_memory.py, README): a kernel holds 335 MB RSS once both playgrounds ran, 545 MB
-# after the sliders' largest runs. 36 of the largest take ≈ 19.6 GB of this 24 GB machine, leaving ≈ 4 GB.
+# Measured (benchmarks/app_memory.py, README): a kernel holds 336 MB RSS once both playgrounds ran, 622 MB
+# after the sliders' largest runs, the digits judged on each model. 32 of those fit this 24 GB machine.
 MAX_KERNELS = 36
-KERNEL_GIB, RESERVE_GIB = 0.545, 3.5  # a kernel after the largest runs; the server, the OS and headroom
+KERNEL_GIB, RESERVE_GIB = 0.61, 3.5  # a kernel after the largest runs; the server, the OS and headroom
 MIN_TOKEN = 8  # characters of a classroom token: the network can try short ones
 CULL_IDLE = 900  # seconds without a message to or from a kernel before it is shut down (an open tab too)
 
@@ -131,12 +134,11 @@ def machine_names() -> set[str]:
 
 
 def allowed_hosts(host: str, extra: list[str]) -> list[str]:
-    """Localhost names; in classroom mode also this machine's names, the listening address and ``extra``."""
-    names = set(LOCAL_HOSTS)
+    """Localhost names and the listening address; in classroom mode also the machine's names and ``extra``."""
+    names = set(LOCAL_HOSTS) | {host.lower()}
     if not is_local(host):
-        names |= machine_names() | {host.lower()} | {host_name(h) for h in extra}
-        names -= {"0.0.0.0", "::"}
-    return sorted(names)
+        names |= machine_names() | {host_name(h) for h in extra}
+    return sorted(names - {"0.0.0.0", "::"})
 
 
 def memory_gib() -> float:
@@ -145,7 +147,7 @@ def memory_gib() -> float:
 
 
 def kernels_that_fit() -> int:
-    """Kernels that fit in memory if every student makes the largest runs: (memory − 3.5 GiB) / 0.545 GiB."""
+    """Kernels that fit in memory if every student makes the largest runs: (memory − 3.5 GiB) / 0.61 GiB."""
     return max(1, int((memory_gib() - RESERVE_GIB) / KERNEL_GIB))
 
 
@@ -200,8 +202,9 @@ def share_url(args: argparse.Namespace) -> str:
     """What the launcher prints: the URL to open (classroom mode: to share, with its token) and the limits."""
     token = f"?token={args.token}" if args.token else ""
     limits = f"at most {args.max_kernels} open pages; a page idle for {args.cull_idle} s loses its kernel"
-    if is_local(args.host):
-        return f"SuperDiff playground: http://localhost:{args.port}/{token}  ({limits}; Ctrl-C stops it)"
+    if is_local(args.host):  # localhost answers on 127.0.0.1 and ::1; another loopback address only on itself
+        name = "localhost" if args.host in LOCAL_HOSTS else args.host
+        return f"SuperDiff playground: http://{name}:{args.port}/{token}  ({limits}; Ctrl-C stops it)"
     host = lan_address() if args.host in ("0.0.0.0", "::") else args.host
     url = f"http://{host}:{args.port}/{token}"
     return f"Share this URL with the class: {url}\n({limits}; Ctrl-C stops the server)"
@@ -223,6 +226,7 @@ def voila_argv(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    os.environ[APP_ENV] = "1"  # the kernels inherit it: the notebook leaves out what a class cannot share
     AppVoila.launch_instance(
         argv=voila_argv(args),
         allowed_hosts=allowed_hosts(args.host, args.allow_host),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 import sys
 import threading
 import time
@@ -28,6 +29,7 @@ from torch import Tensor
 
 from . import viz
 from ._torch import one_thread
+from .limits import APP_ENV, MAX_SEED
 from .pipeline_common import check_finite, check_int, check_seed_value, parse_mode, superpose_options
 from .sampling import geometric_sigmas, superpose
 from .toy import up_and_down
@@ -35,6 +37,10 @@ from .toy import up_and_down
 TOY_SIGMA_MAX, TOY_SIGMA_MIN = 20.0, 0.01  # the toy's σ grid: from pure noise to nearly clean data
 LIVE_UPDATES = 10  # the κ plot is redrawn at most about this many times per run
 REDRAW_SECONDS = 0.5  # ... and not more often than this: a redraw costs ~0.1–0.4 s, fast runs need none
+# One run at a time per kernel (one open page of the app), whichever playground starts it: the app's kernel
+# cap counts the memory of one run per kernel (README, "Teaching with the app").
+RUN_LOCK = threading.Lock()
+WAIT_SECONDS = 600.0  # how long generate() waits for a run in progress before it raises
 DPI = 80
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 SD_MODEL = "CompVis/stable-diffusion-v1-4"
@@ -235,6 +241,11 @@ class DigitsBackend(PipelineBackend):
         return [f"{d} · p={q:.2f}" for d, q in zip(digit.tolist(), prob.tolist(), strict=True)]
 
 
+def served_by_app() -> bool:
+    """True in a kernel of the app, where every open page would load its own copy of a model."""
+    return os.environ.get(APP_ENV) == "1"
+
+
 def load_sd(model: str = SD_MODEL):
     """Stable Diffusion from the Hub (or cache) on the best device, float16 on accelerators."""
     from .generate import load, pick_device, pick_dtype
@@ -315,7 +326,8 @@ class Playground:
         self.judged: Tensor | None = None  # (2, B) log q of the last run's samples, if judged
         self.redraw_seconds = REDRAW_SECONDS
         self.thread: threading.Thread | None = None  # the run a click started
-        self._busy = threading.Lock()  # held for the whole of a run: one run at a time
+        self._busy = RUN_LOCK  # held for the whole of a run
+        self._running = False  # this playground's run is the active one
         self._make_controls()
         self._make_outputs()
         self.widget = self._layout()
@@ -346,7 +358,7 @@ class Playground:
         )
         self.steps = widgets.IntSlider(b.steps, min=1, max=b.max_steps, description="steps")
         self.batch_size = widgets.IntSlider(b.batch, min=1, max=b.max_batch, description="batch size", **wide)
-        self.seed = widgets.IntText(0, description="seed")
+        self.seed = widgets.BoundedIntText(0, min=0, max=MAX_SEED, description="seed")
         self.button = widgets.Button(description="Generate", button_style="primary", icon="play")
         self.progress = widgets.IntProgress(0, min=0, max=b.steps, description="sampling")
         self.judge = widgets.Checkbox(b.judge_default, description="judge by the models' densities", **wide)
@@ -452,30 +464,37 @@ class Playground:
         Run in the kernel's own thread, a double click would queue a second run behind the first.
         """
         if not self._busy.acquire(blocking=False):
+            if not self._running:  # another playground of this page is sampling
+                self._set_status("Another playground on this page is sampling: press Generate after it.")
             return
+        self._running = True
         try:
             self.thread = threading.Thread(target=self._run_locked, name="superdiff-playground", daemon=True)
             self.thread.start()
         except BaseException:
+            self._running = False
             self._busy.release()
             raise
 
-    def generate(self):
+    def generate(self, timeout: float = WAIT_SECONDS):
         """Sample with the current controls, show samples and κ; return the result (also kept in ``.result``).
 
-        Returns None at once, and changes nothing, while another run is active. Errors (a ValueError for
-        invalid input, anything else) are shown in the status line and kept in ``.error``, never raised:
-        an exception in a button callback would vanish into the browser console.
+        A run in progress (a click, or another playground in this kernel) is waited for first, up to
+        ``timeout`` seconds (then TimeoutError). Errors of the run itself (a ValueError for invalid input,
+        anything else) are shown in the status line and kept in ``.error``, never raised: an exception in a
+        button callback would vanish into the browser console.
         """
-        if not self._busy.acquire(blocking=False):
-            return None
+        if not self._busy.acquire(timeout=timeout):
+            raise TimeoutError(f"generate: another run was still active after {timeout:g} s")
+        self._running = True
         return self._run_locked()
 
     def _run_locked(self):
-        """One run, with ``_busy`` acquired by the caller; released at the end."""
+        """One run, with ``_busy`` acquired (and ``_running`` set) by the caller; both undone at the end."""
         try:
             return self._generate()
         finally:
+            self._running = False
             self._busy.release()
 
     def _generate(self):

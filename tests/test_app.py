@@ -365,8 +365,8 @@ def test_classroom_mode_requires_a_token_and_prints_the_url_to_share():
     [
         (["--port", "0"], "--port: expected an integer from 1 to 65535, got 0"),
         (["--port", "99999"], "--port: expected an integer from 1 to 65535, got 99999"),
-        (["--max-kernels", "0"], "--max-kernels: expected an integer from 1 to 8, got 0"),
-        (["--max-kernels", "9"], "--max-kernels: expected an integer from 1 to 8, got 9 (8 kernels fit"),
+        (["--max-kernels", "0"], "--max-kernels: expected an integer from 1 to 7, got 0"),
+        (["--max-kernels", "8"], "--max-kernels: expected an integer from 1 to 7, got 8 (7 kernels fit"),
         (["--cull-idle", "0"], "--cull-idle: expected an integer >= 1, got 0"),
         (
             ["--host", "0.0.0.0", "--token", ""],
@@ -379,7 +379,7 @@ def test_classroom_mode_requires_a_token_and_prints_the_url_to_share():
     ],
 )
 def test_the_launcher_refuses_bad_options_with_the_range(argv, message, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(app, "memory_gib", lambda: 8.0)  # (8 − 3.5) / 0.545: 8 kernels fit
+    monkeypatch.setattr(app, "memory_gib", lambda: 8.0)  # (8 − 3.5) / 0.61: 7 kernels fit
     (tmp_path / "notes.txt").write_text("{}")
     (tmp_path / "broken.ipynb").write_text('{"cells": 1}')
     argv = [a.format(tmp=tmp_path) for a in argv]
@@ -388,7 +388,7 @@ def test_the_launcher_refuses_bad_options_with_the_range(argv, message, tmp_path
     assert info.value.code == 2 and message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("memory, default", [(8.0, 8), (16.0, 22), (64.0, app.MAX_KERNELS)])
+@pytest.mark.parametrize("memory, default", [(8.0, 7), (16.0, 20), (64.0, app.MAX_KERNELS)])
 def test_the_kernel_cap_is_what_fits_in_memory(memory, default, monkeypatch):
     monkeypatch.setattr(app, "memory_gib", lambda: memory)
     notebook = str(ROOT / "notebooks" / "04_playground.ipynb")
@@ -400,6 +400,36 @@ def test_the_kernel_cap_is_what_fits_in_memory(memory, default, monkeypatch):
 
 def test_allowed_hosts():
     assert app.allowed_hosts("localhost", ["class.example"]) == ["127.0.0.1", "::1", "localhost"]
+    # another loopback address: the only one the server listens on, so the one the URL names
+    assert app.allowed_hosts("127.0.0.2", []) == ["127.0.0.1", "127.0.0.2", "::1", "localhost"]
+    notebook = str(ROOT / "notebooks" / "04_playground.ipynb")
+    url = app.share_url(app.parse_args(["--host", "127.0.0.2", "--port", "8870", "--notebook", notebook]))
+    assert url.startswith("SuperDiff playground: http://127.0.0.2:8870/ ")
+    url = app.share_url(app.parse_args(["--host", "::1", "--port", "8870", "--notebook", notebook]))
+    assert url.startswith("SuperDiff playground: http://localhost:8870/ ")
     hosts = app.allowed_hosts("0.0.0.0", ["Class.Example:8866"])
     assert {"localhost", "class.example", app.lan_address()} <= set(hosts) and "0.0.0.0" not in hosts
     assert [app.host_name(h) for h in ("A.b:88", "[::1]:8866", "x")] == ["a.b", "::1", "x"]
+
+
+def test_pages_of_the_app_leave_stable_diffusion_out(monkeypatch, capsys):
+    """Every open page is a kernel: on a GPU machine, SD v1-4 would load once per student."""
+    import nbformat
+    import torch
+
+    notebook = ROOT / "notebooks" / "04_playground.ipynb"
+    monkeypatch.setenv(app.APP_ENV, "0")  # restored after the test
+    monkeypatch.setattr(app.AppVoila, "launch_instance", lambda **kwargs: None)
+    app.main(["--notebook", str(notebook)])
+    assert app.os.environ[app.APP_ENV] == "1"  # what the kernels inherit from the server
+    (cell,) = [c for c in nbformat.read(notebook, as_version=4).cells if 'playground("sd")' in c.source]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    def never(*args):
+        raise AssertionError("the app's page built the Stable Diffusion playground")
+
+    exec(cell.source, {"torch": torch, "playground": never, "display": never})
+    assert "by the app: the Stable Diffusion playground is left out" in capsys.readouterr().out
+    monkeypatch.setenv(app.APP_ENV, "0")  # in Jupyter: the GPU branch
+    with pytest.raises(AssertionError, match="built the Stable Diffusion playground"):
+        exec(cell.source, {"torch": torch, "playground": never, "display": never})

@@ -94,19 +94,43 @@ def block_runs(pg, monkeypatch) -> tuple[list, threading.Event, threading.Event]
     return calls, started, release
 
 
-def test_concurrent_generate_calls_make_one_run(toy, monkeypatch):
+def test_generate_waits_for_the_active_run_then_runs_its_own(toy, monkeypatch):
+    """A cell that calls generate() while a clicked run is active gets its own run, not None or that one's."""
     calls, started, release = block_runs(toy, monkeypatch)
-    results = []
-    first = threading.Thread(target=lambda: results.append(toy.generate()))
-    first.start()
+    toy.button.click()
     assert started.wait(30)
-    second = threading.Thread(target=lambda: results.append(toy.generate()))
-    second.start()
-    second.join(30)
-    assert results == [None]  # ignored at once, while the first run is active
+    clicked = toy.thread
+    toy.lift.value = 2.0  # what the cell asks for, set while the clicked run samples at lift 0
+    results = []
+    cell = threading.Thread(target=lambda: results.append(toy.generate()))
+    cell.start()
+    cell.join(0.5)
+    assert cell.is_alive() and results == []  # waiting, not returning at once
     release.set()
-    first.join(60)
-    assert len(calls) == 1 and results[1] is toy.result is not None and toy.error is None
+    cell.join(60)
+    clicked.join(60)
+    assert [p["lift"] for p in calls] == [0.0, 2.0] and results[0] is toy.result is not None
+    with pytest.raises(TimeoutError, match="generate: another run was still active after 0.1 s"):
+        with toy._busy:  # a run that does not end
+            toy.generate(timeout=0.1)
+
+
+def test_one_run_per_kernel_across_playgrounds(toy, monkeypatch):
+    """The app's memory bound counts one run per page: a second playground's click waits its turn."""
+    other = playground("toy")
+    other.steps.value = STEPS
+    calls, started, release = block_runs(toy, monkeypatch)
+    toy.button.click()
+    assert started.wait(30)
+    other.button.click()
+    assert other.thread is None and "Another playground on this page is sampling" in other.status.value
+    toy.button.click()  # its own run: ignored without a word
+    assert "Sampling" in toy.status.value
+    release.set()
+    toy.thread.join(60)
+    other.button.click()
+    other.thread.join(60)
+    assert other.result is not None and len(calls) == 1
 
 
 def test_a_click_while_a_run_is_active_is_ignored(toy, monkeypatch):
@@ -267,6 +291,8 @@ def test_same_seed_same_result_other_seed_differs(toy):
 
 def test_invalid_input_is_shown_not_raised(toy):
     toy.seed.value = -1
+    assert toy.seed.value == 0  # the box itself holds seeds from 0 to 2**32 − 1
+    set_past_bounds(toy.seed, -1)  # as a client can
     assert toy.generate() is None
     assert isinstance(toy.error, ValueError) and "Error: seed" in toy.status.value
     assert not toy.button.disabled
