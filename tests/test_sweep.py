@@ -293,6 +293,27 @@ def test_a_run_started_meanwhile_with_other_settings_is_refused(tmp_path, monkey
     assert steps == 3 and {r["steps"] for r in read_records(out)} == {steps}
 
 
+def test_a_second_run_on_a_folder_in_use_is_refused_not_run_twice(tmp_path, monkeypatch, capsys):
+    """The same settings, started while the first run samples: it would redo the same pending items."""
+    import superdiff.sweep.run
+
+    out = tmp_path / "sweep"
+    args = ["sweep", *ONE_DIGITS_AND, "--out", str(out)]
+    sample_share, codes = superdiff.sweep.run.sample_share, []
+
+    def sample_while_another_run_starts(*a, **k):
+        if not codes:
+            codes.append(superdiff_main(args))
+        return sample_share(*a, **k)
+
+    monkeypatch.setattr(superdiff.sweep.run, "sample_share", sample_while_another_run_starts)
+    assert superdiff_main(args) == 0
+    err = capsys.readouterr().err
+    assert codes == [2] and f"--out: another sweep is running in {str(out)!r}" in err
+    assert len(read_records(out)) == 5 and {r["process"] for r in read_records(out)} == {0}
+    assert superdiff_main(args) == 0  # the lock went with the first run
+
+
 def test_resuming_with_another_scorer_is_refused(tmp_path, capsys):
     out = tmp_path / "sweep"
     base = ["sweep", *ONE_DIGITS_AND]

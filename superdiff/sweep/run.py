@@ -3,6 +3,7 @@
 Folder layout (``--out``)::
 
     sweep.json              the settings that make the images (a rerun must match them)
+    .sweep.lock             held by the run in progress: a second run started meanwhile is refused
     images/<key>.png        one image per (pair, method, seed)
     records/<key>.json      its record, written last: an item is done exactly when its record exists
     logs/process-<i>.log    one log per process
@@ -21,6 +22,7 @@ import logging
 import math
 import os
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -38,6 +40,7 @@ from .scoring import DEFAULT_CLIP, load_scorer
 from .summary import write_summary
 
 SETTINGS_FILE = "sweep.json"
+LOCK_FILE = ".sweep.lock"  # held (flock) by the main process of the run writing the folder
 CRASH_AFTER = "SUPERDIFF_SWEEP_CRASH_AFTER"  # test hook: exit abruptly mid-write of the batch after k batches
 
 
@@ -333,6 +336,27 @@ def claim(cfg: SweepConfig) -> list[Path]:
     return created
 
 
+@contextmanager
+def held(cfg: SweepConfig):
+    """The folder's lock for the whole run: a second sweep started on it meanwhile is refused, not run twice
+    (it would redo the same pending items and remove the first one's temp files). The OS releases the lock of
+    a process that dies."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; a second run there only repeats the first one's work
+        yield
+        return
+    with open(cfg.out / LOCK_FILE, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ValueError(
+                f"--out: another sweep is running in {str(cfg.out)!r}; wait for it to end (then rerunning "
+                "resumes it) or use another folder"
+            ) from None
+        yield
+
+
 def unclaim(created: list[Path]) -> None:
     """Undo :func:`claim`: remove the created paths in order; a folder that is not empty stays."""
     for path in created:
@@ -351,7 +375,7 @@ def release(cfg: SweepConfig, created: list[Path], index: int) -> None:
     process's log) keeps it this sweep's."""
     close_logger(index)
     log = cfg.out / "logs" / f"process-{index}.log"
-    made = [log, log.parent, cfg.out / "images", cfg.out / "records", *created]
+    made = [log, log.parent, cfg.out / "images", cfg.out / "records", cfg.out / LOCK_FILE, *created]
     if all(path in made for path in cfg.out.rglob("*")):
         unclaim(made)
 
@@ -412,11 +436,12 @@ def run_sweep(cfg: SweepConfig, state: PartialState | None = None) -> dict:
     state = state or sweep_state()
     created = claim(cfg) if state.is_main_process else []
     try:
-        timing = sample(cfg, state)
+        with held(cfg) if state.is_main_process else nullcontext():
+            timing = sample(cfg, state)
+            if state.is_main_process:
+                write_summary(cfg, load_records(cfg), timing)
     except BaseException:
         if created:
             release(cfg, created, state.process_index)
         raise
-    if state.is_main_process:
-        write_summary(cfg, load_records(cfg), timing)
     return timing
