@@ -269,6 +269,8 @@ def main() -> None:
     labels = {"eager": f"(b) pipeline eager, {dtype}", "fast": f"(c) fast path, {dtype}"}
     for b in args.batch:
         one_batch(pipes, labels, paper[b], args, b)
+        # a failed compilation falls back to eager with a warning: then (c)'s rows are eager figures
+        print(f"enable_fast_sampling after batch {b}: {state}", flush=True)
 
 
 if __name__ == "__main__":

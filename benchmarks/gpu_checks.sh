@@ -22,31 +22,35 @@ LIMIT=470  # seconds for the whole script
 step() { echo; echo "=== $1 ($(date +%T), ${SECONDS} s)"; }
 # time_left N: true if N more seconds fit in LIMIT; else says the section is skipped
 time_left() { [ $((SECONDS + $1)) -le $LIMIT ] || { echo "skipped: needs ~$1 s, $((LIMIT - SECONDS)) s left"; false; }; }
+# left: the seconds left for a timeout, at least 1 (timeout 0 would mean none)
+left() { echo $((LIMIT - SECONDS > 1 ? LIMIT - SECONDS : 1)); }
 
 step "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import sys, torch, diffusers, transformers, accelerate as a; print(sys.version.split()[0], 'torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'accelerate', a.__version__)"
+python3 -c "import sys, torch, diffusers, transformers, accelerate as a; print(sys.version.split()[0], 'torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'accelerate', a.__version__)" \
+  || { echo "diffusers, transformers or accelerate missing: pass .whl in the device tool's carry"; exit 1; }
 
 step "1. fast path vs eager pipeline vs paper loop, 512², batch 1 and 4, + a measured 1000-step fast image"
 timeout $((LIMIT - SECONDS - 10)) python3 benchmarks/bench_fast.py --device cuda --size 512 --batch 1 4 \
-  --steps 20 --repeats 2 --full 1000 2>&1 | grep -v "^USDT" | tee "$OUT/bench_fast.txt"
+  --steps 20 --repeats 2 --full 1000 2>&1 | grep --line-buffered -v "^USDT" | tee "$OUT/bench_fast.txt"
 
 step "2. the eager card call, 1000 steps, 512², AND, fp16"
 if time_left 90; then
-  python3 benchmarks/random_sd.py /tmp/sd-random 2>&1 | tail -1
-  python3 benchmarks/bench_pipeline.py --model /tmp/sd-random --steps 1000 2>&1 | grep -v "Loading" \
-    | tee "$OUT/bench_pipeline.txt"
+  timeout 60 python3 benchmarks/random_sd.py /tmp/sd-random 2>&1 | tail -1
+  timeout $(left) python3 benchmarks/bench_pipeline.py --model /tmp/sd-random --steps 1000 2>&1 \
+    | grep --line-buffered -v "Loading" | tee "$OUT/bench_pipeline.txt"
 fi
 
 step "3. sweep: 5 pairs x AND x 8 seeds, 50 steps, batch 1 vs 8 on one GPU (then batch 8 --fast, if time is left)"
-if [ -d /tmp/sd-random ] && time_left 150; then
+if [ -f /tmp/sd-random/unet/diffusion_pytorch_model.safetensors ] && time_left 150; then
   head -6 superdiff/sweep/pairs/paper_sd.csv > /tmp/pairs5.csv
   for run in b1 b8 b8_fast; do
     fast=""
     if [ $run = b8_fast ]; then time_left 150 || break; fast=--fast; fi
-    python3 -m superdiff.cli sweep --model /tmp/sd-random --pairs /tmp/pairs5.csv --methods and --seeds 0-7 \
-      --steps 50 --scorer none --batch-size ${run:1:1} $fast --out /tmp/sweep-$run 2>&1 | grep -v "Loading\|sweep:"
-    cp /tmp/sweep-$run/summary.md "$OUT/sweep_$run.md"
+    timeout $(left) python3 -m superdiff.cli sweep --model /tmp/sd-random --pairs /tmp/pairs5.csv --methods and --seeds 0-7 \
+      --steps 50 --scorer none --batch-size ${run:1:1} $fast --out /tmp/sweep-$run 2>&1 \
+      | grep --line-buffered -v "Loading\|sweep:"
+    cp /tmp/sweep-$run/summary.md "$OUT/sweep_$run.md" || break
     python3 -c "import json, statistics as st, sys; s = [json.loads(l)['seconds'] for l in open(sys.argv[1])]
 print(f'{sys.argv[2]}: s/image median {st.median(s):.3f}, max {max(s):.3f} (a first call)')" \
       /tmp/sweep-$run/records.jsonl $run
@@ -54,7 +58,7 @@ print(f'{sys.argv[2]}: s/image median {st.median(s):.3f}, max {max(s):.3f} (a fi
 fi
 step "4. score Fokker–Planck residual on the SD v1-4 UNet, float32, 512², 1 and 4 probes"
 if time_left 60; then
-  timeout 120 python3 benchmarks/bench_fpe.py --device cuda --repeats 2 2>&1 | grep -v "^USDT" \
-    | tee "$OUT/bench_fpe.txt"
+  timeout $(left) python3 benchmarks/bench_fpe.py --device cuda --repeats 2 2>&1 \
+    | grep --line-buffered -v "^USDT" | tee "$OUT/bench_fpe.txt"
 fi
 step "done"
