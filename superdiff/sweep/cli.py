@@ -93,15 +93,9 @@ def check_size(size, max_size: int, multiple: int = 8) -> None:
             raise ValueError(f"--size: expected a multiple of {multiple}, >= 64, got {size}")
 
 
-def size_multiple(model: str) -> int:
-    """The image size multiple of --model's family (16: SD3, Flux), from its config alone (no weights)."""
-    cls = model_class(model)
-    return 8 if cls is None else cls.SIZE_MULTIPLE
-
-
-def default_guidance(model: str) -> float:
-    """--model's default guidance_scale (Flux: its embedded 3.5), from its config alone (no weights)."""
-    return inspect.signature(model_class(model).__call__).parameters["guidance_scale"].default
+def default_guidance(cls) -> float:
+    """The default guidance_scale of a pipeline class (Flux: its embedded 3.5)."""
+    return inspect.signature(cls.__call__).parameters["guidance_scale"].default
 
 
 def check_digit_pairs(pairs: list[tuple[str, str]]) -> None:
@@ -126,8 +120,11 @@ def config(args):
     if scorer == "digits" and not digits:
         raise ValueError("--scorer: the digits classifier scores --model digits only")
     check_size(args.size, args.max_size)  # the range first, then the family's multiple from the config
+    # --model's pipeline class, from its config alone (no weights), read once and only where needed
+    needed = args.size is not None or args.guidance_scale is None
+    cls = model_class(args.model) if needed and not digits else None
     if args.size is not None:
-        check_size(args.size, args.max_size, size_multiple(args.model))
+        check_size(args.size, args.max_size, 8 if cls is None else cls.SIZE_MULTIPLE)
     pairs = load_pairs(args.pairs or ("digits" if digits else "paper"))
     if digits:
         check_digit_pairs(pairs)
@@ -142,7 +139,7 @@ def config(args):
         steps=args.steps if args.steps is not None else (STEPS if digits else 1000),
         guidance_scale=args.guidance_scale
         if args.guidance_scale is not None
-        else (GUIDANCE if digits else default_guidance(args.model)),
+        else (GUIDANCE if digits else default_guidance(cls)),
         lift=args.lift,
         batch_size=args.batch_size,
         scorer=scorer,
