@@ -13,6 +13,7 @@ from pathlib import Path
 
 Writer = Callable[[Path], None]  # writes a file's whole content to the path it is given
 TEMP_SUFFIX = ".superdiff.tmp"  # the kit's own temp names: .<file name>.<random>.superdiff.tmp
+NAME_KEPT = 100  # characters of the name a temp name repeats: a name near NAME_MAX (255) still fits
 
 
 def _umask() -> int:
@@ -24,7 +25,7 @@ def _umask() -> int:
 def stage(path: Path, write: Writer) -> Path:
     """Write path's content to a new temp file in path's folder (so the rename is atomic); return it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:NAME_KEPT]}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -36,25 +37,29 @@ def stage(path: Path, write: Writer) -> Path:
     return tmp
 
 
+# kill, and a closed terminal or ssh session; Ctrl-C already raises KeyboardInterrupt
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 @contextmanager
 def terminate_as_exit():
-    """While it lasts, SIGTERM raises SystemExit (in the main thread), so ``finally`` cleanup still runs."""
+    """While it lasts, SIGTERM and SIGHUP raise SystemExit (in the main thread), so ``finally`` cleanup
+    still runs; a signal that is ignored or has someone else's handler is left alone."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is not signal.SIG_DFL:  # ignored, or someone else's handler: leave it
-        yield
-        return
+    ours = [s for s in STOP_SIGNALS if signal.getsignal(s) is signal.SIG_DFL]
 
     def stop(signum, frame):
         raise SystemExit(128 + signum)
 
-    signal.signal(signal.SIGTERM, stop)
+    for signum in ours:
+        signal.signal(signum, stop)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum in ours:
+            signal.signal(signum, signal.SIG_DFL)
 
 
 def check_targets(paths: Sequence[Path], option: str | None = None) -> None:

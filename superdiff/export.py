@@ -31,7 +31,7 @@ import time
 import typing
 from pathlib import Path
 
-from ._io import _umask, terminate_as_exit
+from ._io import NAME_KEPT, _umask, terminate_as_exit
 
 # The modules pipeline.py is made of, each after the ones it imports from.
 MODULES = ("limits", "sampling", "output", "pipeline_common", "hub", "fast", "pipeline_superdiff")
@@ -40,7 +40,8 @@ ALLOWED_IMPORTS = ("torch", "diffusers", "transformers")  # besides the standard
 INSTALLED_WITH = ("numpy", "PIL", "tqdm")  # hard requirements of diffusers / transformers / huggingface_hub
 REPO_ID = "superdiff/superdiff-sd-v1-4"  # the user's model card's repository
 BASE_MODEL = "CompVis/stable-diffusion-v1-4"
-TEMP_SUFFIX = ".superdiff-export.tmp"  # the temp folder: .<OUT's name>.<random>.superdiff-export.tmp
+BASE_NAMES = {BASE_MODEL: "Stable Diffusion v1-4"}  # the card's link text; any other base shows its id
+TEMP_SUFFIX = ".superdiff-export.tmp"  # the temp folder: .<OUT's name[:NAME_KEPT]>.<random><TEMP_SUFFIX>
 STALE_S = 60  # an unlocked temp folder untouched this long is a killed export's: the next one removes it
 REPO_ID_CHARS = 80  # a bad --repo-id is echoed up to about this many characters
 ONLY_SD = "export-hub writes the Stable Diffusion 1.x/2.x pipeline (SDXL and SD3 load with the kit installed)"
@@ -241,19 +242,27 @@ def is_repo_id(repo_id) -> bool:
     return True
 
 
-def check_repo_id(repo_id) -> None:
+def check_repo_id(repo_id, option: str = "--repo-id") -> None:
     """repo_id is a Hub id "namespace/name" (so safe to paste in the card's snippet); else ValueError."""
     if not is_repo_id(repo_id):
         text = str(repo_id)
         shown = text if len(text) <= REPO_ID_CHARS else text[:REPO_ID_CHARS] + "..."
         raise ValueError(
-            '--repo-id: expected a Hub repository id "namespace/name" '
+            f'{option}: expected a Hub repository id "namespace/name" '
             f"(letters, digits, '-', '_', '.'; at most 96 characters each), got {shown!r}"
         )
 
 
 def check_out(out: Path) -> None:
-    """OUT is new or an empty folder (no symlink) in a writable folder; else ValueError naming OUT."""
+    """OUT is new or an empty folder (no symlink, not the current folder) in a writable folder; else
+    ValueError naming OUT."""
+    limit = _name_max(out.parent)
+    if len(os.fsencode(out.name)) > limit:
+        raise ValueError(f"OUT: the name {out.name[:40]!r}... is longer than {limit} bytes")
+    if (
+        out == Path.cwd() or out in Path.cwd().parents
+    ):  # replacing it would leave the shell in a deleted folder
+        raise ValueError(f"OUT: {str(out)!r} is the current folder or holds it; give a new path")
     if out.is_symlink():  # a rename cannot replace it: refused before the work, not after
         raise ValueError(f"OUT: {str(out)!r} is a symbolic link; give a new path or the folder it points to")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -264,31 +273,43 @@ def check_out(out: Path) -> None:
         raise ValueError(f"OUT: the folder {str(out.parent)!r} is not writable")
 
 
-def export_hub(out, model=None, repo_id: str = REPO_ID) -> Path:
+def _name_max(folder: Path) -> int:
+    """The longest file name (in bytes) folder takes: NAME_MAX, 255 where the system does not say."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # Windows, or a folder that is not there
+        return 255
+
+
+def export_hub(out, model=None, repo_id: str = REPO_ID, base_model: str | None = None) -> Path:
     """Write a Hub repository folder at ``out``: pipeline.py, README.md, model_index.json (+ weights).
 
     ``model``: None (model_index.json names the components, no weights), a SuperDiffPipeline, "tiny" or
     a Stable Diffusion Hub id / folder (loaded offline from the cache). ``repo_id``: the name the card's
-    snippet loads. Everything is written to a temp folder beside ``out`` and renamed at the end, so an
-    error leaves nothing behind. Returns ``out``.
+    snippet loads; ``base_model``: the Hub id the card names as its base (:func:`card_base`). Everything
+    is written to a temp folder beside ``out`` and renamed at the end, so an error leaves nothing behind.
+    Returns ``out``.
     """
     check_repo_id(repo_id)
+    if base_model is not None:
+        check_repo_id(base_model, "--base-model")
     out = Path(out).expanduser().absolute()
     check_out(out)
     pipe = None if model is None else load_model(model)
     source = pipeline_source()
+    mode = out.stat().st_mode & 0o7777 if out.is_dir() else 0o777 & ~_umask()  # an empty OUT keeps its own
     with terminate_as_exit():
         remove_stale(out)
         try:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=TEMP_SUFFIX, dir=out.parent))
+            tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(out), suffix=TEMP_SUFFIX, dir=out.parent))
         except PermissionError as err:
             raise ValueError(
                 f"OUT: the folder {str(out.parent)!r} is not writable ({err.strerror})"
             ) from None
         lock = _lock(tmp)  # held while it lasts: a later export tells a killed one's folder from ours
         try:
-            _write(tmp, pipe, source, repo_id)
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
+            _write(tmp, pipe, source, repo_id, base_model)
+            os.chmod(tmp, mode)  # mkdtemp makes 0700 folders
             _rename(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -320,9 +341,14 @@ def _unlock(lock: int | None) -> None:
         os.close(lock)
 
 
+def _temp_prefix(out: Path) -> str:
+    """The start of the names of out's temp folders."""
+    return f".{out.name[:NAME_KEPT]}."
+
+
 def remove_stale(out: Path) -> None:
     """Remove the temp folders beside out of exports that were killed (unlocked, untouched for STALE_S)."""
-    for tmp in out.parent.glob(f".{glob.escape(out.name)}.*{TEMP_SUFFIX}"):
+    for tmp in out.parent.glob(f"{glob.escape(_temp_prefix(out))}*{TEMP_SUFFIX}"):
         try:
             if tmp.is_symlink() or not tmp.is_dir() or time.time() - tmp.stat().st_mtime < STALE_S:
                 continue
@@ -334,13 +360,31 @@ def remove_stale(out: Path) -> None:
             _unlock(lock)
 
 
-def _write(folder: Path, pipe, source: str, repo_id: str) -> None:
+def _write(folder: Path, pipe, source: str, repo_id: str, base_model: str | None) -> None:
     """The repository's files in folder."""
     if pipe is not None:
         pipe.save_pretrained(folder)
+        transformers4_files(folder, pipe)
     (folder / "model_index.json").write_text(json.dumps(model_index(pipe), indent=2) + "\n", encoding="utf-8")
     (folder / "pipeline.py").write_text(source, encoding="utf-8")
-    (folder / "README.md").write_text(model_card(repo_id, pipe), encoding="utf-8")
+    (folder / "README.md").write_text(model_card(repo_id, pipe, base_model), encoding="utf-8")
+
+
+def transformers4_files(folder: Path, pipe) -> None:
+    """What transformers 4.x (the card's 4.47) reads where transformers 5 writes otherwise: the tokenizer's
+    vocab.json and merges.txt (5 writes tokenizer.json alone), and CLIPTextModel weights named text_model.*
+    (5.6+ saves a text encoder built in code without that prefix, which 4.x would skip, keeping random
+    weights)."""
+    backend = getattr(pipe.tokenizer, "backend_tokenizer", None)  # a tokenizers-backed (fast) tokenizer
+    if backend is not None and not (folder / "tokenizer" / "vocab.json").exists():
+        backend.model.save(str(folder / "tokenizer"))
+    weights = folder / "text_encoder" / "model.safetensors"
+    if type(pipe.text_encoder).__name__ == "CLIPTextModel" and weights.is_file():
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(weights)
+        if not any(name.startswith("text_model.") for name in tensors):
+            save_file({f"text_model.{k}": v for k, v in tensors.items()}, weights, metadata={"format": "pt"})
 
 
 def _rename(tmp: Path, out: Path) -> None:
@@ -356,7 +400,16 @@ def _rename(tmp: Path, out: Path) -> None:
 CARD = "custom_pipeline/model_card.md"  # a string.Template: $repo_id, $base_model, $version, $torch, ...
 
 
-def model_card(repo_id: str = REPO_ID, pipe=None) -> str:
+def card_base(pipe=None, base_model: str | None = None) -> str:
+    """The card's base model: base_model, else the Hub id pipe was loaded from, else v1-4 (a local folder
+    does not say which model it came from)."""
+    if base_model is not None:
+        return base_model
+    name = str(getattr(pipe, "name_or_path", None) or "")
+    return name if is_repo_id(name) and not os.path.exists(name) else BASE_MODEL
+
+
+def model_card(repo_id: str = REPO_ID, pipe=None, base_model: str | None = None) -> str:
     """README.md of the exported repository: the user's card's usage and arguments, with the kit's figures."""
     import diffusers
     import torch
@@ -365,13 +418,20 @@ def model_card(repo_id: str = REPO_ID, pipe=None) -> str:
     from . import __version__
 
     check_repo_id(repo_id)
-    base = getattr(pipe, "name_or_path", None) or BASE_MODEL
-    base = base if base.count("/") == 1 and not base.startswith((".", "/", "~")) else BASE_MODEL
+    base = card_base(pipe, base_model)
+    check_repo_id(base, "--base-model")
     versions = dict(
         torch=torch.__version__, diffusers=diffusers.__version__, transformers=transformers.__version__
     )
     template = string.Template(importlib.resources.files("superdiff").joinpath(CARD).read_text("utf-8"))
-    return template.substitute(base_model=base, repo_id=repo_id, version=__version__, **versions)
+    return template.substitute(
+        base_model=base,
+        base_name=BASE_NAMES.get(base, base),
+        size=512 if pipe is None else pipe.default_size,
+        repo_id=repo_id,
+        version=__version__,
+        **versions,
+    )
 
 
 # ----------------------------------------------------------------------------- the command
@@ -389,13 +449,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repo-id", default=REPO_ID, help=f"the Hub id the model card's snippet loads (default {REPO_ID})"
     )
+    parser.add_argument(
+        "--base-model",
+        metavar="REPO_ID",
+        help=f"the Hub id the model card names as its base (default: --model when it is a Hub id, else "
+        f"{BASE_MODEL})",
+    )
 
 
 def run(args) -> int:
     """Entry point of ``superdiff export-hub``: 0 on success, 2 with a one-line message on an error."""
     start = time.perf_counter()
     try:
-        out = export_hub(args.out, args.model, args.repo_id)
+        out = export_hub(args.out, args.model, args.repo_id, args.base_model)
     except (ValueError, OSError) as err:
         print(f"superdiff export-hub: error: {err}", file=sys.stderr)
         return 2

@@ -24,7 +24,9 @@ def _looks_like_path(name: str) -> bool:
 
 def weights_unavailable(name: str, cause: BaseException | None = None) -> WeightsUnavailableError:
     """The error for ``name``: one sentence on how to get the weights, plus the first line of the cause."""
-    if _looks_like_path(name):
+    if os.path.isfile(name):
+        message = f"{name!r} is a file: pass the folder that holds model_index.json, unet/, vae/, ..."
+    elif _looks_like_path(name):
         message = (
             f"{name!r} is not a directory: pass the folder that holds model_index.json, unet/, vae/, ..."
         )

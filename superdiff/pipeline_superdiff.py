@@ -204,7 +204,7 @@ def repeat_rows(context: dict, batch: int) -> dict:
 
 def as_prompts(prompt_1, prompt_2) -> list[str]:
     """The prompts to superpose: prompt_1 (a string, or a list for N > 2), then prompt_2 if given."""
-    if not isinstance(prompt_1, (str, Sequence)):
+    if isinstance(prompt_1, (bytes, bytearray)) or not isinstance(prompt_1, (str, Sequence)):
         raise ValueError(
             f"prompt_1: expected a non-empty string or a list of them, got {type(prompt_1).__name__}"
         )

@@ -190,6 +190,48 @@ def test_the_kit_loads_an_exported_folder_with_its_own_class(exported):
     )
 
 
+def test_the_folder_also_holds_what_transformers_4_reads(exported):
+    """The card promises transformers 4.47: its CLIPTokenizer needs vocab.json and merges.txt, and its
+    CLIPTextModel loads weights named text_model.* only (others it skips, keeping random weights)."""
+    from safetensors.torch import load_file
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder, pipe = exported
+    vocab, merges = folder / "tokenizer" / "vocab.json", folder / "tokenizer" / "merges.txt"
+    slow = CLIPTokenizer(vocab=str(vocab), merges=str(merges))  # from these two files alone
+    text = "a flamingo that looks like a candy cane"
+    assert slow(text).input_ids == pipe.tokenizer(text).input_ids
+    names = load_file(folder / "text_encoder" / "model.safetensors")
+    assert names and all(name.startswith("text_model.") for name in names)
+    loaded = CLIPTextModel.from_pretrained(folder / "text_encoder")  # transformers 5 still loads them
+    theirs = loaded.state_dict()
+    assert theirs.keys() == pipe.text_encoder.state_dict().keys()
+    for name, ours in pipe.text_encoder.state_dict().items():
+        assert torch.equal(ours, theirs[name]), name
+
+
+def test_the_card_names_the_base_model_and_its_size(tmp_path, monkeypatch):
+    pipe = tiny_pipeline()
+    card = export.model_card(pipe=pipe)  # built in code: the card's own base, at the UNet's own size
+    assert "[Stable Diffusion v1-4](https://huggingface.co/CompVis/stable-diffusion-v1-4)" in card
+    assert "`height`, `width` [optional: default=64]" in card and pipe.default_size == 64
+    pipe.register_to_config(_name_or_path="stabilityai/stable-diffusion-2-1")
+    card = export.model_card(pipe=pipe)
+    assert (
+        "[stabilityai/stable-diffusion-2-1](https://huggingface.co/stabilityai/stable-diffusion-2-1)" in card
+    )
+    assert "- stabilityai/stable-diffusion-2-1\n" in card
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "my-sd").mkdir(parents=True)
+    pipe.register_to_config(_name_or_path="models/my-sd")  # a local folder that looks like an id
+    assert "huggingface.co/models/my-sd" not in export.model_card(pipe=pipe)
+    card = export.model_card(pipe=pipe, base_model="me/my-sd")
+    assert "[me/my-sd](https://huggingface.co/me/my-sd)" in card
+    with pytest.raises(ValueError, match="^--base-model: expected a Hub repository id"):
+        export.export_hub(tmp_path / "repo", base_model="models/my/sd")
+    assert "repo" not in os.listdir(tmp_path)
+
+
 def test_without_a_model_only_model_index_names_the_components(tmp_path):
     out = export.export_hub(tmp_path / "repo", repo_id="me/my-superdiff")
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "model_index.json", "pipeline.py"]
@@ -250,6 +292,33 @@ def test_an_empty_out_folder_is_filled(tmp_path):
     export.export_hub(tmp_path / "repo")
     assert (tmp_path / "repo" / "pipeline.py").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
+
+
+def test_an_empty_out_folder_keeps_its_permissions(tmp_path):
+    (tmp_path / "repo").mkdir(mode=0o700)  # private weights stay private
+    (tmp_path / "repo").chmod(0o700)
+    export.export_hub(tmp_path / "repo")
+    assert (tmp_path / "repo").stat().st_mode & 0o777 == 0o700
+
+
+def test_the_current_folder_is_refused_and_left_alone(tmp_path, capsys, monkeypatch, no_load):
+    (tmp_path / "here" / "deeper").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "here" / "deeper")
+    for out in (".", str(tmp_path / "here")):
+        assert "is the current folder or holds it" in one_line_error(
+            ["export-hub", out, "--model", "tiny"], capsys
+        )
+    assert os.getcwd() == str(tmp_path / "here" / "deeper")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["deeper", "here"]
+
+
+def test_a_long_out_name_is_written_and_a_too_long_one_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(export, "pipeline_source", lambda: "# pipeline.py\n")
+    out = export.export_hub(tmp_path / ("r" * 250))  # the temp folder's name keeps only its start
+    assert (out / "pipeline.py").is_file() and [p.name for p in tmp_path.iterdir()] == [out.name]
+    err = one_line_error(["export-hub", str(tmp_path / ("s" * 256))], capsys)
+    assert "is longer than 255 bytes" in err and len(err) < 200
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
 
 
 def test_out_not_writable_is_refused(tmp_path, capsys, monkeypatch):

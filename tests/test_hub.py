@@ -39,6 +39,14 @@ def test_one_long_word_is_kept_whole():
     assert cause_of(weights_unavailable("CompVis/sd", OSError(f"{url} unreachable"))) == url + " …"
 
 
+def test_a_file_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    message = str(weights_unavailable("weights.safetensors"))
+    assert message.startswith("'weights.safetensors' is a file: pass the folder that holds model_index.json")
+    assert "hf download" not in message
+
+
 @pytest.fixture
 def hub_down(monkeypatch):
     """The Hub refuses connections (as on a machine without internet), whatever this machine can reach."""

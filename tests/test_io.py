@@ -1,4 +1,5 @@
-"""Atomic writes: all files or none, no temp left behind (even on SIGTERM), only the kit's temps removed."""
+"""Atomic writes: all files or none, no temp left behind (even on SIGTERM or SIGHUP), only the kit's temps
+removed."""
 
 import signal
 import subprocess
@@ -19,7 +20,8 @@ def test_a_folder_in_the_way_replaces_no_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
 
 
-def test_sigterm_while_staging_leaves_no_temp_file(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])  # kill; a closed terminal or ssh session
+def test_a_stop_signal_while_staging_leaves_no_temp_file(tmp_path, signum):
     script = textwrap.dedent(
         f"""
         import sys, time
@@ -37,9 +39,16 @@ def test_sigterm_while_staging_leaves_no_temp_file(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "staged"
     assert [p.name for p in tmp_path.iterdir()]  # the temp file is there
-    child.send_signal(signal.SIGTERM)
-    assert child.wait(timeout=30) == 128 + signal.SIGTERM
+    child.send_signal(signum)
+    assert child.wait(timeout=30) == 128 + signum
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_name_near_the_systems_limit_is_written(tmp_path):
+    """The temp name repeats only the start of the name: a 250-byte name (NAME_MAX is 255) still fits."""
+    path = tmp_path / ("k" * 246 + ".png")
+    write_atomically([(path, text("whole"))])
+    assert [p.name for p in tmp_path.iterdir()] == [path.name] and path.read_text() == "whole"
 
 
 def test_only_the_kits_own_temp_files_are_removed(tmp_path):

@@ -117,6 +117,15 @@ def test_bad_input_raises_value_error_naming_it_before_any_work(pipes, monkeypat
     assert calls == []
 
 
+@pytest.mark.parametrize("prompt", [b"a flamingo", bytearray(b"a flamingo")])
+def test_a_bytes_prompt_is_refused_as_bytes_not_read_as_numbers(pipes, prompt):
+    with pytest.raises(
+        ValueError,
+        match=rf"^prompt_1: expected a non-empty string or a list of them, got {type(prompt).__name__}$",
+    ):
+        pipes("sd")(prompt, P2, **SMALL)
+
+
 # ----------------------------------------------------------------------------- SD 1.x and SDXL (a UNet, ε)
 
 
