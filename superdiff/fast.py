@@ -54,6 +54,18 @@ def module_device(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
+@contextmanager
+def failing_on_recompile_limit():
+    """Past torch._dynamo.config.recompile_limit, raise instead of running eager unsaid (set and restored
+    directly: 5× cheaper per step than ``config.patch``)."""
+    config = torch._dynamo.config
+    before, config.fail_on_recompile_limit_hit = config.fail_on_recompile_limit_hit, True
+    try:
+        yield
+    finally:
+        config.fail_on_recompile_limit_hit = before
+
+
 class FastCall:
     """The denoiser's ``_compiled_call_impl``: the compiled call, with CUDA-graph steps and eager fallback.
 
@@ -62,12 +74,19 @@ class FastCall:
 
     def __init__(self, module: nn.Module, compiled, state: FastSampling):
         self.module, self.compiled, self.state = module, compiled, state
+        self.limit_warned = False
 
     def __call__(self, *args, **kwargs):
+        if torch.is_grad_enabled():  # compiled for sampling; derivatives (eps_model's FPE residual, a double
+            return self.module._call_impl(*args, **kwargs)  # backward torch.compile lacks) run eager
         if self.state.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs may be overwritten
         try:
-            out = self.compiled(*args, **kwargs)
+            with failing_on_recompile_limit():
+                out = self.compiled(*args, **kwargs)
+        except torch._dynamo.exc.FailOnRecompileLimitHit:  # shapes compiled before stay compiled
+            self.warn_limit(args)
+            return self.module._call_impl(*args, **kwargs)
         except torch._dynamo.exc.RecompileError:  # the user asked for it (config.error_on_recompile)
             raise
         except Exception as err:  # any compiler failure: fall back if eager works
@@ -76,6 +95,21 @@ class FastCall:
             return out
         # a CUDA graph's outputs live in its static buffers, which the next replay overwrites
         return pytree.tree_map_only(torch.Tensor, torch.clone, out) if self.state.cuda_graphs else out
+
+    def warn_limit(self, args) -> None:
+        """Once: the recompile limit is reached, so this and further new input shapes run eager."""
+        if self.limit_warned:
+            return
+        self.limit_warned = True
+        shape = tuple(args[0].shape) if args and isinstance(args[0], torch.Tensor) else "?"
+        limit = torch._dynamo.config.recompile_limit
+        warnings.warn(
+            f"enable_fast_sampling: torch.compile reached its recompile limit ({limit}, "
+            f"torch._dynamo.config.recompile_limit) for the denoiser's code: input shape {shape} and other "
+            "new sizes or batches run eager, the ones compiled before stay compiled",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
     def fall_back(self, err: Exception) -> None:
         self.module._compiled_call_impl = None
@@ -134,6 +168,21 @@ def enable_fast_sampling(
             module._compiled_call_impl = FastCall(module, compiled, state)
     setattr(module, STATE, state)
     return state
+
+
+def drop_cuda_graphs(pipe) -> None:
+    """The fast path again without CUDA graphs, once CPU offload moves the weights a graph replays from."""
+    state = fast_sampling_state(pipe)
+    if state is None or not state.cuda_graphs:
+        return
+    options = {k: v for k, v in state.compile_options.items() if (k, v) != ("mode", "reduce-overhead")}
+    warnings.warn(
+        "enable_fast_sampling: CPU offload moves the denoiser's weights; sampling goes on compiled, without "
+        "CUDA graphs",
+        UserWarning,
+        stacklevel=3,
+    )
+    enable_fast_sampling(pipe, channels_last=state.channels_last, cuda_graphs=False, **options)
 
 
 def disable_fast_sampling(pipe) -> None:

@@ -154,7 +154,8 @@ def step_callback(
 
     callback_kwargs: {"latents", "kappa" (B, N), "log_q" (B, N), "sigma"} of the N prompts (models past
     them, e.g. a joint prompt, are cut off); timestep: ``timesteps[step]``, or σ if None (digits have no t).
-    ``on_step()`` runs first at every step (a progress bar). The callback's return value is ignored.
+    ``on_step()`` runs first at every step (a progress bar). The callback gets copies, and its return value
+    is ignored: it cannot change the trajectory (κ and log q would no longer describe it).
     """
     if callback is None and on_step is None:
         return None
@@ -163,8 +164,8 @@ def step_callback(
         if on_step is not None:
             on_step()
         if callback is not None:
-            kappa, log_q = state["kappa"][..., :n_prompts], state["log_q"][..., :n_prompts]
-            kwargs = {"latents": state["x"], "kappa": kappa, "log_q": log_q, "sigma": state["sigma"]}
+            kappa, log_q = state["kappa"][..., :n_prompts].clone(), state["log_q"][..., :n_prompts].clone()
+            kwargs = {"latents": state["x"].clone(), "kappa": kappa, "log_q": log_q, "sigma": state["sigma"]}
             t = state["sigma"] if timesteps is None else timesteps[state["i"]]
             callback(pipe, state["i"], t, kwargs)
 

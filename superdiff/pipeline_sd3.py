@@ -104,14 +104,18 @@ class FlowPromptPredictor(PromptPredictor):
             transformer, embeddings, num_models, guidance_scale, sigmas, timesteps, context=context
         )
         self.num_train_timesteps = num_train_timesteps
+        # every grid point's t, on the device once: a tensor made from a float each step would be a
+        # blocking host-to-device copy per step
+        t = [t_of_sigma(sigma) * num_train_timesteps for sigma in self.sigmas.tolist()]
+        self.t_grid = torch.tensor(t, dtype=torch.float32).to(timesteps.device)
 
     def network_input(self, x: Tensor, sigma: float) -> Tensor:
         """x_t = y/(1 + σ)."""
         return x / (1 + sigma)
 
     def timestep(self, sigma: float) -> Tensor:
-        """t·num_train_timesteps with t = σ/(1 + σ), float32 on the timesteps' device."""
-        return self.timesteps.new_tensor(t_of_sigma(sigma) * self.num_train_timesteps, dtype=torch.float32)
+        """t·num_train_timesteps with t = σ/(1 + σ), float32 on the timesteps' device (σ is a grid point)."""
+        return self.t_grid[int((self.sigmas - sigma).abs().argmin())]
 
     def denoise(self, x_in: Tensor, t: Tensor, context: dict) -> Tensor:
         """One batched transformer call on all rows: v."""

@@ -16,7 +16,13 @@ from diffusers import AutoencoderKL, DiffusionPipeline, EulerDiscreteScheduler, 
 from torch import Tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from .fast import FastSampling, contiguous_weights, disable_fast_sampling, enable_fast_sampling
+from .fast import (
+    FastSampling,
+    contiguous_weights,
+    disable_fast_sampling,
+    drop_cuda_graphs,
+    enable_fast_sampling,
+)
 from .hub import dtype_kwarg, explain_unavailable
 from .limits import LIMITS, Limits, check_prompt
 from .output import SuperDiffOutput, to_uint8
@@ -375,6 +381,16 @@ class SuperDiffMixin:
         """Back to the eager denoiser."""
         disable_fast_sampling(self)
 
+    def enable_model_cpu_offload(self, *args, **kwargs):
+        """diffusers' model CPU offload; a fast path enabled before goes on without CUDA graphs."""
+        super().enable_model_cpu_offload(*args, **kwargs)
+        drop_cuda_graphs(self)
+
+    def enable_sequential_cpu_offload(self, *args, **kwargs):
+        """diffusers' sequential CPU offload; a fast path enabled before goes on without CUDA graphs."""
+        super().enable_sequential_cpu_offload(*args, **kwargs)
+        drop_cuda_graphs(self)
+
     def save_pretrained(self, *args, **kwargs):
         """``DiffusionPipeline.save_pretrained``, also after :meth:`enable_fast_sampling` (channels_last)."""
         with contiguous_weights(self):
@@ -441,8 +457,8 @@ class SuperDiffMixin:
             output_type: "pt" (uint8 tensor (B, H, W, 3), default), "np" or "pil".
             joint_prompt: the prompt of mode "joint" (default "{prompt_1} that looks like {prompt_2}").
             callback_on_step_end: ``f(pipe, step, timestep, callback_kwargs)`` after every step, with
-                ``callback_kwargs = {"latents", "kappa" (B, N), "log_q" (B, N), "sigma"}``; its return value
-                is ignored (the trajectory cannot be changed from a callback).
+                ``callback_kwargs = {"latents", "kappa" (B, N), "log_q" (B, N), "sigma"}`` (copies); its
+                return value is ignored (the trajectory cannot be changed from a callback).
 
         Returns:
             SuperDiffOutput: images, kappa (n, B, N) float32 and log_q (n + 1, B, N) float64 on CPU, sigmas,

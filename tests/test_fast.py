@@ -7,20 +7,24 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from diffusers import DiffusionPipeline
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from superdiff import fast, sampling, testing, testing_flux
 from superdiff.fast import enable_fast_sampling, fast_sampling_state
 from superdiff.pipeline_common import step_callback
-from superdiff.pipeline_superdiff import PromptPredictor, euler_grid
 from superdiff.sampling import randn_like as sampling_randn_like
 from superdiff.sampling import superpose
-from superdiff.testing import tiny_pipeline
+from superdiff.testing import tiny_pipeline, tiny_sd3_pipeline, tiny_xl_pipeline
+from superdiff.testing_flux import tiny_flux_pipeline
 
 P1, P2 = "a flamingo", "a candy cane"
 CALL = dict(seed=1, num_inference_steps=4, height=64, width=64)
+
+BUILDERS = {"sd": tiny_pipeline, "xl": tiny_xl_pipeline, "sd3": tiny_sd3_pipeline, "flux": tiny_flux_pipeline}
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -84,6 +88,18 @@ def test_every_family_compiles_and_draws_the_eager_images(family):
     assert state.compiled and isinstance(pipe.denoiser._compiled_call_impl, fast.FastCall)
     assert_close(out, eager)
     assert not torch.equal(out.samples, eager.samples)  # the compiled denoiser did run
+
+
+def test_derivatives_of_the_denoiser_run_eager(compiled):
+    """eps_model's Fokker–Planck residual takes a double backward, which torch.compile lacks: with the
+    fast path on it still gives the eager residual, and sampling stays compiled."""
+    from superdiff.fokker_planck import score_fpe_residual
+
+    x, sigma = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([2.0, 0.5])
+    residual = score_fpe_residual(compiled.pipe.eps_model(P1), x, sigma)
+    expected = score_fpe_residual(tiny_pipeline(seed=0).eps_model(P1), x, sigma)
+    torch.testing.assert_close(residual, expected, rtol=1e-4, atol=1e-5)
+    assert compiled.state.compiled and isinstance(compiled.pipe.unet._compiled_call_impl, fast.FastCall)
 
 
 def test_compiled_denoiser_keeps_its_class_and_compiles_one_graph(compiled):
@@ -162,40 +178,67 @@ class HostToDevice(TorchDispatchMode):
         return out
 
 
-def meta_run(mode: str, steps: int, monkeypatch) -> int:
-    """Blocking copies to the device in one superpose call of ``steps`` on meta, the step noise aside."""
-    pipe = tiny_pipeline(seed=0)
-    sigmas, timesteps = euler_grid(pipe.scheduler, steps)
-    meta = torch.device("meta")
-    predictor = PromptPredictor(
-        pipe.unet.to(meta), torch.empty(3, 77, 32, device=meta), 2, 7.5, sigmas, timesteps
-    )
-    predictor.timesteps = timesteps.to(meta)
+class HostData(TorchFunctionMode):
+    """Counts tensors made from host data (Python numbers, lists) on another device: a blocking copy that
+    the dispatch level does not show as one."""
+
+    FACTORIES = ("tensor", "as_tensor", "new_tensor", "scalar_tensor")
+
+    def __init__(self):
+        super().__init__()
+        self.made, self.paused = [], False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = getattr(func, "__name__", "")
+        if self.paused or name not in self.FACTORIES or not isinstance(out, torch.Tensor):
+            return out
+        data = args[1] if name == "new_tensor" else args[0] if args else None  # new_tensor(self, data)
+        if out.device.type != "cpu" and not (isinstance(data, torch.Tensor) and data.device == out.device):
+            self.made.append(name)
+        return out
+
+
+def on_meta(tree):
+    """Every tensor of a (nested) context on the meta device."""
+    return pytree.tree_map_only(torch.Tensor, lambda t: t.to("meta"), tree)
+
+
+def meta_run(family: str, mode: str, steps: int, monkeypatch) -> int:
+    """Blocking copies to the device in one superpose call of ``steps`` on meta, the step noise aside: the
+    family's own grid, prompt context and predictor, its denoiser on meta."""
+    pipe = BUILDERS[family](seed=0)
+    sigmas, timesteps = pipe.sigma_grid(steps, 64, 64)
+    context = on_meta(pipe.prompt_context([P1, P2], torch.device("cpu"), 64, 64))
+    pipe.denoiser.to("meta")
+    predictor = pipe.make_predictor(context, 2, 7.5, sigmas, timesteps.to("meta"))
     seen = []
     hook = step_callback(pipe, lambda *args: seen.append(args), 2, predictor.timesteps, lambda: None)
     generators = [torch.Generator().manual_seed(i) for i in range(2)]  # CPU noise, as the pipeline's seed
-    x = torch.empty(2, 4, 8, 8, device=meta)
-    copies = HostToDevice()
+    x = torch.empty(pipe.latent_shape(2, 64, 64), device="meta")
+    copies, made = HostToDevice(), HostData()
 
     def randn_like(*args):  # on CUDA a pinned, non-blocking copy (sampling.randn_like); on meta a plain one
-        copies.paused = True
+        copies.paused = made.paused = True
         try:
             return sampling_randn_like(*args)
         finally:
-            copies.paused = False
+            copies.paused = made.paused = False
 
     monkeypatch.setattr(sampling, "randn_like", randn_like)
-    with copies:
+    with copies, made:
         out = superpose(predictor, x, sigmas, mode=mode, generator=generators, callback=hook)
     assert out.samples.is_meta and out.kappa.is_meta and out.log_q.is_meta and len(seen) == steps
-    return len(copies.copies)
+    return len(copies.copies) + len(made.made)
 
 
+@pytest.mark.parametrize("family", BUILDERS)
 @pytest.mark.parametrize("mode", ["and", "or", "avg"])
-def test_the_step_loop_never_makes_the_host_wait(mode, monkeypatch):
+def test_the_step_loop_never_makes_the_host_wait(family, mode, monkeypatch):
     """On the meta device .item(), bool(), nonzero and mask indexing raise, and a blocking copy of a CPU
-    tensor is counted: on CUDA each is a host wait. The copies (of lift and the like) are per call only."""
-    assert meta_run(mode, 6, monkeypatch) == meta_run(mode, 3, monkeypatch)
+    tensor, or a tensor made from Python numbers, is counted: on CUDA each is a host wait. The copies (of
+    lift and the like) are per call only."""
+    assert meta_run(family, mode, 6, monkeypatch) == meta_run(family, mode, 3, monkeypatch)
 
 
 # ----------------------------------------------------------------------------- fallbacks
@@ -299,6 +342,38 @@ def test_cuda_graphs_auto_on_cuda_only_without_offload(monkeypatch):
     assert not enable_fast_sampling(pipe).cuda_graphs
     with pytest.raises(ValueError, match="cuda_graphs.*compile=True"):
         enable_fast_sampling(pipe, compile=False, cuda_graphs=True)
+
+
+def test_cpu_offload_after_enabling_drops_cuda_graphs(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    monkeypatch.setattr(fast, "module_device", lambda module: torch.device("cuda", 0))
+    pipe = tiny_pipeline(seed=0)
+    assert pipe.enable_fast_sampling(fullgraph=True).cuda_graphs
+    monkeypatch.setattr(DiffusionPipeline, "enable_model_cpu_offload", lambda self, *a, **k: None)
+    with pytest.warns(UserWarning, match="CPU offload moves the denoiser's weights"):
+        pipe.enable_model_cpu_offload()  # diffusers' own needs accelerate and a GPU
+    state = fast_sampling_state(pipe)
+    assert state.compiled and not state.cuda_graphs and state.channels_last
+    assert state.compile_options == {"dynamic": False, "fullgraph": True, "mode": None}
+
+
+def test_past_the_recompile_limit_new_shapes_run_eager_and_say_so(monkeypatch):
+    """torch.compile would run a shape past its limit eager without a word (state still "compiled")."""
+    torch._dynamo.reset()  # this test's shapes alone count
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    pipe, reference = tiny_pipeline(seed=0), tiny_pipeline(seed=0)
+    state = pipe.enable_fast_sampling(backend="eager")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        sample(pipe)  # 64²: compiled
+    with pytest.warns(RuntimeWarning, match=r"recompile limit \(1, .*input shape \(3, 4, 9, 9\)"):
+        out = sample(pipe, height=72, width=72)
+    assert_close(out, sample(reference, height=72, width=72))
+    assert state.compiled and isinstance(pipe.unet._compiled_call_impl, fast.FastCall)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # said once
+        sample(pipe, height=80, width=80)
+    torch._dynamo.reset()
 
 
 def test_denoiser_is_the_unet_or_the_transformer():

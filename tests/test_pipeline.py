@@ -186,6 +186,17 @@ def test_callback_sees_kappa_of_every_step(pipe):
     torch.testing.assert_close(torch.stack([s[3] for s in seen]), out.log_q[1:])
 
 
+def test_a_callback_that_edits_what_it_gets_changes_nothing(pipe):
+    def vandal(p, step, timestep, kwargs):
+        for value in (kwargs["latents"], kwargs["kappa"], kwargs["log_q"]):
+            value.fill_(7.0)
+
+    out = pipe(P1, P2, seed=0, callback_on_step_end=vandal, **SMALL)
+    plain = pipe(P1, P2, seed=0, **SMALL)
+    assert torch.equal(out.samples, plain.samples) and torch.equal(out.kappa, plain.kappa)
+    assert torch.equal(out.log_q, plain.log_q)
+
+
 def test_attention_slicing_still_samples_the_same():
     sliced = tiny_pipeline()
     reference = sliced(P1, P2, seed=3, **SMALL)
