@@ -47,13 +47,13 @@ def test_colab_badge_opens_this_notebook_at_the_release_tag(path):
     assert url == f"superdiff-kit/superdiff-kit/blob/v{VERSION}/notebooks/{path.name}"
 
 
-def run_install_cell(monkeypatch, colab: bool) -> list[list[str]]:
+def run_install_cell(monkeypatch, colab: bool, returncode: int = 0) -> list[list[str]]:
     """Execute the install cell with pip replaced by a recorder; returns the commands it would run."""
     calls = []
 
     def fake_run(cmd, check=False, **kwargs):
         calls.append(list(cmd))
-        return subprocess.CompletedProcess(cmd, 0)
+        return subprocess.CompletedProcess(cmd, returncode)
 
     monkeypatch.setattr(subprocess, "run", fake_run)
     if colab:
@@ -73,6 +73,14 @@ def test_install_cell_runs_pip_only_on_colab_and_pins_the_preloaded_torch(monkey
     assert "--upgrade" not in cmd and "-U" not in cmd
     constraints = Path(cmd[cmd.index("-c") + 1]).read_text().split()
     assert constraints == [f"torch=={importlib.metadata.version('torch')}"]
+
+
+def test_a_failed_install_says_what_to_try(monkeypatch):
+    """Before its release tag is pushed, the tag's install fails: one message with the way out."""
+    with pytest.raises(
+        RuntimeError, match=r"pip could not install 'superdiff-kit @ .*@v.*install the latest code"
+    ):
+        run_install_cell(monkeypatch, colab=True, returncode=1)
 
 
 def test_no_notebook_cell_failed():
