@@ -357,22 +357,23 @@ def test_cpu_offload_after_enabling_drops_cuda_graphs(monkeypatch):
     assert state.compile_options == {"dynamic": False, "fullgraph": True, "mode": None}
 
 
-def test_past_the_recompile_limit_new_shapes_run_eager_and_say_so(monkeypatch):
+def test_past_the_recompile_limit_new_shapes_run_eager_and_say_so():
     """torch.compile would run a shape past its limit eager without a word (state still "compiled")."""
     torch._dynamo.reset()  # this test's shapes alone count
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     pipe, reference = tiny_pipeline(seed=0), tiny_pipeline(seed=0)
     state = pipe.enable_fast_sampling(backend="eager")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        sample(pipe)  # 64²: compiled
-    with pytest.warns(RuntimeWarning, match=r"recompile limit \(1, .*input shape \(3, 4, 9, 9\)"):
-        out = sample(pipe, height=72, width=72)
-    assert_close(out, sample(reference, height=72, width=72))
-    assert state.compiled and isinstance(pipe.unet._compiled_call_impl, fast.FastCall)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)  # said once
-        sample(pipe, height=80, width=80)
+    # config.patch, not monkeypatch: undoing a monkeypatch deletes a config entry, which hides it for good
+    with torch._dynamo.config.patch(recompile_limit=1):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            sample(pipe)  # 64²: compiled
+        with pytest.warns(RuntimeWarning, match=r"recompile limit \(1, .*input shape \(3, 4, 9, 9\)"):
+            out = sample(pipe, height=72, width=72)
+        assert_close(out, sample(reference, height=72, width=72))
+        assert state.compiled and isinstance(pipe.unet._compiled_call_impl, fast.FastCall)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # said once
+            sample(pipe, height=80, width=80)
     torch._dynamo.reset()
 
 
