@@ -28,7 +28,6 @@ from .limits import LIMITS, Limits, check_prompt
 from .output import SuperDiffOutput, to_uint8
 from .pipeline_common import (
     build_output,
-    check_finite_result,
     check_int,
     check_sampling_args,
     one_hot,
@@ -501,7 +500,6 @@ class SuperDiffMixin:
             options = superpose_options(core_mode, kappa, lift, temperature, log_weights)
             result = superpose(predictor, latents, sigmas, **options, generator=generator, callback=callback)
 
-        check_finite_result(result)
         images = self.decode_latents(result.samples)
         self.maybe_free_model_hooks()
         return build_output(result, images, output_type, prompts + extra, len(prompts), mode)

@@ -20,7 +20,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .limits import LIMITS, MAX_MAGNITUDE
+
 MODES = ("and", "or", "avg", "fixed")
+MAX_PROBES = 1024  # Hutchinson probes per evaluation (all drawn at once); more: the exact divergence
 
 EpsModel = Callable[[Tensor, float], Tensor]
 
@@ -37,6 +40,8 @@ def geometric_sigmas(sigma_max: float, sigma_min: float, n: int) -> Tensor:
 def karras_sigmas(sigma_max: float, sigma_min: float, n: int, rho: float = 7.0) -> Tensor:
     """n + 1 σ from Karras et al. (2022), eq. 5: denser near sigma_min."""
     _check_grid(sigma_max, sigma_min, n)
+    if not (is_real(rho) and 0 < rho < math.inf):
+        raise ValueError(f"rho: expected a finite number > 0 (Karras et al. use 7), got {rho!r}")
     ramp = torch.linspace(0, 1, n + 1, dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return (hi + ramp * (lo - hi)) ** rho
@@ -47,8 +52,8 @@ def _check_grid(sigma_max: float, sigma_min: float, n: int) -> None:
         raise ValueError(
             f"sigma_max, sigma_min: need 0 < sigma_min < sigma_max, got {sigma_max}, {sigma_min}"
         )
-    if int(n) != n or n < 1:
-        raise ValueError(f"n: number of steps must be an integer >= 1, got {n}")
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= LIMITS.steps:
+        raise ValueError(f"n: number of steps must be an integer from 1 to {LIMITS.steps}, got {n!r}")
 
 
 # ----------------------------------------------------------------------------- predictors
@@ -212,6 +217,8 @@ class SuperpositionResult:
 def _as_predictor(models) -> Predictor:
     if isinstance(models, Predictor):
         return models
+    if isinstance(models, torch.nn.ModuleList):  # callable, but a list of models
+        models = list(models)
     if callable(models) and not isinstance(models, Sequence):
         raise ValueError("models: expected a list of eps-model callables (or a Predictor), got one callable")
     if not isinstance(models, Sequence):
@@ -234,18 +241,15 @@ def _check_sigmas(sigmas) -> Tensor:
 
 def _per_model(value, name: str, n_models: int, scalar: bool = True) -> Tensor:
     """One value per model as a float64 vector; a scalar (if allowed) applies to model 1 vs. the rest."""
-    expected = (
-        f"a finite scalar or {n_models} finite values"
-        if scalar
-        else f"{n_models} finite values, one per model"
-    )
+    finite = f"values within ±{MAX_MAGNITUDE:g}"
+    expected = f"a scalar or {n_models} {finite}" if scalar else f"{n_models} {finite}, one per model"
     try:
         v = torch.as_tensor(value, dtype=torch.float64).cpu()
     except (TypeError, ValueError, RuntimeError):  # strings, ragged lists, None
         raise ValueError(f"{name}: expected {expected}, got {value!r}") from None
     if v.ndim == 0 and scalar:
         v = torch.cat([v[None], torch.zeros(n_models - 1, dtype=torch.float64)])
-    if v.shape != (n_models,) or not torch.isfinite(v).all():
+    if v.shape != (n_models,) or not (v.abs() <= MAX_MAGNITUDE).all():  # NaN fails too
         raise ValueError(f"{name}: expected {expected}, got {value!r}")
     return v
 
@@ -261,8 +265,8 @@ def check_superpose_args(
     """Validate the options; returns lift, log_weights and the fixed κ (or None) as per-model vectors."""
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
-    if not (is_real(temperature) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature: expected a finite number > 0, got {temperature!r}")
+    if not (is_real(temperature) and 0 < temperature <= MAX_MAGNITUDE):
+        raise ValueError(f"temperature: expected a number > 0 and <= {MAX_MAGNITUDE:g}, got {temperature!r}")
     lift = _per_model(lift, "lift", n_models)
     if log_weights is None:
         log_weights = torch.zeros(n_models, dtype=torch.float64)
@@ -395,9 +399,28 @@ def superpose(
         log_qs.append(log_q)
         if callback is not None:
             callback({"i": i, "sigma": sigma, "x": x, "kappa": kappa, "log_q": log_q})
+    result = SuperpositionResult(x, torch.stack(kappas), torch.stack(log_qs), sigmas)
+    if not x.is_meta:
+        check_finite_result(result)
     if lifted:
         warn_if_lift_missed(log_q, lift, n)
-    return SuperpositionResult(x, torch.stack(kappas), torch.stack(log_qs), sigmas)
+    return result
+
+
+class NonFiniteError(ValueError):
+    """Sampling produced NaN or ±inf: a model returned them, or a weight or scale overflowed."""
+
+
+def check_finite_result(result: SuperpositionResult) -> None:
+    """κ, log q and samples of a run are finite; else NonFiniteError (instead of black images and NaN κ)."""
+    for name, values in (("kappa", result.kappa), ("log_q", result.log_q), ("samples", result.samples)):
+        bad = ~torch.isfinite(values)
+        if bad.any():
+            where = "" if name == "samples" else f" from step {int(bad.flatten(1).any(1).nonzero()[0])}"
+            raise NonFiniteError(
+                f"{name}: sampling produced NaN or infinite values{where}; a model returned them, or lift, "
+                "temperature, log_weights or guidance_scale is too large"
+            )
 
 
 # ----------------------------------------------------------------------------- the costly baseline
@@ -430,10 +453,23 @@ def divergence(model: EpsModel, x: Tensor, sigma: float, probes: Tensor | None) 
             v = v.reshape(-1, *x.shape[1:])
             xs = x.detach().repeat(len(v) // len(x), *([1] * (x.ndim - 1))).requires_grad_(True)
             out = model(xs, sigma)
+            check_differentiable(out, xs)
             (vjp,) = torch.autograd.grad(out, xs, v)
             quad.append((vjp * v).flatten(1).sum(-1, dtype=wide(x.dtype)).reshape(-1, len(x)))
     div = torch.cat(quad).sum(0) if exact else torch.cat(quad).mean(0)
     return out[: len(x)].detach(), div.detach()
+
+
+def check_differentiable(out, x: Tensor) -> None:
+    """The model's ε̂ is a tensor shaped like its input that autograd can differentiate; else ValueError."""
+    if not isinstance(out, Tensor) or out.shape != x.shape:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"model: expected ε̂ shaped like its input x {tuple(x.shape)}, got {shape}")
+    if not out.requires_grad:
+        raise ValueError(
+            "model: its ε̂ carries no gradient (computed under torch.no_grad(), or detached); the divergence "
+            "needs autograd through the model"
+        )
 
 
 def _probe_chunks(x: Tensor, probes: Tensor | None, k: int):
@@ -466,11 +502,25 @@ def probes_for(x: Tensor, hutchinson: int | None, generator: Generators) -> Tens
 
 def _check_hutchinson(hutchinson) -> None:
     if hutchinson is not None and (
-        isinstance(hutchinson, bool) or not isinstance(hutchinson, numbers.Integral) or hutchinson < 1
+        isinstance(hutchinson, bool)
+        or not isinstance(hutchinson, numbers.Integral)
+        or not 1 <= hutchinson <= MAX_PROBES
     ):
         raise ValueError(
-            f"hutchinson: expected None (exact divergence) or an integer >= 1, got {hutchinson!r}"
+            f"hutchinson: expected None (exact divergence) or an integer from 1 to {MAX_PROBES}, "
+            f"got {hutchinson!r}"
         )
+
+
+def check_likelihood_args(model, x) -> None:
+    """One differentiable eps-model, outside inference mode; else ValueError."""
+    if not callable(model) or isinstance(model, (list, tuple, torch.nn.ModuleList)):
+        raise ValueError(
+            "model: expected one eps-model callable m(x, sigma) (one density at a time), got "
+            f"{type(model).__name__}"
+        )
+    if torch.is_inference_mode_enabled():
+        raise ValueError("model: the divergence needs autograd; call this outside torch.inference_mode()")
 
 
 def probability_flow(
@@ -488,6 +538,7 @@ def probability_flow(
     """
     sigmas = _check_sigmas(sigmas)
     _check_hutchinson(hutchinson)
+    check_likelihood_args(model, x)
     check_samples(x)
     check_generator(generator, len(x))
     log_q = gaussian_log_prob(x.to(wide(x.dtype)), sigmas[0].item())
@@ -534,6 +585,7 @@ def log_likelihood(
             "sigmas: the last value must be > 0 (the likelihood is evaluated at noise sigmas[-1])"
         )
     _check_hutchinson(hutchinson)
+    check_likelihood_args(model, x)
     check_samples(x)
     check_generator(generator, len(x))
     up = sigmas.flip(0).tolist()
@@ -543,4 +595,9 @@ def log_likelihood(
     ):
         x, d_delta = _heun_step(model, x, s, s_next, hutchinson, generator)
         delta = delta + d_delta
-    return gaussian_log_prob(x.to(delta.dtype), up[-1]) + delta
+    log_q = gaussian_log_prob(x.to(delta.dtype), up[-1]) + delta
+    if not torch.isfinite(log_q).all():
+        raise NonFiniteError(
+            "log_q: NaN or infinite; the model returned NaN or inf, or its output overflowed"
+        )
+    return log_q

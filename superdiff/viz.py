@@ -58,8 +58,16 @@ def plot_kappa(
     move x (AND's per-step κ carries noise of size O(1/√|dσ|) that averages out along the path).
     The y-range is fitted to the 1–99% quantiles, so rare AND steps with extreme κ do not flatten the plot.
     """
-    ax = _axes(ax)
     kappa = torch.as_tensor(kappa).detach().float().cpu()
+    n_sigmas = len(torch.as_tensor(sigmas).flatten())
+    if kappa.ndim != 3 or n_sigmas != len(kappa) + 1:
+        raise ValueError(
+            f"kappa, sigmas: expected κ (n, B, N) and the n + 1 σ of its run (result.kappa, result.sigmas), "
+            f"got shapes {tuple(kappa.shape)} and ({n_sigmas},)"
+        )
+    if isinstance(trajectories, bool) or not isinstance(trajectories, int) or trajectories < 1:
+        raise ValueError(f"trajectories: expected an integer >= 1, got {trajectories!r}")
+    ax = _axes(ax)
     if window is not None:
         kappa = running_mean(kappa, sigmas, window)
     s = torch.as_tensor(sigmas, dtype=torch.float64)[:-1].numpy()  # κ_k is used on the step from σ_k

@@ -39,6 +39,18 @@ def test_shipped_models_load_offline_and_predict_eps():
     assert len(sigmas) == 11 and (sigmas[1:] < sigmas[:-1]).all() and sigmas[-1] > 0
 
 
+def test_classifier_refuses_pictures_and_wrong_shapes():
+    pipe = load_pipeline()
+    out = pipe("3", "8", seed=0, num_inference_steps=10, batch_size=2)
+    assert classifier().predict_proba(out.samples).shape == (2, 10)
+    with pytest.raises(
+        ValueError, match=r"x: expected model-space samples \(B, 1, 8, 8\) .* got torch.uint8"
+    ):
+        classifier().predict_proba(out.images)  # (B, 64, 64, 3) uint8 pictures
+    with pytest.raises(ValueError, match=r"x: expected values in about \[−1, 1\] .*got 255"):
+        classifier().predict_proba(out.samples.clone().fill_(255.0))
+
+
 def test_classifier_accurate_on_held_out():
     x, y = digits_split("held_out")
     assert classifier().predict_proba(x).shape == (len(y), 10)
@@ -266,7 +278,7 @@ def test_train_passes_the_penalty_options_to_training_and_records_them(tmp_path,
 
 
 def test_non_finite_sampling_raises_instead_of_black_images(pipe, monkeypatch):
-    from superdiff.pipeline_common import NonFiniteError
+    from superdiff.sampling import NonFiniteError
 
     def overflowing(labels, guidance_scale):
         return [lambda x, sigma: torch.full_like(x, math.nan)] * len(labels)

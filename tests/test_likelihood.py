@@ -111,6 +111,32 @@ def test_log_likelihood_bad_arguments_raise_value_error_naming_them(kwargs, name
         log_likelihood(UP, args.pop("x"), args.pop("sigmas"), **args)
 
 
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (
+            [UP, UP],
+            "model: expected one eps-model callable m\\(x, sigma\\) \\(one density at a time\\), got list",
+        ),
+        (torch.no_grad()(UP), "model: its ε̂ carries no gradient \\(computed under torch.no_grad"),
+        (lambda x, s: UP(x, s)[:, :1], r"model: expected ε̂ shaped like its input x \(\d+, 2\), got \(\d+, 1\)"),
+        (lambda x, s: UP(x, s) * math.nan, "log_q: NaN or infinite; the model returned NaN"),
+    ],
+)
+def test_a_model_log_likelihood_cannot_differentiate_is_named(model, message):
+    with pytest.raises(ValueError, match=message):
+        log_likelihood(model, torch.zeros(3, 2), geometric_sigmas(20, 0.01, 5))
+
+
+def test_log_likelihood_refuses_inference_mode_and_huge_probe_counts():
+    with torch.inference_mode(), pytest.raises(ValueError, match="outside torch.inference_mode"):
+        log_likelihood(UP, torch.zeros(3, 2), geometric_sigmas(20, 0.01, 5))
+    with pytest.raises(
+        ValueError, match="hutchinson: expected None .* or an integer from 1 to 1024, got 10000000000000"
+    ):
+        log_likelihood(UP, torch.zeros(3, 2), geometric_sigmas(20, 0.01, 5), hutchinson=10**13)
+
+
 def test_full_mixture_is_exact():
     model = random_mixture(3, k=2, seed=5)
     model.weights = torch.tensor([0.3, 0.7], dtype=torch.float64)

@@ -16,9 +16,8 @@ from torch import Tensor
 from superdiff import SuperDiffPipeline
 from superdiff.hub import WeightsUnavailableError
 from superdiff.limits import LIMITS, Limits
-from superdiff.pipeline_common import NonFiniteError
 from superdiff.pipeline_superdiff import CUSTOM_PIPELINE, PromptPredictor, euler_grid
-from superdiff.sampling import guide
+from superdiff.sampling import NonFiniteError, guide
 from superdiff.testing import sd_scheduler, tiny_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from superdiff import Guided, Prediction, geometric_sigmas, kappa_and, karras_sigmas, superpose
-from superdiff.sampling import ito_increment, probability_flow, trace_dtype
+from superdiff.sampling import NonFiniteError, ito_increment, probability_flow, trace_dtype
 from superdiff.toy import GaussianMixture, up_and_down
 
 UP, DOWN = up_and_down()
@@ -243,11 +243,14 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
             {"generator": [torch.Generator()] * 3},
             "generator: expected a list of 4 generators, one per sample",
         ),
-        ({"lift": "1"}, "lift: expected a finite scalar or 2 finite values, got '1'"),
-        ({"mode": "or", "temperature": True}, "temperature: expected a finite number > 0"),
+        ({"lift": "1"}, "lift: expected a scalar or 2 values within ±1e\\+06, got '1'"),
+        ({"lift": 1e300}, r"lift: expected a scalar or 2 values within ±1e\+06, got 1e\+300"),
+        ({"mode": "or", "temperature": True}, r"temperature: expected a number > 0 and <= 1e\+06"),
+        ({"mode": "or", "temperature": 1e308}, r"temperature: expected a number > 0 and <= 1e\+06"),
+        ({"mode": "or", "log_weights": [1e308, 0.0]}, r"log_weights: expected 2 values within ±1e\+06"),
         (
             {"mode": "or", "log_weights": 1.0},
-            "log_weights: expected 2 finite values, one per model, got 1.0",
+            r"log_weights: expected 2 values within ±1e\+06, one per model, got 1.0",
         ),
     ],
 )
@@ -262,6 +265,47 @@ def test_bad_input_fails_before_any_model_call(kwargs, message):
     with pytest.raises(ValueError, match=message):
         superpose([model, DOWN], args.pop("x"), geometric_sigmas(20, 0.01, 5), **args)
     assert calls == []
+
+
+def test_a_module_list_is_a_list_of_models():
+    class Net(torch.nn.Module):
+        def __init__(self, mixture):
+            super().__init__()
+            self.mixture = mixture
+
+        def forward(self, x, sigma):
+            return self.mixture(x, sigma)
+
+    nets = torch.nn.ModuleList([Net(UP), Net(DOWN)])
+    ours, plain = run(nets, n=20, batch=8), run([UP, DOWN], n=20, batch=8)
+    assert ours.kappa.shape == (20, 8, 2) and torch.equal(ours.samples, plain.samples)
+
+
+def test_a_model_that_returns_nan_is_named_not_sampled_silently():
+    broken = lambda x, sigma: UP(x, sigma) * (math.nan if sigma < 1 else 1.0)  # noqa: E731
+    first = int((geometric_sigmas(SIGMA_MAX, SIGMA_MIN, 20) < 1).nonzero()[0])  # step 8
+    with pytest.raises(
+        NonFiniteError, match=rf"^kappa: sampling produced NaN or infinite values from step {first};"
+    ):
+        run([broken, DOWN], n=20, batch=8)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda: geometric_sigmas(20, 0.01, 10.0),
+            r"n: number of steps must be an integer from 1 to 10000, got 10.0",
+        ),
+        (lambda: geometric_sigmas(20, 0.01, True), "n: number of steps"),
+        (lambda: geometric_sigmas(20, 0.01, 10**13), "n: number of steps"),
+        (lambda: karras_sigmas(20, 0.01, 10, rho=0), "rho: expected a finite number > 0"),
+        (lambda: karras_sigmas(20, 0.01, 10, rho=math.nan), "rho: expected a finite number > 0"),
+    ],
+)
+def test_grid_helpers_refuse_what_they_cannot_build(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
 
 
 def test_number_types_numpy_and_python_alike():

@@ -49,6 +49,24 @@ def test_bad_window_names_the_argument(window):
         plot_kappa(torch.zeros(12, 2, 2), geometric_sigmas(20.0, 0.01, 12), window=window)
 
 
+@pytest.mark.parametrize(
+    ("kappa", "n_sigmas", "kwargs", "message"),
+    [
+        (
+            torch.zeros(12, 2, 2),
+            12,
+            {},
+            r"kappa, sigmas: expected κ \(n, B, N\) and the n \+ 1 σ .*\(12, 2, 2\) and \(12,\)",
+        ),
+        (torch.zeros(12, 2), 13, {}, r"kappa, sigmas: .*got shapes \(12, 2\) and \(13,\)"),
+        (torch.zeros(12, 2, 2), 13, {"trajectories": 0}, "trajectories: expected an integer >= 1, got 0"),
+    ],
+)
+def test_plot_kappa_names_what_does_not_fit(kappa, n_sigmas, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        plot_kappa(kappa, geometric_sigmas(20.0, 0.01, n_sigmas - 1), **kwargs)
+
+
 def test_log_q_legend_names_the_band_and_scatter_window_follows_lim():
     import matplotlib.pyplot as plt
 

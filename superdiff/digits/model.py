@@ -141,6 +141,18 @@ class Conditional(nn.Module):
 # ----------------------------------------------------------------------------- the classifier
 
 
+def check_model_space(x) -> None:
+    """x: digits in model space, (B, 1, 8, 8) or (B, 64) floats in about [−1, 1]; else ValueError."""
+    if not (isinstance(x, Tensor) and x.is_floating_point() and x.ndim >= 2 and x[0].numel() == 64):
+        got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x: expected model-space samples (B, 1, 8, 8) in [−1, 1] (out.samples), got {got}")
+    largest = x.abs().max().item() if len(x) else 0.0
+    if largest > 4:  # the sampler ends a little past ±1; pictures are in [0, 255]
+        raise ValueError(
+            f"x: expected values in about [−1, 1] (out.samples, not out.images), got {largest:.4g}"
+        )
+
+
 class Classifier(nn.Module):
     """A one-hidden-layer MLP on the 64 pixels in [−1, 1]; its hidden layer gives the Fréchet features."""
 
@@ -160,6 +172,7 @@ class Classifier(nn.Module):
     @torch.no_grad()
     def predict_proba(self, x: Tensor) -> Tensor:
         """Class probabilities (B, 10) of model-space images (B, 1, 8, 8) in [−1, 1]."""
+        check_model_space(x)
         return torch.softmax(self(x.clamp(-1, 1)), -1)
 
     @torch.no_grad()

@@ -12,7 +12,6 @@ from ..limits import LIMITS
 from ..output import SuperDiffOutput, to_uint8
 from ..pipeline_common import (
     build_output,
-    check_finite_result,
     check_sampling_args,
     parse_mode,
     seeded,
@@ -167,7 +166,6 @@ class DigitsPipeline:
             result = superpose(
                 predictor, x, sigmas, **options, generator=generator, progress=progress, callback=callback
             )
-        check_finite_result(result)
         samples = result.samples.clamp(-1, 1)
         images = to_uint8(
             samples.repeat_interleave(UPSCALE, -1).repeat_interleave(UPSCALE, -2).repeat(1, 3, 1, 1)
