@@ -98,7 +98,7 @@ def check_mode_options(n_prompts: int, lift, temperature, log_weights) -> None:
     """lift, temperature and log_weights as the core checks them, strings included."""
     if isinstance(lift, (int, float)) and not math.isfinite(lift):
         raise ValueError(f"lift: expected a finite number (> 0 favours prompt_1), got {lift!r}")
-    try:  # per prompt, whatever the mode: the checks of lift, T and b (magnitudes included) do not depend on it
+    try:  # per prompt, whatever the mode: the checks of lift, T and b (bounds too) do not depend on it
         check_superpose_args(n_prompts, "and", lift, temperature, log_weights)
     except (TypeError, RuntimeError) as err:  # e.g. strings where numbers belong
         raise ValueError(f"lift, log_weights: expected finite numbers, one per prompt ({err})") from None

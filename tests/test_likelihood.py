@@ -119,7 +119,7 @@ def test_log_likelihood_bad_arguments_raise_value_error_naming_them(kwargs, name
             "model: expected one eps-model callable m\\(x, sigma\\) \\(one density at a time\\), got list",
         ),
         (torch.no_grad()(UP), "model: its ε̂ carries no gradient \\(computed under torch.no_grad"),
-        (lambda x, s: UP(x, s)[:, :1], r"model: expected ε̂ shaped like its input x \(\d+, 2\), got \(\d+, 1\)"),
+        (lambda x, s: UP(x, s)[:, :1], r"model: expected ε̂ shaped like its input x \(\d+, 2\), got"),
         (lambda x, s: UP(x, s) * math.nan, "log_q: NaN or infinite; the model returned NaN"),
     ],
 )
