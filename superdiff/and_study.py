@@ -1056,7 +1056,7 @@ def main(argv: list[str] | None = None) -> int:
         "--section",
         choices=("all", "f"),
         default="all",
-        help="f: rerun section (f) alone (about 7 min on 2 cores) and replace it in the existing --out report",
+        help="f: rerun section (f) alone (about 7 min, 2 cores) and replace it in the --out report",
     )
     args = parser.parse_args(argv)
     for path in args.candidate:
