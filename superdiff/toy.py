@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor, nn
@@ -49,6 +50,9 @@ class _VEMixture:
         raise NotImplementedError
 
     def _flat(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor) or x.ndim < 2:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x: expected a batch (B, {self.dim}) (one point: x[None]), got {shape}")
         x = x.flatten(1)
         if x.shape[1] != self.dim:
             raise ValueError(f"x: expected {self.dim} values per sample, got {x.shape[1]}")
@@ -90,7 +94,7 @@ class GaussianMixture(_VEMixture):
 
     def __init__(self, means, std: float, weights=None):
         self._set_means(means)
-        if not (math.isfinite(std) and std > 0):
+        if isinstance(std, bool) or not isinstance(std, numbers.Real) or not 0 < std < math.inf:
             raise ValueError(f"std: expected a finite number > 0, got {std!r}")
         self.std = float(std)
         self._set_weights(weights)
@@ -118,9 +122,13 @@ class FullGaussianMixture(_VEMixture):
         k, d = self.means.shape
         if cov.shape != (k, d, d) or not torch.isfinite(cov).all():
             raise ValueError(f"covariances: expected finite shape {(k, d, d)}, got {tuple(cov.shape)}")
-        self.eigvals, self.eigvecs = torch.linalg.eigh(0.5 * (cov + cov.transpose(1, 2)))
-        if (self.eigvals < 0).any():
+        if (cov - cov.transpose(1, 2)).abs().max() > 1e-6 * cov.abs().max():  # float32 rounding passes
+            raise ValueError("covariances: expected symmetric matrices")
+        eigvals, self.eigvecs = torch.linalg.eigh(0.5 * (cov + cov.transpose(1, 2)))
+        rounding = 1e-10 * eigvals.abs().amax(-1, keepdim=True)  # eigh leaves a rank-deficient Σ's zeros ≈ ±ε
+        if (eigvals < -rounding).any():
             raise ValueError("covariances: expected positive semi-definite matrices")
+        self.eigvals = eigvals.clamp_min(0)
         self._set_weights(weights)
 
     def _components(self, x: Tensor, sigma: float) -> tuple[Tensor, Tensor]:

@@ -165,6 +165,27 @@ def test_full_mixture_with_isotropic_covariances_is_the_isotropic_mixture():
     torch.testing.assert_close(full(x, 1.3), iso(x, 1.3))
 
 
+def test_a_rank_deficient_covariance_is_positive_semi_definite():
+    v = torch.randn(5, generator=gen(9), dtype=torch.float64)
+    flat = FullGaussianMixture(torch.zeros(1, 5, dtype=torch.float64), (v[:, None] * v[None])[None])
+    assert (flat.eigvals >= 0).all() and flat.eigvals[0, -1] == pytest.approx(v.square().sum())
+    x = torch.randn(4, 5, generator=gen(10), dtype=torch.float64)
+    assert torch.isfinite(flat.log_prob(x, 0.5)).all()  # σ > 0 makes it a proper density
+
+
+@pytest.mark.parametrize("std", ["1", True, torch.tensor([1.0, 2.0]), 0.0])
+def test_a_mixtures_std_is_one_positive_number(std):
+    with pytest.raises(ValueError, match="std: expected a finite number > 0"):
+        GaussianMixture(torch.zeros(1, 2), std)
+
+
+def test_one_point_is_asked_for_as_a_batch():
+    with pytest.raises(
+        ValueError, match=r"x: expected a batch \(B, 2\) \(one point: x\[None\]\), got \(2,\)"
+    ):
+        UP.log_prob(torch.zeros(2), 1.0)
+
+
 @pytest.mark.parametrize(
     ("means", "covs", "name"),
     [
@@ -172,6 +193,7 @@ def test_full_mixture_with_isotropic_covariances_is_the_isotropic_mixture():
         (torch.zeros(1, 2), -torch.eye(2)[None], "covariances"),
         (torch.zeros(3), torch.eye(3)[None], "means"),
         (torch.tensor([[0.0, math.nan]]), torch.eye(2)[None], "means: expected finite"),
+        (torch.zeros(1, 2), torch.tensor([[[1.0, 0.5], [0.0, 1.0]]]), "covariances: expected symmetric"),
     ],
 )
 def test_full_mixture_bad_arguments(means, covs, name):
