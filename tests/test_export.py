@@ -5,6 +5,7 @@ import importlib.metadata
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -190,17 +191,19 @@ def test_the_kit_loads_an_exported_folder_with_its_own_class(exported):
     )
 
 
-def test_the_folder_also_holds_what_transformers_4_reads(exported):
+def test_the_folder_also_holds_what_transformers_4_reads(exported, tmp_path):
     """The card promises transformers 4.47: its CLIPTokenizer needs vocab.json and merges.txt, and its
     CLIPTextModel loads weights named text_model.* only (others it skips, keeping random weights)."""
     from safetensors.torch import load_file
     from transformers import CLIPTextModel, CLIPTokenizer
 
     folder, pipe = exported
-    vocab, merges = folder / "tokenizer" / "vocab.json", folder / "tokenizer" / "merges.txt"
-    slow = CLIPTokenizer(vocab=str(vocab), merges=str(merges))  # from these two files alone
+    legacy = tmp_path / "tokenizer"  # without tokenizer.json, which transformers 4's CLIPTokenizer ignores
+    legacy.mkdir()
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        shutil.copy(folder / "tokenizer" / name, legacy / name)
     text = "a flamingo that looks like a candy cane"
-    assert slow(text).input_ids == pipe.tokenizer(text).input_ids
+    assert CLIPTokenizer.from_pretrained(legacy)(text).input_ids == pipe.tokenizer(text).input_ids
     names = load_file(folder / "text_encoder" / "model.safetensors")
     assert names and all(name.startswith("text_model.") for name in names)
     loaded = CLIPTextModel.from_pretrained(folder / "text_encoder")  # transformers 5 still loads them
