@@ -259,9 +259,8 @@ def check_out(out: Path) -> None:
     limit = _name_max(out.parent)
     if len(os.fsencode(out.name)) > limit:
         raise ValueError(f"OUT: the name {out.name[:40]!r}... is longer than {limit} bytes")
-    if (
-        out == Path.cwd() or out in Path.cwd().parents
-    ):  # replacing it would leave the shell in a deleted folder
+    # replacing the current folder would leave the shell in a deleted one
+    if out == Path.cwd() or out in Path.cwd().parents:
         raise ValueError(f"OUT: {str(out)!r} is the current folder or holds it; give a new path")
     if out.is_symlink():  # a rename cannot replace it: refused before the work, not after
         raise ValueError(f"OUT: {str(out)!r} is a symbolic link; give a new path or the folder it points to")

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .limits import LIMITS, MAX_GUIDANCE, MAX_MAGNITUDE, MAX_SEED, Limits
+from .limits import LIMITS, MAX_GUIDANCE, MAX_SEED, Limits
 from .output import SuperDiffOutput, format_images
 from .sampling import SuperpositionResult, check_generator, check_superpose_args
 
@@ -102,7 +102,6 @@ def check_mode_options(n_prompts: int, lift, temperature, log_weights) -> None:
         check_superpose_args(n_prompts, "and", lift, temperature, log_weights)
     except (TypeError, RuntimeError) as err:  # e.g. strings where numbers belong
         raise ValueError(f"lift, log_weights: expected finite numbers, one per prompt ({err})") from None
-    check_finite("temperature", temperature, high=MAX_MAGNITUDE)
 
 
 def check_sampling_args(

@@ -115,7 +115,7 @@ class FlowPromptPredictor(PromptPredictor):
 
     def timestep(self, sigma: float) -> Tensor:
         """t·num_train_timesteps with t = σ/(1 + σ), float32 on the timesteps' device (σ is a grid point)."""
-        return self.t_grid[int((self.sigmas - sigma).abs().argmin())]
+        return self.t_grid[self.grid_index(sigma)]
 
     def denoise(self, x_in: Tensor, t: Tensor, context: dict) -> Tensor:
         """One batched transformer call on all rows: v."""

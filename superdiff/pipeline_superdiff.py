@@ -168,7 +168,11 @@ class PromptPredictor(Predictor):
 
     def timestep(self, sigma: float) -> Tensor:
         """The UNet's t for σ: the scheduler's own σ ↔ t pairs (σ is always one of its grid points)."""
-        return self.timesteps[int((self.sigmas - sigma).abs().argmin())]
+        return self.timesteps[self.grid_index(sigma)]
+
+    def grid_index(self, sigma: float) -> int:
+        """The index of σ in the sampling grid."""
+        return int((self.sigmas - sigma).abs().argmin())
 
     def denoise(self, x_in: Tensor, t: Tensor, context: dict) -> Tensor:
         """One batched call of the denoiser on all rows."""
