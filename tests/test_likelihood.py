@@ -179,6 +179,14 @@ def test_a_mixtures_std_is_one_positive_number(std):
         GaussianMixture(torch.zeros(1, 2), std)
 
 
+@pytest.mark.parametrize("sigma", [-0.5, math.nan, math.inf, torch.tensor([0.5, -0.5])])
+@pytest.mark.parametrize("use", ["eps", "log_prob", "score", "sample"])
+def test_a_mixtures_noise_level_is_finite_and_non_negative(sigma, use):
+    calls = {"eps": UP, "log_prob": UP.log_prob, "score": UP.score, "sample": lambda x, s: UP.sample(2, s)}
+    with pytest.raises(ValueError, match="sigma: expected finite noise levels >= 0"):
+        calls[use](torch.zeros(2, 2), sigma)
+
+
 def test_one_point_is_asked_for_as_a_batch():
     with pytest.raises(
         ValueError, match=r"x: expected a batch \(B, 2\) \(one point: x\[None\]\), got \(2,\)"
