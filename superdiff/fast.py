@@ -12,13 +12,14 @@ If compilation is unavailable (no C compiler, an unsupported platform), sampling
 
 from __future__ import annotations
 
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils import _pytree as pytree
+
+from .limits import warn_caller
 
 DENOISERS = ("unet", "transformer")  # the attribute that holds the network, by model family
 STATE = "_superdiff_fast"  # where the denoiser keeps what was applied, for disable_fast_sampling
@@ -103,22 +104,20 @@ class FastCall:
         self.limit_warned = True
         shape = tuple(args[0].shape) if args and isinstance(args[0], torch.Tensor) else "?"
         limit = torch._dynamo.config.recompile_limit
-        warnings.warn(
+        warn_caller(
             f"enable_fast_sampling: torch.compile reached its recompile limit ({limit}, "
             f"torch._dynamo.config.recompile_limit) for the denoiser's code: input shape {shape} and other "
             "new sizes or batches run eager, the ones compiled before stay compiled",
             RuntimeWarning,
-            stacklevel=4,
         )
 
     def fall_back(self, err: Exception) -> None:
         self.module._compiled_call_impl = None
         self.state.compiled = self.state.cuda_graphs = False
         reason = " ".join(str(err).split("Set TORCHDYNAMO_VERBOSE")[0].split())[:300]  # one line
-        warnings.warn(
+        warn_caller(
             f"enable_fast_sampling: torch.compile failed ({type(err).__name__}: {reason}); sampling eager",
             RuntimeWarning,
-            stacklevel=4,
         )
 
 
@@ -176,11 +175,10 @@ def drop_cuda_graphs(pipe) -> None:
     if state is None or not state.cuda_graphs:
         return
     options = {k: v for k, v in state.compile_options.items() if (k, v) != ("mode", "reduce-overhead")}
-    warnings.warn(
+    warn_caller(
         "enable_fast_sampling: CPU offload moves the denoiser's weights; sampling goes on compiled, without "
         "CUDA graphs",
         UserWarning,
-        stacklevel=3,
     )
     enable_fast_sampling(pipe, channels_last=state.channels_last, cuda_graphs=False, **options)
 

@@ -1,7 +1,11 @@
-"""The sizes every pipeline, the CLI and sweeps accept: checked before any allocation (README, "Limits")."""
+"""The sizes every pipeline, the CLI and sweeps accept: checked before any allocation (README, "Limits").
+Also the kit's warnings, which point at the caller's line."""
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from dataclasses import dataclass
 
 
@@ -37,3 +41,13 @@ def check_prompt(name: str, prompt) -> None:
         prompt.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError(f"{name}: not valid UTF-8 text ({ascii(prompt[:40])})") from None
+
+
+def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` at the user's line: the first frame outside this package, torch and diffusers."""
+    files = [__file__] + [getattr(sys.modules.get(name), "__file__", None) for name in ("torch", "diffusers")]
+    inside = tuple(os.path.dirname(file) + os.sep for file in files if file)
+    frame, level = sys._getframe(1), 2  # stacklevel 2 is warn_caller's caller
+    while frame is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

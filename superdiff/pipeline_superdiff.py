@@ -7,7 +7,6 @@ UNet call per step (:class:`PromptPredictor`) and wraps it in a diffusers ``Diff
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from .fast import (
     enable_fast_sampling,
 )
 from .hub import dtype_kwarg, explain_unavailable
-from .limits import LIMITS, Limits, check_prompt
+from .limits import LIMITS, Limits, check_prompt, warn_caller
 from .output import SuperDiffOutput, to_uint8
 from .pipeline_common import (
     build_output,
@@ -120,10 +119,9 @@ def euler_grid(scheduler, num_inference_steps: int) -> tuple[Tensor, Tensor]:
 def warn_dropped(requested: int, ran: int, why: str) -> None:
     """Say that a grid lost zero-length steps, and how many steps sampling runs."""
     if ran < requested:
-        warnings.warn(
+        warn_caller(
             f"num_inference_steps={requested}: {requested - ran} of the scheduler's steps have zero length "
             f"({why}); sampling runs the other {ran}",
-            stacklevel=4,
         )
 
 
@@ -347,10 +345,9 @@ class SuperDiffMixin:
         for prompt, ids in zip(prompts, tokenizer(prompts).input_ids, strict=True):
             if len(ids) > limit:
                 dropped = tokenizer.decode(ids[limit - 1 : -1])
-                warnings.warn(
+                warn_caller(
                     f"prompt {abbreviate(prompt, 200)!r} is cut to {name}'s {limit} tokens; "
                     f"dropped: {abbreviate(dropped, 200)!r}",
-                    stacklevel=4,
                 )
 
     def start_latents(

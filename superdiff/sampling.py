@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -20,7 +19,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .limits import LIMITS, MAX_MAGNITUDE
+from .limits import LIMITS, MAX_MAGNITUDE, warn_caller
 
 MODES = ("and", "or", "avg", "fixed")
 MAX_PROBES = 1024  # Hutchinson probes per evaluation (all drawn at once); more: the exact divergence
@@ -192,12 +191,11 @@ def warn_if_lift_missed(log_q: Tensor, lift: Tensor, n: int) -> None:
     missed = ((log_q[:, :-1] - log_q[:, -1:]) - (lift[:-1] - lift[-1])).abs().max().item()
     rounding = torch.finfo(log_q.dtype).eps * log_q.abs().max().item() * math.sqrt(n)  # float32 on MPS
     if missed > 0.05 + 0.01 * (lift.max() - lift.min()).item() + rounding:
-        warnings.warn(
+        warn_caller(
             f"lift: the estimated log q_1 − log q_2 ended up to {missed:.3g} nats from the lift: at some "
             "steps the models' ε̂ nearly agree (within about 0.1 %), where reaching it would move x far, so κ "
             "stays near 1/N there",
             RuntimeWarning,
-            stacklevel=4,  # the caller of superpose (torch.no_grad adds a frame)
         )
 
 

@@ -250,8 +250,9 @@ def test_fallback_when_torch_compile_raises(monkeypatch, eager):
 
     monkeypatch.setattr(torch, "compile", unavailable)
     pipe = tiny_pipeline(seed=0)
-    with pytest.warns(RuntimeWarning, match="not supported on this platform.*sampling eager"):
+    with pytest.warns(RuntimeWarning, match="not supported on this platform.*sampling eager") as warned:
         state = enable_fast_sampling(pipe, channels_last=False)
+    assert warned[0].filename == __file__
     assert not state.compiled and pipe.unet._compiled_call_impl is None
     assert torch.equal(sample(pipe).samples, eager.samples)
 
@@ -268,7 +269,7 @@ def test_fallback_when_the_compiler_fails_at_the_first_call(eager):
     assert state.compiled and "mode" not in state.compile_options  # a custom backend takes no mode
     with pytest.warns(RuntimeWarning, match="No working C\\+\\+ compiler.*sampling eager") as caught:
         out = sample(pipe)
-    assert sum(w.category is RuntimeWarning for w in caught) == 1
+    assert [w.filename for w in caught if w.category is RuntimeWarning] == [__file__]  # sample's pipe(...)
     assert not state.compiled and pipe.unet._compiled_call_impl is None
     assert torch.equal(out.samples, eager.samples) and torch.equal(out.kappa, eager.kappa)
 
@@ -350,8 +351,9 @@ def test_cpu_offload_after_enabling_drops_cuda_graphs(monkeypatch):
     pipe = tiny_pipeline(seed=0)
     assert pipe.enable_fast_sampling(fullgraph=True).cuda_graphs
     monkeypatch.setattr(DiffusionPipeline, "enable_model_cpu_offload", lambda self, *a, **k: None)
-    with pytest.warns(UserWarning, match="CPU offload moves the denoiser's weights"):
+    with pytest.warns(UserWarning, match="CPU offload moves the denoiser's weights") as warned:
         pipe.enable_model_cpu_offload()  # diffusers' own needs accelerate and a GPU
+    assert warned[0].filename == __file__
     state = fast_sampling_state(pipe)
     assert state.compiled and not state.cuda_graphs and state.channels_last
     assert state.compile_options == {"dynamic": False, "fullgraph": True, "mode": None}
@@ -367,8 +369,9 @@ def test_past_the_recompile_limit_new_shapes_run_eager_and_say_so():
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)
             sample(pipe)  # 64²: compiled
-        with pytest.warns(RuntimeWarning, match=r"recompile limit \(1, .*input shape \(3, 4, 9, 9\)"):
+        with pytest.warns(RuntimeWarning, match=r"recompile limit \(1, .*input shape \(3, 4, 9, 9\)") as w:
             out = sample(pipe, height=72, width=72)
+        assert [x.filename for x in w if x.category is RuntimeWarning] == [__file__]
         assert_close(out, sample(reference, height=72, width=72))
         assert state.compiled and isinstance(pipe.unet._compiled_call_impl, fast.FastCall)
         with warnings.catch_warnings():

@@ -315,7 +315,7 @@ def test_every_timestep_spacing_samples_on_a_strictly_decreasing_grid(spacing, s
     assert out.kappa.shape[0] == len(out.sigmas) - 1 and torch.isfinite(out.samples).all()
     dropped = steps + 1 - len(out.sigmas)
     assert dropped == (1 if (spacing, steps) == ("leading", 1000) else 0)  # t = 1000 clamps to σ(999)
-    assert len([w for w in recwarn if "zero length" in str(w.message)]) == (dropped > 0)
+    assert [w.filename for w in recwarn if "zero length" in str(w.message)] == [__file__] * (dropped > 0)
 
 
 def test_zero_length_steps_are_dropped_keeping_the_timestep_that_moves():
@@ -415,7 +415,8 @@ def test_prompts_past_clips_window_warn_and_name_what_is_dropped(pipe, recwarn):
     long = "a flamingo " + "x" * 80 + " tail"  # the tiny tokenizer has one token per character
     pipe(short, P2, seed=0, num_inference_steps=1, height=64, width=64)
     assert not [w for w in recwarn if "CLIP" in str(w.message)]
-    with pytest.warns(UserWarning, match="cut to CLIP's 77 tokens; dropped: .*tail"):
+    with pytest.warns(UserWarning, match="cut to CLIP's 77 tokens; dropped: .*tail") as warned:
         pipe(long, P2, seed=0, num_inference_steps=1, height=64, width=64)
+    assert [w.filename for w in warned if "CLIP" in str(w.message)] == [__file__]  # the user's line
     with pytest.warns(UserWarning, match="that looks like a candy cane"):  # the joint prompt's tail
         pipe("y" * 70, P2, seed=0, num_inference_steps=1, height=64, width=64, mode="joint")
