@@ -2,7 +2,7 @@
 
 (a) the paper's loop: three separate UNet calls per step (prompt 1, prompt 2, empty prompt) in float32;
 (b) our sampler: ``superpose`` with ``PromptPredictor`` — one batched UNet call for all prompts and the empty
-    one, the UNet in float16 on GPU (float32 on CPU), κ and log q in float32.
+    one, the UNet in float16 on GPU (float32 on CPU), κ and log q in float64 (float32 on MPS).
 
     python benchmarks/bench_sd_unet.py --device cuda --size 512     # the model card's setting (512², batch 1)
     python benchmarks/bench_sd_unet.py --device cpu --threads 1     # 128², 1 step x 2 repeats: < 1 min
