@@ -193,8 +193,8 @@ def warn_if_lift_missed(log_q: Tensor, lift: Tensor, n: int) -> None:
     if missed > 0.05 + 0.01 * (lift.max() - lift.min()).item() + rounding:
         warn_caller(
             f"lift: the estimated log q_1 − log q_2 ended up to {missed:.3g} nats from the lift: at some "
-            "steps the models' ε̂ nearly agree (within about 0.1 %), where reaching it would move x far, so κ "
-            "stays near 1/N there",
+            "steps the fields F_i that move x nearly agree (within about 0.1 %; guidance_scale 0 makes them "
+            "equal), where reaching it would move x far, so κ stays near 1/N there",
             RuntimeWarning,
         )
 
@@ -372,7 +372,7 @@ def superpose(
     check_generator(generator, len(x))
 
     n = len(sigmas) - 1
-    lifted = mode == "and" and n_models > 1 and bool(lift.any()) and not x.is_meta
+    lifted = mode == "and" and n_models > 1 and not x.is_meta
     work = trace_dtype(x.device)
     log_q = gaussian_log_prob(x.to(work), sigmas[0].item())[:, None].repeat(1, n_models)
     lift, log_weights = lift.to(x.device, work), log_weights.to(x.device, work)

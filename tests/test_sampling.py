@@ -333,7 +333,9 @@ def test_and_warns_when_models_too_alike_to_reach_the_lift():
     torch.testing.assert_close(
         r.log_q[-1, :, 0] - r.log_q[-1, :, 1], torch.full((16,), 4.0, dtype=torch.float64), atol=1e-3, rtol=0
     )
-    r = run([UP, near_up(1e-4)], n=200, batch=16)  # lift 0: nothing to reach, no warning
+    r = run([UP, near_up(1e-4)], n=200, batch=16)  # lift 0: both traces grow alike, no warning
+    with pytest.warns(RuntimeWarning, match=r"lift: .* ended up to \d+\.?\d* nats"):  # lift 0 missed too
+        run(Guided([UP, DOWN], UP, guidance_scale=0.0), n=200, batch=16)  # equal fields: κ moves nothing
 
 
 def test_up_and_down_in_d_dimensions_keeps_the_toys_geometry():
