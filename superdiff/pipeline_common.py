@@ -116,6 +116,7 @@ def check_sampling_args(
     lift=0.0,
     temperature=1.0,
     log_weights=None,
+    callback_on_step_end=None,
     limits: Limits = LIMITS,
 ) -> None:
     """The checks every pipeline call needs (defaults: any valid value); ValueErrors name the argument."""
@@ -131,6 +132,22 @@ def check_sampling_args(
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type: expected one of {OUTPUT_TYPES}, got {output_type!r}")
     check_mode_options(n_prompts, lift, temperature, log_weights)
+    check_callback(callback_on_step_end)
+
+
+def check_callback(callback) -> None:
+    """A function ``f(pipe, step, timestep, callback_kwargs)``, or None; not diffusers' PipelineCallback."""
+    if callback is not None and not callable(callback):
+        raise ValueError(
+            f"callback_on_step_end: expected a function f(pipe, step, timestep, callback_kwargs), got "
+            f"{type(callback).__name__}"
+        )
+    if any(c.__name__ in ("PipelineCallback", "MultiPipelineCallbacks") for c in type(callback).__mro__):
+        raise ValueError(
+            f"callback_on_step_end: {type(callback).__name__} changes the prompts' embeddings or guidance "
+            "mid-run, which κ and log q would no longer describe; pass a function f(pipe, step, timestep, "
+            "callback_kwargs), which observes the run"
+        )
 
 
 # ----------------------------------------------------------------------------- sampling and its output

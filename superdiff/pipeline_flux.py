@@ -112,6 +112,7 @@ class SuperDiffFluxPipeline(SuperDiffMixin, FluxPipeline):
     """
 
     denoiser_name = "transformer"
+    classifier_free = False  # guidance_scale is the transformer's embedded guidance
     max_sequence_length = 512  # T5 tokens per prompt (FLUX.1-schnell: 256)
 
     def __init__(

@@ -106,6 +106,17 @@ def as_euler(scheduler) -> EulerDiscreteScheduler:
     return scheduler
 
 
+def check_euler(scheduler) -> None:
+    """A scheduler assigned after loading: an EulerDiscreteScheduler (any config) of a DDPM schedule."""
+    check_scheduler(scheduler)
+    if not isinstance(scheduler, EulerDiscreteScheduler):  # DDIM has no σ grid, DPM-Solver another one
+        raise ValueError(
+            "scheduler: expected an EulerDiscreteScheduler (SuperDiff's own step runs on its σ grid; its "
+            f"config options apply), got {type(scheduler).__name__}: "
+            "pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)"
+        )
+
+
 def euler_grid(scheduler, num_inference_steps: int) -> tuple[Tensor, Tensor]:
     """The scheduler's σ grid (n + 1) and timesteps (n) without zero-length steps, where σ_{k+1} = σ_k.
 
@@ -296,6 +307,7 @@ class SuperDiffMixin:
     limits = LIMITS  # steps, batch_size, size: checked before any work; assign a Limits(...) to raise them
     SIZE_MULTIPLE = 8  # the family's usual size_multiple, for checks before any weights load
     denoiser_name = "unet"  # the component that predicts: "unet", or "transformer" (SD3)
+    classifier_free = True  # guidance_scale is w of F_i = ε̂_∅ + w·(ε̂_i − ε̂_∅) (Flux: an embedded input)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -442,7 +454,8 @@ class SuperDiffMixin:
             batch_size: images per call, each from its own noise (at most ``self.limits.batch_size``, 1024).
             lift: AND only. log q_1 − log q_2 grows by lift/n per step and ends at +lift: ``lift > 0`` favours
                 prompt_1, ``lift < 0`` prompt_2. A list gives one value per prompt.
-            guidance_scale: classifier-free guidance w (>= 0) of the field; densities use unguided ε̂.
+            guidance_scale: classifier-free guidance w (>= 0) of the field; densities use unguided ε̂. Below 1
+                it weakens the prompts (0 ignores them) and warns; 1 is no guidance.
             height, width: image size in pixels, multiples of 8 from 64 to ``self.limits.size`` (2048);
                 None: the size the model was trained at, ``self.default_size`` (512 for SD v1-4, 1024 SDXL).
             mode: "and" (equal density, default), "or" (mixture), "avg" (κ = 1/N), or the paper's baselines
@@ -485,8 +498,15 @@ class SuperDiffMixin:
             log_weights=log_weights,
             generator=generator,
             output_type=output_type,
+            callback_on_step_end=callback_on_step_end,
             joint_prompt=joint_prompt,
         )
+        if self.classifier_free and guidance_scale < 1:
+            warn_caller(
+                f"guidance_scale={guidance_scale:g}: each prompt's field is ε̂_∅ + w·(ε̂_i − ε̂_∅), so below 1 "
+                "the prompts steer less than unguided, and at 0 not at all; diffusers' guidance off "
+                "(guidance_scale <= 1) is guidance_scale=1 here"
+            )
         core_mode, kappa = prompt_mode(mode, len(prompts))
         extra = [joint_prompt or JOINT_TEMPLATE.format(*prompts)] if mode == "joint" else []
         device, generator = self._execution_device, seeded(seed, generator)
@@ -531,8 +551,8 @@ class SuperDiffPipeline(SuperDiffMixin, DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     def check_model(self) -> None:
-        """A prediction type the pipeline converts to ε (a scheduler assigned after loading)."""
-        check_scheduler(self.scheduler)
+        """An Euler scheduler of a prediction type the pipeline converts to ε (one assigned after loading)."""
+        check_euler(self.scheduler)
 
     def encode_prompt(self, prompts: list[str], device) -> Tensor:
         """CLIP hidden states of the prompts followed by the empty prompt: (len(prompts) + 1, L, D)."""

@@ -25,7 +25,7 @@ from transformers import (
 )
 
 from superdiff.output import to_uint8
-from superdiff.pipeline_superdiff import PromptPredictor, SuperDiffMixin, as_euler, check_scheduler
+from superdiff.pipeline_superdiff import PromptPredictor, SuperDiffMixin, as_euler, check_euler
 
 XL_CUSTOM_PIPELINE = __file__  # DiffusionPipeline.from_pretrained(folder, custom_pipeline=XL_CUSTOM_PIPELINE)
 
@@ -69,8 +69,8 @@ class SuperDiffXLPipeline(SuperDiffMixin, StableDiffusionXLPipeline):
         )
 
     def check_model(self) -> None:
-        """A prediction type the pipeline converts to ε (a scheduler assigned after loading)."""
-        check_scheduler(self.scheduler)
+        """An Euler scheduler of a prediction type the pipeline converts to ε (one assigned after loading)."""
+        check_euler(self.scheduler)
 
     def time_ids(self, height: int, width: int, pooled: Tensor) -> Tensor:
         """SDXL's size conditioning (1, 6): original size = target size = (height, width), crop (0, 0)."""

@@ -193,6 +193,7 @@ def test_generator_list_batches_seeds_without_changing_them(pipe):
         ({"prompt_1": "3", "batch_size": 10**9}, "batch_size"),
         ({"prompt_1": "3", "seed": 2**32}, "seed"),  # would repeat seed 0
         ({"prompt_1": "3", "prompt_2": "8", "lift": 1e300}, "lift"),
+        ({"prompt_1": "3", "callback_on_step_end": "print"}, "callback_on_step_end"),
     ],
 )
 def test_bad_inputs_name_the_argument(pipe, kwargs, arg):

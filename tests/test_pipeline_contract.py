@@ -12,8 +12,10 @@ import pytest
 import torch
 from diffusers import (
     DDIMScheduler,
+    DPMSolverMultistepScheduler,
     EDMDPMSolverMultistepScheduler,
     EDMEulerScheduler,
+    EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
 )
@@ -237,9 +239,59 @@ def test_schedules_without_betas_are_refused_not_read_as_linear_betas(family, sc
         other(P1, P2, **SMALL)
 
 
+@pytest.mark.parametrize("family", ["sd", "xl"])
+@pytest.mark.parametrize(
+    "other", [DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler]
+)
+def test_a_ddpm_scheduler_assigned_after_loading_must_be_euler(family, other, pipes):
+    """The diffusers habit pipe.scheduler = X.from_config(...): X's own grid would not be the one sampled."""
+    pipe = type(pipes(family))(**pipes(family).components)
+    euler = pipe.scheduler
+    pipe.scheduler = other.from_config(euler.config)
+    with pytest.raises(
+        ValueError, match=rf"^scheduler: expected an EulerDiscreteScheduler .*got {other.__name__}"
+    ):
+        pipe(P1, P2, **SMALL)
+    karras = dict(use_karras_sigmas=True)  # an Euler scheduler's options apply
+    pipe.scheduler = EulerDiscreteScheduler.from_config(euler.config, **karras)
+    out = pipe(P1, P2, **SMALL)
+    pipe.scheduler.set_timesteps(SMALL["num_inference_steps"])
+    torch.testing.assert_close(out.sigmas, pipe.scheduler.sigmas.to(out.sigmas))
+
+
 @pytest.mark.parametrize("family", ["sd3", "flux"])
 def test_scheduler_assigned_after_loading_is_refused(family):
     pipe = BUILDERS[family]()
     pipe.scheduler = EulerDiscreteScheduler()
     with pytest.raises(ValueError, match="^scheduler"):
         pipe(P1, P2, **SMALL)
+
+
+@pytest.mark.parametrize("family", BUILDERS)
+def test_guidance_below_one_warns_where_it_is_classifier_free(family, pipes):
+    """diffusers reads guidance_scale <= 1 as "no guidance"; here w = 0 is the empty prompt's ε̂ alone."""
+    said = {}
+    for w in (0.0, 0.5, 1.0):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pipes(family)(P1, P2, seed=0, guidance_scale=w, **SMALL)
+        said[w] = [x.filename for x in caught if str(x.message).startswith(f"guidance_scale={w:g}: ")]
+    if family == "flux":  # an input of the transformer, not w of F_i
+        assert said == {0.0: [], 0.5: [], 1.0: []}
+    else:
+        assert said == {0.0: [__file__], 0.5: [__file__], 1.0: []}
+
+
+@pytest.mark.parametrize("family", BUILDERS)
+def test_a_callback_that_cannot_observe_is_refused_before_any_work(family, pipes):
+    from diffusers.callbacks import SDCFGCutoffCallback  # changes the guidance and the embeddings mid-run
+
+    pipe, calls = pipes(family), []
+    denoiser = getattr(pipe, pipe.denoiser_name)
+    with record_calls(denoiser, calls):
+        with pytest.raises(ValueError, match="^callback_on_step_end: expected a function .* got int"):
+            pipe(P1, P2, seed=0, callback_on_step_end=5, **SMALL)
+        cutoff = SDCFGCutoffCallback(cutoff_step_ratio=0.5)
+        with pytest.raises(ValueError, match="^callback_on_step_end: SDCFGCutoffCallback changes the"):
+            pipe(P1, P2, seed=0, callback_on_step_end=cutoff, **SMALL)
+    assert calls == []

@@ -150,6 +150,7 @@ class DigitsPipeline:
             batch_size=batch_size,
             guidance_scale=guidance_scale,
             output_type=output_type,
+            callback_on_step_end=callback_on_step_end,
             lift=lift,
             temperature=temperature,
             log_weights=log_weights,
