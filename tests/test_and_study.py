@@ -24,6 +24,17 @@ def test_study_likelihoods_of_several_labels_in_one_batch_equal_separate_ones(ki
         )
 
 
+def test_a_sample_sees_the_same_probes_under_every_label():
+    """Common random numbers: log q_3 − log q_3 is exactly 0, and each label's row is the same with the other
+    labels alongside or alone (its probes do not depend on its position in the batch)."""
+    dig = DigitModels(ode_steps=6)
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.5
+    same = dig.log_densities("net", (3, 3), x, 0.01, probes=2, seed=5)
+    assert torch.equal(same[0], same[1])
+    alone = dig.log_densities("net", (8,), x, 0.01, probes=2, seed=5)
+    torch.testing.assert_close(dig.log_densities("net", (3, 8), x, 0.01, probes=2, seed=5)[1], alone[0])
+
+
 def toy_run(steps: int, mode: str, seed: int = 0):
     up, down = up_and_down()
     sigmas = geometric_sigmas(20.0, 0.01, steps)

@@ -73,6 +73,8 @@ def log_densities(
     Exact for the Gaussians, else the network's PF-ODE likelihood (``ode_steps`` Heun steps, ``probes``
     Hutchinson probes). The likelihoods of all labels run as one batch: row block c of the stacked samples
     carries label c (the divergence stacks probe copies of the whole batch, so the label pattern tiles along).
+    A sample draws the same probes under every label (common random numbers): the noise of log q_a − log q_b
+    partly cancels (measured on "3" & "8": median error 0.23 → 0.13 nats), and is 0 for a = b.
     """
     if pipe.model == "gaussian":
         gaussians, _ = load_gaussian_models()
@@ -85,6 +87,8 @@ def log_densities(
         return pipe.net(v, s, pattern.repeat(len(v) // len(pattern)))
 
     xs = x.double().repeat(len(labels), *([1] * (x.ndim - 1)))
+    streams = torch.randint(2**62, (len(x),), generator=gen(seed)).tolist()  # one probe stream per sample
+    generators = [gen(s) for _ in labels for s in streams]
     with one_thread():  # a small MLP: more threads only add overhead, and much more on a shared CPU
-        ll = log_likelihood(model, xs, grid, hutchinson=probes, generator=gen(seed))
+        ll = log_likelihood(model, xs, grid, hutchinson=probes, generator=generators)
     return ll.reshape(len(labels), len(x))
