@@ -48,11 +48,21 @@ def show_warning(command: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return run_command(argv)
+    except KeyboardInterrupt:  # each command writes atomically: what it finished is whole, the rest gone
+        command = f" {argv[0]}" if argv[:1] and argv[0] in COMMANDS else ""
+        print(f"superdiff{command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def run_command(argv: list[str]) -> int:
+    """Parse argv (importing only the chosen subcommand's module) and run that subcommand."""
     parser = argparse.ArgumentParser(
         prog="superdiff", description="SuperDiff: superposition of diffusion models."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    argv = sys.argv[1:] if argv is None else argv
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         if argv[:1] == [name]:  # only the chosen subcommand's module is imported
@@ -63,11 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         # diffusers passes huggingface_hub an argument it deprecates: nothing a user of the CLI can change
         warnings.filterwarnings("ignore", message="The `local_dir_use_symlinks` argument is deprecated")
         warnings.showwarning = show_warning(args.command)
-        try:
-            return importlib.import_module(COMMANDS[args.command][0]).run(args)
-        except KeyboardInterrupt:  # each command writes atomically: what it finished is whole, the rest gone
-            print(f"superdiff {args.command}: interrupted", file=sys.stderr)
-            return 130
+        return importlib.import_module(COMMANDS[args.command][0]).run(args)
 
 
 if __name__ == "__main__":

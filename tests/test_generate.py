@@ -149,6 +149,20 @@ def test_ctrl_c_exits_130_with_one_line_and_writes_nothing(tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
+def test_ctrl_c_while_the_command_starts_up_is_one_line_too(monkeypatch, capsys):
+    import superdiff.cli
+
+    def importing(name):  # the subcommand's module (diffusers, torch) takes seconds to import
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(superdiff.cli.importlib, "import_module", importing)
+    try:
+        code = superdiff.cli.main(["generate", "a", "b", "--model", "tiny"])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped the command")
+    assert (code, capsys.readouterr().err) == (130, "superdiff generate: interrupted\n")
+
+
 @pytest.mark.parametrize(
     "options, unused",
     [
