@@ -8,10 +8,12 @@ import json
 import math
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
 import sys
+import time
 import warnings
 from argparse import Namespace
 from pathlib import Path
@@ -131,6 +133,8 @@ def test_seeds_and_methods_specs():
     [
         (["--seeds", "5-1"], "--seeds"),
         (["--methods", "and,joint"], "--methods"),
+        (["--methods", ""], "--methods"),  # not the default methods
+        (["--size", "64"], "--size"),  # the digits model's one size: ignored, it was saved as a setting
         (["--pairs", "nope.csv"], "--pairs"),
         (["--steps", "0"], "--steps"),
         (["--batch-size", "0"], "--batch-size"),
@@ -416,6 +420,23 @@ def test_interrupt_keeps_the_completed_images_and_resumes(tmp_path, capsys, monk
     assert len(read_records(out)) == 5 and "This run: 3 new images" in (out / "summary.md").read_text()
 
 
+def test_sigterm_before_the_first_record_leaves_no_sweep_folder(tmp_path, monkeypatch):
+    """kill (SIGTERM) or a closed terminal (SIGHUP) while the model loads: the claimed folder is released,
+    so a rerun may use other settings."""
+    import superdiff.sweep.run
+
+    def killed_while_loading(cfg, state):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # the signal's handler raises here
+
+    monkeypatch.setattr(superdiff.sweep.run, "sample", killed_while_loading)
+    out = tmp_path / "sweep"
+    with pytest.raises(SystemExit) as stopped:
+        superdiff_main(["sweep", *ONE_DIGITS_AND, "--out", str(out)])
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert not out.exists()
+
+
 def test_csv_cells_that_a_spreadsheet_would_run_are_made_text():
     rows = [{"prompt_1": '=HYPERLINK("http://x")', "prompt_2": "-a dog", "p": "@x", "q": "+1", "lift": -1.5}]
     parsed = next(csv.DictReader(io.StringIO(to_csv(rows))))
@@ -431,13 +452,17 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_made_text():
 # ----------------------------------------------------------------------------- processes, crash, resume
 
 
+def two_process_launcher() -> list[str]:
+    """accelerate launch (torchrun) with 2 CPU processes on a free port."""
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return launcher + ["--main_process_port", str(free_port())]
+
+
 def test_two_processes_write_every_item_exactly_once(tmp_path, two_pairs):
     """accelerate launch (torchrun) with 2 CPU processes vs one plain process: same items, same images."""
     args = [*SMALL, "--pairs", two_pairs, "--batch-size", "2"]
-    port = str(free_port())
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    launcher += ["--main_process_port", port]
+    launcher = two_process_launcher()
     two, one = tmp_path / "two", tmp_path / "one"
     run = sweep(two, *args, launcher=launcher)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -459,6 +484,21 @@ def test_two_processes_write_every_item_exactly_once(tmp_path, two_pairs):
     for key in keys:  # the split does not change an image: per-image seeds
         assert np.array_equal(pixels(two / "images" / f"{key}.png"), pixels(one / "images" / f"{key}.png"))
     assert "on 2 process(es)" in (two / "summary.md").read_text()
+
+
+def test_a_refused_out_stops_every_process_before_any_model_loads(tmp_path):
+    """Only the main process claims --out; the others learn its answer instead of loading the model and
+    then failing in gloo when it exits."""
+    (tmp_path / "notes.txt").write_text("mine")
+    run = sweep(tmp_path, *SMALL, launcher=two_process_launcher())
+    assert run.returncode != 0
+    ours = [line for line in run.stderr.splitlines() if line.startswith("superdiff sweep")]
+    assert ours == [
+        f"superdiff sweep [process 0]: error: --out: {str(tmp_path)!r} holds files but no sweep.json "
+        "(e.g. 'notes.txt'), so it is not a sweep folder; use a new or empty folder"
+    ]
+    assert "Connection closed" not in run.stderr and "[rank1]" not in run.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
 def test_crash_then_resume_finishes_without_duplicates_or_corrupt_files(tmp_path, two_pairs):

@@ -1,7 +1,7 @@
 """Evaluation sweeps: prompt pairs × methods × seeds, sampled across processes with accelerate and scored.
 
 superdiff sweep --model digits                                    # offline, CPU, one process
-accelerate launch --cpu --num_processes 2 -m superdiff.sweep --model digits
+accelerate launch --multi_gpu --num_processes 2 -m superdiff.sweep --model digits   # 2 CPU processes
 accelerate launch --num_processes 8 -m superdiff.sweep --pairs paper   # SD v1-4 on 8 GPUs, CLIP scores
 """
 

@@ -119,6 +119,8 @@ def config(args):
         scorer = "digits" if digits else "none" if args.model == "tiny" else "clip"
     if scorer == "digits" and not digits:
         raise ValueError("--scorer: the digits classifier scores --model digits only")
+    if digits and args.size is not None:
+        raise ValueError("--size: the digits model makes 64×64 images; leave it out")
     check_size(args.size, args.max_size)  # the range first, then the family's multiple from the config
     # --model's pipeline class, from its config alone (no weights), read once and only where needed
     needed = args.size is not None or args.guidance_scale is None
@@ -130,9 +132,10 @@ def config(args):
         check_digit_pairs(pairs)
     if args.fast and digits:
         raise ValueError("--fast: compiles a Stable Diffusion denoiser; the digits model runs eager")
+    methods = default_methods if args.methods is None else parse_methods(args.methods, joint=not digits)
     return SweepConfig(
         pairs=pairs,
-        methods=parse_methods(args.methods, joint=not digits) if args.methods else default_methods,
+        methods=methods,
         seeds=parse_seeds(args.seeds),
         out=args.out,
         model=args.model,
@@ -154,12 +157,14 @@ def config(args):
 def run(args) -> int:
     """Entry point: 0 when the sweep and its summary are written, 2 with a one-line message on bad input,
     130 when interrupted (Ctrl-C)."""
-    from .run import run_sweep, sweep_state
+    from .run import Refused, run_sweep, sweep_state
 
     state = sweep_state()
     who = f" [process {state.process_index}]" if state.num_processes > 1 else ""
     try:
         timing = run_sweep(config(args), state)
+    except Refused:  # the main process printed why
+        return 2
     except (ValueError, OSError, MemoryError) as err:  # bad arguments, weights unavailable, unwritable folder
         message = (
             "out of memory; try a smaller --batch-size or --size" if isinstance(err, MemoryError) else err

@@ -22,16 +22,16 @@ import logging
 import math
 import os
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from accelerate.utils import parse_flag_from_env
+from accelerate.utils import broadcast_object_list, parse_flag_from_env
 from tqdm.auto import tqdm
 
-from .._io import TEMP_SUFFIX, png, remove_stale_temps, stage, text, write_atomically
+from .._io import TEMP_SUFFIX, png, remove_stale_temps, stage, terminate_as_exit, text, write_atomically
 from ..limits import LIMITS, MAX_GUIDANCE, MAX_MAGNITUDE
 from ..pipeline_common import check_finite, check_int
 from ..pipeline_superdiff import JOINT_TEMPLATE
@@ -428,20 +428,46 @@ def sample(cfg: SweepConfig, state: PartialState) -> dict:
     return {"images": len(todo), "seconds": time.perf_counter() - start, "processes": state.num_processes}
 
 
+class Refused(ValueError):
+    """The main process refused --out and said why; the other processes stop without a word."""
+
+
+def claim_for_all(cfg: SweepConfig, state: PartialState, lock: ExitStack) -> list[Path]:
+    """The main process claims --out and takes its lock (into ``lock``); every process learns whether it
+    could before any model loads. Returns what the claim created."""
+    created, refusal = [], None
+    if state.is_main_process:
+        try:
+            created = claim(cfg)
+            lock.enter_context(held(cfg))
+        except ValueError as err:
+            if created:
+                release(cfg, created, state.process_index)
+            refusal = err
+    if state.num_processes > 1:
+        said = broadcast_object_list([None if refusal is None else str(refusal)], from_process=0)
+        if said[0] is not None and not state.is_main_process:
+            raise Refused(said[0])
+    if refusal is not None:
+        raise refusal
+    return created
+
+
 def run_sweep(cfg: SweepConfig, state: PartialState | None = None) -> dict:
     """Sample and score every pending item of the sweep on this process's share; returns the run's timing.
 
-    A failure before the first record (models unavailable, a size too large) leaves no sweep folder behind.
+    A failure before the first record (models unavailable, a size too large, SIGTERM) leaves no sweep folder
+    behind.
     """
     state = state or sweep_state()
-    created = claim(cfg) if state.is_main_process else []
-    try:
-        with held(cfg) if state.is_main_process else nullcontext():
+    with terminate_as_exit(), ExitStack() as lock:
+        created = claim_for_all(cfg, state, lock)
+        try:
             timing = sample(cfg, state)
             if state.is_main_process:
                 write_summary(cfg, load_records(cfg), timing)
-    except BaseException:
-        if created:
-            release(cfg, created, state.process_index)
-        raise
+        except BaseException:
+            if created:
+                release(cfg, created, state.process_index)
+            raise
     return timing
