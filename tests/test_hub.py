@@ -73,6 +73,16 @@ def test_an_unreachable_hub_is_answered_from_the_cache_at_once(hub_down, tmp_pat
     assert time.perf_counter() - start < 10
 
 
+def test_the_sweeps_clip_scorer_is_answered_from_the_cache_at_once_too(hub_down, tmp_path, monkeypatch):
+    from superdiff.sweep.scoring import ClipScorer
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    start = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError, match="openai/clip-vit-base-patch32"):
+        ClipScorer.from_pretrained("openai/clip-vit-base-patch32")
+    assert time.perf_counter() - start < 10
+
+
 def test_behind_a_proxy_the_hub_is_assumed_reachable(hub_down, monkeypatch):
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example.org:3128")
     assert offline_kwargs("CompVis/stable-diffusion-v1-4") == {}

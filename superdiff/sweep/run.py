@@ -416,7 +416,8 @@ def sample_share(cfg: SweepConfig, state: PartialState, pipe, scorer, todo: list
 def sample(cfg: SweepConfig, state: PartialState) -> dict:
     """Load the models, then sample and score this process's share of the pending items; the run's timing."""
     device = str(state.device)
-    pipe, scorer = load_pipeline(cfg, device), load_scorer(cfg.scorer, cfg.clip_model, device)
+    scorer = load_scorer(cfg.scorer, cfg.clip_model, device)  # first: unavailable CLIP weights fail fast
+    pipe = load_pipeline(cfg, device)
     todo = prepare(cfg, state)
     progress, start = Progress(cfg, todo, state), time.perf_counter()
     try:

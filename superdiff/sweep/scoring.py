@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..hub import explain_unavailable
+from ..hub import explain_unavailable, offline_kwargs
 from ..output import SuperDiffOutput
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
@@ -28,8 +28,10 @@ class ClipScorer:
         """CLIPModel and CLIPProcessor from a Hub id or local folder; a one-line error if unreachable."""
         from transformers import CLIPModel, CLIPProcessor
 
+        offline = offline_kwargs(name)  # an unreachable Hub: the cache answers at once, not after ~30 s
         with explain_unavailable(name):
-            return cls(CLIPModel.from_pretrained(name), CLIPProcessor.from_pretrained(name), device)
+            model = CLIPModel.from_pretrained(name, **offline)
+            return cls(model, CLIPProcessor.from_pretrained(name, **offline), device)
 
     @torch.no_grad()
     def __call__(self, out: SuperDiffOutput, prompts: list[str]) -> Tensor:
