@@ -111,11 +111,16 @@ def _stage_and_rename(writes, before_rename) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def png(obj, dpi: int = 120) -> Writer:
-    """Writer of a PIL image or a matplotlib figure as PNG."""
+def png(obj, dpi: int = 120, info: dict[str, str] | None = None) -> Writer:
+    """Writer of a PIL image (``info``: its PNG text chunks) or a matplotlib figure as PNG."""
     if hasattr(obj, "savefig"):
         return lambda tmp: obj.savefig(tmp, format="png", bbox_inches="tight", dpi=dpi)
-    return lambda tmp: obj.save(tmp, format="png")
+    from PIL.PngImagePlugin import PngInfo
+
+    chunks = PngInfo()
+    for key, value in (info or {}).items():
+        chunks.add_itxt(key, value)  # international text: UTF-8 prompts
+    return lambda tmp: obj.save(tmp, format="png", pnginfo=chunks)
 
 
 def text(content: str) -> Writer:

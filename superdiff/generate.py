@@ -3,19 +3,23 @@
     superdiff generate "a flamingo" "a candy cane" --mode and --lift 0 --steps 1000 --seed 1 \\
         --out flamingo.png
 
-writes flamingo.png (flamingo_0.png, flamingo_1.png, ... for --batch-size > 1) and flamingo_kappa.png.
+writes flamingo.png (flamingo_0.png, flamingo_1.png, ... for --batch-size > 1) and flamingo_kappa.png;
+each image's PNG text chunk "superdiff" holds the call that made it, seed included (JSON). Existing
+files are kept unless --overwrite.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import secrets
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 from ._io import check_targets, check_writable, png, write_atomically
 from .hub import dtype_kwarg, explain_unavailable, offline_kwargs
-from .limits import LIMITS, MAX_SIZE
+from .limits import LIMITS, MAX_SEED, MAX_SIZE
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 OFFLINE_MODELS = {
@@ -56,7 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--steps", type=int, default=1000, help=f"sampling steps (default 1000, at most {LIMITS.steps})"
     )
     parser.add_argument(
-        "--seed", type=int, default=None, help="random seed, 0 to 2**32 − 1 (default: random)"
+        "--seed",
+        type=int,
+        default=None,
+        help="random seed, 0 to 2**32 − 1 (default: a random one, printed and saved in the PNG)",
     )
     parser.add_argument(
         "--batch-size", type=int, default=1, help=f"images per run (default 1, at most {LIMITS.batch_size})"
@@ -79,6 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="superdiff_output.png",
         help="output image (PNG); the κ plot goes next to it as <name>_kappa.png",
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace output files that exist")
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
@@ -115,8 +123,9 @@ def limits(args):
     return replace(LIMITS, size=args.max_size)
 
 
-def output_paths(out: str, batch_size: int) -> tuple[list[Path], Path]:
-    """(image paths, κ plot path): out itself for one image, out_<i> for several; out_kappa for the plot."""
+def output_paths(out: str, batch_size: int, overwrite: bool = False) -> tuple[list[Path], Path]:
+    """(image paths, κ plot path): out itself for one image, out_<i> for several; out_kappa for the plot.
+    A file that exists is refused unless ``overwrite`` (an earlier result is not lost by accident)."""
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out: expected a .png file name, got {str(out)!r}")
@@ -124,7 +133,20 @@ def output_paths(out: str, batch_size: int) -> tuple[list[Path], Path]:
     images = [out] if batch_size == 1 else [out.with_name(f"{out.stem}_{i}.png") for i in range(batch_size)]
     paths = images + [out.with_name(f"{out.stem}_kappa.png")]
     check_targets(paths, "--out")
+    existing = [path for path in paths if path.exists()]
+    if existing and not overwrite:
+        first = repr(str(existing[0]))
+        which = f"{first} and {len(existing) - 1} more exist" if existing[1:] else f"{first} exists"
+        raise ValueError(f"--out: {which}; pass --overwrite to replace, or choose another --out")
     return images, paths[-1]
+
+
+def settings(args, call: dict, index: int) -> str:
+    """The PNG text chunk "superdiff" of image ``index``: the pipeline call that made it (JSON)."""
+    from . import __version__
+
+    model = {"prompts": args.prompts, "model": args.model, "dtype": args.dtype, "guidance_scale": None}
+    return json.dumps({**model, **call, "index": index, "superdiff": __version__}, ensure_ascii=False)
 
 
 def pick_device(device: str) -> str:
@@ -311,7 +333,10 @@ def generate(args) -> list[Path]:
     """Validate, load, sample, plot κ, write; returns the written paths."""
     check_arguments(args)
     warn_unused(args)
-    images, kappa_path = output_paths(args.out, args.batch_size)
+    images, kappa_path = output_paths(args.out, args.batch_size, args.overwrite)
+    if args.seed is None:  # chosen here, so that it can be printed and saved
+        args.seed = secrets.randbelow(MAX_SEED + 1)
+        print(f"superdiff generate: seed {args.seed} (--seed {args.seed} repeats this run)", file=sys.stderr)
     device = pick_device(args.device)
     cls = model_class(args.model)
     if cls is not None and cls.SIZE_MULTIPLE != 8:  # SD3, Flux: sizes in multiples of 16
@@ -327,9 +352,11 @@ def generate(args) -> list[Path]:
     import matplotlib.pyplot as plt
 
     fig = kappa_figure(out, args)
-    pngs = list(zip(images, out.to_pil(), strict=True)) + ([(kappa_path, fig)] if fig else [])
+    named = enumerate(zip(images, out.to_pil(), strict=True))
+    pngs = [(path, png(image, info={"superdiff": settings(args, kwargs, i)})) for i, (path, image) in named]
+    pngs += [(kappa_path, png(fig))] if fig else []
     try:
-        write_atomically([(path, png(obj)) for path, obj in pngs])
+        write_atomically(pngs)
     finally:
         if fig is not None:
             plt.close(fig)

@@ -1,5 +1,7 @@
 """``superdiff generate``: images and the κ plot on disk, clear errors and nothing half-written otherwise."""
 
+import json
+
 import huggingface_hub.constants
 import pytest
 from PIL import Image
@@ -49,6 +51,39 @@ def test_same_seed_same_image(tmp_path):
     generate(tmp_path, out="a.png")
     generate(tmp_path, out="b.png")
     assert Image.open(tmp_path / "a.png").tobytes() == Image.open(tmp_path / "b.png").tobytes()
+
+
+def test_existing_results_are_kept_unless_overwrite(tmp_path, capsys, monkeypatch):
+    import superdiff.generate
+
+    assert generate(tmp_path, "--batch-size", "2") == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    capsys.readouterr()
+    loaded = superdiff.generate.load
+    monkeypatch.setattr(superdiff.generate, "load", lambda *a, **k: pytest.fail("loaded before the refusal"))
+    assert generate(tmp_path, "--batch-size", "2", "--seed", "2") == 2
+    assert capsys.readouterr().err == (
+        f"superdiff generate: error: --out: {str(tmp_path / 'flamingo_0.png')!r} and 2 more exist; pass "
+        "--overwrite to replace, or choose another --out\n"
+    )
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    monkeypatch.setattr(superdiff.generate, "load", loaded)
+    assert generate(tmp_path, "--batch-size", "2", "--seed", "2", "--overwrite") == 0
+    assert (tmp_path / "flamingo_0.png").read_bytes() != before["flamingo_0.png"]
+
+
+def test_without_seed_one_is_chosen_printed_and_saved_so_the_run_repeats(tmp_path, capsys):
+    options = ["generate", "a flamingo", "a candy cane", "--model", "tiny", "--steps", "3", "--lift", "1"]
+    assert main([*options, "--out", str(tmp_path / "random.png")]) == 0
+    said = capsys.readouterr().err
+    seed = int(said.split("superdiff generate: seed ")[1].split()[0])
+    saved = json.loads(Image.open(tmp_path / "random.png").text["superdiff"])
+    assert saved["seed"] == seed and saved["prompts"] == ["a flamingo", "a candy cane"]
+    assert (saved["lift"], saved["num_inference_steps"], saved["height"], saved["index"]) == (1.0, 3, 64, 0)
+    assert main([*options, "--seed", str(seed), "--out", str(tmp_path / "again.png")]) == 0
+    assert "seed" not in capsys.readouterr().err  # given, so not announced
+    pixels = [Image.open(tmp_path / name).tobytes() for name in ("random.png", "again.png")]
+    assert pixels[0] == pixels[1]
 
 
 def test_digits_model_when_installed(tmp_path):
