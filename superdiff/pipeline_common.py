@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .limits import LIMITS, MAX_GUIDANCE, MAX_SEED, Limits
 from .output import SuperDiffOutput, format_images
-from .sampling import SuperpositionResult, check_generator, check_superpose_args
+from .sampling import StopSampling, SuperpositionResult, check_generator, check_superpose_args
 
 SUPERPOSITIONS = ("and", "or", "avg")  # κ from the core
 SINGLE_PROMPT = "prompt_<k>"  # the baseline "prompt_k": prompt k alone
@@ -166,7 +166,8 @@ def step_callback(
     callback_kwargs: {"latents", "kappa" (B, N), "log_q" (B, N), "sigma"} of the N prompts (models past
     them, e.g. a joint prompt, are cut off); timestep: ``timesteps[step]``, or σ if None (digits have no t).
     ``on_step()`` runs first at every step (a progress bar). The callback gets copies, and its return value
-    is ignored: it cannot change the trajectory (κ and log q would no longer describe it).
+    is ignored: it cannot change the trajectory (κ and log q would no longer describe it). As in diffusers,
+    ``pipe._interrupt = True`` (set by the callback, or another thread) ends sampling after this step.
     """
     if callback is None and on_step is None:
         return None
@@ -179,6 +180,8 @@ def step_callback(
             kwargs = {"latents": state["x"].clone(), "kappa": kappa, "log_q": log_q, "sigma": state["sigma"]}
             t = state["sigma"] if timesteps is None else timesteps[state["i"]]
             callback(pipe, state["i"], t, kwargs)
+        if getattr(pipe, "_interrupt", False):
+            raise StopSampling
 
     return hook
 

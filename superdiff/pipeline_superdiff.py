@@ -309,6 +309,12 @@ class SuperDiffMixin:
     denoiser_name = "unet"  # the component that predicts: "unet", or "transformer" (SD3)
     classifier_free = True  # guidance_scale is w of F_i = ε̂_∅ + w·(ε̂_i − ε̂_∅) (Flux: an embedded input)
 
+    @property
+    def interrupt(self) -> bool:
+        """diffusers' stop flag: ``pipe._interrupt = True`` (e.g. in ``callback_on_step_end``) ends sampling
+        after the current step; the output then covers the steps taken (its images still noisy)."""
+        return getattr(self, "_interrupt", False)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """``DiffusionPipeline.from_pretrained``; a one-line error if the weights are unreachable.
@@ -471,7 +477,8 @@ class SuperDiffMixin:
             joint_prompt: the prompt of mode "joint" (default "{prompt_1} that looks like {prompt_2}").
             callback_on_step_end: ``f(pipe, step, timestep, callback_kwargs)`` after every step, with
                 ``callback_kwargs = {"latents", "kappa" (B, N), "log_q" (B, N), "sigma"}`` (copies); its
-                return value is ignored (the trajectory cannot be changed from a callback).
+                return value is ignored (the trajectory cannot be changed from a callback); setting
+                ``pipe._interrupt = True`` there ends sampling after that step, as in diffusers.
 
         Returns:
             SuperDiffOutput: images, kappa (n, B, N) float32 and log_q (n + 1, B, N) float64 on CPU, sigmas,
@@ -516,6 +523,7 @@ class SuperDiffMixin:
         n_models = len(prompts + extra)  # "joint": its prompt is model N + 1, the one x moves with
         predictor = self.make_predictor(context, n_models, guidance_scale, sigmas, timesteps.to(device))
         latents = self.start_latents(batch_size, height, width, sigmas[0].item(), generator, device)
+        self._interrupt = False
         with self.progress_bar(total=len(timesteps)) as bar:
             callback = step_callback(self, callback_on_step_end, len(prompts), timesteps, bar.update)
             options = superpose_options(core_mode, kappa, lift, temperature, log_weights)

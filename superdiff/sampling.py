@@ -202,6 +202,10 @@ def warn_if_lift_missed(log_q: Tensor, lift: Tensor, n: int) -> None:
 # ----------------------------------------------------------------------------- the sampler
 
 
+class StopSampling(Exception):
+    """Raised by a :func:`superpose` callback: end after this step (the result covers the steps taken)."""
+
+
 @dataclass
 class SuperpositionResult:
     """Samples with the traces that explain them."""
@@ -361,7 +365,8 @@ def superpose(
             Σ w_i q_i / Σ w_j, other T scale the prior too.
         generator: torch generator for the step noise, or a list of B (one per sample).
         progress: show a tqdm bar.
-        callback: called after every step with ``{"i", "sigma", "x", "kappa", "log_q"}``.
+        callback: called after every step with ``{"i", "sigma", "x", "kappa", "log_q"}``; raising
+            :class:`StopSampling` ends the run there (σ, κ and log q then cover the steps taken).
         kappa: mode "fixed" only, one weight per model, summing to 1.
     """
     predictor = _as_predictor(models)
@@ -379,7 +384,8 @@ def superpose(
     fixed = torch.full((n_models,), 1.0 / n_models) if fixed is None else fixed  # "avg" is "fixed" at 1/N
     fixed = fixed.to(x.device, work).expand_as(log_q)
     kappas, log_qs = [], [log_q]
-    for i in tqdm(range(n), disable=not progress, desc=f"SuperDiff {mode.upper()}"):
+    steps = tqdm(range(n), disable=not progress, desc=f"SuperDiff {mode.upper()}")
+    for i in steps:
         sigma, dsigma = sigmas[i].item(), (sigmas[i + 1] - sigmas[i]).item()
         pred = predictor(x, sigma)
         pred = Prediction(pred.eps.to(work), pred.field.to(work))
@@ -396,11 +402,16 @@ def superpose(
         kappas.append(kappa)
         log_qs.append(log_q)
         if callback is not None:
-            callback({"i": i, "sigma": sigma, "x": x, "kappa": kappa, "log_q": log_q})
-    result = SuperpositionResult(x, torch.stack(kappas), torch.stack(log_qs), sigmas)
+            try:
+                callback({"i": i, "sigma": sigma, "x": x, "kappa": kappa, "log_q": log_q})
+            except StopSampling:
+                break
+    steps.close()
+    taken = len(kappas)
+    result = SuperpositionResult(x, torch.stack(kappas), torch.stack(log_qs), sigmas[: taken + 1])
     if not x.is_meta:
         check_finite_result(result)
-    if lifted:
+    if lifted and taken == n:  # a stopped run is short of its lift by design
         warn_if_lift_missed(log_q, lift, n)
     return result
 

@@ -287,3 +287,12 @@ def test_non_finite_sampling_raises_instead_of_black_images(pipe, monkeypatch):
     monkeypatch.setattr(pipe, "predictor", overflowing)
     with pytest.raises(NonFiniteError, match="NaN or infinite"):
         pipe("3", "8", seed=0, num_inference_steps=3)
+
+
+def test_interrupt_ends_a_digits_run_and_the_next_call_runs_whole(pipe):
+    def stop(p, i, sigma, kw):
+        p._interrupt = i == 1
+
+    assert pipe("3", "8", seed=0, num_inference_steps=10, callback_on_step_end=stop).kappa.shape[0] == 2
+    watch = lambda p, i, sigma, kw: None  # noqa: E731  (a callback that leaves the flag alone)
+    assert pipe("3", "8", seed=0, num_inference_steps=10, callback_on_step_end=watch).kappa.shape[0] == 10

@@ -295,3 +295,29 @@ def test_a_callback_that_cannot_observe_is_refused_before_any_work(family, pipes
         with pytest.raises(ValueError, match="^callback_on_step_end: SDCFGCutoffCallback changes the"):
             pipe(P1, P2, seed=0, callback_on_step_end=cutoff, **SMALL)
     assert calls == []
+
+
+@pytest.mark.parametrize("family", BUILDERS)
+def test_interrupt_from_the_callback_ends_sampling_after_that_step(family, pipes):
+    """diffusers' convention for a UI's Stop button: pipe._interrupt = True in callback_on_step_end."""
+    pipe, calls = pipes(family), []
+
+    def stop_at_2(pipe, step, timestep, kwargs):
+        pipe._interrupt = step == 2
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the tiny Flux misses lift 1 by 0.1 nats in 6 steps
+        full = pipe(P1, P2, seed=0, lift=1.0, **SMALL)
+    denoiser = getattr(pipe, pipe.denoiser_name)
+    with record_calls(denoiser, calls), warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a stopped run does not reach its lift: no warning
+        stopped = pipe(P1, P2, seed=0, lift=1.0, callback_on_step_end=stop_at_2, **SMALL)
+    assert pipe.interrupt and len(calls) == 3
+    assert stopped.kappa.shape[0] == 3 and stopped.log_q.shape[0] == len(stopped.sigmas) == 4
+    torch.testing.assert_close(stopped.kappa, full.kappa[:3])
+    torch.testing.assert_close(stopped.log_q, full.log_q[:4])
+    assert stopped.images.shape == full.images.shape
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        again = pipe(P1, P2, seed=0, lift=1.0, **SMALL)  # the next call starts with the flag down
+    assert not pipe.interrupt and torch.equal(again.kappa, full.kappa)

@@ -376,3 +376,17 @@ def test_traces_resolve_small_gaps_where_log_q_is_of_order_a_million():
 def test_traces_are_float64_except_on_mps_which_has_none():
     assert trace_dtype("cpu") == trace_dtype("cuda:0") == torch.float64
     assert trace_dtype("mps") == torch.float32
+
+
+def test_a_callback_raising_stop_sampling_ends_the_run_with_the_steps_taken():
+    from superdiff import StopSampling
+
+    def stop_after_5(step):
+        if step["i"] == 4:
+            raise StopSampling
+
+    full = run([UP, DOWN], n=20, batch=8, lift=2.0)
+    part = run([UP, DOWN], n=20, batch=8, lift=2.0, callback=stop_after_5)  # short of its lift: no warning
+    assert part.kappa.shape == (5, 8, 2) and part.log_q.shape == (6, 8, 2)
+    torch.testing.assert_close(part.sigmas, full.sigmas[:6])
+    torch.testing.assert_close(part.log_q, full.log_q[:6])

@@ -162,6 +162,7 @@ class DigitsPipeline:
         x = sigmas[0].item() * randn_like(torch.empty(int(batch_size), 1, 8, 8), generator)
         predictor = self.predictor(labels, float(guidance_scale))
         callback = step_callback(self, callback_on_step_end, len(labels))
+        self._interrupt = False  # pipe._interrupt = True in the callback ends sampling (diffusers' flag)
         with one_thread():
             options = superpose_options(core_mode, kappa, lift, temperature, log_weights)
             result = superpose(
