@@ -974,7 +974,9 @@ network's AND gap and own-path error with the shipped network's. The penalty's w
 against the sharpness of the density; the fine-tune without the penalty (weight 0) changes nothing, so
 the gain is the penalty's. Measured once, on the pairs of this table, with `python -m
 superdiff.digits.train --variant fokker_planck --fp-weight W [--steps N] [--fp-sigma-min S] --out
-fpW.safetensors` (or `--variant fokker_planck_scratch`) and `--candidate` (held-out log q as in (c)):
+fpW.safetensors` (or `--variant fokker_planck_scratch`) and `--candidate` (held-out log q as in (c)),
+before the judge drew the same Hutchinson probes for both labels of a sample; since then its gaps move by
+up to 0.3 nats (the weight-10 row re-measured: 1.13, 2.33, +3.9 in the table above):
 
 | weight | score FPE residual | AND: median abs gap | avg: median abs gap | own-path error | held-out log q |
 |---|---|---|---|---|---|
@@ -1000,7 +1002,7 @@ weight-10 fine-tune on both counts (AND 1.49 vs 1.10, held-out log q 24.1 vs 31.
 
 Where the penalty acts moves the network along the same trade-off, not off it. Penalised only at
 σ ≥ 0.3, the network keeps the shipped network's held-out likelihood (57.4) and AND ends 2.32 nats from
-equal density instead of 5.32, but averaging ends nearly as close (2.75), and the residual below σ = 0.3
+equal density instead of about 5, but averaging ends nearly as close (2.75), and the residual below σ = 0.3
 grows (0.185 over all σ, shipped 0.079). Penalised at σ ≥ 0.1, weights 10 and 30 land next to the
 full-range weights 3 and 10 (AND 1.59 at held-out log q 49.4; 1.00 at 24.1). Every network tried that
 ends AND within about a nat of equal density has a density near or below the Gaussians' (27 nats).
@@ -1056,7 +1058,7 @@ def main(argv: list[str] | None = None) -> int:
         "--section",
         choices=("all", "f"),
         default="all",
-        help="f: rerun section (f) alone (about 7 min, 2 cores) and replace it in the --out report",
+        help="f: rerun section (f) alone (4–7 min, 2 cores) and replace it in the --out report",
     )
     args = parser.parse_args(argv)
     for path in args.candidate:
