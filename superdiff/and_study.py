@@ -1008,16 +1008,16 @@ full-range weights 3 and 10 (AND 1.59 at held-out log q 49.4; 1.00 at 24.1). Eve
 ends AND within about a nat of equal density has a density near or below the Gaussians' (27 nats).
 
 Neither a gradient-field network nor a wider, longer-trained one is more consistent (the latter measured
-once, with the commands above and the judge before the change, on the pairs of this table: AND
-24.06 ± 3.77 vs averaging 20.57 ± 1.78 nats, own-path error +840.7, sd 166.5). The wider one memorises the training digits: its held-out
-denoising loss is 0.91 (shipped network: 0.36) and its held-out log q −90.5 nats per image. Fine-tuned
-on the penalty as the shipped network was (2000 steps, weight 10; a script, not a CLI variant), it ends
-at AND 2.33 ± 0.15 vs averaging 3.38 ± 0.22, own-path error +93.6 (sd 39.5), held-out log q 24.7: worse
-than the shipped network's fine-tune on every count. The classifier scores AND and averaging alike on
-the shipped network and on the Gaussians ((b)), and AND a little higher on the Fokker–Planck network
-(the table): equal density under two models is not what it measures. The demo keeps the shipped network
-for its sharper density; `load_pipeline("fokker_planck")` is the network on which AND's promise nearly
-holds.
+once, with the commands above and the judge before the change, on the pairs of this table: AND 24.06 ±
+3.77 vs averaging 20.57 ± 1.78 nats, own-path error +840.7, sd 166.5). The wider one memorises the
+training digits: its held-out denoising loss is 0.91 (shipped network: 0.36) and its held-out log q
+−90.5 nats per image. Fine-tuned on the penalty as the shipped network was (2000 steps, weight 10; a
+script, not a CLI variant), it ends at AND 2.33 ± 0.15 vs averaging 3.38 ± 0.22, own-path error +93.6
+(sd 39.5), held-out log q 24.7: worse than the shipped network's fine-tune on every count. The
+classifier scores AND and averaging alike on the shipped network and on the Gaussians ((b)), and AND a
+little higher on the Fokker–Planck network (the table): equal density under two models is not what it
+measures. The demo keeps the shipped network for its sharper density; `load_pipeline("fokker_planck")`
+is the network on which AND's promise nearly holds.
 
 ## (e) Steps
 
