@@ -14,7 +14,12 @@ from superdiff.generate import pipeline_class
 from superdiff.pipeline_sd3 import calculate_shift
 from superdiff.testing import tiny_flux_pipeline
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),  # see conftest.py
+    # the tiny random Flux misses even lift 0 by about 0.05 nats in 6 steps (up to 0.06 under the model
+    # card's diffusers), at the warning's edge; the warning itself is tested in test_sampling.py
+    pytest.mark.filterwarnings("ignore:lift. the estimated:RuntimeWarning"),
+]
 
 pipe = pipe_fixture(tiny_flux_pipeline)
 
@@ -26,7 +31,6 @@ pipe = pipe_fixture(tiny_flux_pipeline)
 # ----------------------------------------------------------------------------- one batched call, guidance
 
 
-@pytest.mark.filterwarnings("ignore:lift. the estimated:RuntimeWarning")  # 6 steps of 3 prompts: 0.054 nats
 @pytest.mark.parametrize("prompts", [(P1, P2), ([P1, P2, "a zebra"], None)])
 def test_one_batched_transformer_call_per_step_without_an_empty_prompt(pipe, prompts):
     calls = []
@@ -45,7 +49,6 @@ def test_one_batched_transformer_call_per_step_without_an_empty_prompt(pipe, pro
     torch.testing.assert_close(t[1:], pipe.scheduler.timesteps[1:].double() / 1000, atol=1e-6, rtol=0)
 
 
-@pytest.mark.filterwarnings("ignore:lift. the estimated:RuntimeWarning")  # not what this test is about
 def test_guidance_scale_defaults_to_flux_and_schnell_gets_none():
     for guidance_embeds, expected in ((True, 3.5), (False, None)):
         pipe, calls = tiny_flux_pipeline(guidance_embeds=guidance_embeds), []
