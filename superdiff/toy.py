@@ -10,11 +10,17 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 
+def _noise_level(sigma, x: Tensor) -> Tensor:
+    """σ as a tensor in x's dtype, finite and >= 0 (a negative σ would flip ε̂ = −σ·score); else ValueError."""
+    s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    if not bool(((s >= 0) & (s < math.inf)).all()):
+        raise ValueError(f"sigma: expected finite noise levels >= 0, got {sigma!r}")
+    return s
+
+
 def _sigma2(sigma, x: Tensor) -> Tensor:
     """σ² in x's dtype: a scalar, or (B, 1) for one σ per sample (then differentiable in σ)."""
-    s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-    if not bool(((s >= 0) & (s < math.inf)).all()):  # a negative σ would flip ε̂ = −σ·score
-        raise ValueError(f"sigma: expected finite noise levels >= 0, got {sigma!r}")
+    s = _noise_level(sigma, x)
     return s.square() if s.ndim == 0 else s.reshape(-1, 1).square()
 
 
@@ -79,7 +85,7 @@ class _VEMixture:
 
     def sample(self, n: int, sigma: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
         """n exact samples of q_σ, flat (n, D), float64."""
-        _sigma2(sigma, self.means)
+        _noise_level(sigma, self.means)
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         return self.means[k] + self._noise_of(k, z, sigma)
