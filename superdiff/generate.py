@@ -238,10 +238,12 @@ def call_kwargs(args) -> dict:
         seed=args.seed,
         num_inference_steps=args.steps,
         batch_size=args.batch_size,
-        lift=args.lift,
         mode=args.mode,
-        temperature=args.temperature,
     )
+    if args.mode == "and":  # each acts in its mode only (warn_unused says so of the others)
+        kwargs.update(lift=args.lift)
+    if args.mode == "or":
+        kwargs.update(temperature=args.temperature)
     if args.guidance_scale is not None:  # None: the pipeline's default
         kwargs.update(guidance_scale=args.guidance_scale)
     return kwargs
@@ -277,6 +279,8 @@ def check_arguments(args, cls=None) -> None:
     prompt_1, prompt_2 = split_prompts(args.prompts)
     from superdiff.pipeline_common import check_int
 
+    checked = {**call_kwargs(args), "lift": args.lift, "temperature": args.temperature}  # in every mode
+
     check_int("--max-size", args.max_size, 64, high=MAX_SIZE)
     try:
         if args.model == "digits":
@@ -284,13 +288,13 @@ def check_arguments(args, cls=None) -> None:
 
             if args.height is not None or args.width is not None:
                 raise ValueError("--height, --width: the digits model makes 64×64 images; leave them out")
-            check_inputs(prompt_1, prompt_2, **call_kwargs(args))
+            check_inputs(prompt_1, prompt_2, **checked)
             return
         from superdiff.pipeline_superdiff import check_inputs
 
         size = {k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None}
         multiple = {"size_multiple": cls.SIZE_MULTIPLE} if cls is not None else {}
-        check_inputs(prompt_1, prompt_2, **call_kwargs(args), **size, limits=limits(args), **multiple)
+        check_inputs(prompt_1, prompt_2, **checked, **size, limits=limits(args), **multiple)
     except ValueError as err:
         raise as_option_error(err) from None
 

@@ -16,7 +16,14 @@ from torch import Tensor
 
 from .limits import LIMITS, MAX_GUIDANCE, MAX_SEED, Limits
 from .output import SuperDiffOutput, format_images
-from .sampling import StopSampling, SuperpositionResult, check_generator, check_superpose_args
+from .sampling import (
+    OPTION_MODES,
+    StopSampling,
+    SuperpositionResult,
+    check_generator,
+    check_superpose_args,
+    warn_ignored,
+)
 
 SUPERPOSITIONS = ("and", "or", "avg")  # κ from the core
 SINGLE_PROMPT = "prompt_<k>"  # the baseline "prompt_k": prompt k alone
@@ -53,11 +60,15 @@ def parse_mode(mode, n_prompts: int, baselines: tuple[str, ...] = ()) -> tuple[s
     return "fixed", one_hot(k, n_prompts)
 
 
-def superpose_options(core_mode: str, kappa: Tensor | None, lift, temperature, log_weights) -> dict:
-    """``superpose``'s mode arguments; "fixed" takes κ alone (lift acts on AND only, T and b on OR only)."""
-    if core_mode == "fixed":
-        return {"mode": "fixed", "kappa": kappa}
-    return {"mode": core_mode, "lift": lift, "temperature": temperature, "log_weights": log_weights}
+def superpose_options(
+    mode: str, n_prompts: int, core_mode: str, kappa: Tensor | None, lift, temperature, log_weights
+) -> dict:
+    """``superpose``'s arguments for a pipeline ``mode``: those it uses (lift: AND; T and b: OR; "fixed": κ);
+    warns of the others, if given."""
+    warn_ignored(mode, n_prompts, lift, temperature, log_weights)
+    used = {"lift": lift, "temperature": temperature, "log_weights": log_weights}
+    used = {name: value for name, value in used.items() if OPTION_MODES[name] == core_mode and n_prompts > 1}
+    return {"mode": core_mode, **used, **({"kappa": kappa} if core_mode == "fixed" else {})}
 
 
 # ----------------------------------------------------------------------------- argument checks

@@ -526,7 +526,7 @@ class SuperDiffMixin:
         self._interrupt = False
         with self.progress_bar(total=len(timesteps)) as bar:
             callback = step_callback(self, callback_on_step_end, len(prompts), timesteps, bar.update)
-            options = superpose_options(core_mode, kappa, lift, temperature, log_weights)
+            options = superpose_options(mode, len(prompts), core_mode, kappa, lift, temperature, log_weights)
             result = superpose(predictor, latents, sigmas, **options, generator=generator, callback=callback)
 
         images = self.decode_latents(result.samples)

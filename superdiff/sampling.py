@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .limits import LIMITS, MAX_MAGNITUDE, warn_caller
+from .limits import LIMITS, MAX_GUIDANCE, MAX_MAGNITUDE, warn_caller
 
 MODES = ("and", "or", "avg", "fixed")
 MAX_PROBES = 1024  # Hutchinson probes per evaluation (all drawn at once); more: the exact divergence
@@ -118,8 +118,10 @@ class Guided(ModelList):
         super().__init__(models)
         if not callable(unconditional):
             raise ValueError("unconditional: expected an eps-model callable")
-        if not (math.isfinite(guidance_scale) and guidance_scale >= 0):
-            raise ValueError(f"guidance_scale: expected a finite number >= 0, got {guidance_scale}")
+        if not (is_real(guidance_scale) and 0 <= guidance_scale <= MAX_GUIDANCE):
+            raise ValueError(
+                f"guidance_scale: expected a number from 0 to {MAX_GUIDANCE:g}, got {guidance_scale!r}"
+            )
         self.unconditional = unconditional
         self.guidance_scale = guidance_scale
 
@@ -229,11 +231,13 @@ def _as_predictor(models) -> Predictor:
 
 
 def _check_sigmas(sigmas) -> Tensor:
-    sigmas = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
-    if sigmas.ndim != 1 or len(sigmas) < 2:
-        raise ValueError(
-            f"sigmas: expected a 1-D tensor of at least 2 values, got shape {tuple(sigmas.shape)}"
-        )
+    expected = f"a 1-D tensor of 2 to {LIMITS.steps + 1} values (n + 1 for n steps)"
+    try:
+        sigmas = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
+    except (TypeError, ValueError, RuntimeError):  # strings, ragged lists, None
+        raise ValueError(f"sigmas: expected {expected}, got {type(sigmas).__name__}") from None
+    if sigmas.ndim != 1 or not 2 <= len(sigmas) <= LIMITS.steps + 1:
+        raise ValueError(f"sigmas: expected {expected}, got shape {tuple(sigmas.shape)}")
     if not torch.isfinite(sigmas).all() or sigmas[-1] < 0 or sigmas[0] <= 0:
         raise ValueError("sigmas: values must be finite, the first > 0 and the last >= 0")
     if not (sigmas[1:] < sigmas[:-1]).all():
@@ -245,9 +249,12 @@ def _per_model(value, name: str, n_models: int, scalar: bool = True) -> Tensor:
     """One value per model as a float64 vector; a scalar (if allowed) applies to model 1 vs. the rest."""
     finite = f"values within ±{MAX_MAGNITUDE:g}"
     expected = f"a scalar or {n_models} {finite}" if scalar else f"{n_models} {finite}, one per model"
+    items = value if isinstance(value, (list, tuple)) else [value]
     try:
+        if any(isinstance(item, bool) for item in items):  # True is not a number here
+            raise TypeError
         v = torch.as_tensor(value, dtype=torch.float64).cpu()
-    except (TypeError, ValueError, RuntimeError):  # strings, ragged lists, None
+    except (TypeError, ValueError, RuntimeError):  # strings, ragged lists, None, True
         raise ValueError(f"{name}: expected {expected}, got {value!r}") from None
     if v.ndim == 0 and scalar:
         v = torch.cat([v[None], torch.zeros(n_models - 1, dtype=torch.float64)])
@@ -276,10 +283,30 @@ def check_superpose_args(
     if (mode == "fixed") != (kappa is not None):
         raise ValueError("kappa: give fixed mixing weights exactly when mode='fixed'")
     if kappa is not None:
-        kappa = torch.as_tensor(kappa, dtype=torch.float64).cpu()
-        if kappa.shape != (n_models,) or not torch.isfinite(kappa).all() or abs(kappa.sum() - 1) > 1e-6:
-            raise ValueError(f"kappa: expected {n_models} finite weights summing to 1, got {kappa.tolist()}")
+        kappa = _per_model(kappa, "kappa", n_models, scalar=False)
+        if abs(kappa.sum() - 1) > 1e-6:
+            raise ValueError(f"kappa: expected {n_models} weights summing to 1, got {kappa.tolist()}")
     return lift, log_weights, kappa
+
+
+OPTION_MODES = {"lift": "and", "temperature": "or", "log_weights": "or"}  # the one mode each option acts in
+
+
+def warn_ignored(mode: str, n_models: int, lift=0.0, temperature=1.0, log_weights=None) -> None:
+    """Warn about options given (away from their defaults) that ``mode`` with ``n_models`` models ignores."""
+    given = {
+        "lift": bool(torch.as_tensor(lift, dtype=torch.float64).any()),
+        "temperature": temperature != 1,
+        "log_weights": log_weights is not None
+        and bool(torch.as_tensor(log_weights, dtype=torch.float64).any()),
+    }
+    ignored = [name for name, on in given.items() if on and (OPTION_MODES[name] != mode or n_models < 2)]
+    if ignored:
+        alone = " with one model" if n_models < 2 else ""
+        warn_caller(
+            f"{', '.join(ignored)}: ignored in mode {mode!r}{alone}; lift acts on AND, temperature and "
+            "log_weights on OR, each with 2 or more models"
+        )
 
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -375,6 +402,9 @@ def superpose(
     sigmas = _check_sigmas(sigmas)
     check_samples(x)
     check_generator(generator, len(x))
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback: expected a function f(state) or None, got {type(callback).__name__}")
+    warn_ignored(mode, n_models, lift, temperature, log_weights)
 
     n = len(sigmas) - 1
     lifted = mode == "and" and n_models > 1 and not x.is_meta

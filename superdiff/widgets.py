@@ -56,6 +56,14 @@ StepFn = Callable[[int, Tensor], None]  # on_step(i, κ (B, N) that moved x) aft
 # ----------------------------------------------------------------------------- backends
 
 
+def acting(p: dict) -> dict:
+    """lift and temperature where the mode uses them, else their defaults (a greyed-out slider is ignored)."""
+    return {
+        "lift": p["lift"] if p["mode"] == "and" else 0.0,
+        "temperature": p["temperature"] if p["mode"] == "or" else 1.0,
+    }
+
+
 class ToyBackend:
     """The exact "up" and "down" 2-D mixtures (paper Fig. 2) sampled with the core ``superpose``."""
 
@@ -80,7 +88,7 @@ class ToyBackend:
         """Sample the superposition; returns a SuperpositionResult."""
         sigmas, gen = self.sigmas(p["steps"]), torch.Generator().manual_seed(p["seed"])
         x = sigmas[0] * torch.randn(p["batch_size"], 2, generator=gen, dtype=torch.float64)
-        options = superpose_options(*parse_mode(p["mode"], 2), p["lift"], p["temperature"], None)
+        options = superpose_options(p["mode"], 2, *parse_mode(p["mode"], 2), **acting(p), log_weights=None)
         return superpose(
             list(self.models),
             x,
@@ -156,10 +164,9 @@ class PipelineBackend:
             seed=p["seed"],
             num_inference_steps=p["steps"],
             batch_size=p["batch_size"],
-            lift=p["lift"],
             guidance_scale=p["guidance_scale"],
             mode=p["mode"],
-            temperature=p["temperature"],
+            **acting(p),
             callback_on_step_end=callback,
             **self.size(),
         )

@@ -201,6 +201,24 @@ def test_bad_inputs_name_the_argument(pipe, kwargs, arg):
         pipe(**kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "ignored"),
+    [
+        ({"prompt_2": "8", "mode": "or", "lift": 2.0}, "lift: ignored in mode 'or'"),
+        (
+            {"prompt_2": "8", "mode": "prompt_1", "temperature": 2.0},
+            "temperature: ignored in mode 'prompt_1'",
+        ),
+        ({"prompt_2": "8", "mode": "and", "log_weights": [0.0, 1.0]}, "log_weights: ignored in mode 'and'"),
+        ({"lift": 2.0}, "lift: ignored in mode 'and' with one model"),
+    ],
+)
+def test_an_option_the_mode_ignores_warns_once_at_the_callers_line(pipe, kwargs, ignored):
+    with pytest.warns(UserWarning, match=ignored) as caught:
+        pipe("3", **kwargs, num_inference_steps=2)
+    assert [w.filename for w in caught if issubclass(w.category, UserWarning)] == [__file__]
+
+
 def test_unknown_digit_lists_accepted_names(pipe):
     with pytest.raises(ValueError, match="three"):
         pipe("3", "tree")

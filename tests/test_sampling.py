@@ -222,6 +222,9 @@ def test_sigma_grids():
         ({"mode": "fixed"}, "kappa"),
         ({"mode": "fixed", "kappa": [0.7, 0.7]}, "kappa"),
         ({"mode": "and", "kappa": [1.0, 0.0]}, "kappa"),
+        ({"mode": "fixed", "kappa": "ab"}, "kappa"),
+        ({"sigmas": "abc"}, "sigmas"),
+        ({"sigmas": None}, "sigmas"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
@@ -252,6 +255,10 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
             {"mode": "or", "log_weights": 1.0},
             r"log_weights: expected 2 values within ±1e\+06, one per model, got 1.0",
         ),
+        ({"lift": True}, "lift: expected a scalar or 2 values"),
+        ({"lift": [True, 0.0]}, "lift: expected a scalar or 2 values"),
+        ({"callback": 5}, "callback: expected a function f\\(state\\) or None, got int"),
+        ({"sigmas": torch.linspace(20, 0, 10_002)}, r"sigmas: expected a 1-D tensor of 2 to 10001 values"),
     ],
 )
 def test_bad_input_fails_before_any_model_call(kwargs, message):
@@ -261,10 +268,40 @@ def test_bad_input_fails_before_any_model_call(kwargs, message):
         calls.append(sigma)
         return UP(x, sigma)
 
-    args = {"x": torch.zeros(4, 2)} | kwargs
+    args = {"x": torch.zeros(4, 2), "sigmas": geometric_sigmas(20, 0.01, 5)} | kwargs
     with pytest.raises(ValueError, match=message):
-        superpose([model, DOWN], args.pop("x"), geometric_sigmas(20, 0.01, 5), **args)
+        superpose([model, DOWN], args.pop("x"), args.pop("sigmas"), **args)
     assert calls == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "ignored"),
+    [
+        ({"mode": "or", "lift": 2.0}, "lift: ignored in mode 'or'"),
+        ({"mode": "avg", "lift": [0.0, 1.0], "temperature": 2.0}, "lift, temperature: ignored in mode 'avg'"),
+        ({"mode": "and", "log_weights": [0.0, -1.0]}, "log_weights: ignored in mode 'and'"),
+        ({"mode": "fixed", "kappa": [1.0, 0.0], "temperature": 0.5}, "temperature: ignored in mode 'fixed'"),
+        ({"models": [UP], "lift": 1.0}, "lift: ignored in mode 'and' with one model"),
+    ],
+)
+def test_an_option_the_mode_ignores_warns_at_the_callers_line(kwargs, ignored):
+    args = {"models": [UP, DOWN], "x": torch.zeros(4, 2), "sigmas": geometric_sigmas(20, 0.01, 5)} | kwargs
+    with pytest.warns(UserWarning, match=ignored) as caught:
+        superpose(args.pop("models"), args.pop("x"), args.pop("sigmas"), **args)
+    assert [w.filename for w in caught] == [__file__]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"mode": "and", "lift": 2.0, "temperature": 1, "log_weights": [0.0, 0.0]},
+        {"mode": "or", "temperature": 2.0, "log_weights": [0.0, -1.0], "lift": 0},
+        {"mode": "avg", "lift": [0.0, 0.0]},
+    ],
+)
+def test_options_the_mode_uses_or_left_at_their_defaults_do_not_warn(kwargs, recwarn):
+    superpose([UP, DOWN], torch.zeros(4, 2), geometric_sigmas(20, 0.01, 5), **kwargs)
+    assert [str(w.message) for w in recwarn if issubclass(w.category, UserWarning)] == []
 
 
 def test_a_module_list_is_a_list_of_models():

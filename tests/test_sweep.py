@@ -24,11 +24,12 @@ import torch
 from PIL import Image
 
 from superdiff.cli import main as superdiff_main
+from superdiff.digits import load_pipeline
 from superdiff.hub import WeightsUnavailableError
 from superdiff.pipeline_superdiff import SuperDiffMixin
 from superdiff.sweep import load_pairs, parse_methods, parse_seeds, plan
-from superdiff.sweep.plan import batches
-from superdiff.sweep.run import CRASH_AFTER, records
+from superdiff.sweep.plan import Item, batches
+from superdiff.sweep.run import CRASH_AFTER, SweepConfig, pipeline_call, records
 from superdiff.sweep.scoring import ClipScorer
 from superdiff.sweep.summary import to_csv
 from superdiff.testing import tiny_clip, tiny_pipeline
@@ -244,6 +245,20 @@ def test_default_guidance_is_the_familys(tmp_path, flux_folder, model, option, e
     model = str(flux_folder) if model == "flux" else model
     args = parser.parse_args(["--model", model, "--out", str(tmp_path / "sweep"), *option])
     assert config(args).guidance_scale == expected
+
+
+def test_the_lift_goes_to_and_alone_so_no_method_warns_of_it(tmp_path, recwarn):
+    cfg = SweepConfig(
+        [("3", "8")], ["and", "or", "avg"], [0], tmp_path, "digits", steps=2, guidance_scale=1.0
+    )
+    cfg.lift, pipe = 1.5, load_pipeline()
+    lifts = {}
+    for method in cfg.methods:
+        kwargs = pipeline_call(cfg, (Item(0, "3", "8", method, 0),), None)
+        lifts[method] = kwargs["lift"]
+        pipe(**kwargs)
+    assert lifts == {"and": 1.5, "or": 0.0, "avg": 0.0}
+    assert [str(w.message) for w in recwarn if issubclass(w.category, UserWarning)] == []
 
 
 def test_csv_with_excel_byte_order_mark_loads(tmp_path):

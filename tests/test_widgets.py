@@ -268,6 +268,17 @@ def test_mode_changes_samples_and_kappa(toy):
     assert toy.lift.disabled and not toy.temperature.disabled  # OR: temperature acts, lift does not
 
 
+@pytest.mark.parametrize("name", ["toy", "digits"])
+def test_a_greyed_out_slider_is_not_passed_so_nothing_warns_of_it(name, recwarn):
+    pg = playground(name)
+    pg.steps.value, pg.batch_size.value = 4, 2
+    pg.lift.value, pg.temperature.value = 3.0, 2.0
+    for mode in ("and", "or", "avg", "prompt_1"):
+        pg.mode.value = mode
+        assert pg.generate() is not None, pg.status.value
+    assert [str(w.message) for w in recwarn if issubclass(w.category, UserWarning)] == []
+
+
 def test_single_model_mode_follows_it(toy):
     toy.mode.value, toy.steps.value = "prompt_1", 60
     result = toy.generate()

@@ -164,7 +164,7 @@ class DigitsPipeline:
         callback = step_callback(self, callback_on_step_end, len(labels))
         self._interrupt = False  # pipe._interrupt = True in the callback ends sampling (diffusers' flag)
         with one_thread():
-            options = superpose_options(core_mode, kappa, lift, temperature, log_weights)
+            options = superpose_options(mode, len(labels), core_mode, kappa, lift, temperature, log_weights)
             result = superpose(
                 predictor, x, sigmas, **options, generator=generator, progress=progress, callback=callback
             )

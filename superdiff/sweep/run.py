@@ -189,7 +189,7 @@ def pipeline_call(cfg: SweepConfig, batch: tuple[Item, ...], size: int | None) -
         mode=mode,
         num_inference_steps=cfg.steps,
         guidance_scale=cfg.guidance_scale,
-        lift=cfg.lift,
+        lift=cfg.lift if mode == "and" else 0.0,  # lift acts on AND only
         batch_size=len(batch),
         generator=[torch.Generator("cpu").manual_seed(item.seed) for item in batch],
         output_type="pil",
