@@ -12,6 +12,7 @@ fokker_planck``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -19,9 +20,22 @@ from torch import Tensor
 from torch.autograd import grad
 
 from ._torch import math_attention
-from .sampling import Generators, _check_hutchinson, probes_for
+from .sampling import Generators, check_divergence, check_samples, probes_for
 
-MAX_EXACT_DIM = 4096  # the exact divergence stacks D copies of each sample through the model: beyond, probes
+
+def noise_levels(sigma, x: Tensor) -> Tensor:
+    """σ (B,) in x's dtype from a number or B values, each finite and > 0; else ValueError."""
+    expected = f"sigma: expected a number or {len(x)} values (one per sample), finite and > 0"
+    try:
+        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).detach()
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{expected}, got {sigma!r}") from None
+    s = s.expand(len(x)) if s.ndim == 0 else s
+    if s.shape != (len(x),):
+        raise ValueError(f"{expected}, got shape {tuple(s.shape)}")
+    if not bool(((s > 0) & (s < math.inf)).all()):
+        raise ValueError(f"{expected}, got {s.tolist()}")
+    return s.clone()
 
 
 def score_fpe_residual(
@@ -38,15 +52,14 @@ def score_fpe_residual(
     ``hutchinson`` = k Rademacher probes (for latents: k model rows a sample): the residual is then an
     unbiased estimate, its square is not (the probes' variance adds to it). The graph is kept for training.
     """
-    _check_hutchinson(hutchinson)
+    if not callable(eps_model):
+        raise ValueError(f"eps_model: expected a callable ε̂(x, σ), got {type(eps_model).__name__}")
+    check_samples(x)
+    check_divergence(hutchinson, x)
     b, shape = x.shape[0], x.shape[1:]
     d = shape.numel()
-    if hutchinson is None and d > MAX_EXACT_DIM:
-        raise ValueError(
-            f"x: {d} dimensions a sample; exact divergence takes at most {MAX_EXACT_DIM}: pass hutchinson=k"
-        )
     x = x.detach().requires_grad_(True)
-    sigma = sigma.detach().to(x.dtype).requires_grad_(True)
+    sigma = noise_levels(sigma, x).requires_grad_(True)
     if hutchinson is None:  # the coordinate directions: D copies of each x, one per Jacobian row
         probes = torch.eye(d, dtype=x.dtype, device=x.device).reshape(1, d, *shape).expand(b, d, *shape)
     else:

@@ -475,7 +475,10 @@ class FlowResult:
     model_calls: int  # forward passes plus vector-Jacobian products
 
 
-MAX_PROBE_ROWS = 8192  # rows of one batched divergence forward (probes × batch): bounds its memory
+MAX_PROBE_ROWS = 8192  # rows of one batched divergence forward (probes × batch) ...
+MAX_PROBE_VALUES = 2**24  # ... and their values (rows × d): together they bound its memory
+MAX_EXACT_DIM = 4096  # the exact divergence costs d vector–Jacobian products a sample: beyond, probes
+MAX_PROBE_TOTAL = 2**28  # probes × values of x, all drawn at once (1 GiB in float32)
 
 
 def divergence(model: EpsModel, x: Tensor, sigma: float, probes: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -488,7 +491,8 @@ def divergence(model: EpsModel, x: Tensor, sigma: float, probes: Tensor | None) 
     exact = probes is None
     quad = []
     with torch.enable_grad():
-        for v in _probe_chunks(x, probes, max(1, MAX_PROBE_ROWS // len(x))):
+        rows = min(MAX_PROBE_ROWS, MAX_PROBE_VALUES // x[0].numel())
+        for v in _probe_chunks(x, probes, max(1, rows // len(x))):
             v = v.reshape(-1, *x.shape[1:])
             xs = x.detach().repeat(len(v) // len(x), *([1] * (x.ndim - 1))).requires_grad_(True)
             out = model(xs, sigma)
@@ -518,8 +522,8 @@ def _probe_chunks(x: Tensor, probes: Tensor | None, k: int):
         return
     d = x[0].numel()
     for start in range(0, d, k):
-        basis = torch.nn.functional.one_hot(torch.arange(start, min(start + k, d), device=x.device), d)
-        yield basis.to(x.dtype).reshape(-1, 1, *x.shape[1:]).expand(-1, *x.shape)
+        basis = torch.eye(d, dtype=x.dtype, device=x.device)[start : start + k]
+        yield basis.reshape(-1, 1, *x.shape[1:]).expand(-1, *x.shape)
 
 
 def wide(dtype: torch.dtype) -> torch.dtype:
@@ -537,6 +541,21 @@ def probes_for(x: Tensor, hutchinson: int | None, generator: Generators) -> Tens
     if isinstance(generator, (list, tuple)):
         return torch.cat([probes_for(x[i : i + 1], hutchinson, g) for i, g in enumerate(generator)], dim=1)
     return randn_like(x[None].expand(hutchinson, *x.shape), generator).sign()
+
+
+def check_divergence(hutchinson, x: Tensor) -> None:
+    """hutchinson: None (exact, for d <= MAX_EXACT_DIM values a sample) or 1 to MAX_PROBES probes."""
+    _check_hutchinson(hutchinson)
+    if hutchinson is None and isinstance(x, Tensor) and x.ndim >= 2 and x[0].numel() > MAX_EXACT_DIM:
+        raise ValueError(
+            f"hutchinson: the exact divergence (None) takes samples of at most {MAX_EXACT_DIM} values, x has "
+            f"{x[0].numel()}; pass hutchinson=k for k Rademacher probes"
+        )
+    if hutchinson is not None and isinstance(x, Tensor) and hutchinson * x.numel() > MAX_PROBE_TOTAL:
+        raise ValueError(
+            f"hutchinson: {hutchinson} probes of x's {x.numel()} values exceed {MAX_PROBE_TOTAL} values "
+            "drawn at once; pass fewer probes or a smaller batch"
+        )
 
 
 def _check_hutchinson(hutchinson) -> None:
@@ -576,7 +595,7 @@ def probability_flow(
     ``hutchinson``: number of Rademacher probes per step, or None for the exact divergence.
     """
     sigmas = _check_sigmas(sigmas)
-    _check_hutchinson(hutchinson)
+    check_divergence(hutchinson, x)
     check_likelihood_args(model, x)
     check_samples(x)
     check_generator(generator, len(x))
@@ -623,7 +642,7 @@ def log_likelihood(
         raise ValueError(
             "sigmas: the last value must be > 0 (the likelihood is evaluated at noise sigmas[-1])"
         )
-    _check_hutchinson(hutchinson)
+    check_divergence(hutchinson, x)
     check_likelihood_args(model, x)
     check_samples(x)
     check_generator(generator, len(x))

@@ -151,10 +151,39 @@ def test_exact_divergence_of_latents_is_refused_before_any_model_call():
     def model(x, sigma):
         pytest.fail("the model was called")
 
-    with pytest.raises(ValueError, match="x: 16384 dimensions a sample.*hutchinson=k"):
+    with pytest.raises(ValueError, match="at most 4096 values, x has 16384; pass hutchinson=k"):
         score_fpe_residual(model, torch.zeros(1, 4, 64, 64), torch.ones(1))
     with pytest.raises(ValueError, match="hutchinson"):
         score_fpe_residual(model, torch.zeros(1, 8), torch.ones(1), hutchinson=0)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((3, torch.zeros(2, 8), 1.0), "eps_model: expected a callable"),
+        ((None, torch.zeros(2, 8), 0.0), r"sigma: expected a number or 2 values .* > 0, got \[0.0, 0.0\]"),
+        ((None, torch.zeros(2, 8), torch.ones(3)), r"sigma: .* got shape \(3,\)"),
+        ((None, torch.zeros(2, 8), "1"), "sigma: expected a number or 2 values"),
+        ((None, torch.zeros(2, 8), [1.0, float("nan")]), "sigma: expected"),
+        ((None, torch.full((2, 8), float("nan")), 1.0), "x: contains NaN"),
+    ],
+)
+def test_bad_input_is_refused_before_any_model_call(args, message):
+    def model(x, sigma):
+        pytest.fail("the model was called")
+
+    eps_model, x, sigma = args
+    with pytest.raises(ValueError, match=message):
+        score_fpe_residual(eps_model or model, x, sigma)
+
+
+def test_one_sigma_for_the_batch_is_that_sigma_for_every_sample():
+    x, _ = points(b=3)
+    mix = GaussianMixture(torch.zeros(1, 8, dtype=torch.float64) + 0.5, 1.0)
+    model = lambda x, sigma: 1.3 * mix(x, sigma)  # noqa: E731 (mis-scheduled: a non-zero residual)
+    torch.testing.assert_close(
+        score_fpe_residual(model, x, 0.7), score_fpe_residual(model, x, torch.full((3,), 0.7))
+    )
 
 
 # ----------------------------------------------------------------------------- SD: ε̂ as a function of σ

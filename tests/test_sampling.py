@@ -182,6 +182,38 @@ def test_hutchinson_divergence_is_unbiased():
     torch.testing.assert_close(estimate, exact, atol=0.05 * exact.abs().max().item(), rtol=0)
 
 
+def test_exact_divergence_runs_in_chunks_of_bounded_size_with_the_same_answer(monkeypatch):
+    from superdiff import sampling
+
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    rows = []
+
+    def model(x, sigma):
+        rows.append(len(x))
+        return UP(x, sigma)
+
+    _, whole = sampling.divergence(model, x, 0.7, None)
+    monkeypatch.setattr(sampling, "MAX_PROBE_VALUES", 6)  # 3 rows of 2 values: one sample's direction a call
+    rows.clear()
+    _, chunked = sampling.divergence(model, x, 0.7, None)
+    assert rows == [3, 3] and torch.allclose(chunked, whole, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("likelihood", ["probability_flow", "log_likelihood"])
+def test_a_divergence_past_its_bounds_is_refused_before_any_model_call(likelihood):
+    from superdiff import sampling
+
+    def model(x, sigma):
+        pytest.fail("the model was called")
+
+    run = getattr(sampling, likelihood)
+    sigmas = geometric_sigmas(20, 0.01, 2)
+    with pytest.raises(ValueError, match="at most 4096 values, x has 16384; pass hutchinson=k"):
+        run(model, torch.zeros(1, 4, 64, 64), sigmas, hutchinson=None)
+    with pytest.raises(ValueError, match="hutchinson: 1024 probes of x's 4194304 values exceed 268435456"):
+        run(model, torch.zeros(256, 4, 64, 64), sigmas, hutchinson=1024)
+
+
 def test_mixture_score_is_gradient_of_log_prob_and_log_prob_is_exact():
     mix = GaussianMixture([[0.0, 1.0], [2.0, -1.0]], 0.5, weights=[0.3, 0.7])
     x = torch.randn(16, 2, dtype=torch.float64, requires_grad=True)
