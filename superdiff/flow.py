@@ -53,6 +53,8 @@ class VelocityEps:
         self.model = model
 
     def __call__(self, y: Tensor, sigma: float) -> Tensor:
+        if not 0 < float(sigma) < math.inf:
+            raise ValueError(f"sigma: expected a finite noise level > 0, got {sigma!r}")
         t = t_of_sigma(float(sigma))
         x_t = y / (1 + sigma)
         return eps_from_velocity(self.model(x_t, t), x_t, t)

@@ -359,6 +359,19 @@ def randn_like(x: Tensor, generator: Generators) -> Tensor:
     return noise.to(x.device)
 
 
+MAX_TRACE_VALUES = 2**28  # κ and log q keep (n + 1)·B·N values each: at most 2 GiB apiece in float64
+
+
+def check_trace_size(n: int, batch: int, n_models: int) -> None:
+    """κ and log q of n steps, a batch and N models fit in MAX_TRACE_VALUES each; else ValueError."""
+    values = (n + 1) * batch * n_models
+    if values > MAX_TRACE_VALUES:
+        raise ValueError(
+            f"x: a batch of {batch} over {n} steps and {n_models} models keeps {values} values of κ and of "
+            f"log q, more than {MAX_TRACE_VALUES}; sample in smaller batches or fewer steps"
+        )
+
+
 @torch.no_grad()
 def superpose(
     models,
@@ -395,6 +408,9 @@ def superpose(
         callback: called after every step with ``{"i", "sigma", "x", "kappa", "log_q"}``; raising
             :class:`StopSampling` ends the run there (σ, κ and log q then cover the steps taken).
         kappa: mode "fixed" only, one weight per model, summing to 1.
+
+    Returns a :class:`SuperpositionResult`. Under AND, κ is solved after the step's noise is drawn, so it
+    can leave [0, 1] and each log q trace drifts by a bias all traces share: read their differences.
     """
     predictor = _as_predictor(models)
     n_models = predictor.num_models
@@ -407,6 +423,7 @@ def superpose(
     warn_ignored(mode, n_models, lift, temperature, log_weights)
 
     n = len(sigmas) - 1
+    check_trace_size(n, len(x), n_models)
     lifted = mode == "and" and n_models > 1 and not x.is_meta
     work = trace_dtype(x.device)
     log_q = gaussian_log_prob(x.to(work), sigmas[0].item())[:, None].repeat(1, n_models)
@@ -455,7 +472,8 @@ def check_finite_result(result: SuperpositionResult) -> None:
     for name, values in (("kappa", result.kappa), ("log_q", result.log_q), ("samples", result.samples)):
         bad = ~torch.isfinite(values)
         if bad.any():
-            where = "" if name == "samples" else f" from step {int(bad.flatten(1).any(1).nonzero()[0])}"
+            first = int(bad.flatten(1).any(1).nonzero()[0]) - (name == "log_q")  # log_q[0] is the start
+            where = "" if name == "samples" else f" from step {first} (the callback's i)"
             raise NonFiniteError(
                 f"{name}: sampling produced NaN or infinite values{where}; a model returned them, or lift, "
                 "temperature, log_weights or guidance_scale is too large"

@@ -9,6 +9,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+MAX_SAMPLES = 10_000_000  # exact samples a call: 160 MB of float64 in 2-D
+
 
 def _noise_level(sigma, x: Tensor) -> Tensor:
     """σ as a tensor in x's dtype, finite and >= 0 (a negative σ would flip ε̂ = −σ·score); else ValueError."""
@@ -85,7 +87,10 @@ class _VEMixture:
 
     def sample(self, n: int, sigma: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
         """n exact samples of q_σ, flat (n, D), float64."""
-        _noise_level(sigma, self.means)
+        if isinstance(n, bool) or not (isinstance(n, numbers.Integral) and 1 <= n <= MAX_SAMPLES):
+            raise ValueError(f"n: expected an integer from 1 to {MAX_SAMPLES}, got {n!r}")
+        if _noise_level(sigma, self.means).ndim:
+            raise ValueError(f"sigma: expected one noise level for the n samples, got {sigma!r}")
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         return self.means[k] + self._noise_of(k, z, sigma)
@@ -159,7 +164,7 @@ def up_and_down(std: float = 0.4, dim: int = 2, seed: int = 0) -> tuple[Gaussian
 
     ``dim`` > 2: the same toy in ``dim`` dimensions, four random modes of the same norm 1.5·√2 (seeded).
     """
-    if not (isinstance(dim, int) and dim >= 2):
+    if isinstance(dim, bool) or not (isinstance(dim, numbers.Integral) and dim >= 2):
         raise ValueError(f"dim: expected an integer >= 2, got {dim!r}")
     if dim == 2:
         means = torch.tensor([[[-1.5, 1.5], [1.5, 1.5]], [[-1.5, -1.5], [1.5, -1.5]]], dtype=torch.float64)
@@ -189,6 +194,30 @@ class MLPEps(nn.Module):
         return self.net(torch.cat([h * c_in[:, None], sigma.log()[:, None] / 4], dim=-1)).to(x.dtype)
 
 
+def check_training(data, sigma_min, sigma_max, steps, batch_size, lr, seed) -> None:
+    """train_eps_model's arguments, before any work; ValueError naming the first bad one."""
+    if not isinstance(data, Tensor) or data.ndim != 2 or len(data) < 2:
+        shape = tuple(data.shape) if isinstance(data, Tensor) else type(data).__name__
+        raise ValueError(f"data: expected samples of shape (N, D) with N >= 2, got {shape}")
+    if not torch.isfinite(data).all():
+        raise ValueError("data: contains NaN or infinite values")
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in (sigma_min, sigma_max, lr)):
+        raise ValueError(
+            f"sigma_min, sigma_max, lr: expected numbers, got {sigma_min!r}, {sigma_max!r}, {lr!r}"
+        )
+    if not 0 < sigma_min < sigma_max < math.inf:
+        raise ValueError(
+            f"sigma_min, sigma_max: need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}"
+        )
+    for name, value, high in (("steps", steps, 1_000_000), ("batch_size", batch_size, 1_000_000)):
+        if isinstance(value, bool) or not (isinstance(value, numbers.Integral) and 1 <= value <= high):
+            raise ValueError(f"{name}: expected an integer from 1 to {high}, got {value!r}")
+    if not 0 < lr < math.inf:
+        raise ValueError(f"lr: expected a finite learning rate > 0, got {lr!r}")
+    if isinstance(seed, bool) or not (isinstance(seed, numbers.Integral) and 0 <= seed <= 2**32 - 1):
+        raise ValueError(f"seed: expected an integer from 0 to 2**32 − 1, got {seed!r}")
+
+
 def train_eps_model(
     data: Tensor,
     *,
@@ -201,12 +230,12 @@ def train_eps_model(
     progress: bool = False,
 ) -> MLPEps:
     """Denoising score matching on (N, D) samples with σ log-uniform in [sigma_min, sigma_max]."""
-    if data.ndim != 2 or len(data) < 2:
-        raise ValueError(f"data: expected samples of shape (N, D) with N >= 2, got {tuple(data.shape)}")
+    check_training(data, sigma_min, sigma_max, steps, batch_size, lr, seed)
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
     data = data.float()
-    model = MLPEps(dim=data.shape[1], sigma_data=float(data.std()))
+    with torch.random.fork_rng(devices=[]):  # the initial weights from the seed; the global RNG untouched
+        torch.manual_seed(seed)
+        model = MLPEps(dim=data.shape[1], sigma_data=float(data.std()))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     lo, hi = math.log(sigma_min), math.log(sigma_max)

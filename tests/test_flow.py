@@ -241,3 +241,12 @@ def test_lift_on_sd3s_grid_ends_at_the_exact_flow_gap():
 def test_or_on_sd3s_grid_splits_samples_between_the_models():
     up_share = (run([UP, DOWN], scheduler_ts(500), mode="or").samples[:, 1] > 0).double().mean()
     assert 0.44 < up_share < 0.56
+
+
+@pytest.mark.parametrize("sigma", [0.0, math.inf, math.nan, -1.0])
+def test_a_velocity_model_is_asked_only_at_finite_positive_sigma(sigma):
+    def velocity(x, t):
+        pytest.fail(f"the velocity model was called at t = {t}")
+
+    with pytest.raises(ValueError, match="sigma: expected a finite noise level > 0"):
+        VelocityEps(velocity)(torch.zeros(2, 2), sigma)

@@ -210,3 +210,17 @@ def test_full_mixture_bad_arguments(means, covs, name):
     if name.startswith("means"):
         with pytest.raises(ValueError, match=name):
             GaussianMixture(means, 0.4)
+
+
+@pytest.mark.parametrize(
+    ("n", "sigma", "message"),
+    [
+        (0, 0.0, "n: expected an integer from 1 to 10000000, got 0"),
+        (2.5, 0.0, "n: expected an integer from 1 to 10000000, got 2.5"),
+        (True, 0.0, "n: expected an integer"),
+        (3, torch.tensor([0.5, 0.5, 0.5]), "sigma: expected one noise level for the n samples"),
+    ],
+)
+def test_a_mixture_refuses_to_sample_what_it_cannot(n, sigma, message):
+    with pytest.raises(ValueError, match=message):
+        UP.sample(n, sigma)

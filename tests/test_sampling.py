@@ -291,6 +291,10 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
         ({"lift": [True, 0.0]}, "lift: expected a scalar or 2 values"),
         ({"callback": 5}, "callback: expected a function f\\(state\\) or None, got int"),
         ({"sigmas": torch.linspace(20, 0, 10_002)}, r"sigmas: expected a 1-D tensor of 2 to 10001 values"),
+        (
+            {"x": torch.zeros(10**6, 2), "sigmas": geometric_sigmas(20, 0.01, 1000)},
+            r"x: a batch of 1000000 over 1000 steps and 2 models keeps 2002000000 values .* than 268435456",
+        ),
     ],
 )
 def test_bad_input_fails_before_any_model_call(kwargs, message):
@@ -354,9 +358,17 @@ def test_a_model_that_returns_nan_is_named_not_sampled_silently():
     broken = lambda x, sigma: UP(x, sigma) * (math.nan if sigma < 1 else 1.0)  # noqa: E731
     first = int((geometric_sigmas(SIGMA_MAX, SIGMA_MIN, 20) < 1).nonzero()[0])  # step 8
     with pytest.raises(
-        NonFiniteError, match=rf"^kappa: sampling produced NaN or infinite values from step {first};"
+        NonFiniteError, match=rf"^kappa: sampling produced NaN or infinite values from step {first} "
     ):
         run([broken, DOWN], n=20, batch=8)
+    with pytest.raises(NonFiniteError, match=rf"^log_q: .* from step {first} \(the callback's i\);"):
+        run([broken, DOWN], n=20, batch=8, mode="fixed", kappa=[0.0, 1.0])  # κ stays finite, log q_1 not
+
+
+@pytest.mark.parametrize("scale", [True, -1.0, 1e4, math.nan, "7"])
+def test_guidance_scale_is_a_number_from_0_to_1000(scale):
+    with pytest.raises(ValueError, match=r"guidance_scale: expected a number from 0 to 1000, got"):
+        Guided([UP], DOWN, scale)
 
 
 @pytest.mark.parametrize(
