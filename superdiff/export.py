@@ -216,6 +216,8 @@ def load_model(model):
             raise ValueError(f"model: expected a pipeline, 'tiny', a Hub id or a folder, got {model!r}")
         if isinstance(model, SuperDiffMixin) and not isinstance(model, SuperDiffPipeline):
             raise ValueError(f"model: {ONLY_SD}, got a {type(model).__name__}")
+        if isinstance(model, SuperDiffPipeline):
+            model.check_model()  # e.g. a scheduler assigned after loading, which would be saved as it is
         return model
     if model == "tiny":
         from .testing import tiny_pipeline
@@ -362,7 +364,12 @@ def remove_stale(out: Path) -> None:
 def _write(folder: Path, pipe, source: str, repo_id: str, base_model: str | None) -> None:
     """The repository's files in folder."""
     if pipe is not None:
-        pipe.save_pretrained(folder)
+        from safetensors import SafetensorError
+
+        try:
+            pipe.save_pretrained(folder)
+        except SafetensorError as err:  # e.g. a full disk: safetensors' own class, not an OSError
+            raise OSError(f"the weights could not be written ({err})") from None
         transformers4_files(folder, pipe)
     (folder / "model_index.json").write_text(json.dumps(model_index(pipe), indent=2) + "\n", encoding="utf-8")
     (folder / "pipeline.py").write_text(source, encoding="utf-8")
@@ -423,11 +430,16 @@ def model_card(repo_id: str = REPO_ID, pipe=None, base_model: str | None = None)
         torch=torch.__version__, diffusers=diffusers.__version__, transformers=transformers.__version__
     )
     template = string.Template(importlib.resources.files("superdiff").joinpath(CARD).read_text("utf-8"))
+    code_only = (  # no weights here: the snippet loads the base model's with this repository's pipeline.py
+        f"\nThis repository holds the pipeline's code, not weights: it runs on those of `{base}`.\n"
+    )
     return template.substitute(
         base_model=base,
         base_name=BASE_NAMES.get(base, base),
         size=512 if pipe is None else pipe.default_size,
-        repo_id=repo_id,
+        weights=base if pipe is None else repo_id,
+        custom=f'"{repo_id}"' if pipe is None else "'pipeline'",
+        code_only=code_only if pipe is None else "",
         version=__version__,
         **versions,
     )

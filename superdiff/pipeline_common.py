@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import numbers
 import re
+import types
+import typing
 from collections.abc import Callable
 
 import torch
@@ -69,6 +71,16 @@ def superpose_options(
     used = {"lift": lift, "temperature": temperature, "log_weights": log_weights}
     used = {name: value for name, value in used.items() if OPTION_MODES[name] == core_mode and n_prompts > 1}
     return {"mode": core_mode, **used, **({"kappa": kappa} if core_mode == "fixed" else {})}
+
+
+def resolved_annotations(cls):
+    """``cls`` with its ``__init__``'s annotations as types, not strings (``from __future__ import
+    annotations``): diffusers < 0.33 reads them for the components and warns of each string it finds."""
+    hints = typing.get_type_hints(cls.__init__)
+    # typing.Union, not X | Y: what those versions take for "X | None"
+    union = {k: typing.Union[typing.get_args(v)] for k, v in hints.items() if isinstance(v, types.UnionType)}  # noqa: UP007
+    cls.__init__.__annotations__ = hints | union
+    return cls
 
 
 # ----------------------------------------------------------------------------- argument checks

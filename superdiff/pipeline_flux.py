@@ -16,6 +16,7 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from torch import Tensor
 
+from .pipeline_common import resolved_annotations
 from .pipeline_sd3 import (
     FlowPromptPredictor,
     SuperDiffSD3Pipeline,
@@ -97,6 +98,7 @@ class FluxPromptPredictor(FlowPromptPredictor):
         return Prediction(eps, eps)
 
 
+@resolved_annotations
 class SuperDiffFluxPipeline(SuperDiffMixin, FluxPipeline):
     """SuperDiff (Skreta et al., ICLR 2025) on FLUX.1 (dev, schnell): superpose prompts with OR / AND.
 

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from .flow import eps_from_velocity, flow_sigmas, t_of_sigma
 from .output import to_uint8
+from .pipeline_common import resolved_annotations
 from .pipeline_superdiff import PromptPredictor, SuperDiffMixin, moving_steps, warn_dropped
 
 
@@ -127,6 +128,7 @@ class FlowPromptPredictor(PromptPredictor):
         return eps_from_velocity(out, self.network_input(x, sigma), t_of_sigma(sigma))
 
 
+@resolved_annotations
 class SuperDiffSD3Pipeline(SuperDiffMixin, StableDiffusion3Pipeline):
     """SuperDiff (Skreta et al., ICLR 2025) on Stable Diffusion 3 / 3.5: superpose prompts with OR / AND.
 

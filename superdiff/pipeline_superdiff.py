@@ -31,6 +31,7 @@ from .pipeline_common import (
     check_sampling_args,
     one_hot,
     parse_mode,
+    resolved_annotations,
     seeded,
     single_prompt_index,
     step_callback,
@@ -534,6 +535,7 @@ class SuperDiffMixin:
         return build_output(result, images, output_type, prompts + extra, len(prompts), mode)
 
 
+@resolved_annotations
 class SuperDiffPipeline(SuperDiffMixin, DiffusionPipeline):
     """SuperDiff (Skreta et al., ICLR 2025): superpose Stable Diffusion prompts with OR / AND.
 
@@ -553,6 +555,11 @@ class SuperDiffPipeline(SuperDiffMixin, DiffusionPipeline):
         scheduler: EulerDiscreteScheduler,
     ):
         super().__init__()
+        if getattr(unet.config, "addition_embed_type", None) is not None:  # SDXL's "text_time"
+            raise ValueError(
+                f"unet: a UNet with added {unet.config.addition_embed_type!r} conditioning (SDXL) is not "
+                "Stable Diffusion 1.x/2.x; load it with superdiff.SuperDiffXLPipeline"
+            )
         self.register_modules(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=as_euler(scheduler)
         )

@@ -25,11 +25,13 @@ from transformers import (
 )
 
 from superdiff.output import to_uint8
+from superdiff.pipeline_common import resolved_annotations
 from superdiff.pipeline_superdiff import PromptPredictor, SuperDiffMixin, as_euler, check_euler
 
 XL_CUSTOM_PIPELINE = __file__  # DiffusionPipeline.from_pretrained(folder, custom_pipeline=XL_CUSTOM_PIPELINE)
 
 
+@resolved_annotations
 class SuperDiffXLPipeline(SuperDiffMixin, StableDiffusionXLPipeline):
     """SuperDiff (Skreta et al., ICLR 2025) on Stable Diffusion XL: superpose prompts with OR / AND.
 

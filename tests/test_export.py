@@ -5,6 +5,7 @@ import importlib.metadata
 import json
 import os
 import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -165,6 +166,14 @@ def test_pipeline_source_is_the_packages_code_and_compiles():
     assert ast.dump(ours) == ast.dump(theirs)
 
 
+def test_the_exported_class_annotates_its_components_as_the_cards_diffusers_reads(exported):
+    from test_pipeline_contract import readable_by_old_diffusers
+
+    folder, _ = exported
+    cls = runpy.run_path(str(folder / "pipeline.py"))["SuperDiffPipeline"]
+    assert readable_by_old_diffusers(cls) == [] and cls.__module__ != "superdiff.pipeline_superdiff"
+
+
 def test_folder_is_a_hub_repository(exported):
     folder, _ = exported
     index = json.loads((folder / "model_index.json").read_text())
@@ -241,7 +250,24 @@ def test_without_a_model_only_model_index_names_the_components(tmp_path):
     index = json.loads((out / "model_index.json").read_text())
     assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
     assert index["tokenizer"] == ["transformers", "CLIPTokenizer"]
-    assert 'from_pretrained("me/my-superdiff"' in (out / "README.md").read_text(encoding="utf-8")
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert 'from_pretrained("CompVis/stable-diffusion-v1-4", custom_pipeline="me/my-superdiff"' in card
+
+
+def test_a_code_only_folders_card_snippet_runs_its_pipeline_on_the_base_weights(tmp_path):
+    base, pipe = tmp_path / "base", tiny_pipeline()
+    pipe.save_pretrained(base)
+    out = export.export_hub(tmp_path / "code", repo_id="me/code-only", base_model="me/base")
+    card = (out / "README.md").read_text(encoding="utf-8")
+    snippet = card.split("```\n")[3]  # the code block after the requirements' one
+    assert 'from_pretrained("me/base", custom_pipeline="me/code-only", trust_remote_code=True)' in snippet
+    snippet = snippet.replace('"me/base"', repr(str(base))).replace('"me/code-only"', repr(str(out)))
+    report = run_without_kit(snippet.replace(CARD_CALL, SMALL_CALL), tmp_path)
+    assert report["class"] == "SuperDiffPipeline" and report["kit_modules"] == []
+    theirs = torch.load(tmp_path / "output.pt")
+    with one_thread():
+        ours = pipe("a flamingo", "a candy cane", seed=1, **eval(f"dict({SMALL_CALL})"))
+    assert (theirs["images"].int() - ours.images.int()).abs().max() <= 1
 
 
 def test_sdxl_and_sd3_are_refused_before_anything_is_written(tmp_path):
@@ -349,6 +375,32 @@ def test_a_failure_midway_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_weights_that_cannot_be_written_are_one_line_and_leave_nothing(tmp_path, monkeypatch, capsys):
+    from safetensors import SafetensorError
+
+    def full_disk(self, *args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(SuperDiffPipeline, "save_pretrained", full_disk)
+    assert main(["export-hub", str(tmp_path / "repo"), "--model", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "superdiff export-hub: error: the weights could not be written (Error while serializing: I/O error: "
+        "No space left on device (os error 28))\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_pipeline_that_cannot_sample_is_not_exported(tmp_path):
+    from diffusers import DDIMScheduler
+
+    pipe = tiny_pipeline()
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(ValueError, match="scheduler: .*EulerDiscreteScheduler"):
+        export.export_hub(tmp_path / "repo", pipe)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_symlink_out_is_refused_before_the_model_loads(tmp_path, capsys, no_load):
     (tmp_path / "empty").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "empty")
@@ -389,7 +441,7 @@ def test_a_bad_repo_id_is_refused_before_the_model_loads(repo_id, tmp_path, caps
 
 def test_the_card_takes_only_a_repo_id():
     assert export.is_repo_id("me/my-superdiff") and export.is_repo_id("me/" + "m" * 96)
-    assert 'from_pretrained("me/My_model.v2"' in export.model_card("me/My_model.v2")
+    assert 'custom_pipeline="me/My_model.v2"' in export.model_card("me/My_model.v2")
     with pytest.raises(ValueError, match="--repo-id: expected a Hub repository id"):
         export.model_card(INJECTED)
 

@@ -4,8 +4,10 @@ one family does is tested in its own file: test_pipeline.py, test_pipeline_xl.py
 test_pipeline_flux.py."""
 
 import functools
+import inspect
 import math
 import re
+import typing
 import warnings
 
 import pytest
@@ -37,6 +39,20 @@ def pipes():
 
 
 # ----------------------------------------------------------------------------- every family
+
+
+def readable_by_old_diffusers(cls) -> list[str]:
+    """The __init__ parameters whose annotation diffusers < 0.33 cannot read (it warns of each at load):
+    it takes a class, or a typing.Union of classes, not a string or ``X | Y``."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    readable = lambda a: inspect.isclass(a) or typing.get_origin(a) is typing.Union  # noqa: E731
+    return [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD and not readable(p.annotation)]
+
+
+@pytest.mark.parametrize("family", BUILDERS)
+def test_the_components_annotations_are_types_the_cards_diffusers_reads(family, pipes):
+    cls = type(pipes(family))
+    assert readable_by_old_diffusers(cls) == [] and "vae" in inspect.signature(cls.__init__).parameters
 
 
 @pytest.mark.parametrize("family", BUILDERS)

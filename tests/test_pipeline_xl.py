@@ -149,6 +149,16 @@ def test_save_pretrained_round_trip_and_custom_pipeline_give_the_same_images(sav
     assert torch.equal(custom(P1, P2, seed=1, **SMALL).images, expected)
 
 
+def test_an_sdxl_folder_is_refused_by_the_sd_pipeline_at_load_naming_the_xl_one(saved):
+    from superdiff.pipeline_superdiff import CUSTOM_PIPELINE
+
+    message = "unet: a UNet with added 'text_time' conditioning .* superdiff.SuperDiffXLPipeline"
+    with pytest.raises(ValueError, match=message):
+        SuperDiffPipeline.from_pretrained(saved)
+    with pytest.raises(ValueError, match=message):
+        DiffusionPipeline.from_pretrained(saved, custom_pipeline=CUSTOM_PIPELINE, trust_remote_code=True)
+
+
 def model_index(tmp_path, class_name):
     """A folder holding only a model_index.json of the given pipeline class."""
     folder = tmp_path / class_name
