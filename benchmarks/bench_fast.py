@@ -7,7 +7,9 @@
 Per-step ms of (b) and (c) is the slope of whole calls of two lengths (text encoding and VAE decoding cancel);
 a 1000-step image is measured for (c) at batch 1 with ``--full 1000`` and otherwise extrapolated (said so).
 torch.profiler splits a step of (b) and (c) into the denoiser and the superposition (κ solve + Itô increments
-+ step noise), and counts host–device synchronisations per step on CUDA.
++ step noise), the latter's share taken of the timed step, and counts host–device synchronisations per step on
+CUDA (from calls of --profile-steps and twice as many). After each batch it prints torch.compile's counters:
+graphs compiled (one per size and batch, none per call), graph breaks, and CUDA graphs skipped.
 
     python benchmarks/bench_fast.py --device cuda             # SD v1-4 architecture, random weights, 512²
     python benchmarks/bench_fast.py --device cpu --threads 1  # the tiny test pipeline, 64², ~2 min
@@ -158,11 +160,10 @@ def timing(pipes: dict, args, batch: int) -> dict:
 
 def details(pipes: dict, name: str, args, batch: int) -> dict:
     """One variant's profile (denoiser and superposition ms, syncs/step), peak memory and an output."""
-    pipe = pipes[name]
+    pipe, n = pipes[name], args.profile_steps  # few: the profiler's events cost ~0.1 ms each to read back
     reset_peak(args.device)
-    prof_1, prof_2 = (profile(pipe, args, batch, n) for n in (args.steps, 2 * args.steps))
-    row = dict(prof_2, syncs=(prof_2["syncs"] - prof_1["syncs"]) / args.steps)
-    row["profiled_ms"] = 1e3 * (prof_2["s"] - prof_1["s"]) / args.steps  # the share's denominator
+    prof_1, prof_2 = (profile(pipe, args, batch, k) for k in (n, 2 * n))
+    row = dict(prof_2, syncs=(prof_2["syncs"] - prof_1["syncs"]) / n)
     row["out"] = call(pipe, args.steps, batch, args.size)[1]
     row["peak"] = peak_gib(args.device, sum(weights_gib(p) for n, p in pipes.items() if n != name))
     return row
@@ -175,13 +176,24 @@ def report_timing(name: str, row: dict) -> None:
     )
 
 
-def report_details(name: str, row: dict) -> None:
-    share = 100 * row["update"] / row["profiled_ms"]
+def report_details(name: str, row: dict, step_ms: float) -> None:
+    """Peak memory, syncs, and the profiled denoiser and superposition against the timed (unprofiled) step."""
+    share = 100 * row["update"] / step_ms
     print(
         f"{name:34s} peak {row['peak']:5.2f} GiB  syncs/step {row['syncs']:.1f}  denoiser "
-        f"{row['denoiser']:.2f} ms, superposition {row['update']:.3f} ms/step ({share:.1f} % of a profiled "
-        f"step, {row['profiled_ms']:.2f} ms)"
+        f"{row['denoiser']:.2f} ms, superposition {row['update']:.3f} ms/step ({share:.1f} % of the timed "
+        f"step, {step_ms:.2f} ms)"
     )
+
+
+def compiler_counters() -> str:
+    """What torch.compile did so far: graphs compiled, graph breaks, CUDA graphs skipped (inductor's silent
+    fallback to plain compiled kernels)."""
+    counters = torch._dynamo.utils.counters
+    breaks = sum(counters["graph_break"].values())
+    skips = counters["inductor"].get("cudagraph_skips", 0)
+    graphs = counters["stats"].get("unique_graphs", 0)
+    return f"graphs compiled {graphs}, graph breaks {breaks}, CUDA graph skips {skips}"
 
 
 def difference(fast: dict, eager: dict) -> str:
@@ -219,7 +231,7 @@ def one_batch(pipes: dict, labels: dict, paper: float, args, batch: int) -> None
     for name in pipes:
         try:  # the timings above stand even if the profiler fails
             outs[name] = details(pipes, name, args, batch)
-            report_details(labels[name], outs[name])
+            report_details(labels[name], outs[name], rows[name]["ms"])
         except Exception as err:
             print(f"{labels[name]}: profile failed: {type(err).__name__}: {str(err)[:300]}")
     if len(outs) == 2:
@@ -233,6 +245,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--steps", type=int, default=None, help="short call's steps (default 20 GPU, 10 CPU)")
     parser.add_argument("--repeats", type=int, default=2, help="best of this many calls of each length")
+    parser.add_argument(
+        "--profile-steps", type=int, default=3, help="steps of the shorter profiled call (the longer: 2×)"
+    )
     parser.add_argument(
         "--full", type=int, default=None, help="steps of a measured (c) image (default 1000 GPU)"
     )
@@ -270,7 +285,9 @@ def main() -> None:
     for b in args.batch:
         one_batch(pipes, labels, paper[b], args, b)
         # a failed compilation falls back to eager with a warning: then (c)'s rows are eager figures
-        print(f"enable_fast_sampling after batch {b}: {state}", flush=True)
+        print(
+            f"enable_fast_sampling after batch {b}: {state}; torch.compile: {compiler_counters()}", flush=True
+        )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ else
   export PYTHONPATH=$PWD
 fi
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export TORCH_LOGS=recompiles  # a recompile per call would show here (an artifact every torch since 2.1 has)
 LIMIT=470  # seconds for the whole script
 step() { echo; echo "=== $1 ($(date +%T), ${SECONDS} s)"; }
 # time_left N: true if N more seconds fit in LIMIT; else says the section is skipped

@@ -55,16 +55,46 @@ def module_device(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
+def first_of(owner, *names: str):
+    """The first of names that owner has (torch renamed them: "cache" became "recompile" in 2.7), or None."""
+    return next((getattr(owner, name) for name in names if hasattr(owner, name)), None)
+
+
+def recompile_limit() -> int | None:
+    """torch._dynamo's limit of compiled variants per code object."""
+    return first_of(torch._dynamo.config, "recompile_limit", "cache_size_limit")
+
+
+def limit_names(config, exc) -> tuple[str | None, type | tuple]:
+    """(the config flag that makes dynamo raise past the recompile limit, the exception it raises), by their
+    names before and after torch 2.7; (None, ()) where torch has neither and runs eager there unsaid."""
+    flags = [f for f in ("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit") if hasattr(config, f)]
+    return (flags or [None])[0], first_of(exc, "FailOnRecompileLimitHit", "FailOnCacheLimitHit") or ()
+
+
+LIMIT_FLAG, LIMIT_HIT = limit_names(torch._dynamo.config, torch._dynamo.exc)
+
+
 @contextmanager
 def failing_on_recompile_limit():
-    """Past torch._dynamo.config.recompile_limit, raise instead of running eager unsaid (set and restored
-    directly: 5× cheaper per step than ``config.patch``)."""
+    """Past the recompile limit, raise instead of running eager unsaid (set and restored directly: 5×
+    cheaper per step than ``config.patch``)."""
+    if LIMIT_FLAG is None:
+        yield
+        return
     config = torch._dynamo.config
-    before, config.fail_on_recompile_limit_hit = config.fail_on_recompile_limit_hit, True
+    before = getattr(config, LIMIT_FLAG)
+    setattr(config, LIMIT_FLAG, True)
     try:
         yield
     finally:
-        config.fail_on_recompile_limit_hit = before
+        setattr(config, LIMIT_FLAG, before)
+
+
+def signature(args, kwargs) -> tuple:
+    """What tells the compiled variants of a call apart, roughly: its tensors' shapes, strides and dtypes."""
+    leaves = pytree.tree_leaves((args, kwargs))
+    return tuple((x.shape, x.stride(), x.dtype) if isinstance(x, torch.Tensor) else type(x) for x in leaves)
 
 
 class FastCall:
@@ -75,18 +105,21 @@ class FastCall:
 
     def __init__(self, module: nn.Module, compiled, state: FastSampling):
         self.module, self.compiled, self.state = module, compiled, state
-        self.limit_warned = False
+        self.past_limit: set[tuple] = set()  # signatures refused at the recompile limit: eager from then on
 
     def __call__(self, *args, **kwargs):
         if torch.is_grad_enabled():  # compiled for sampling; derivatives (eps_model's FPE residual, a double
             return self.module._call_impl(*args, **kwargs)  # backward torch.compile lacks) run eager
+        if self.past_limit and signature(args, kwargs) in self.past_limit:  # torch would log 7 lines a step
+            return self.module._call_impl(*args, **kwargs)
         if self.state.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs may be overwritten
         try:
             with failing_on_recompile_limit():
                 out = self.compiled(*args, **kwargs)
-        except torch._dynamo.exc.FailOnRecompileLimitHit:  # shapes compiled before stay compiled
+        except LIMIT_HIT:  # shapes compiled before stay compiled
             self.warn_limit(args)
+            self.past_limit.add(signature(args, kwargs))
             return self.module._call_impl(*args, **kwargs)
         except torch._dynamo.exc.RecompileError:  # the user asked for it (config.error_on_recompile)
             raise
@@ -99,13 +132,11 @@ class FastCall:
 
     def warn_limit(self, args) -> None:
         """Once: the recompile limit is reached, so this and further new input shapes run eager."""
-        if self.limit_warned:
+        if self.past_limit:
             return
-        self.limit_warned = True
         shape = tuple(args[0].shape) if args and isinstance(args[0], torch.Tensor) else "?"
-        limit = torch._dynamo.config.recompile_limit
         warn_caller(
-            f"enable_fast_sampling: torch.compile reached its recompile limit ({limit}, "
+            f"enable_fast_sampling: torch.compile reached its recompile limit ({recompile_limit()}, "
             f"torch._dynamo.config.recompile_limit) for the denoiser's code: input shape {shape} and other "
             "new sizes or batches run eager, the ones compiled before stay compiled",
             RuntimeWarning,

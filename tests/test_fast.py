@@ -1,6 +1,7 @@
 """The fast path (superdiff.fast) on the tiny pipeline: same images as eager, no recompiles, fallbacks."""
 
 import json
+import logging
 import time
 import warnings
 from types import SimpleNamespace
@@ -364,6 +365,10 @@ def test_past_the_recompile_limit_new_shapes_run_eager_and_say_so():
     torch._dynamo.reset()  # this test's shapes alone count
     pipe, reference = tiny_pipeline(seed=0), tiny_pipeline(seed=0)
     state = pipe.enable_fast_sampling(backend="eager")
+    said = []  # what torch logs past the limit: once per new shape, not at every step
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logging.getLogger("torch._dynamo").addHandler(handler)
     # config.patch, not monkeypatch: undoing a monkeypatch deletes a config entry, which hides it for good
     with torch._dynamo.config.patch(recompile_limit=1):
         with warnings.catch_warnings():
@@ -377,7 +382,28 @@ def test_past_the_recompile_limit_new_shapes_run_eager_and_say_so():
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)  # said once
             sample(pipe, height=80, width=80)
+    logging.getLogger("torch._dynamo").removeHandler(handler)
+    assert len([m for m in said if "recompile_limit" in m]) == 2  # 72² and 80², 4 steps each
     torch._dynamo.reset()
+
+
+def test_torchs_older_names_of_the_recompile_limit_are_found_and_none_needed():
+    old = SimpleNamespace(fail_on_cache_limit_hit=False), SimpleNamespace(FailOnCacheLimitHit=KeyError)
+    new = (
+        SimpleNamespace(fail_on_recompile_limit_hit=False),
+        SimpleNamespace(FailOnRecompileLimitHit=IndexError),
+    )
+    assert fast.limit_names(*old) == ("fail_on_cache_limit_hit", KeyError)
+    assert fast.limit_names(*new) == ("fail_on_recompile_limit_hit", IndexError)
+    assert fast.limit_names(SimpleNamespace(), SimpleNamespace()) == (None, ())
+
+
+def test_without_the_limit_flag_the_fast_path_still_samples(monkeypatch, eager):
+    monkeypatch.setattr(fast, "LIMIT_FLAG", None)  # torch < 2.5
+    monkeypatch.setattr(fast, "LIMIT_HIT", ())
+    pipe = tiny_pipeline(seed=0)
+    pipe.enable_fast_sampling(backend="eager")
+    assert_close(sample(pipe), eager)
 
 
 def test_denoiser_is_the_unet_or_the_transformer():
