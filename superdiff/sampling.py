@@ -490,7 +490,7 @@ class FlowResult:
     samples: Tensor  # (B, ...)
     log_q: Tensor  # (n + 1, B)
     sigmas: Tensor
-    model_calls: int  # forward passes plus vector-Jacobian products
+    model_calls: int  # network passes: a forward and a backward per probe (exact divergence: d probes)
 
 
 MAX_PROBE_ROWS = 8192  # rows of one batched divergence forward (probes × batch) ...
@@ -623,7 +623,7 @@ def probability_flow(
         sigma, dsigma = sigmas[i].item(), (sigmas[i + 1] - sigmas[i]).item()
         probes = probes_for(x, hutchinson, generator)
         eps, div = divergence(model, x, sigma, probes)
-        calls += 1 + (x[0].numel() if probes is None else len(probes))
+        calls += 2 * (x[0].numel() if probes is None else len(probes))  # ε̂ is the first copy's forward
         x = x + dsigma * eps
         log_q = log_q - dsigma * div
         log_qs.append(log_q)
