@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from contextlib import contextmanager
 from functools import cache
+from pathlib import Path
 from urllib.parse import urlparse
 
 CAUSE_CHARS = 200  # the cause's first line is shortened to about this many characters
@@ -58,9 +60,25 @@ def explain_unavailable(name):
         raise
     except (OSError, ValueError) as err:
         name = str(name)
+        missing = missing_components(name) if os.path.isdir(name) else []
+        if missing:
+            raise WeightsUnavailableError(
+                f"{name!r} lacks {', '.join(m + '/' for m in missing)} that its model_index.json names: an "
+                "incomplete download or copy; fetch the whole pipeline folder again"
+            ) from None
         if os.path.isdir(name) or (isinstance(err, ValueError) and not _looks_like_path(name)):
             raise
         raise weights_unavailable(name, err) from None  # the cause stays in err.__context__ for debugging
+
+
+def missing_components(folder: str) -> list[str]:
+    """The components a pipeline folder's model_index.json names whose subfolder is missing or empty."""
+    try:
+        index = json.loads((Path(folder) / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # no index: diffusers' own error says so
+        return []
+    named = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v and v[0]]
+    return [k for k in named if not (Path(folder) / k).is_dir() or not any((Path(folder) / k).iterdir())]
 
 
 @cache

@@ -169,6 +169,8 @@ def scatter_over_models(samples: Tensor, models, sigma: float, *, ax=None, title
 def image_grid(images, *, titles: Sequence[str] | None = None, ncols: int | None = None, size: float = 2.0):
     """A figure with images (B, H, W, 3) uint8 (tensor, array or PIL list) in a grid, optional titles."""
     arrays = [np.asarray(im.cpu() if isinstance(im, Tensor) else im) for im in images]
+    if not arrays:
+        raise ValueError("images: expected at least one image, got none")
     ncols = ncols or min(len(arrays), 6)
     nrows = -(-len(arrays) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.3 * (titles is not None)))

@@ -1,11 +1,13 @@
 """The offline error: one sentence on how to get the weights, then the cause, shortened between words."""
 
+import shutil
 import socket
 import time
 
 import huggingface_hub.constants
 import pytest
 
+from superdiff import SuperDiffPipeline
 from superdiff.generate import pipeline_class
 from superdiff.hub import (
     CAUSE_CHARS,
@@ -15,6 +17,7 @@ from superdiff.hub import (
     offline_kwargs,
     weights_unavailable,
 )
+from superdiff.testing import tiny_pipeline
 
 
 def cause_of(err) -> str:
@@ -86,3 +89,16 @@ def test_the_sweeps_clip_scorer_is_answered_from_the_cache_at_once_too(hub_down,
 def test_behind_a_proxy_the_hub_is_assumed_reachable(hub_down, monkeypatch):
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example.org:3128")
     assert offline_kwargs("CompVis/stable-diffusion-v1-4") == {}
+
+
+@pytest.mark.parametrize("gone", ["unet", "scheduler"])
+def test_a_folder_missing_a_component_names_it(tmp_path, gone):
+    tiny_pipeline().save_pretrained(tmp_path / "sd")
+    shutil.rmtree(tmp_path / "sd" / gone)
+    (tmp_path / "sd" / "vae" / "config.json").unlink()  # a folder that is there stays unnamed
+    with pytest.raises(WeightsUnavailableError) as err:
+        SuperDiffPipeline.from_pretrained(str(tmp_path / "sd"))
+    assert str(err.value) == (
+        f"{str(tmp_path / 'sd')!r} lacks {gone}/ that its model_index.json names: an incomplete download or "
+        "copy; fetch the whole pipeline folder again"
+    )

@@ -9,7 +9,7 @@ import torch  # noqa: E402
 
 from superdiff import geometric_sigmas, superpose  # noqa: E402
 from superdiff.toy import up_and_down  # noqa: E402
-from superdiff.viz import plot_kappa, running_mean  # noqa: E402
+from superdiff.viz import image_grid, plot_kappa, running_mean  # noqa: E402
 
 
 def test_running_mean_is_the_dsigma_weighted_mean_of_the_last_steps():
@@ -84,3 +84,9 @@ def test_log_q_legend_names_the_band_and_scatter_window_follows_lim():
     ax = scatter_over_models(r.samples, (up, down), 4.0, lim=12.0)
     assert ax.get_xlim() == (-12.0, 12.0) and ax.get_ylim() == (-12.0, 12.0)
     plt.close("all")
+
+
+@pytest.mark.parametrize("images", [torch.zeros(0, 8, 8, 3, dtype=torch.uint8), []])
+def test_an_empty_image_grid_is_refused_by_name(images):
+    with pytest.raises(ValueError, match="images: expected at least one image, got none"):
+        image_grid(images)
