@@ -277,6 +277,55 @@ def test_train_refuses_bad_options_before_training(argv, name, tmp_path, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_a_full_training_run_replaces_the_set_together_or_not_at_all(
+    interrupted, tmp_path, monkeypatch, capsys
+):
+    from superdiff.digits import train
+    from superdiff.digits.model import Classifier
+
+    out = tmp_path / "weights"
+    out.mkdir()
+    (out / FILES["full"]).write_bytes(b"the old set")
+    monkeypatch.setattr(train, "train_eps", lambda net, *args, **kwargs: net)  # untrained, in no time
+    monkeypatch.setattr(train, "train_classifier", lambda x, y, seed: Classifier())
+    monkeypatch.setattr(train, "accuracy", lambda clf, x, y: 0.5)
+    if interrupted:  # Ctrl-C after some networks were written
+        save = train.save_atomic
+
+        def save_then_stop(module, path, meta):
+            save(module, path, meta)
+            if path.name == FILES["fokker_planck"]:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(train, "save_atomic", save_then_stop)
+    code = train.main(["--quick", "--out", str(out)])
+    names = sorted(p.name for p in out.iterdir())
+    if interrupted:
+        assert code == 130 and "nothing in --out was changed" in capsys.readouterr().err
+        assert names == [FILES["full"]] and (out / FILES["full"]).read_bytes() == b"the old set"
+    else:
+        assert code == 0 and names == sorted([*FILES.values(), "README.md"])
+        assert f"`{train.sha256(out / FILES['full'])}`" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--variant", "conservative", "--out", "{tmp}/afile/x.safetensors"], "is a file, not a folder"),
+        (["--out", "{tmp}/afile"], "--out: .*afile' is a file, not a folder"),
+    ],
+)
+def test_train_refuses_an_out_it_cannot_write_before_training(argv, message, tmp_path, monkeypatch, capsys):
+    from superdiff.digits import train
+
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setattr(train, "train_eps", lambda *args, **kwargs: pytest.fail("trained"))
+    with pytest.raises(SystemExit):
+        train.main([a.format(tmp=tmp_path) for a in argv])
+    assert re.search(message, capsys.readouterr().err)
+
+
 def test_train_passes_the_penalty_options_to_training_and_records_them(tmp_path, monkeypatch):
     import json
 

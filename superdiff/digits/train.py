@@ -16,7 +16,9 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .._io import TEMP_SUFFIX, check_targets, check_writable, stage, terminate_as_exit, write_atomically
 from ..fokker_planck import score_fpe_residual
 from .model import FILES, NULL, SEED, SIGMA_MAX, WEIGHTS, Classifier, EpsNet, digits_split, load_module
 
@@ -75,13 +78,23 @@ def sha256(path: Path) -> str:
 
 def save_atomic(module: nn.Module, path: Path, meta: dict) -> None:
     """Write a module's weights + config metadata to a temp file, then rename over ``path``."""
-    tmp = path.with_suffix(".tmp")
     state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
     # one metadata key: safetensors writes several keys in hash-map order, which would change the file's bytes
-    save_file(
-        state, str(tmp), metadata={"superdiff": json.dumps({"config": module.config, **meta}, sort_keys=True)}
-    )
-    os.replace(tmp, path)
+    metadata = {"superdiff": json.dumps({"config": module.config, **meta}, sort_keys=True)}
+    os.replace(stage(path, lambda tmp: save_file(state, str(tmp), metadata=metadata)), path)
+
+
+def check_out(out: Path, variant: str | None) -> None:
+    """--out before any training: a .safetensors file path with --variant, else a folder; writable."""
+    if variant:
+        if out.suffix != ".safetensors":
+            raise ValueError(f"--out: with --variant, a .safetensors file path, got {out}")
+        check_targets([out], "--out")
+        check_writable(out.parent, "--out")
+    else:
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out: {str(out)!r} is a file, not a folder")
+        check_writable(out, "--out")
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: int = 200) -> float:
@@ -198,9 +211,7 @@ and CPU kind). Evaluation classifier held-out accuracy: **{acc:.4f}**
 
 <!-- sha256 json: {json.dumps({f: sha256(out / f) for f in FILES.values()})} -->
 """
-    tmp = out / "README.md.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, out / "README.md")
+    (out / "README.md").write_text(text, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,20 +251,49 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and not 0 <= value <= high:  # NaN fails too
             parser.error(f"{flag}: expected 0–{high:g}, got {value}")
     args.out = args.out or Path(f"{args.variant}.safetensors" if args.variant else DEFAULT_OUT)
+    try:
+        check_out(args.out, args.variant)
+    except ValueError as err:
+        parser.error(str(err))
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)  # thread count changes float sums; tiny nets gain little from threads
+    args.overrides = {key: value for key, (value, _) in penalty.items() if value is not None}
+    try:
+        return train_and_write(args)
+    except KeyboardInterrupt:
+        print("superdiff.digits.train: interrupted; nothing in --out was changed", file=sys.stderr)
+        return 130
+
+
+def train_and_write(args) -> int:
+    """Train what --variant (or the full set) asks for and write it to --out."""
     if args.variant:
-        if args.out.suffix != ".safetensors":
-            parser.error(f"--out: with --variant, a .safetensors file path, got {args.out}")
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        overrides = {key: value for key, (value, _) in penalty.items() if value is not None}
         steps = args.steps or VARIANTS[args.variant][1]
-        net = train_variant(args.variant, steps=steps, **overrides)
+        net = train_variant(args.variant, steps=steps, **args.overrides)
         meta = {"variant": args.variant, "steps": str(steps)}
-        save_atomic(net, args.out, meta | {k: str(v) for k, v in overrides.items()})
+        save_atomic(net, args.out, meta | {k: str(v) for k, v in args.overrides.items()})
         print(f"wrote {args.out}")
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".training.", suffix=TEMP_SUFFIX, dir=args.out))
+    with terminate_as_exit():  # SIGTERM too removes the temp folder
+        try:  # the set is trained in a temp folder and replaces the files in --out together, at the end
+            acc = train_set(args, staging)
+            write_atomically([(args.out / f, copier(staging / f)) for f in [*FILES.values(), "README.md"]])
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    print(f"held-out classifier accuracy {acc:.4f}; weights in {args.out}")
+    return 0
+
+
+def copier(source: Path):
+    """A writer (for write_atomically) that copies source."""
+    return lambda target: shutil.copyfile(source, target)
+
+
+def train_set(args, out: Path) -> float:
+    """Every shipped network and the classifier into out, with their README; the classifier's accuracy."""
     x, y = digits_split("train")
     seconds = {}
     for k, (name, (digits, conditional, steps)) in enumerate(RUNS.items()):
@@ -263,26 +303,24 @@ def main(argv: list[str] | None = None) -> int:
         net = EpsNet(num_classes=10 if conditional else 0)
         steps = steps // 10 if args.quick else steps
         ema = train_eps(net, x[keep], y[keep], steps, seed=SEED + k, desc=name)
-        save_atomic(ema, args.out / FILES[name], {"digits": str(list(digits)), "steps": str(steps)})
+        save_atomic(ema, out / FILES[name], {"digits": str(list(digits)), "steps": str(steps)})
         seconds[name] = time.perf_counter() - t0
     t0 = time.perf_counter()  # fine-tuned from the conditional model just written
     steps = VARIANTS["fokker_planck"][1] // (10 if args.quick else 1)
-    net = train_variant("fokker_planck", weights=args.out, steps=steps)
-    save_atomic(net, args.out / FILES["fokker_planck"], {"variant": "fokker_planck", "steps": str(steps)})
+    net = train_variant("fokker_planck", weights=out, steps=steps)
+    save_atomic(net, out / FILES["fokker_planck"], {"variant": "fokker_planck", "steps": str(steps)})
     seconds["fokker_planck"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     clf = train_classifier(x, y, seed=SEED)
-    save_atomic(clf, args.out / FILES["classifier"], {})
+    save_atomic(clf, out / FILES["classifier"], {})
     seconds["classifier"] = time.perf_counter() - t0
     acc = accuracy(clf, *digits_split("held_out"))
     command = f"python -m superdiff.digits.train --out {args.out.as_posix()}" + (
         " --quick" if args.quick else ""
     )
-    write_readme(args.out, command, seconds, acc)
-    print(
-        f"held-out classifier accuracy {acc:.4f}; total {sum(seconds.values()):.0f} s; weights in {args.out}"
-    )
-    return 0
+    write_readme(out, command, seconds, acc)
+    print(f"trained in {sum(seconds.values()):.0f} s")
+    return acc
 
 
 if __name__ == "__main__":
