@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -86,6 +87,11 @@ def check_writable(folder: Path, name: str) -> None:
         tempfile.TemporaryDirectory(prefix=".probe.", suffix=TEMP_SUFFIX, dir=existing).cleanup()
     except OSError as err:
         raise ValueError(f"{name}: cannot write in {str(existing)!r} ({err.strerror})") from None
+
+
+def copy_of(source: Path) -> Writer:
+    """A writer (for :func:`write_atomically`) that copies source."""
+    return lambda target: shutil.copyfile(source, target)
 
 
 def write_atomically(

@@ -363,3 +363,58 @@ def test_interrupt_ends_a_digits_run_and_the_next_call_runs_whole(pipe):
     assert pipe("3", "8", seed=0, num_inference_steps=10, callback_on_step_end=stop).kappa.shape[0] == 2
     watch = lambda p, i, sigma, kw: None  # noqa: E731  (a callback that leaves the flag alone)
     assert pipe("3", "8", seed=0, num_inference_steps=10, callback_on_step_end=watch).kappa.shape[0] == 10
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--n-or", "0"], "--n-or: expected an integer from 10 to 20000, got 0"),
+        (["--n-or", "100000000"], "--n-or: expected an integer from 10 to 20000"),
+        (["--batch-and", "0"], "--batch-and: expected an integer from 1 to 1024, got 0"),
+        (["--batch-acc", "-1"], "--batch-acc: expected an integer from 1 to 1024, got -1"),
+        (["--out", "{tmp}/afile/r.md"], "--out: .*afile' is a file, not a folder"),
+        (["--out", "{tmp}"], "--out: .* is a folder in the way"),
+    ],
+)
+def test_experiments_refuse_bad_options_before_any_run(argv, message, tmp_path, monkeypatch, capsys):
+    from superdiff.digits import experiments
+
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setattr(experiments, "experiments", lambda *args: pytest.fail("ran"))
+    with pytest.raises(SystemExit):
+        experiments.main([a.format(tmp=tmp_path) for a in argv])
+    assert re.search(message, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_the_report_and_its_figures_are_replaced_together_or_not_at_all(interrupted, tmp_path, monkeypatch):
+    from superdiff.digits import experiments
+
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "digits_or_samples.png").write_bytes(b"old figure")
+    (tmp_path / "r.md").write_text("old report")
+
+    def run(n_or, batch_and, batch_acc, out, fig_dir):
+        (fig_dir / "digits_or_samples.png").write_bytes(b"new figure")
+        if interrupted:  # Ctrl-C in experiment 2, after experiment 1's figures
+            raise KeyboardInterrupt
+        return "new report", [fig_dir / "digits_or_samples.png"]
+
+    monkeypatch.setattr(experiments, "experiments", run)
+    code = experiments.main(["--out", str(tmp_path / "r.md")])
+    figure, report = (
+        (tmp_path / "figures" / "digits_or_samples.png").read_bytes(),
+        (tmp_path / "r.md").read_text(),
+    )
+    assert (code, figure, report) == (
+        (130, b"old figure", "old report") if interrupted else (0, b"new figure", "new report")
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figures", "r.md"]
+
+
+def test_the_reports_folder_is_made_if_new(tmp_path, monkeypatch):
+    from superdiff.digits import experiments
+
+    monkeypatch.setattr(experiments, "experiments", lambda *args: ("report", []))
+    assert experiments.main(["--out", str(tmp_path / "new" / "r.md")]) == 0
+    assert (tmp_path / "new" / "r.md").read_text() == "report"

@@ -11,7 +11,9 @@ docs/results-digits.md is regenerated with ``make results-digits``.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +21,10 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
+from .._io import TEMP_SUFFIX, check_targets, check_writable, copy_of, terminate_as_exit, write_atomically
 from .._torch import one_thread
+from ..limits import LIMITS
+from ..pipeline_common import check_int
 from ..viz import save_figure
 from .demo import grid_with_kappa, mosaic
 from .model import (
@@ -44,6 +49,8 @@ PAIRS = [
 ]
 SEEDS = (0, 1, 2)
 MIN_SHARE = 0.05  # a class is "covered" if it gets at least this share of the samples (uniform: 0.10)
+
+MAX_N_OR = 20_000  # experiment 1's samples per sampler: 20× the report's
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -278,8 +285,23 @@ def experiment_accuracy(batch: int) -> str:
 
 
 def report(n_or: int, batch_and: int, batch_acc: int, out: Path, fig_dir: Path) -> Path:
-    """Run the three experiments and write the markdown report."""
-    fig_dir.mkdir(parents=True, exist_ok=True)
+    """Run the three experiments, then write the markdown report and its figures together."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".figures.", suffix=TEMP_SUFFIX, dir=out.parent))
+    with terminate_as_exit():
+        try:
+            text, figs = experiments(n_or, batch_and, batch_acc, out, staging)
+            writes = [(fig_dir / p.name, copy_of(p)) for p in figs]
+            write_atomically([*writes, (out, lambda path: path.write_text(text, encoding="utf-8"))])
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def experiments(
+    n_or: int, batch_and: int, batch_acc: int, out: Path, fig_dir: Path
+) -> tuple[str, list[Path]]:
+    """The report's text and its figures (written to fig_dir)."""
     t0 = time.perf_counter()
     table_or, figs_or = experiment_or(n_or, seed=0, fig_dir=fig_dir)
     table_and, figs_and = experiment_and(batch_and, fig_dir)
@@ -332,8 +354,7 @@ Single-prompt samples ({batch_acc} per digit, seed = digit), share classified as
 
 {table_acc}
 """
-    out.write_text(text)
-    return out
+    return text, figs_or + figs_and
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,8 +366,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-and", type=int, default=50, help="samples per pair, method and seed")
     parser.add_argument("--batch-acc", type=int, default=100, help="samples per digit in experiment 3")
     args = parser.parse_args(argv)
-    with one_thread():
-        path = report(args.n_or, args.batch_and, args.batch_acc, args.out, args.out.parent / "figures")
+    fig_dir = args.out.parent / "figures"
+    try:
+        check_int("--n-or", args.n_or, 10, high=MAX_N_OR)
+        check_int("--batch-and", args.batch_and, 1, high=LIMITS.batch_size)
+        check_int("--batch-acc", args.batch_acc, 1, high=LIMITS.batch_size)
+        check_writable(fig_dir, "--out")
+        check_targets([args.out], "--out")
+    except ValueError as err:
+        parser.error(str(err))
+    try:
+        with one_thread():
+            path = report(args.n_or, args.batch_and, args.batch_acc, args.out, fig_dir)
+    except KeyboardInterrupt:
+        print(
+            "superdiff.digits.experiments: interrupted; the report and its figures are unchanged",
+            file=sys.stderr,
+        )
+        return 130
     print(f"wrote {path}")
     return 0
 

@@ -27,7 +27,15 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .._io import TEMP_SUFFIX, check_targets, check_writable, stage, terminate_as_exit, write_atomically
+from .._io import (
+    TEMP_SUFFIX,
+    check_targets,
+    check_writable,
+    copy_of,
+    stage,
+    terminate_as_exit,
+    write_atomically,
+)
 from ..fokker_planck import score_fpe_residual
 from .model import FILES, NULL, SEED, SIGMA_MAX, WEIGHTS, Classifier, EpsNet, digits_split, load_module
 
@@ -280,16 +288,11 @@ def train_and_write(args) -> int:
     with terminate_as_exit():  # SIGTERM too removes the temp folder
         try:  # the set is trained in a temp folder and replaces the files in --out together, at the end
             acc = train_set(args, staging)
-            write_atomically([(args.out / f, copier(staging / f)) for f in [*FILES.values(), "README.md"]])
+            write_atomically([(args.out / f, copy_of(staging / f)) for f in [*FILES.values(), "README.md"]])
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     print(f"held-out classifier accuracy {acc:.4f}; weights in {args.out}")
     return 0
-
-
-def copier(source: Path):
-    """A writer (for write_atomically) that copies source."""
-    return lambda target: shutil.copyfile(source, target)
 
 
 def train_set(args, out: Path) -> float:
