@@ -1,6 +1,7 @@
 """The AND study's own machinery: its batched likelihoods equal the plain ones; AND's absolute traces (f)."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -71,3 +72,68 @@ def test_curvature_term_is_the_quadratic_form_of_the_models_jacobians():
         for k in range(3):
             jac = torch.autograd.functional.jacobian(lambda v, m=m: m(v[None], 0.7)[0], x[k])
             assert term[k, i].item() == pytest.approx(0.05 * (d_hat[k] @ jac @ d_hat[k]).item(), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("labels", "x", "sigma", "message"),
+    [
+        ([-1, 8], torch.zeros(2, 1, 8, 8), 0.01, r"labels\[0\]"),
+        ([True, 8], torch.zeros(2, 1, 8, 8), 0.01, r"labels\[0\]"),
+        ("3", torch.zeros(2, 1, 8, 8), 0.01, "labels: expected a non-empty list of digits"),
+        (
+            [3, 8],
+            torch.zeros(2, 64, 64, 3, dtype=torch.uint8),
+            0.01,
+            r"x: expected model-space samples .*out.latents",
+        ),
+        ([3, 8], torch.zeros(2, 1, 8, 8), 20.0, "sigma: expected a noise level > 0 and < 10"),
+        ([3, 8], torch.zeros(2, 1, 8, 8), float("nan"), "sigma: expected a noise level"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["net", "gaussian"])
+def test_the_judge_refuses_what_it_cannot_judge_by_name(kind, labels, x, sigma, message):
+    from superdiff.digits.densities import log_densities
+    from superdiff.digits.pipeline import load_pipeline
+
+    with pytest.raises(ValueError, match=message):
+        log_densities(load_pipeline(kind), labels, x, sigma)
+
+
+def test_the_judge_takes_labels_as_the_pipeline_takes_prompts():
+    from superdiff.digits.densities import log_densities
+    from superdiff.digits.pipeline import load_pipeline
+
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.5
+    pipe = load_pipeline("gaussian")
+    assert torch.equal(log_densities(pipe, ["3", "eight"], x, 0.05), log_densities(pipe, [3, 8], x, 0.05))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--candidate", "{tmp}/bad.safetensors"],
+            "--candidate: .*bad.safetensors is not a digits network file",
+        ),
+        (
+            ["--candidate", "{tmp}/none.safetensors"],
+            "--candidate: .*none.safetensors is not a digits network file",
+        ),
+        (["--out", "{tmp}"], "--out: .* is a folder in the way"),
+        (["--out", "{tmp}/bad.safetensors/r.md"], "--out: .* is a file, not a folder"),
+        (["--section", "f", "--out", "{tmp}/notes.md"], "--out: .*notes.md is not an AND study report"),
+    ],
+)
+def test_the_study_refuses_what_it_would_fail_on_late_before_any_run(
+    argv, message, tmp_path, monkeypatch, capsys
+):
+    from superdiff import and_study
+
+    (tmp_path / "bad.safetensors").write_bytes(b"not safetensors")
+    (tmp_path / "notes.md").write_text("# My notes\n")
+    monkeypatch.setattr(and_study, "report", lambda *args, **kwargs: pytest.fail("ran"))
+    monkeypatch.setattr(and_study, "section_f", lambda *args, **kwargs: pytest.fail("ran"))
+    with pytest.raises(SystemExit):
+        and_study.main([a.format(tmp=tmp_path) for a in argv])
+    assert re.search(message, capsys.readouterr().err)
+    assert (tmp_path / "notes.md").read_text() == "# My notes\n"

@@ -11,9 +11,11 @@ import torch
 from torch import Tensor
 
 from .._torch import one_thread
-from ..sampling import log_likelihood, superpose
+from ..limits import LIMITS
+from ..pipeline_common import check_int
+from ..sampling import is_real, log_likelihood, superpose
 from .gaussian import load_gaussian_models
-from .model import EpsNet, default_sigmas, load_conditional
+from .model import SIGMA_MAX, EpsNet, default_sigmas, label_of, load_conditional
 from .pipeline import MODELS, DigitsPipeline
 
 PROBES = 8  # Hutchinson probes per ODE evaluation of the network's likelihood (checked against exact)
@@ -65,6 +67,22 @@ class DigitModels:
         return log_densities(self.pipes[kind], labels, x, sigma, probes, seed, self.ode_steps)
 
 
+def check_judge_args(labels, x, sigma, ode_steps) -> list[int]:
+    """The digits 0–9 of labels ("3", "three" or 3, as prompts); x (B, 64 values); 0 < σ < SIGMA_MAX."""
+    if isinstance(labels, (str, int)) or not labels:
+        raise ValueError(f"labels: expected a non-empty list of digits (e.g. [3, 8]), got {labels!r}")
+    digits = [label_of(c, f"labels[{i}]") for i, c in enumerate(labels)]
+    if not (isinstance(x, Tensor) and x.is_floating_point() and x.ndim >= 2 and x[0].numel() == 64):
+        got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x: expected model-space samples (B, 1, 8, 8) at noise σ (out.latents), got {got}")
+    if not (is_real(sigma) and 0 < sigma < SIGMA_MAX):
+        raise ValueError(
+            f"sigma: expected a noise level > 0 and < {SIGMA_MAX:g} (the samples' σ), got {sigma!r}"
+        )
+    check_int("ode_steps", ode_steps, 1, high=LIMITS.steps)
+    return digits
+
+
 def log_densities(
     pipe: DigitsPipeline, labels, x: Tensor, sigma: float, probes=PROBES, seed: int = 0, ode_steps=ODE_STEPS
 ) -> Tensor:
@@ -76,6 +94,7 @@ def log_densities(
     A sample draws the same probes under every label (common random numbers): the noise of log q_a − log q_b
     partly cancels (measured on "3" & "8": median error 0.23 → 0.13 nats), and is 0 for a = b.
     """
+    labels = check_judge_args(labels, x, sigma, ode_steps)
     if pipe.model == "gaussian":
         gaussians, _ = load_gaussian_models()
         return torch.stack([gaussians[c].log_prob(x.double(), sigma) for c in labels])
