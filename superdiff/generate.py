@@ -141,11 +141,17 @@ def output_paths(out: str, batch_size: int, overwrite: bool = False) -> tuple[li
     return images, paths[-1]
 
 
-def settings(args, call: dict, index: int) -> str:
-    """The PNG text chunk "superdiff" of image ``index``: the pipeline call that made it (JSON)."""
+def settings(args, pipe, call: dict, index: int) -> str:
+    """The PNG text chunk "superdiff" of image ``index``: the pipeline call that made it (JSON), with the
+    dtype it ran in and the guidance it used (the pipeline's default where --guidance-scale is left out)."""
+    import inspect
+
     from . import __version__
 
-    model = {"prompts": args.prompts, "model": args.model, "dtype": args.dtype, "guidance_scale": None}
+    guidance = inspect.signature(pipe.__call__).parameters["guidance_scale"].default
+    dtype = str(getattr(pipe, "dtype", "float32")).removeprefix("torch.")  # the digits pipeline: float32
+    model = {"prompts": args.prompts, "model": args.model, "dtype": dtype}
+    call = {"guidance_scale": guidance, **call}
     return json.dumps({**model, **call, "index": index, "superdiff": __version__}, ensure_ascii=False)
 
 
@@ -288,6 +294,17 @@ def check_arguments(args, cls=None) -> None:
 
             if args.height is not None or args.width is not None:
                 raise ValueError("--height, --width: the digits model makes 64×64 images; leave them out")
+            unused = {
+                "--dtype": args.dtype not in ("auto", "float32"),
+                "--cpu-offload": args.cpu_offload,
+                "--attention-slicing": args.attention_slicing,
+                "--max-size": args.max_size != LIMITS.size,
+            }
+            if any(unused.values()):
+                given = ", ".join(flag for flag, on in unused.items() if on)
+                raise ValueError(
+                    f"{given}: the digits model runs in float32 at 64×64 on the CPU; leave them out"
+                )
             check_inputs(prompt_1, prompt_2, **checked)
             return
         from superdiff.pipeline_superdiff import check_inputs
@@ -357,7 +374,9 @@ def generate(args) -> list[Path]:
 
     fig = kappa_figure(out, args)
     named = enumerate(zip(images, out.to_pil(), strict=True))
-    pngs = [(path, png(image, info={"superdiff": settings(args, kwargs, i)})) for i, (path, image) in named]
+    pngs = [
+        (path, png(image, info={"superdiff": settings(args, pipe, kwargs, i)})) for i, (path, image) in named
+    ]
     pngs += [(kappa_path, png(fig))] if fig else []
     try:
         write_atomically(pngs)

@@ -80,6 +80,7 @@ def test_without_seed_one_is_chosen_printed_and_saved_so_the_run_repeats(tmp_pat
     saved = json.loads(Image.open(tmp_path / "random.png").text["superdiff"])
     assert saved["seed"] == seed and saved["prompts"] == ["a flamingo", "a candy cane"]
     assert (saved["lift"], saved["num_inference_steps"], saved["height"], saved["index"]) == (1.0, 3, 64, 0)
+    assert (saved["dtype"], saved["guidance_scale"]) == ("float32", 7.5)  # what ran: the pipeline's default
     assert main([*options, "--seed", str(seed), "--out", str(tmp_path / "again.png")]) == 0
     assert "seed" not in capsys.readouterr().err  # given, so not announced
     pixels = [Image.open(tmp_path / name).tobytes() for name in ("random.png", "again.png")]
@@ -131,6 +132,8 @@ def test_digits_model_when_installed(tmp_path):
         (["--model", "digits", "--steps", "1000000000"], ("3", "8"), "--steps"),
         (["--model", "digits", "--batch-size", "1000000000"], ("3", "8"), "--batch-size"),
         (["--model", "digits", "--height", "64"], ("3", "8"), "--height, --width"),
+        (["--model", "digits", "--dtype", "float16", "--cpu-offload"], ("3", "8"), "--dtype, --cpu-offload"),
+        (["--model", "digits", "--max-size", "4096"], ("3", "8"), "--max-size"),
         (["--model", "digits"], ("3", "cat"), "prompts"),
         (["--model", "digits"], ("3", "²"), "prompts"),  # a digit to str.isdigit, not a digit name
         (["--model", "digits", "--guidance-scale", "nan"], ("3", "8"), "--guidance-scale"),
