@@ -200,7 +200,11 @@ def step_callback(
             on_step()
         if callback is not None:
             kappa, log_q = state["kappa"][..., :n_prompts].clone(), state["log_q"][..., :n_prompts].clone()
-            kwargs = {"latents": state["x"].clone(), "kappa": kappa, "log_q": log_q, "sigma": state["sigma"]}
+            kwargs = {"latents": state["x"].clone(), "kappa": kappa, "log_q": log_q}
+            kwargs |= {
+                "sigma": state["sigma"],
+                "sigma_next": state["sigma_next"],
+            }  # the step's; latents at next
             t = state["sigma"] if timesteps is None else timesteps[state["i"]]
             callback(pipe, state["i"], t, kwargs)
         if getattr(pipe, "_interrupt", False):

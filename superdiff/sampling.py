@@ -405,7 +405,8 @@ def superpose(
             Σ w_i q_i / Σ w_j, other T scale the prior too.
         generator: torch generator for the step noise, or a list of B (one per sample).
         progress: show a tqdm bar.
-        callback: called after every step with ``{"i", "sigma", "x", "kappa", "log_q"}``; raising
+        callback: called after every step with ``{"i", "sigma", "sigma_next", "x", "kappa", "log_q"}``: step i
+            went from σ = sigma to sigma_next, where x and log q now are; raising
             :class:`StopSampling` ends the run there (σ, κ and log q then cover the steps taken).
         kappa: mode "fixed" only, one weight per model, summing to 1.
 
@@ -452,7 +453,8 @@ def superpose(
         kappas[i], log_qs[i + 1], taken = kappa, log_q, i + 1
         if callback is not None:
             try:
-                callback({"i": i, "sigma": sigma, "x": x, "kappa": kappa, "log_q": log_q})
+                state = {"i": i, "sigma": sigma, "sigma_next": sigmas[i + 1].item(), "x": x, "kappa": kappa}
+                callback({**state, "log_q": log_q})
             except StopSampling:
                 break
     steps.close()

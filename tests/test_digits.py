@@ -156,6 +156,18 @@ def test_callback_sees_every_step(pipe):
     assert seen == [(i, [1.0, 1.0]) for i in range(4)]
 
 
+def test_the_callback_says_which_sigma_its_latents_and_log_q_are_at(pipe):
+    seen = []
+    out = pipe(
+        "3", "8", seed=0, num_inference_steps=5, callback_on_step_end=lambda p, i, s, kw: seen.append(kw)
+    )
+    for i, kw in enumerate(seen):
+        assert (kw["sigma"], kw["sigma_next"]) == (out.sigmas[i].item(), out.sigmas[i + 1].item())
+        assert torch.equal(kw["log_q"], out.log_q[i + 1]) and torch.equal(
+            kw["latents"].float(), out.latents
+        ) == (i == 4)
+
+
 def test_same_seed_same_output(pipe):
     a = pipe("3", "8", seed=7, batch_size=3, num_inference_steps=10)
     b = pipe("3", "8", seed=7, batch_size=3, num_inference_steps=10)
