@@ -1084,6 +1084,18 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if not lo <= value <= hi:
             parser.error(f"{name}: expected {lo}–{hi}, got {value}")
+    try:
+        return run_study(parser, args)
+    except KeyboardInterrupt:
+        print(
+            "superdiff.and_study: interrupted; the report is unchanged (finished sections may have new figures)",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def run_study(parser, args) -> int:
+    """The whole study, or section (f) alone, into --out."""
     if args.section == "f":
         if not args.out.is_file():
             parser.error(f"--out: no report at {args.out} to put section (f) in; run the whole study first")
