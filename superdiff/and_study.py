@@ -1088,7 +1088,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_study(parser, args)
     except KeyboardInterrupt:
         print(
-            "superdiff.and_study: interrupted; the report is unchanged (finished sections may have new figures)",
+            "superdiff.and_study: interrupted; the report is unchanged (figures of finished sections may "
+            "be new)",
             file=sys.stderr,
         )
         return 130

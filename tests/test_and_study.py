@@ -137,3 +137,18 @@ def test_the_study_refuses_what_it_would_fail_on_late_before_any_run(
         and_study.main([a.format(tmp=tmp_path) for a in argv])
     assert re.search(message, capsys.readouterr().err)
     assert (tmp_path / "notes.md").read_text() == "# My notes\n"
+
+
+def test_ctrl_c_is_one_line_and_leaves_the_report(tmp_path, monkeypatch, capsys):
+    from superdiff import and_study
+
+    out = tmp_path / "r.md"
+    out.write_text(and_study.TITLE + "\n")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(and_study, "report", interrupted)
+    assert and_study.main(["--out", str(out)]) == 130
+    assert capsys.readouterr().err.startswith("superdiff.and_study: interrupted; the report is unchanged")
+    assert out.read_text() == and_study.TITLE + "\n"
