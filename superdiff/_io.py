@@ -89,6 +89,19 @@ def check_writable(folder: Path, name: str) -> None:
         raise ValueError(f"{name}: cannot write in {str(existing)!r} ({err.strerror})") from None
 
 
+@contextmanager
+def scratch_folder(parent: Path, prefix: str):
+    """A temp folder in parent (made if new) for files made one by one and written together at the end
+    (:func:`copy_of` into :func:`write_atomically`); removed whatever happens, SIGTERM included."""
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=parent))
+    with terminate_as_exit():
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def copy_of(source: Path) -> Writer:
     """A writer (for :func:`write_atomically`) that copies source."""
     return lambda target: shutil.copyfile(source, target)

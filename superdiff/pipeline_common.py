@@ -204,7 +204,7 @@ def step_callback(
             kwargs |= {
                 "sigma": state["sigma"],
                 "sigma_next": state["sigma_next"],
-            }  # the step's; latents at next
+            }  # the latents at sigma_next
             t = state["sigma"] if timesteps is None else timesteps[state["i"]]
             callback(pipe, state["i"], t, kwargs)
         if getattr(pipe, "_interrupt", False):

@@ -437,7 +437,8 @@ def superpose(
     log_qs[0], taken = log_q, 0
     steps = tqdm(range(n), disable=not progress, desc=f"SuperDiff {mode.upper()}")
     for i in steps:
-        sigma, dsigma = sigmas[i].item(), (sigmas[i + 1] - sigmas[i]).item()
+        sigma, sigma_next = sigmas[i].item(), sigmas[i + 1].item()
+        dsigma = sigma_next - sigma
         pred = predictor(x, sigma)
         pred = Prediction(pred.eps.to(work), pred.field.to(work))
         noise = math.sqrt(2 * sigma * abs(dsigma)) * randn_like(x, generator).to(work)
@@ -453,8 +454,9 @@ def superpose(
         kappas[i], log_qs[i + 1], taken = kappa, log_q, i + 1
         if callback is not None:
             try:
-                state = {"i": i, "sigma": sigma, "sigma_next": sigmas[i + 1].item(), "x": x, "kappa": kappa}
-                callback({**state, "log_q": log_q})
+                callback(
+                    {"i": i, "sigma": sigma, "sigma_next": sigma_next, "x": x, "kappa": kappa, "log_q": log_q}
+                )
             except StopSampling:
                 break
     steps.close()

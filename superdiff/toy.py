@@ -9,6 +9,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .pipeline_common import check_int
+
 MAX_SAMPLES = 10_000_000  # exact samples a call: 160 MB of float64 in 2-D
 
 
@@ -87,8 +89,7 @@ class _VEMixture:
 
     def sample(self, n: int, sigma: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
         """n exact samples of q_σ, flat (n, D), float64."""
-        if isinstance(n, bool) or not (isinstance(n, numbers.Integral) and 1 <= n <= MAX_SAMPLES):
-            raise ValueError(f"n: expected an integer from 1 to {MAX_SAMPLES}, got {n!r}")
+        check_int("n", n, 1, high=MAX_SAMPLES)
         if _noise_level(sigma, self.means).ndim:
             raise ValueError(f"sigma: expected one noise level for the n samples, got {sigma!r}")
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
@@ -164,8 +165,7 @@ def up_and_down(std: float = 0.4, dim: int = 2, seed: int = 0) -> tuple[Gaussian
 
     ``dim`` > 2: the same toy in ``dim`` dimensions, four random modes of the same norm 1.5·√2 (seeded).
     """
-    if isinstance(dim, bool) or not (isinstance(dim, numbers.Integral) and dim >= 2):
-        raise ValueError(f"dim: expected an integer >= 2, got {dim!r}")
+    check_int("dim", dim, 2)
     if dim == 2:
         means = torch.tensor([[[-1.5, 1.5], [1.5, 1.5]], [[-1.5, -1.5], [1.5, -1.5]]], dtype=torch.float64)
     else:
@@ -209,9 +209,8 @@ def check_training(data, sigma_min, sigma_max, steps, batch_size, lr, seed) -> N
         raise ValueError(
             f"sigma_min, sigma_max: need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}"
         )
-    for name, value, high in (("steps", steps, 1_000_000), ("batch_size", batch_size, 1_000_000)):
-        if isinstance(value, bool) or not (isinstance(value, numbers.Integral) and 1 <= value <= high):
-            raise ValueError(f"{name}: expected an integer from 1 to {high}, got {value!r}")
+    check_int("steps", steps, 1, high=1_000_000)
+    check_int("batch_size", batch_size, 1, high=1_000_000)
     if not 0 < lr < math.inf:
         raise ValueError(f"lr: expected a finite learning rate > 0, got {lr!r}")
     if isinstance(seed, bool) or not (isinstance(seed, numbers.Integral) and 0 <= seed <= 2**32 - 1):

@@ -11,9 +11,7 @@ docs/results-digits.md is regenerated with ``make results-digits``.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
-from .._io import TEMP_SUFFIX, check_targets, check_writable, copy_of, terminate_as_exit, write_atomically
+from .._io import check_targets, check_writable, copy_of, scratch_folder, write_atomically
 from .._torch import one_thread
 from ..limits import LIMITS
 from ..pipeline_common import check_int
@@ -286,15 +284,10 @@ def experiment_accuracy(batch: int) -> str:
 
 def report(n_or: int, batch_and: int, batch_acc: int, out: Path, fig_dir: Path) -> Path:
     """Run the three experiments, then write the markdown report and its figures together."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".figures.", suffix=TEMP_SUFFIX, dir=out.parent))
-    with terminate_as_exit():
-        try:
-            text, figs = experiments(n_or, batch_and, batch_acc, out, staging)
-            writes = [(fig_dir / p.name, copy_of(p)) for p in figs]
-            write_atomically([*writes, (out, lambda path: path.write_text(text, encoding="utf-8"))])
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    with scratch_folder(out.parent, ".figures.") as staging:
+        text, figs = experiments(n_or, batch_and, batch_acc, out, staging)
+        writes = [(fig_dir / p.name, copy_of(p)) for p in figs]
+        write_atomically([*writes, (out, lambda path: path.write_text(text, encoding="utf-8"))])
     return out
 
 

@@ -16,9 +16,7 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,15 +25,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .._io import (
-    TEMP_SUFFIX,
-    check_targets,
-    check_writable,
-    copy_of,
-    stage,
-    terminate_as_exit,
-    write_atomically,
-)
+from .._io import check_targets, check_writable, copy_of, scratch_folder, stage, write_atomically
 from ..fokker_planck import score_fpe_residual
 from .model import FILES, NULL, SEED, SIGMA_MAX, WEIGHTS, Classifier, EpsNet, digits_split, load_module
 
@@ -283,14 +273,10 @@ def train_and_write(args) -> int:
         save_atomic(net, args.out, meta | {k: str(v) for k, v in args.overrides.items()})
         print(f"wrote {args.out}")
         return 0
-    args.out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".training.", suffix=TEMP_SUFFIX, dir=args.out))
-    with terminate_as_exit():  # SIGTERM too removes the temp folder
-        try:  # the set is trained in a temp folder and replaces the files in --out together, at the end
-            acc = train_set(args, staging)
-            write_atomically([(args.out / f, copy_of(staging / f)) for f in [*FILES.values(), "README.md"]])
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    # trained in a temp folder, the set replaces the files in --out together, at the end
+    with scratch_folder(args.out, ".training.") as staging:
+        acc = train_set(args, staging)
+        write_atomically([(args.out / f, copy_of(staging / f)) for f in [*FILES.values(), "README.md"]])
     print(f"held-out classifier accuracy {acc:.4f}; weights in {args.out}")
     return 0
 
