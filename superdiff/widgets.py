@@ -324,6 +324,10 @@ def signed(value) -> str:
     return f"{round(float(value), 1) + 0.0:+.1f}"
 
 
+# the widgets whose values make a run's parameters
+CONTROLS = "prompt_1 prompt_2 mode model lift guidance_scale temperature steps batch_size seed judge".split()
+
+
 class Playground:
     """Controls, a Generate button, a progress bar, the samples and a live κ plot; ``.widget`` is the VBox."""
 
@@ -336,6 +340,7 @@ class Playground:
         self._busy = RUN_LOCK  # held for the whole of a run
         self._running = False  # this playground's run is the active one
         self._make_controls()
+        self._defaults = {name: getattr(self, name).value for name in CONTROLS}
         self._make_outputs()
         self.widget = self._layout()
         self.mode.observe(self._on_mode, names="value")
@@ -400,6 +405,11 @@ class Playground:
                 widgets.HBox([self.samples_out, self.kappa_out]),
             ]
         )
+
+    def reset(self) -> None:
+        """Every control back to its value when the playground was made, whatever the sliders say."""
+        for name, value in self._defaults.items():
+            getattr(self, name).value = value
 
     def _on_mode(self, _change=None) -> None:
         """Lift only acts on AND and temperature only on OR: grey out the other one."""
@@ -517,13 +527,18 @@ class Playground:
             figure = self.backend.figure(self.result, p, viz.plain(self.title(p)))  # a "$" is not mathtext
             self.samples_out.outputs = (png_output(figure),)
             self._show_kappa(self.result.kappa, self.result.sigmas, p, "")
+            judged = ""
             if p["judge"]:
                 self._judge(p)
+                judged = f", judged in {time.perf_counter() - start - self.seconds:.1f} s"
             self._set_status(
-                f"Done: {self.result.kappa.shape[1]} samples, {p['steps']} steps in {self.seconds:.1f} s."
+                f"Done: {self.result.kappa.shape[1]} samples, {p['steps']} steps in {self.seconds:.1f} s"
+                f"{judged}."
             )
         except Exception as err:  # any failure, see the docstring; a result already sampled is kept
             self.error = err
+            if self.result is None:  # no plot of an earlier run under this run's error
+                self.samples_out.outputs, self.kappa_out.outputs, self.progress.value = (), (), 0
             kind = "" if isinstance(err, ValueError) else f" ({type(err).__name__})"
             self._set_status(f"Error{kind}: {err}", error=True)
         finally:
@@ -558,6 +573,13 @@ class Playground:
         judged = self.judged[0] - self.judged[1]
         ito = self.result.log_q[-1, :, 0] - self.result.log_q[-1, :, 1]
         a, b = (html.escape(f"“{name}”") for name in self.labels(p))
+        if p["mode"] == "or":  # a mixture's gaps have two signs: their median says nothing
+            self.verdict.value = (
+                f"<b>{int((judged > 0).sum())} of {len(judged)}</b> samples are more likely under {a} "
+                f"than under {b}, judged by {how} (median |gap| {judged.abs().median():.1f} nats); the Itô "
+                f"estimate says {int((ito > 0).sum())}"
+            )
+            return
         self.verdict.value = (
             f"log q {a} − log q {b} at the samples, median: <b>{signed(judged.median())} nats</b> judged by "
             f"{how} (median |gap| {judged.abs().median():.1f}); the Itô estimate says "

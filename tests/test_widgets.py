@@ -198,6 +198,32 @@ def test_digits_model_is_checked():
         digits.check_params({**digits.params(), "model": "../../weights"})
 
 
+def test_reset_puts_every_control_back_and_reproduces_a_fresh_playground():
+    pg, fresh = playground("digits"), playground("digits")
+    pg.steps.value, fresh.steps.value = 5, 5
+    fresh.generate()
+    moved = {
+        "prompt_1": "1",
+        "prompt_2": "7",
+        "mode": "or",
+        "model": "gaussian",
+        "lift": 2.0,
+        "seed": 9,
+        "guidance_scale": 1.5,
+        "temperature": 0.5,
+        "steps": 7,
+        "batch_size": 3,
+        "judge": True,
+    }
+    for name, value in moved.items():
+        getattr(pg, name).value = value
+    assert all(pg.params()[name] != fresh.params()[name] for name in moved)  # each control moved
+    pg.reset()
+    assert pg.params() == playground("digits").params()
+    pg.steps.value = 5
+    assert torch.equal(pg.generate().samples, fresh.result.samples)
+
+
 def test_toy_judge_is_the_exact_gap_and_shows_and_keeps_equal_density(toy):
     toy.steps.value, toy.batch_size.value = 200, 200
     up, down = toy.backend.models
@@ -211,8 +237,31 @@ def test_toy_judge_is_the_exact_gap_and_shows_and_keeps_equal_density(toy):
         assert f"(median |gap| {gaps[mode]:.1f})" in html.unescape(toy.verdict.value)
         assert "judged by the exact densities" in toy.verdict.value
     assert gaps["and"] < 0.5 < 3 < gaps["avg"]  # DESIGN.md §4: ≈ 0.1 vs ≈ 5
+    assert "judged in" in toy.status.value  # the status line's time counts the judge too
     toy.judge.value = False
     assert toy.generate() is not None and toy.judged is None and toy.verdict.value == ""
+    assert "judged in" not in toy.status.value
+
+
+def test_toy_judge_of_or_counts_the_samples_each_model_explains(toy):
+    toy.steps.value, toy.batch_size.value, toy.mode.value, toy.judge.value = 200, 200, "or", True
+    result = toy.generate()
+    up, down = toy.backend.models
+    gaps = up.log_prob(result.samples, 0.01) - down.log_prob(result.samples, 0.01)
+    ito = result.log_q[-1, :, 0] - result.log_q[-1, :, 1]
+    n_up, n_ito = int((gaps > 0).sum()), int((ito > 0).sum())
+    assert 50 < n_up < 150  # a mixture: the median of its gaps would sit between the two rows
+    verdict = html.unescape(toy.verdict.value)
+    assert f"{n_up} of 200</b> samples are more likely under “up”" in verdict
+    assert verdict.endswith(f"the Itô estimate says {n_ito}") and "median:" not in verdict
+
+
+def test_an_error_before_sampling_leaves_no_plot_of_the_previous_run(toy):
+    toy.generate()
+    assert pngs(toy.samples_out) and pngs(toy.kappa_out) and toy.progress.value == STEPS
+    toy.lift.max, toy.lift.value = 100, 50  # a client can move a slider's bounds
+    assert toy.generate() is None and "lift: expected" in toy.status.value
+    assert toy.samples_out.outputs == () and toy.kappa_out.outputs == () and toy.progress.value == 0
 
 
 def test_digits_playground_runs_the_chosen_model_and_judges_its_unclamped_samples():
