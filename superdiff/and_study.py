@@ -900,7 +900,7 @@ the same digits:
   denoising score matching. Its densities: the PF-ODE likelihood of each prompt's unguided model,
   {ode_steps} Heun steps on the digits grid, Hutchinson with {probes} probes.
 - **gaussian**: one Gaussian per digit with the training images' mean and covariance (+ {ridge:g}·I),
-  `superdiff.digits.load_gaussian_models`. Its noised densities N(μ_c, Σ_c + σ²I) are exact, so its ε̂
+  `superdiff.digits.gaussian.load_gaussian_models`. Its noised densities N(μ_c, Σ_c + σ²I) are exact, so its ε̂
   obeys the Fokker–Planck equation of the noising process. Densities: exact.
 
 The classifier score min(p_a, p_b) (`superdiff.digits.classifier`) is beside them: it is a weak proxy for
@@ -1062,7 +1062,7 @@ def main(argv: list[str] | None = None) -> int:
         "--section",
         choices=("all", "f"),
         default="all",
-        help="f: rerun section (f) alone (4–7 min, 2 cores) and replace it in the --out report",
+        help="f: rerun section (f) alone (≈ 4 min, 2 cores) and replace it in the --out report",
     )
     args = parser.parse_args(argv)
     for path in args.candidate:

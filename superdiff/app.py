@@ -33,7 +33,7 @@ from .limits import APP_ENV
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "04_playground.ipynb"
 PORT = 8866
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
-# Measured (benchmarks/app_memory.py, README): a kernel holds 336 MB RSS once both playgrounds ran, 622 MB
+# Measured (benchmarks/app_memory.py, README): a kernel holds 334–345 MB RSS once both playgrounds ran, 619 MB
 # after the sliders' largest runs, the digits judged on each model. 32 of those fit this 24 GB machine.
 MAX_KERNELS = 36
 KERNEL_GIB, RESERVE_GIB = 0.61, 3.5  # a kernel after the largest runs; the server, the OS and headroom

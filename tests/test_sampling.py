@@ -5,8 +5,16 @@ import math
 import pytest
 import torch
 
-from superdiff import Guided, Prediction, geometric_sigmas, kappa_and, karras_sigmas, superpose
-from superdiff.sampling import NonFiniteError, ito_increment, probability_flow, trace_dtype
+from superdiff import (
+    Guided,
+    NonFiniteError,
+    Prediction,
+    geometric_sigmas,
+    kappa_and,
+    karras_sigmas,
+    superpose,
+)
+from superdiff.sampling import ito_increment, probability_flow, trace_dtype
 from superdiff.toy import GaussianMixture, up_and_down
 
 UP, DOWN = up_and_down()
