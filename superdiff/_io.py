@@ -76,6 +76,24 @@ def check_targets(paths: Sequence[Path], option: str | None = None) -> None:
             raise IsADirectoryError(errno.EISDIR, "a folder is in the way of a file to write", str(path))
 
 
+def check_name_lengths(paths: Sequence[Path], option: str) -> None:
+    """ValueError naming ``option`` for a file name longer than its filesystem takes (found before the work,
+    not at the rename after it)."""
+    for path in paths:
+        path = Path(path).expanduser().absolute()
+        existing = next(p for p in path.parents if p.exists())
+        try:
+            limit = os.pathconf(existing, "PC_NAME_MAX")
+        except (AttributeError, OSError, ValueError):  # no pathconf (Windows): the usual limit
+            limit = 255
+        size = len(os.fsencode(path.name))
+        if size > limit:
+            raise ValueError(
+                f"{option}: the file name {path.name[:16] + '…' + path.name[-24:]!r} has {size} bytes, more "
+                f"than the {limit} this filesystem takes; choose a shorter {option}"
+            )
+
+
 def check_writable(folder: Path, name: str) -> None:
     """ValueError naming ``name`` unless ``folder`` is, or can be made, a folder this process can write to;
     probed with a temp folder in its nearest existing ancestor, removed at once (nothing left behind)."""
@@ -108,26 +126,53 @@ def copy_of(source: Path) -> Writer:
 
 
 def write_atomically(
-    writes: Sequence[tuple[Path, Writer]], before_rename: Callable[[], None] | None = None
+    writes: Sequence[tuple[Path, Writer]],
+    before_rename: Callable[[], None] | None = None,
+    exclusive: bool = False,
 ) -> None:
-    """Stage every file, then rename them in order; on an error no file is replaced and no temp is left."""
+    """Stage every file, then rename them in order; on an error no file is replaced and no temp is left.
+
+    ``exclusive``: never replace a file, also one made while the files were staged; if any target exists
+    (a dangling link included), none is written and FileExistsError names it.
+    """
     check_targets([path for path, _ in writes])
     with terminate_as_exit():
-        _stage_and_rename(writes, before_rename)
+        _stage_and_rename(writes, before_rename, exclusive)
 
 
-def _stage_and_rename(writes, before_rename) -> None:
-    staged = []
+def _stage_and_rename(writes, before_rename, exclusive: bool) -> None:
+    staged, published = [], []
     try:
         for path, write in writes:
             staged.append((stage(Path(path), write), Path(path)))
         if before_rename is not None:
             before_rename()
         for tmp, path in staged:
-            os.replace(tmp, path)
+            if exclusive:
+                _publish_new(tmp, path)
+                published.append(path)
+            else:
+                os.replace(tmp, path)
+    except BaseException:
+        for path in published:  # files this call made: the set is written whole or not at all
+            path.unlink(missing_ok=True)
+        raise
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
+
+
+def _publish_new(tmp: Path, path: Path) -> None:
+    """Give tmp's file the name path, which must not exist: a hard link fails if it does, with no race."""
+    exists = FileExistsError(errno.EEXIST, "File exists", str(path))
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise exists from None
+    except OSError:  # a filesystem without hard links: check, then rename (a small window)
+        if os.path.lexists(path):
+            raise exists from None
+        os.replace(tmp, path)
 
 
 def png(obj, dpi: int = 120, info: dict[str, str] | None = None) -> Writer:

@@ -5,20 +5,24 @@
 
 writes flamingo.png (flamingo_0.png, flamingo_1.png, ... for --batch-size > 1) and flamingo_kappa.png;
 each image's PNG text chunk "superdiff" holds the call that made it, seed included (JSON). Existing
-files are kept unless --overwrite.
+files are kept unless --overwrite (one made during the run too: the run's files then take the name
+flamingo-2.png, ...).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import secrets
 import sys
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from ._io import check_targets, check_writable, png, write_atomically
-from .hub import dtype_kwarg, explain_unavailable, offline_kwargs
+from ._io import check_name_lengths, check_targets, check_writable, png, write_atomically
+from .hub import WeightsUnavailableError, dtype_kwarg, explain_unavailable, offline_kwargs
 from .limits import LIMITS, MAX_SEED, MAX_SIZE
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
@@ -27,6 +31,7 @@ OFFLINE_MODELS = {
     "digits": "the shipped 8×8 digits models (offline, CPU; prompts are digit names)",
 }
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+MAX_RENAMES = 100  # out-2 … out-100: names tried for a run's files when --out was taken during the run
 SD_PIPELINE = ("superdiff.pipeline_superdiff", "SuperDiffPipeline")  # SD 1.x/2.x and unknown SD-likes
 XL_PIPELINE = ("superdiff.pipeline_xl", "SuperDiffXLPipeline")
 SD3_PIPELINE = ("superdiff.pipeline_sd3", "SuperDiffSD3Pipeline")
@@ -123,22 +128,52 @@ def limits(args):
     return replace(LIMITS, size=args.max_size)
 
 
-def output_paths(out: str, batch_size: int, overwrite: bool = False) -> tuple[list[Path], Path]:
-    """(image paths, κ plot path): out itself for one image, out_<i> for several; out_kappa for the plot.
-    A file that exists is refused unless ``overwrite`` (an earlier result is not lost by accident)."""
-    out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise ValueError(f"--out: expected a .png file name, got {str(out)!r}")
-    check_writable(out.parent, "--out")
+def target_paths(out: Path, batch_size: int) -> tuple[list[Path], Path]:
+    """(image paths, κ plot path): out itself for one image, out_<i> for several; out_kappa for the plot."""
     images = [out] if batch_size == 1 else [out.with_name(f"{out.stem}_{i}.png") for i in range(batch_size)]
-    paths = images + [out.with_name(f"{out.stem}_kappa.png")]
+    return images, out.with_name(f"{out.stem}_kappa.png")
+
+
+def check_out(out: str, batch_size: int, overwrite: bool = False) -> Path:
+    """--out (``~`` expanded), its :func:`target_paths` checked before any work. A file that exists (a link
+    too, even a dangling one) is refused unless ``overwrite``: an earlier result is not lost by accident."""
+    if Path(out).suffix.lower() != ".png":
+        raise ValueError(f"--out: expected a .png file name, got {out!r}")
+    out = Path(out).expanduser()
+    check_writable(out.parent, "--out")
+    images, kappa = target_paths(out, batch_size)
+    paths = images + [kappa]
+    check_name_lengths(paths, "--out")
     check_targets(paths, "--out")
-    existing = [path for path in paths if path.exists()]
+    existing = [path for path in paths if os.path.lexists(path)]
     if existing and not overwrite:
         first = repr(str(existing[0]))
         which = f"{first} and {len(existing) - 1} more exist" if existing[1:] else f"{first} exists"
         raise ValueError(f"--out: {which}; pass --overwrite to replace, or choose another --out")
-    return images, paths[-1]
+    return out
+
+
+def write_outputs(writers: list, out: Path, batch_size: int, overwrite: bool) -> list[Path]:
+    """Write the images (and the κ plot, the last writer) together. Without ``overwrite`` no file is
+    replaced, also one made during the run: this run's files then take the first free name out-2, out-3, …"""
+    taken = None  # the first file in the way
+    for n in range(1, MAX_RENAMES + 1):
+        name = out if n == 1 else out.with_name(f"{out.stem}-{n}{out.suffix}")
+        images, kappa = target_paths(name, batch_size)
+        writes = list(zip([*images, kappa], writers, strict=False))  # no κ plot: one writer fewer
+        try:
+            write_atomically(writes, exclusive=not overwrite)
+        except FileExistsError as err:
+            taken = taken or err.filename
+            continue
+        if n > 1:
+            print(
+                f"superdiff generate: warning: --out: {taken!r} was made during the run and is kept; this "
+                f"run's files are named {name.name!r} instead",
+                file=sys.stderr,
+            )
+        return [path for path, _ in writes]
+    raise FileExistsError(errno.EEXIST, f"--out: {MAX_RENAMES} names from {str(out)!r} on are taken", taken)
 
 
 def settings(args, pipe, call: dict, index: int) -> str:
@@ -164,8 +199,8 @@ def pick_device(device: str) -> str:
         return next(name for name, ok in available.items() if ok)
     try:
         kind = torch.device(device).type
-    except RuntimeError as err:
-        raise ValueError(f"--device: {err}") from None
+    except RuntimeError:
+        kind = None
     if kind not in available:
         raise ValueError(f"--device: expected cuda, mps or cpu (cuda:1 for a given GPU), got {device!r}")
     if not available[kind]:
@@ -193,13 +228,37 @@ def pipeline_class(model: str):
 
     from diffusers import DiffusionPipeline
 
-    with explain_unavailable(model):
-        name = DiffusionPipeline.load_config(model, **offline_kwargs(model)).get("_class_name")
+    with model_folder_errors(model), explain_unavailable(model):
+        index = DiffusionPipeline.load_config(model, **offline_kwargs(model))
+    if not isinstance(index, dict):
+        raise ValueError(
+            f"--model: {model!r} has a model_index.json that is not a pipeline index (a JSON object)"
+        )
+    name = index.get("_class_name")
     module, cls = PIPELINES.get(name, SD_PIPELINE)
     try:
         return getattr(importlib.import_module(module), cls)
     except (ImportError, AttributeError) as err:
         raise ValueError(f"--model: {model!r} is a {name}; this installation has no {cls} ({err})") from None
+
+
+@contextmanager
+def model_folder_errors(model: str):
+    """diffusers' errors about a local --model folder, named as the option's (a Hub id's are left alone)."""
+    if not os.path.isdir(model):
+        yield
+        return
+    if not os.path.isfile(os.path.join(model, "model_index.json")):
+        raise ValueError(
+            f"--model: {model!r} has no model_index.json: pass the folder of a whole pipeline (a component "
+            "folder such as unet/ is not one)"
+        )
+    try:
+        yield
+    except WeightsUnavailableError:  # its message names the folder and what it lacks
+        raise
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--model: {model!r}: {err}") from None
 
 
 def model_class(model: str):
@@ -228,7 +287,9 @@ def load(model: str, dtype, device: str, cpu_offload: bool, attention_slicing: b
 
         pipe = tiny_pipeline()
     else:
-        pipe = (cls or model_class(model)).from_pretrained(model, **dtype_kwarg(dtype))
+        cls = cls or model_class(model)
+        with model_folder_errors(model):
+            pipe = cls.from_pretrained(model, **dtype_kwarg(dtype))
     pipe.set_progress_bar_config(disable=False)
     if attention_slicing:
         pipe.enable_attention_slicing()
@@ -283,11 +344,13 @@ def as_option_error(err: ValueError) -> ValueError:
 def check_arguments(args, cls=None) -> None:
     """Every check that needs no weights, before they load (``cls``, if given: its size multiple)."""
     prompt_1, prompt_2 = split_prompts(args.prompts)
-    from superdiff.pipeline_common import check_int
+    from superdiff.limits import MAX_MAGNITUDE
+    from superdiff.pipeline_common import check_finite, check_int
 
     checked = {**call_kwargs(args), "lift": args.lift, "temperature": args.temperature}  # in every mode
 
     check_int("--max-size", args.max_size, 64, high=MAX_SIZE)
+    check_finite("--lift", args.lift, -MAX_MAGNITUDE, MAX_MAGNITUDE)  # one number here, unlike the pipeline's
     try:
         if args.model == "digits":
             from superdiff.digits.pipeline import check_inputs
@@ -301,9 +364,10 @@ def check_arguments(args, cls=None) -> None:
                 "--max-size": args.max_size != LIMITS.size,
             }
             if any(unused.values()):
-                given = ", ".join(flag for flag, on in unused.items() if on)
+                given = [flag for flag, on in unused.items() if on]
                 raise ValueError(
-                    f"{given}: the digits model runs in float32 at 64×64 on the CPU; leave them out"
+                    f"{', '.join(given)}: the digits model runs in float32 at 64×64 on the CPU; leave "
+                    f"{'them' if given[1:] else 'it'} out"
                 )
             check_inputs(prompt_1, prompt_2, **checked)
             return
@@ -354,11 +418,11 @@ def generate(args) -> list[Path]:
     """Validate, load, sample, plot κ, write; returns the written paths."""
     check_arguments(args)
     warn_unused(args)
-    images, kappa_path = output_paths(args.out, args.batch_size, args.overwrite)
+    out_path = check_out(args.out, args.batch_size, args.overwrite)
+    device = pick_device(args.device)
     if args.seed is None:  # chosen here, so that it can be printed and saved
         args.seed = secrets.randbelow(MAX_SEED + 1)
         print(f"superdiff generate: seed {args.seed} (--seed {args.seed} repeats this run)", file=sys.stderr)
-    device = pick_device(args.device)
     cls = model_class(args.model)
     if cls is not None and cls.SIZE_MULTIPLE != 8:  # SD3, Flux: sizes in multiples of 16
         check_arguments(args, cls)
@@ -373,17 +437,14 @@ def generate(args) -> list[Path]:
     import matplotlib.pyplot as plt
 
     fig = kappa_figure(out, args)
-    named = enumerate(zip(images, out.to_pil(), strict=True))
-    pngs = [
-        (path, png(image, info={"superdiff": settings(args, pipe, kwargs, i)})) for i, (path, image) in named
-    ]
-    pngs += [(kappa_path, png(fig))] if fig else []
+    infos = [{"superdiff": settings(args, pipe, kwargs, i)} for i in range(args.batch_size)]
+    writers = [png(image, info=info) for image, info in zip(out.to_pil(), infos, strict=True)]
+    writers += [png(fig)] if fig else []
     try:
-        write_atomically(pngs)
+        return write_outputs(writers, out_path, args.batch_size, args.overwrite)
     finally:
         if fig is not None:
             plt.close(fig)
-    return [path for path, _ in pngs]
 
 
 def run(args) -> int:

@@ -77,6 +77,8 @@ def missing_components(folder: str) -> list[str]:
         index = json.loads((Path(folder) / "model_index.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):  # no index: diffusers' own error says so
         return []
+    if not isinstance(index, dict):
+        return []
     named = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v and v[0]]
     return [k for k in named if not (Path(folder) / k).is_dir() or not any((Path(folder) / k).iterdir())]
 

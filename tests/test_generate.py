@@ -349,3 +349,95 @@ def test_negative_e_notation_reaches_the_option(tmp_path, monkeypatch):
     monkeypatch.setattr(superdiff.generate, "run", lambda args: seen.append(args) or 0)
     assert main(["generate", "a", "b", "--lift", "-1E1", "--temperature", "-.5e0", "--cpu-offload"]) == 0
     assert (seen[0].prompts, seen[0].lift, seen[0].temperature) == (["a", "b"], -10.0, -0.5)
+
+
+def test_a_file_made_at_out_during_the_run_is_kept_and_the_run_takes_the_next_name(
+    tmp_path, monkeypatch, capsys
+):
+    import superdiff.generate
+
+    draw = superdiff.generate.kappa_figure
+
+    def meanwhile(*args):  # another program writes --out while this run samples
+        (tmp_path / "flamingo.png").write_text("someone's")
+        (tmp_path / "flamingo-2_kappa.png").symlink_to(tmp_path / "nowhere")  # a dangling link counts too
+        return draw(*args)
+
+    monkeypatch.setattr(superdiff.generate, "kappa_figure", meanwhile)
+    assert generate(tmp_path) == 0
+    out, err = capsys.readouterr()
+    assert (tmp_path / "flamingo.png").read_text() == "someone's"
+    written = ["flamingo-3.png", "flamingo-3_kappa.png"]
+    assert out.split() == [str(tmp_path / name) for name in written]
+    assert f"--out: {str(tmp_path / 'flamingo.png')!r} was made during the run and is kept" in err
+    assert Image.open(tmp_path / "flamingo-3.png").size == (64, 64)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["flamingo.png", "flamingo-2_kappa.png", *written]
+    )  # flamingo-2.png was not kept without its κ plot
+
+
+def test_overwrite_replaces_a_file_made_during_the_run(tmp_path, monkeypatch):
+    import superdiff.generate
+
+    draw = superdiff.generate.kappa_figure
+
+    def meanwhile(*args):
+        (tmp_path / "flamingo.png").write_text("someone's")
+        return draw(*args)
+
+    monkeypatch.setattr(superdiff.generate, "kappa_figure", meanwhile)
+    assert generate(tmp_path, "--overwrite") == 0
+    assert Image.open(tmp_path / "flamingo.png").size == (64, 64)
+
+
+def test_out_names_are_checked_before_loading(tmp_path, monkeypatch, capsys):
+    import superdiff.generate
+
+    monkeypatch.setattr(superdiff.generate, "load", lambda *a, **k: pytest.fail("loaded before the refusal"))
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "nowhere")
+    assert generate(tmp_path, out="dangling.png") == 2
+    assert "dangling.png' exists; pass --overwrite" in capsys.readouterr().err
+    assert generate(tmp_path, out="x" * 250 + ".png") == 2  # the image's name fits, its _kappa.png does not
+    assert (
+        "has 260 bytes, more than the 255 this filesystem takes; choose a shorter --out"
+        in capsys.readouterr().err
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["dangling.png"]
+
+
+def test_a_tilde_in_out_is_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert (
+        main(["generate", "a", "b", "--model", "tiny", "--steps", "2", "--seed", "1", "--out", "~/h.png"])
+        == 0
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.png", "h_kappa.png"]
+
+
+def test_the_device_is_checked_before_a_seed_is_chosen(tmp_path, capsys):
+    options = ["generate", "a", "b", "--model", "tiny", "--device", "no-such-device"]
+    assert main([*options, "--out", str(tmp_path / "x.png")]) == 2
+    assert capsys.readouterr().err == (
+        "superdiff generate: error: --device: expected cuda, mps or cpu (cuda:1 for a given GPU), got "
+        "'no-such-device'\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "index, expected",
+    [
+        (None, "has no model_index.json: pass the folder of a whole pipeline"),
+        ("[1, 2]", "has a model_index.json that is not a pipeline index (a JSON object)"),
+        ("{bad", "model_index.json' is not a valid JSON file"),
+    ],
+)
+def test_a_wrong_model_folder_is_named_as_the_option(tmp_path, capsys, index, expected):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    if index is not None:
+        (folder / "model_index.json").write_text(index)
+    assert generate(tmp_path, "--model", str(folder)) == 2  # the last --model counts
+    err = capsys.readouterr().err
+    assert err.startswith(f"superdiff generate: error: --model: {str(folder)!r}") and expected in err
+    assert err.count("\n") == 1 and not (tmp_path / "flamingo.png").exists()

@@ -58,3 +58,24 @@ def test_only_the_kits_own_temp_files_are_removed(tmp_path):
     ours = stage(tmp_path / "x.png", lambda tmp: tmp.write_bytes(b"png"))
     assert remove_stale_temps(tmp_path) == 1
     assert not ours.exists() and all(path.read_text() == "mine" for path in users)
+
+
+@pytest.mark.parametrize("in_the_way", ["file", "dangling link"])
+def test_exclusive_writes_replace_nothing_and_write_all_or_none(tmp_path, in_the_way):
+    if in_the_way == "file":
+        (tmp_path / "b.txt").write_text("someone's")
+    else:
+        (tmp_path / "b.txt").symlink_to(tmp_path / "nowhere")
+    before = {p.name: (p.is_symlink(), p.read_text() if p.exists() else None) for p in tmp_path.iterdir()}
+    with pytest.raises(FileExistsError) as err:
+        write_atomically(
+            [(tmp_path / "a.txt", text("new")), (tmp_path / "b.txt", text("new"))], exclusive=True
+        )
+    assert err.value.filename == str(tmp_path / "b.txt")
+    after = {p.name: (p.is_symlink(), p.read_text() if p.exists() else None) for p in tmp_path.iterdir()}
+    assert after == before  # a.txt, written first, is gone again; no temp is left
+
+
+def test_exclusive_writes_publish_whole_files(tmp_path):
+    write_atomically([(tmp_path / "a.txt", text("one")), (tmp_path / "b.txt", text("two"))], exclusive=True)
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"a.txt": "one", "b.txt": "two"}
