@@ -341,6 +341,16 @@ def as_option_error(err: ValueError) -> ValueError:
     return ValueError(f"{OPTIONS[name]}: {rest}") if sep and name in OPTIONS else err
 
 
+def refuse_unused_by_digits(given: dict[str, bool]) -> None:
+    """A ValueError naming the options given (True) that the digits model has no use for."""
+    flags = [flag for flag, on in given.items() if on]
+    if flags:
+        raise ValueError(
+            f"{', '.join(flags)}: the digits model runs in float32 at 64×64 on the CPU; leave "
+            f"{'them' if flags[1:] else 'it'} out"
+        )
+
+
 def check_arguments(args, cls=None) -> None:
     """Every check that needs no weights, before they load (``cls``, if given: its size multiple)."""
     prompt_1, prompt_2 = split_prompts(args.prompts)
@@ -357,18 +367,14 @@ def check_arguments(args, cls=None) -> None:
 
             if args.height is not None or args.width is not None:
                 raise ValueError("--height, --width: the digits model makes 64×64 images; leave them out")
-            unused = {
-                "--dtype": args.dtype not in ("auto", "float32"),
-                "--cpu-offload": args.cpu_offload,
-                "--attention-slicing": args.attention_slicing,
-                "--max-size": args.max_size != LIMITS.size,
-            }
-            if any(unused.values()):
-                given = [flag for flag, on in unused.items() if on]
-                raise ValueError(
-                    f"{', '.join(given)}: the digits model runs in float32 at 64×64 on the CPU; leave "
-                    f"{'them' if given[1:] else 'it'} out"
-                )
+            refuse_unused_by_digits(
+                {
+                    "--dtype": args.dtype not in ("auto", "float32"),
+                    "--cpu-offload": args.cpu_offload,
+                    "--attention-slicing": args.attention_slicing,
+                    "--max-size": args.max_size != LIMITS.size,
+                }
+            )
             check_inputs(prompt_1, prompt_2, **checked)
             return
         from superdiff.pipeline_superdiff import check_inputs

@@ -120,7 +120,8 @@ def test_bad_pairs_files_are_named(tmp_path, text, name):
 
 def test_seeds_and_methods_specs():
     assert parse_seeds("0-3,7,2") == [0, 1, 2, 3, 7]
-    for bad in ("3-1", "x", "-1", ""):
+    assert parse_seeds("0-600000,0-600000") == list(range(600_001))  # overlaps count once
+    for bad in ("3-1", "x", "-1", "", "٣", "1-٣"):  # not Unicode digits: "٣" is 3 to Python's int
         with pytest.raises(ValueError, match="^--seeds: "):
             parse_seeds(bad)
     assert parse_methods("and, joint_ba") == ["and", "joint_ba"]
@@ -142,6 +143,11 @@ def test_seeds_and_methods_specs():
         (["--lift", "nan"], "--lift"),
         (["--scorer", "digits", "--model", "tiny"], "--scorer"),
         (["--fast"], "--fast"),  # the digits model has no denoiser to compile
+        (
+            ["--dtype", "float16"],
+            "--dtype",
+        ),  # it runs in float32: saved as a setting, it would block resuming
+        (["--max-size", "128"], "--max-size"),
         # sizes past the limits, refused before any allocation (issue 13)
         (["--seeds", "0-99999999999"], "--seeds"),
         (["--seeds", str(2**64)], "--seeds"),
@@ -402,6 +408,24 @@ def test_unreadable_records_are_redone(tmp_path, capsys):
     assert [r["key"] for r in read_records(out)] == [path.stem for path in records]
     assert {path: path.stat().st_mtime_ns for path in records[2:]} == stamps  # not redone
     assert "This run: 2 new images" in (out / "summary.md").read_text()
+    images = sorted((out / "images").glob("*.png"))
+    images[2].unlink()  # a record whose image is gone, or emptied, is not done
+    images[3].write_bytes(b"")
+    assert superdiff_main(args) == 0
+    assert "This run: 2 new images" in (out / "summary.md").read_text()
+    assert all(Image.open(path).size == (64, 64) for path in images)
+    assert {path: path.stat().st_mtime_ns for path in records[4:]} == {p: stamps[p] for p in records[4:]}
+
+
+def test_a_summary_of_part_of_a_folder_says_what_it_leaves_out(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert superdiff_main(["sweep", *ONE_DIGITS_AND, "--seeds", "0-1", "--out", str(out)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert superdiff_main(["sweep", *ONE_DIGITS_AND, "--out", str(out)]) == 0  # seed 0 alone: all done
+    note = "This summary covers this command's grid only: records/ holds 5 more records from other seeds"
+    assert f"superdiff sweep: warning: {note}" in capsys.readouterr().err
+    assert note in (out / "summary.md").read_text() and len(read_records(out)) == 5
+    assert len(list((out / "records").glob("*.json"))) == 10
 
 
 def test_interrupt_keeps_the_completed_images_and_resumes(tmp_path, capsys, monkeypatch):

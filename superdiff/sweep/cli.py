@@ -6,8 +6,8 @@ import argparse
 import inspect
 import sys
 
-from ..generate import DEFAULT_MODEL, DTYPES, add_max_size, model_class
-from ..limits import MAX_SIZE
+from ..generate import DEFAULT_MODEL, DTYPES, add_max_size, model_class, refuse_unused_by_digits
+from ..limits import LIMITS, MAX_SIZE
 from .plan import (
     DEFAULT_METHODS,
     JOINT_METHODS,
@@ -18,6 +18,7 @@ from .plan import (
     parse_seeds,
 )
 from .scoring import DEFAULT_CLIP
+from .summary import other_records_note
 
 SCORERS = ("auto", "clip", "digits", "none")
 INTERRUPTED = "interrupted; completed images are kept, rerun the same command to resume"
@@ -119,8 +120,14 @@ def config(args):
         scorer = "digits" if digits else "none" if args.model == "tiny" else "clip"
     if scorer == "digits" and not digits:
         raise ValueError("--scorer: the digits classifier scores --model digits only")
-    if digits and args.size is not None:
-        raise ValueError("--size: the digits model makes 64×64 images; leave it out")
+    if digits:
+        refuse_unused_by_digits(
+            {
+                "--size": args.size is not None,
+                "--dtype": args.dtype not in ("auto", "float32"),
+                "--max-size": args.max_size != LIMITS.size,
+            }
+        )
     check_size(args.size, args.max_size)  # the range first, then the family's multiple from the config
     # --model's pipeline class, from its config alone (no weights), read once and only where needed
     needed = args.size is not None or args.guidance_scale is None
@@ -175,6 +182,8 @@ def run(args) -> int:
         print(f"superdiff sweep{who}: {INTERRUPTED}", file=sys.stderr)
         return 130
     if state.is_main_process:
+        if timing.get("other_records"):
+            print(f"superdiff sweep: warning: {other_records_note(timing['other_records'])}", file=sys.stderr)
         print(f"{timing['images']} images in {timing['seconds']:.1f} s on {timing['processes']} process(es)")
         print(f"summary: {args.out}/summary.md")
     return 0

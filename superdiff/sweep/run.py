@@ -119,6 +119,9 @@ def check_settings(cfg: SweepConfig) -> None:
         )
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # the first bytes of every PNG file: an emptied image has none
+
+
 def record_path(out: Path, item: Item) -> Path:
     return out / "records" / f"{item.key}.json"
 
@@ -136,12 +139,15 @@ def is_record(row, item: Item) -> bool:
 
 
 def read_record(out: Path, item: Item) -> dict | None:
-    """The item's record; None if it is missing or unreadable (empty after a crash, edited): item to redo."""
+    """The item's record; None if it or its image is missing or unreadable (empty after a crash, edited,
+    the image deleted): an item to redo."""
     try:
         row = json.loads(record_path(out, item).read_text(encoding="utf-8"))
+        with open(image_path(out, item), "rb") as image:
+            is_png = image.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
     except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
         return None
-    return row if is_record(row, item) else None
+    return row if is_png and is_record(row, item) else None
 
 
 def pending(cfg: SweepConfig) -> list[Item]:
@@ -156,6 +162,13 @@ def remove_unreadable_records(cfg: SweepConfig) -> int:
     for path in paths:
         path.unlink(missing_ok=True)
     return len(paths)
+
+
+def other_records(cfg: SweepConfig) -> int:
+    """Records in the folder from items outside this command's grid (an earlier run's other seeds or
+    methods): kept, but not in this summary."""
+    planned = {f"{item.key}.json" for item in cfg.items}
+    return sum(path.name not in planned for path in (cfg.out / "records").glob("*.json"))
 
 
 def load_records(cfg: SweepConfig) -> list[dict]:
@@ -285,7 +298,7 @@ class Progress:
 
     def __init__(self, cfg: SweepConfig, todo: list[Item], state: PartialState):
         self.cfg, self.todo, self.main = cfg, todo, state.is_main_process
-        self.bar = tqdm(total=len(todo), desc="sweep", unit="image", disable=not self.main)
+        self.bar = tqdm(total=len(todo), desc="sweep", unit="image", disable=not self.main or not todo)
 
     def done(self) -> int:
         return sum(record_path(self.cfg.out, item).exists() for item in self.todo)
@@ -466,6 +479,7 @@ def run_sweep(cfg: SweepConfig, state: PartialState | None = None) -> dict:
         try:
             timing = sample(cfg, state)
             if state.is_main_process:
+                timing["other_records"] = other_records(cfg)
                 write_summary(cfg, load_records(cfg), timing)
         except BaseException:
             if created:

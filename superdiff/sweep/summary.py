@@ -111,7 +111,17 @@ def markdown(table: list[dict], scorer: str | None, timing: dict, cfg) -> str:
         f"{'; --fast: the first call of each batch shape includes its compilation' if cfg.fast else ''}).",
         "",
     ]
+    if timing.get("other_records"):
+        lines += [f"{other_records_note(timing['other_records'])}.", ""]
     return "\n".join(lines)
+
+
+def other_records_note(n: int) -> str:
+    """What a summary of part of a folder leaves out."""
+    return (
+        f"This summary covers this command's grid only: records/ holds {n} more records from other seeds or "
+        "methods, kept (rerun with them all to summarize them too)"
+    )
 
 
 def bar_plot(table: list[dict], scorer: str | None):
