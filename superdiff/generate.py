@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import errno
+import glob
 import json
 import os
+import re
 import secrets
 import sys
 from contextlib import contextmanager
@@ -150,7 +152,22 @@ def check_out(out: str, batch_size: int, overwrite: bool = False) -> Path:
         first = repr(str(existing[0]))
         which = f"{first} and {len(existing) - 1} more exist" if existing[1:] else f"{first} exists"
         raise ValueError(f"--out: {which}; pass --overwrite to replace, or choose another --out")
+    others = sorted(set(earlier_images(out)) - set(images))
+    if overwrite and others:  # an earlier run's other --batch-size: its images would sit beside this κ plot
+        print(
+            f"superdiff generate: warning: --overwrite keeps {', '.join(p.name for p in others[:3])}"
+            f"{f' and {len(others) - 3} more' if others[3:] else ''}, images of an earlier run with another "
+            "--batch-size",
+            file=sys.stderr,
+        )
     return out
+
+
+def earlier_images(out: Path) -> list[Path]:
+    """The images that a run with any --batch-size writes for this --out and that exist."""
+    names = [p for p in out.parent.glob(f"{glob.escape(out.stem)}_*.png")]
+    numbered = [p for p in names if re.fullmatch(r"[0-9]+", p.stem[len(out.stem) + 1 :])]
+    return ([out] if os.path.lexists(out) else []) + numbered
 
 
 def write_outputs(writers: list, out: Path, batch_size: int, overwrite: bool) -> list[Path]:

@@ -441,3 +441,16 @@ def test_a_wrong_model_folder_is_named_as_the_option(tmp_path, capsys, index, ex
     err = capsys.readouterr().err
     assert err.startswith(f"superdiff generate: error: --model: {str(folder)!r}") and expected in err
     assert err.count("\n") == 1 and not (tmp_path / "flamingo.png").exists()
+
+
+def test_overwrite_with_another_batch_size_names_the_earlier_images_it_keeps(tmp_path, capsys):
+    assert generate(tmp_path, "--batch-size", "3") == 0
+    (tmp_path / "flamingo_notes.png").write_text("not an image of a run")
+    capsys.readouterr()
+    assert generate(tmp_path, "--overwrite") == 0
+    assert capsys.readouterr().err.startswith(
+        "superdiff generate: warning: --overwrite keeps flamingo_0.png, flamingo_1.png, flamingo_2.png, "
+        "images of an earlier run with another --batch-size\n"
+    )
+    assert generate(tmp_path, "--overwrite", "--batch-size", "2") == 0
+    assert "--overwrite keeps flamingo.png, flamingo_2.png, images" in capsys.readouterr().err
