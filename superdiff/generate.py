@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ._io import check_name_lengths, check_targets, check_writable, png, write_atomically
-from .hub import WeightsUnavailableError, dtype_kwarg, explain_unavailable, offline_kwargs
+from .hub import dtype_kwarg, explain_unavailable, folder_errors, offline_kwargs
 from .limits import LIMITS, MAX_SEED, MAX_SIZE
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
@@ -262,20 +262,13 @@ def pipeline_class(model: str):
 @contextmanager
 def model_folder_errors(model: str):
     """diffusers' errors about a local --model folder, named as the option's (a Hub id's are left alone)."""
-    if not os.path.isdir(model):
-        yield
-        return
-    if not os.path.isfile(os.path.join(model, "model_index.json")):
+    if os.path.isdir(model) and not os.path.isfile(os.path.join(model, "model_index.json")):
         raise ValueError(
             f"--model: {model!r} has no model_index.json: pass the folder of a whole pipeline (a component "
             "folder such as unet/ is not one)"
         )
-    try:
+    with folder_errors(model, "--model"):
         yield
-    except WeightsUnavailableError:  # its message names the folder and what it lacks
-        raise
-    except (OSError, ValueError) as err:
-        raise ValueError(f"--model: {model!r}: {err}") from None
 
 
 def model_class(model: str):

@@ -71,6 +71,20 @@ def explain_unavailable(name):
         raise weights_unavailable(name, err) from None  # the cause stays in err.__context__ for debugging
 
 
+@contextmanager
+def folder_errors(name, option: str):
+    """A library's error about a local folder as a ValueError naming the command-line option; a Hub id's
+    errors, and a WeightsUnavailableError (it names the folder and what it lacks), pass unchanged."""
+    try:
+        yield
+    except WeightsUnavailableError:
+        raise
+    except (OSError, ValueError) as err:
+        if not os.path.isdir(str(name)):
+            raise
+        raise ValueError(f"{option}: {str(name)!r}: {err}") from None
+
+
 def missing_components(folder: str) -> list[str]:
     """The components a pipeline folder's model_index.json names whose subfolder is missing or empty."""
     try:

@@ -696,3 +696,15 @@ def test_clip_weights_unreachable_give_one_line_and_no_folder(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert "openai/clip-vit-base-patch32" in err and "hf download" in err
     assert not out.exists()
+
+
+def test_a_clip_model_folder_without_weights_is_named_as_the_option(tmp_path, capsys):
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    out = tmp_path / "sweep"
+    command = ["sweep", "--model", "tiny", "--scorer", "clip", "--clip-model", str(folder), "--out", str(out)]
+    assert superdiff_main(command) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"superdiff sweep: error: --clip-model: {str(folder)!r}: ") and err.count("\n") == 1
+    assert not out.exists()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..hub import explain_unavailable, offline_kwargs
+from ..hub import explain_unavailable, folder_errors, offline_kwargs
 from ..output import SuperDiffOutput
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
@@ -64,7 +64,8 @@ class DigitsScorer:
 def load_scorer(kind: str, clip_model: str = DEFAULT_CLIP, device="cpu"):
     """The scorer behind --scorer: "clip", "digits" or "none" (None)."""
     if kind == "clip":
-        return ClipScorer.from_pretrained(clip_model, device)
+        with folder_errors(clip_model, "--clip-model"):
+            return ClipScorer.from_pretrained(clip_model, device)
     if kind == "digits":
         return DigitsScorer()
     return None
