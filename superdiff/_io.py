@@ -76,14 +76,19 @@ def check_targets(paths: Sequence[Path], option: str | None = None) -> None:
             raise IsADirectoryError(errno.EISDIR, "a folder is in the way of a file to write", str(path))
 
 
+def nearest_existing(folder: Path) -> Path:
+    """folder (``~`` expanded, absolute) or its nearest ancestor that exists: where it would be made."""
+    folder = Path(folder).expanduser().absolute()
+    return next(p for p in (folder, *folder.parents) if p.exists())
+
+
 def check_name_lengths(paths: Sequence[Path], option: str) -> None:
     """ValueError naming ``option`` for a file name longer than its filesystem takes (found before the work,
     not at the rename after it)."""
     for path in paths:
         path = Path(path).expanduser().absolute()
-        existing = next(p for p in path.parents if p.exists())
         try:
-            limit = os.pathconf(existing, "PC_NAME_MAX")
+            limit = os.pathconf(nearest_existing(path.parent), "PC_NAME_MAX")
         except (AttributeError, OSError, ValueError):  # no pathconf (Windows): the usual limit
             limit = 255
         size = len(os.fsencode(path.name))
@@ -97,8 +102,7 @@ def check_name_lengths(paths: Sequence[Path], option: str) -> None:
 def check_writable(folder: Path, name: str) -> None:
     """ValueError naming ``name`` unless ``folder`` is, or can be made, a folder this process can write to;
     probed with a temp folder in its nearest existing ancestor, removed at once (nothing left behind)."""
-    folder = Path(folder).expanduser().absolute()
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    existing = nearest_existing(folder)
     if not existing.is_dir():
         raise ValueError(f"{name}: {str(existing)!r} is a file, not a folder")
     try:

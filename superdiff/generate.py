@@ -165,7 +165,7 @@ def check_out(out: str, batch_size: int, overwrite: bool = False) -> Path:
 
 def earlier_images(out: Path) -> list[Path]:
     """The images that a run with any --batch-size writes for this --out and that exist."""
-    names = [p for p in out.parent.glob(f"{glob.escape(out.stem)}_*.png")]
+    names = out.parent.glob(f"{glob.escape(out.stem)}_*.png")
     numbered = [p for p in names if re.fullmatch(r"[0-9]+", p.stem[len(out.stem) + 1 :])]
     return ([out] if os.path.lexists(out) else []) + numbered
 
@@ -351,9 +351,11 @@ def as_option_error(err: ValueError) -> ValueError:
     return ValueError(f"{OPTIONS[name]}: {rest}") if sep and name in OPTIONS else err
 
 
-def refuse_unused_by_digits(given: dict[str, bool]) -> None:
-    """A ValueError naming the options given (True) that the digits model has no use for."""
-    flags = [flag for flag, on in given.items() if on]
+def refuse_unused_by_digits(args, given: dict[str, bool]) -> None:
+    """A ValueError naming the options given (--dtype, --max-size, and those True in ``given``) that the
+    digits model has no use for."""
+    shared = {"--dtype": args.dtype not in ("auto", "float32"), "--max-size": args.max_size != LIMITS.size}
+    flags = [flag for flag, on in {**shared, **given}.items() if on]
     if flags:
         raise ValueError(
             f"{', '.join(flags)}: the digits model runs in float32 at 64×64 on the CPU; leave "
@@ -378,12 +380,7 @@ def check_arguments(args, cls=None) -> None:
             if args.height is not None or args.width is not None:
                 raise ValueError("--height, --width: the digits model makes 64×64 images; leave them out")
             refuse_unused_by_digits(
-                {
-                    "--dtype": args.dtype not in ("auto", "float32"),
-                    "--cpu-offload": args.cpu_offload,
-                    "--attention-slicing": args.attention_slicing,
-                    "--max-size": args.max_size != LIMITS.size,
-                }
+                args, {"--cpu-offload": args.cpu_offload, "--attention-slicing": args.attention_slicing}
             )
             check_inputs(prompt_1, prompt_2, **checked)
             return

@@ -529,8 +529,9 @@ class Playground:
             self._show_kappa(self.result.kappa, self.result.sigmas, p, "")
             judged = ""
             if p["judge"]:
+                tic = time.perf_counter()
                 self._judge(p)
-                judged = f", judged in {time.perf_counter() - start - self.seconds:.1f} s"
+                judged = f", judged in {time.perf_counter() - tic:.1f} s"
             self._set_status(
                 f"Done: {self.result.kappa.shape[1]} samples, {p['steps']} steps in {self.seconds:.1f} s"
                 f"{judged}."

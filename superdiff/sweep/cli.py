@@ -7,7 +7,7 @@ import inspect
 import sys
 
 from ..generate import DEFAULT_MODEL, DTYPES, add_max_size, model_class, refuse_unused_by_digits
-from ..limits import LIMITS, MAX_SIZE
+from ..limits import MAX_SIZE
 from .plan import (
     DEFAULT_METHODS,
     JOINT_METHODS,
@@ -121,13 +121,7 @@ def config(args):
     if scorer == "digits" and not digits:
         raise ValueError("--scorer: the digits classifier scores --model digits only")
     if digits:
-        refuse_unused_by_digits(
-            {
-                "--size": args.size is not None,
-                "--dtype": args.dtype not in ("auto", "float32"),
-                "--max-size": args.max_size != LIMITS.size,
-            }
-        )
+        refuse_unused_by_digits(args, {"--size": args.size is not None})
     check_size(args.size, args.max_size)  # the range first, then the family's multiple from the config
     # --model's pipeline class, from its config alone (no weights), read once and only where needed
     needed = args.size is not None or args.guidance_scale is None

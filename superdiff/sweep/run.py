@@ -155,9 +155,10 @@ def pending(cfg: SweepConfig) -> list[Item]:
     return [item for item in cfg.items if read_record(cfg.out, item) is None]
 
 
-def remove_unreadable_records(cfg: SweepConfig) -> int:
-    """Delete the record files that cannot be read back, so that their items are redone and counted."""
-    paths = [record_path(cfg.out, item) for item in pending(cfg)]
+def remove_unreadable_records(cfg: SweepConfig, todo: list[Item]) -> int:
+    """Delete the record files of the pending items (unreadable, or their image is), so that they are redone
+    and counted."""
+    paths = [record_path(cfg.out, item) for item in todo]
     paths = [path for path in paths if path.is_file()]
     for path in paths:
         path.unlink(missing_ok=True)
@@ -395,12 +396,14 @@ def release(cfg: SweepConfig, created: list[Path], index: int) -> None:
 
 def prepare(cfg: SweepConfig, state: PartialState) -> list[Item]:
     """The pending items, listed alike by every process once the main one has removed what a crash left."""
+    todo = None
     if state.is_main_process:
         for folder in (cfg.out, cfg.out / "images", cfg.out / "records"):
             remove_stale_temps(folder)
-        remove_unreadable_records(cfg)
+        todo = pending(cfg)  # each record and image read once here: pending(cfg) again would list the same
+        remove_unreadable_records(cfg, todo)
     state.wait_for_everyone()
-    todo = pending(cfg)
+    todo = pending(cfg) if todo is None else todo
     state.wait_for_everyone()  # every process has listed the same pending items before anyone writes
     return todo
 
