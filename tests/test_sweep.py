@@ -396,7 +396,17 @@ def test_non_finite_sampling_stops_the_sweep_without_a_record(tmp_path, capsys, 
     assert superdiff_main(["sweep", *ONE_DIGITS_AND[:-2], "--steps", "4", "--out", str(out)]) == 0
 
 
-def test_unreadable_records_are_redone(tmp_path, capsys):
+def test_unreadable_records_are_redone(tmp_path, capsys, monkeypatch):
+    import superdiff.sweep.run
+
+    started = []  # (records already counted, pending) when each run's progress bar starts
+
+    class Progress(superdiff.sweep.run.Progress):
+        def __init__(self, *args):
+            super().__init__(*args)
+            started.append((self.done(), len(self.todo)))
+
+    monkeypatch.setattr(superdiff.sweep.run, "Progress", Progress)
     out = tmp_path / "sweep"
     args = ["sweep", *ONE_DIGITS_AND, "--out", str(out)]
     assert superdiff_main(args) == 0
@@ -405,6 +415,9 @@ def test_unreadable_records_are_redone(tmp_path, capsys):
     records[0].write_text("")  # as a crash could leave it
     records[1].write_text('{"x": 1}\n')
     assert superdiff_main(args) == 0
+    # the unreadable records are removed before counting: a stale one would end the main process's wait
+    # for the other processes' records early (Progress.wait_for_all)
+    assert started[-1] == (0, 2)
     assert [r["key"] for r in read_records(out)] == [path.stem for path in records]
     assert {path: path.stat().st_mtime_ns for path in records[2:]} == stamps  # not redone
     assert "This run: 2 new images" in (out / "summary.md").read_text()
