@@ -411,7 +411,8 @@ def superpose(
         kappa: mode "fixed" only, one weight per model, summing to 1.
 
     Returns a :class:`SuperpositionResult`. Under AND, κ is solved after the step's noise is drawn, so it
-    can leave [0, 1] and each log q trace drifts by a bias all traces share: read their differences.
+    can leave [0, 1] and each log q trace drifts by a bias that more steps do not remove; it cancels in the
+    traces' differences where the models' curvatures agree (docs/results-and.md, (f)): read differences.
     """
     predictor = _as_predictor(models)
     n_models = predictor.num_models

@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from superdiff.and_study import curvature_term, trace_bias
+from superdiff.and_study import curvature_term, start_gap, trace_bias
 from superdiff.digits import DigitModels, default_sigmas, load_conditional, load_fokker_planck
 from superdiff.digits.model import Conditional
 from superdiff.sampling import geometric_sigmas, log_likelihood, superpose
@@ -59,6 +59,18 @@ def test_and_paths_bias_each_absolute_trace_by_the_curvature_along_the_removed_n
         assert abs(r["curved"]) < {200: 0.25, 1000: 0.05}[steps] and r["gap"] < 0.15
     assert abs(runs[1000]["curved"]) < abs(runs[200]["curved"])  # the remaining error is the step size's
     assert abs(toy_run(1000, "avg")) < 0.15
+
+
+def test_and_on_the_toy_keeps_the_exact_gap_the_densities_had_at_sigma_max():
+    """Every trace starts at the same log N(x; 0, σ_max² I): AND holds the change of the gap at 0, so in d = 2
+    the samples end with the (unseen) gap their noise had at σ_max, and a higher σ_max shrinks it."""
+    gaps = {}
+    for sigma_max in (20.0, 80.0):
+        sigmas = geometric_sigmas(sigma_max, 0.01, 300)
+        x = sigma_max * torch.randn(100, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        gaps[sigma_max] = r = start_gap(list(up_and_down()), x, sigmas, seed=1)
+        assert r["change"] < 0.3 * r["start"] and r["end"] == pytest.approx(r["start"], rel=0.3)
+    assert gaps[80.0]["start"] == pytest.approx(gaps[20.0]["start"] / 4, rel=0.3)  # ~ ‖μ₁ − μ₂‖/σ_max
 
 
 def test_curvature_term_is_the_quadratic_form_of_the_models_jacobians():

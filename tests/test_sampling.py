@@ -44,6 +44,16 @@ def test_ito_estimate_matches_exact_log_density_and_converges():
     assert errors[0] > errors[1] > errors[2]
 
 
+@pytest.mark.parametrize("mode", ["and", "or", "avg"])
+def test_every_trace_starts_at_the_exact_prior_log_density(mode):
+    """log_q[0] = log N(x; 0, σ_0² I) for every model: an off-by-one σ there hides in the estimator noise."""
+    sigmas = geometric_sigmas(SIGMA_MAX, SIGMA_MIN, 10)
+    x = sigmas[0] * torch.randn(50, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    prior = -0.5 * (x**2).sum(-1) / SIGMA_MAX**2 - math.log(2 * math.pi * SIGMA_MAX**2)  # d = 2
+    log_q = run([UP, DOWN], n=10, batch=50, mode=mode).log_q[0]
+    torch.testing.assert_close(log_q, prior[:, None].expand(50, 2), rtol=1e-12, atol=1e-12)
+
+
 def test_ito_trace_tracks_exact_density_at_every_step():
     xs = []
     r = run([UP], n=1000, batch=200, callback=lambda step: xs.append(step["x"]))
