@@ -11,11 +11,16 @@ APP_PORT ?= 8866
 APP_HOST ?= localhost
 APP_ARGS ?=
 
-.PHONY: setup demo test lint pytest pytest-widgets7 compat compat-card compat-lower nbval e2e browser-deps notebooks lab app study-and results-digits weights clean
+.PHONY: FORCE setup demo test lint pytest pytest-widgets7 compat compat-card compat-lower nbval e2e browser-deps notebooks lab app study-and results-digits weights clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The TORCH the venv was set up with: a setup with another one reinstalls (the stamp changes only then).
+$(VENV)/.torch: FORCE
+	@mkdir -p $(VENV)
+	@test "$$(cat $@ 2>/dev/null)" = '$(TORCH)' || echo '$(TORCH)' > $@
+
+$(VENV)/.installed: pyproject.toml setup.py $(VENV)/.torch
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
@@ -40,9 +45,9 @@ SITE := import sysconfig; print(sysconfig.get_paths()["purelib"])
 $(W7)/.installed: $(VENV)/.installed
 	rm -rf $(W7)
 	$(BIN)/python -m venv --without-pip $(W7)
-	site=$$($(W7)/bin/python -c '$(SITE)') && \
-	  echo "import site; site.addsitedir('$$($(BIN)/python -c '$(SITE)')')" > $$site/zz_overlay_venv.pth && \
-	  $(BIN)/python -m pip install --quiet --no-deps --target $$site $(WIDGETS7)
+	site="$$($(W7)/bin/python -c '$(SITE)')" && \
+	  echo "import site; site.addsitedir('$$($(BIN)/python -c '$(SITE)')')" > "$$site/zz_overlay_venv.pth" && \
+	  $(BIN)/python -m pip install --quiet --no-deps --target "$$site" $(WIDGETS7)
 	touch $@
 
 pytest-widgets7: $(W7)/.installed
@@ -61,11 +66,11 @@ compat-card compat-lower: compat-%: $(VENV)/.installed
 	rm -rf $(VENV)-compat-$*
 	$(BIN)/python -m venv --without-pip $(VENV)-compat-$*
 	echo "import site; site.addsitedir('$$($(BIN)/python -c '$(SITE)')')" \
-	  > $$($(VENV)-compat-$*/bin/python -c '$(SITE)')/zz_overlay_venv.pth
+	  > "$$($(VENV)-compat-$*/bin/python -c '$(SITE)')/zz_overlay_venv.pth"
 	$(BIN)/python -m pip --python $(VENV)-compat-$*/bin/python install --quiet $(COMPAT_$*)
 	$(VENV)-compat-$*/bin/python -c 'import diffusers as d, transformers as t, accelerate as a, torch; \
 	  print("compat-$*:", *(f"{m.__name__} {m.__version__}" for m in (d, t, a, torch)))'
-	HF_HOME=$(abspath $(VENV)-compat-$*)/hf JUPYTER_PATH=$(abspath $(VENV))/share/jupyter \
+	HF_HOME="$(abspath $(VENV)-compat-$*)/hf" JUPYTER_PATH="$(abspath $(VENV))/share/jupyter" \
 	  $(VENV)-compat-$*/bin/python -m pytest -q -m "not browser" -p no:cacheprovider
 
 nbval: setup

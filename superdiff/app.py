@@ -20,17 +20,23 @@ import socket
 import sys
 from pathlib import Path
 
-import nbformat
-import psutil  # through accelerate, a dependency
-from jupyter_server.base.handlers import JupyterHandler
-from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
-from tornado import ioloop, web
-from traitlets import Integer, List, Unicode
-from voila.app import Voila
+try:
+    import nbformat
+    import psutil
+    from jupyter_server.base.handlers import JupyterHandler
+    from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
+    from tornado import ioloop, web
+    from traitlets import Integer, List, Unicode
+    from voila.app import Voila
+except ModuleNotFoundError as err:  # the app's extra is not installed
+    raise SystemExit(
+        f"superdiff.app: the app needs Voilà ({err.name} is missing): pip install 'superdiff-kit[app]'"
+    ) from None
 
 from .limits import APP_ENV
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "04_playground.ipynb"
+PACKAGED = Path(__file__).resolve().parent / "notebooks" / "04_playground.ipynb"  # in a wheel (setup.py)
+NOTEBOOK = PACKAGED if PACKAGED.is_file() else PACKAGED.parents[2] / "notebooks" / PACKAGED.name  # a checkout
 PORT = 8866
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 # Measured (benchmarks/app_memory.py, README): a kernel holds 334–345 MB RSS once both playgrounds ran, 619 MB

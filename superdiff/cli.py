@@ -9,6 +9,8 @@ import warnings
 
 from tqdm.auto import tqdm
 
+from . import __version__
+
 # subcommand -> module with ``add_arguments(parser)`` and ``run(args) -> int``; imported only when used.
 COMMANDS = {
     "demo": ("superdiff.demo", "the offline default: toy and digits superpositions written to PNG files"),
@@ -62,6 +64,7 @@ def run_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="superdiff", description="SuperDiff: superposition of diffusion models."
     )
+    parser.add_argument("--version", action="version", version=f"superdiff-kit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)

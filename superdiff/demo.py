@@ -104,7 +104,7 @@ def equal_density_report(runs: dict, digits: dict, seed: int) -> str:
             f"seed {seed}; digits: 16 samples at each of seeds {seeds}, 200 steps; mean ± sd over seeds):",
             head,
             *lines,
-            "Over pairs and seeds: README, “What AND achieves” (docs/results-and.md).",
+            "Over pairs and seeds: https://github.com/superdiff-kit/superdiff-kit#what-and-achieves-measured",
         ]
     )
 

@@ -9,11 +9,12 @@ import types
 from pathlib import Path
 
 import pytest
-import tomllib
+
+import superdiff
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+VERSION = superdiff.__version__  # pyproject.toml's version is read from it
 
 
 def cells(path: Path) -> list[dict]:

@@ -5,12 +5,12 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tomllib
 import warnings
 import zipfile
 from pathlib import Path
 
 import pytest
-import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +25,8 @@ def _requirement(spec: str) -> tuple[str, str]:
 
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pip_side = dict(map(_requirement, project["dependencies"] + project["optional-dependencies"]["dev"]))
+    extras = [spec for specs in project["optional-dependencies"].values() for spec in specs]
+    pip_side = dict(map(_requirement, project["dependencies"] + extras))
     env = yaml.safe_load((ROOT / "environment.yml").read_text())["dependencies"]
     conda_side = dict(
         _requirement(d) for d in env if isinstance(d, str) and d.split("=")[0] not in ("python", "pip")
@@ -72,6 +73,7 @@ def test_documented_loading_gives_the_dtype_it_shows_without_deprecation_warning
 
 # ----------------------------------------------------------------------------- the built sdist and wheel
 
+PLAYGROUND = "superdiff/notebooks/04_playground.ipynb"  # where the wheel holds the app's page
 NOT_SOURCE = shutil.ignore_patterns(
     ".git", ".venv*", "outputs", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".ipynb_*"
 )
@@ -98,7 +100,13 @@ def dists(tmp_path_factory) -> dict[str, set[str]]:
     wheel = build("build_wheel", unpacked, tmp)
     with zipfile.ZipFile(wheel) as whl:
         meta = next(n for n in whl.namelist() if n.endswith(".dist-info/METADATA"))
-        return {"sdist": sdist_files, "wheel": set(whl.namelist()), "metadata": whl.read(meta).decode()}
+        page = PLAYGROUND if PLAYGROUND in whl.namelist() else None
+        return {
+            "sdist": sdist_files,
+            "wheel": set(whl.namelist()),
+            "metadata": whl.read(meta).decode(),
+            "playground": page and whl.read(page),
+        }
 
 
 def test_license_is_mit_as_spdx_with_its_file(dists):
@@ -121,12 +129,43 @@ def test_wheel_holds_every_file_of_the_package(dists):
     assert sorted(package - dists["wheel"]) == []
 
 
-def test_sdist_holds_what_its_tests_read(dists):
+def test_sdist_holds_what_its_tests_and_makefile_read(dists):
     tests = {p.relative_to(ROOT).as_posix() for p in (ROOT / "tests").glob("*.py")}
     needed = {"environment.yml", "pyproject.toml", "README.md", "LICENSE", "notebooks/sanitize.cfg"}
     needed |= {f"notebooks/{p.name}" for p in (ROOT / "notebooks").glob("*.ipynb")}  # test_browser, nbval
-    assert "tests/conftest.py" in tests
+    for folder in ("benchmarks", "scripts"):  # make lint checks them; make notebooks runs scripts/
+        needed |= {p.relative_to(ROOT).as_posix() for p in (ROOT / folder).iterdir() if p.is_file()}
+    assert "tests/conftest.py" in tests and "scripts/execute_notebooks.py" in needed
     assert sorted((tests | needed) - dists["sdist"]) == []
+
+
+def test_wheel_ships_the_apps_page_where_the_app_looks_for_it(dists):
+    """python -m superdiff.app from a wheel: the playground notebook is package data (setup.py)."""
+    import superdiff
+    from superdiff import app
+
+    assert app.PACKAGED.relative_to(Path(superdiff.__file__).parents[1]).as_posix() == PLAYGROUND
+    assert dists["playground"] == (ROOT / "notebooks" / "04_playground.ipynb").read_bytes()
+
+
+def test_the_version_is_written_once(dists):
+    import superdiff
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and project["dynamic"] == ["version"]
+    assert f"Version: {superdiff.__version__}" in dists["metadata"].splitlines()
+    run = subprocess.run([sys.executable, "-m", "superdiff.cli", "--version"], capture_output=True, text=True)
+    assert run.stdout == f"superdiff-kit {superdiff.__version__}\n"
+
+
+def test_the_app_without_its_extra_says_what_to_install():
+    code = "import runpy, sys; sys.modules['voila'] = None; runpy.run_module('superdiff.app', run_name='x')"
+    run = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True)
+    assert run.returncode == 1 and run.stdout == ""
+    assert (
+        run.stderr
+        == "superdiff.app: the app needs Voilà (voila.app is missing): pip install 'superdiff-kit[app]'\n"
+    )
 
 
 # ----------------------------------------------------------------------------- outputs of the scripts
