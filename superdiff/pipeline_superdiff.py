@@ -297,6 +297,8 @@ def check_inputs(
     check_joint(mode, len(prompts), joint_prompt)
     check_size(height, width, limits.size, size_multiple)
     check_sampling_args(len(prompts), limits=limits, **options)
+    if joint_prompt is not None and mode != "joint":
+        warn_caller(f"joint_prompt: ignored in mode {mode!r}; it is the prompt of mode 'joint'")
     return prompts
 
 

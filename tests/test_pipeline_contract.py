@@ -300,6 +300,16 @@ def test_guidance_below_one_warns_where_it_is_classifier_free(family, pipes):
 
 
 @pytest.mark.parametrize("family", BUILDERS)
+def test_a_joint_prompt_outside_mode_joint_warns_at_the_callers_line(family, pipes):
+    for mode, expected in (("and", [__file__]), ("joint", [])):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = pipes(family)(P1, P2, seed=0, mode=mode, joint_prompt="a zebra", **SMALL)
+        said = [x.filename for x in caught if str(x.message).startswith("joint_prompt: ignored in mode")]
+        assert said == expected and ("a zebra" in out.prompts) == (mode == "joint")
+
+
+@pytest.mark.parametrize("family", BUILDERS)
 def test_a_callback_that_cannot_observe_is_refused_before_any_work(family, pipes):
     from diffusers.callbacks import SDCFGCutoffCallback  # changes the guidance and the embeddings mid-run
 
