@@ -28,6 +28,7 @@ try:
     from tornado import ioloop, web
     from traitlets import Integer, List, Unicode
     from voila.app import Voila
+    from voila.handler import VoilaHandler
 except ModuleNotFoundError as err:  # the app's extra is not installed
     raise SystemExit(
         f"superdiff.app: the app needs Voilà ({err.name} is missing): pip install 'superdiff-kit[app]'"
@@ -73,8 +74,10 @@ class CappedKernelManager(AsyncMappingKernelManager):
 
 
 def host_name(host_header: str) -> str:
-    """The name in a Host header, without port or IPv6 brackets, lower case."""
-    name = re.sub(r":\d+$", "", host_header.strip().lower())
+    """The name in a Host header (or a bare name or address), without port or IPv6 brackets, lower case."""
+    name = host_header.strip().lower()
+    if name.count(":") == 1 or name.startswith("["):  # a bare IPv6 address (::1) has no port to strip
+        name = re.sub(r":\d+$", "", name)
     return name[1:-1] if name.startswith("[") and name.endswith("]") else name
 
 
@@ -94,6 +97,14 @@ def check_host(handler: JupyterHandler) -> bool:
 _JUPYTER_CHECK_HOST = JupyterHandler.check_host
 
 
+async def prepare_page(handler: VoilaHandler, **kwargs) -> None:
+    """Voilà's page request, also setting the ``_xsrf`` cookie: the page's shutdown POST on closing sends it
+    back, and without it (Voilà never sets it, voila-dashboards/voila#1458) a closed tab kept its kernel."""
+    await JupyterHandler.prepare(handler, **kwargs)
+    if not handler._finished:  # not redirected to the login page
+        handler.xsrf_token  # noqa: B018 - reading it sets the cookie
+
+
 class AppVoila(Voila):
     """Voilà with a Host allowlist: Voilà sets allow_remote_access, which turns jupyter_server's check off."""
 
@@ -102,6 +113,7 @@ class AppVoila(Voila):
 
     def start(self):
         JupyterHandler.check_host = check_host  # this process serves only the app
+        VoilaHandler.prepare = prepare_page
         names = {host_name(h) for h in self.allowed_hosts}
         self.tornado_settings = {**self.tornado_settings, "superdiff_allowed_hosts": names}
         if self.share_url:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -65,14 +66,23 @@ def is_kernel(process: psutil.Process) -> bool:
         return False
 
 
+XSRF: dict[str, str] = {}  # kernel id -> the _xsrf cookie its page set, as a browser keeps it
+
+
 def get(url: str, host: str | None = None, timeout: float = REPLY_TIMEOUT) -> tuple[int, str]:
-    """(status, body) of a GET, errors included; ``host`` replaces the Host header."""
+    """(status, body) of a GET, errors included; ``host`` replaces the Host header. A page's _xsrf cookie
+    goes into XSRF under its kernel id."""
     request = urllib.request.Request(url, headers={"Host": host} if host else {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read().decode(errors="replace")
+            status, body = response.status, response.read().decode(errors="replace")
+            cookies = response.headers.get_all("Set-Cookie") or []
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode(errors="replace")
+    xsrf = [c.split(";", 1)[0].split("=", 1)[1] for c in cookies if c.startswith("_xsrf=")]
+    if xsrf and '"kernelId": "' in body:
+        XSRF[kernel_of(body)] = xsrf[0]
+    return status, body
 
 
 @contextmanager
@@ -105,10 +115,13 @@ def kernel_of(page: str) -> str:
 
 
 def shutdown(server: App, kernel_id: str, token: str = "") -> None:
-    """Shut a kernel down as Voilà's page does when it is closed (a POST with the _xsrf cookie)."""
+    """Shut a kernel down as Voilà's page does when it is closed: a POST of the _xsrf cookie its page set
+    (the page reads it from document.cookie; without one the server refused the POST and kept the kernel)."""
     url = f"{server.url}/voila/api/shutdown/{kernel_id}?token={token}"
-    headers = {"Cookie": "_xsrf=5eed", "X-XSRFToken": "5eed"}
-    request = urllib.request.Request(url, method="POST", headers=headers, data=b"")
+    xsrf = XSRF.get(kernel_id, "")
+    headers = {"Cookie": f"_xsrf={xsrf}"} if xsrf else {}
+    data = urllib.parse.urlencode({"_xsrf": xsrf}).encode()
+    request = urllib.request.Request(url, method="POST", headers=headers, data=data)
     with urllib.request.urlopen(request, timeout=REPLY_TIMEOUT) as response:
         assert response.status == 204
 
@@ -409,7 +422,8 @@ def test_allowed_hosts():
     assert url.startswith("SuperDiff playground: http://localhost:8870/ ")
     hosts = app.allowed_hosts("0.0.0.0", ["Class.Example:8866"])
     assert {"localhost", "class.example", app.lan_address()} <= set(hosts) and "0.0.0.0" not in hosts
-    assert [app.host_name(h) for h in ("A.b:88", "[::1]:8866", "x")] == ["a.b", "::1", "x"]
+    names = ("A.b:88", "[::1]:8866", "x", "::1", "fe80::1", "[fe80::1]")  # Host headers and bare names
+    assert [app.host_name(h) for h in names] == ["a.b", "::1", "x", "::1", "fe80::1", "fe80::1"]
 
 
 def test_pages_of_the_app_leave_stable_diffusion_out(monkeypatch, capsys):

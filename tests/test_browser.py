@@ -365,7 +365,8 @@ def test_playground_in_jupyterlab(lab, page):
 
 
 def test_playground_as_voila_app(voila, page):
-    """Load the Voilà app (it runs every cell and shows no code), then use both playgrounds."""
+    """Load the Voilà app (it runs every cell and shows no code), use both playgrounds, close the page: its
+    kernel shuts down."""
     with on_failure_show(page, voila, "voila"):
         page.set_viewport_size({"width": 1400, "height": 2400})  # the whole app: it scrolls inside the page
         page.goto(f"{voila.url}/?token={voila.token}")
@@ -373,6 +374,23 @@ def test_playground_as_voila_app(voila, page):
         page.screenshot(path=SHOTS / "voila_before.png", full_page=True)
         assert 'playground("toy")' not in page.inner_text("body"), "Voilà shows the code cells"
         run_both_playgrounds(page, "voila")
+        kernel = page.content().split('"kernelId": "', 1)[1].split('"', 1)[0]
+        assert kernel_status(voila, kernel) == 200
+        # closing runs the page's beforeunload, which posts the shutdown with the page's _xsrf cookie
+        page.close(run_before_unload=True)
+        deadline = time.monotonic() + 20
+        while kernel_status(voila, kernel) == 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert kernel_status(voila, kernel) == 404, "closing the page left its kernel running"
+
+
+def kernel_status(server: Server, kernel_id: str) -> int:
+    """The HTTP status of the kernel's REST resource: 200 while it runs, 404 once shut down."""
+    try:
+        with urllib.request.urlopen(f"{server.url}/api/kernels/{kernel_id}?token={server.token}", timeout=10):
+            return 200
+    except urllib.error.HTTPError as err:
+        return err.code
 
 
 def open_and_run_in_lab(lab: Server, page) -> None:
