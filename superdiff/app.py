@@ -45,6 +45,7 @@ LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 MAX_KERNELS = 36
 KERNEL_GIB, RESERVE_GIB = 0.61, 3.5  # a kernel after the largest runs; the server, the OS and headroom
 MIN_TOKEN = 8  # characters of a classroom token: the network can try short ones
+MAX_CULL_IDLE = 86400  # a day: a longer one would never free the place of a page left open
 CULL_IDLE = 900  # seconds without a message to or from a kernel before it is shut down (an open tab too)
 
 
@@ -121,6 +122,17 @@ class AppVoila(Voila):
         super().start()
 
 
+def can_listen(host: str) -> bool:
+    """Whether a server could listen on ``host``: a name that resolves to an address of this machine."""
+    try:
+        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as s:
+            s.bind(infos[0][4][:2])  # port 0: any free one, released at once
+        return True
+    except OSError:  # socket.gaierror too: a name that does not resolve
+        return False
+
+
 def is_local(host: str) -> bool:
     """Whether the server would listen on the loopback interface only."""
     if host == "localhost":
@@ -193,8 +205,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             f"--max-kernels: expected an integer from 1 to {fit}, got {args.max_kernels} ({fit} kernels fit "
             f"in this machine's {memory_gib():.0f} GiB: {KERNEL_GIB} GiB each after the largest runs)"
         )
-    if args.cull_idle < 1:
-        p.error(f"--cull-idle: expected an integer >= 1, got {args.cull_idle}")
+    if not 1 <= args.cull_idle <= MAX_CULL_IDLE:
+        p.error(f"--cull-idle: expected an integer from 1 to {MAX_CULL_IDLE} (a day), got {args.cull_idle}")
+    if not can_listen(args.host):
+        p.error(f"--host: {args.host!r} is not an address of this machine (or a name of one)")
     classroom = not is_local(args.host)
     if classroom and args.token is None:
         args.token = secrets.token_urlsafe(16)

@@ -380,7 +380,13 @@ def test_classroom_mode_requires_a_token_and_prints_the_url_to_share():
         (["--port", "99999"], "--port: expected an integer from 1 to 65535, got 99999"),
         (["--max-kernels", "0"], "--max-kernels: expected an integer from 1 to 7, got 0"),
         (["--max-kernels", "8"], "--max-kernels: expected an integer from 1 to 7, got 8 (7 kernels fit"),
-        (["--cull-idle", "0"], "--cull-idle: expected an integer >= 1, got 0"),
+        (["--cull-idle", "0"], "--cull-idle: expected an integer from 1 to 86400 (a day), got 0"),
+        (["--cull-idle", "86401"], "--cull-idle: expected an integer from 1 to 86400 (a day), got 86401"),
+        (["--host", "nonsense.invalid"], "--host: 'nonsense.invalid' is not an address of this machine"),
+        (
+            ["--host", "192.0.2.1", "--token", "x" * 8],
+            "--host: '192.0.2.1' is not an address of this machine",
+        ),
         (
             ["--host", "0.0.0.0", "--token", ""],
             "--token: classroom mode (a non-local --host) requires a token",
