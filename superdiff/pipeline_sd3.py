@@ -55,7 +55,10 @@ def flow_grid(scheduler: FlowMatchEulerDiscreteScheduler, num_inference_steps: i
     ts, timesteps = moving_steps(
         scheduler.sigmas, scheduler.timesteps, f"t grid for {num_inference_steps} steps"
     )
-    return flow_sigmas(ts), timesteps
+    sigmas = flow_sigmas(ts)
+    # the timesteps the network sees, for the callback: the first is σ_max's t, not the scheduler's t = 1
+    t = [t_of_sigma(sigma) * scheduler.config.num_train_timesteps for sigma in sigmas[:-1].tolist()]
+    return sigmas, torch.tensor(t, dtype=timesteps.dtype)
 
 
 def check_flow_scheduler(scheduler) -> None:

@@ -224,6 +224,25 @@ def test_modes_and_callback(pipes, family):
     torch.testing.assert_close(gen.samples, pipe(P1, P2, seed=0, **SMALL).samples)
 
 
+@pytest.mark.parametrize("family", BUILDERS)
+def test_the_callbacks_timestep_is_the_one_the_network_saw(family, pipes, monkeypatch):
+    """diffusers' convention (t in 0 … 1000); on flow grids the first step is at σ_max's t, not t = 1."""
+    pipe = pipes(family)
+    network, seen, told = getattr(pipe, pipe.denoiser_name), [], []
+    forward = network.forward
+
+    def recording(*args, **kwargs):
+        t = kwargs["timestep"] if "timestep" in kwargs else args[1]
+        seen.append(float(torch.as_tensor(t).flatten()[0]) * (1000 if family == "flux" else 1))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(network, "forward", recording)
+    pipe(P1, P2, seed=0, callback_on_step_end=lambda p, i, t, kw: told.append(float(t)) or {}, **SMALL)
+    assert told == pytest.approx(seen, rel=1e-6) and len(told) == 6
+    if family in ("sd3", "flux"):
+        assert told[0] < 1000
+
+
 @pytest.mark.parametrize("family", ["sd3", "flux"])
 def test_float16_pipeline_samples_like_float32(family):
     pipe = BUILDERS[family]()

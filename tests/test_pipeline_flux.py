@@ -9,7 +9,7 @@ from diffusers import EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
 from pipelines import P1, P2, SMALL, pipe_fixture, record_calls
 
 from superdiff import SuperDiffFluxPipeline
-from superdiff.flow import sigma_of_t
+from superdiff.flow import sigma_of_t, t_of_sigma
 from superdiff.generate import pipeline_class
 from superdiff.pipeline_sd3 import calculate_shift
 from superdiff.testing import tiny_flux_pipeline
@@ -123,7 +123,8 @@ def test_sigma_grid_is_flux_pipelines_t_grid_in_ve(pipe, n, size):
     mu = calculate_shift((size[0] // 16) * (size[1] // 16), 256, 4096, 0.5, 1.15)  # FluxPipeline's μ
     reference.set_timesteps(sigmas=np.linspace(1.0, 1 / n, n), mu=mu)  # as FluxPipeline.__call__
     torch.testing.assert_close(sigmas[1:], sigma_of_t(reference.sigmas.double()[1:]), atol=0, rtol=1e-12)
-    torch.testing.assert_close(timesteps, reference.timesteps)
+    torch.testing.assert_close(timesteps[1:], reference.timesteps[1:])
+    assert timesteps[0].item() == pytest.approx(t_of_sigma(sigmas[0].item()) * 1000, rel=1e-6)  # σ_max's
 
 
 def test_other_schedulers_become_flow_match_euler():
