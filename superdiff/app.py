@@ -247,6 +247,8 @@ def voila_argv(args: argparse.Namespace) -> list[str]:
     interval = max(1, min(60, args.cull_idle // 4))
     argv = [str(args.notebook), "--no-browser", f"--Voila.ip={args.host}", f"--Voila.port={args.port}"]
     argv += ["--Voila.port_retries=0", "--VoilaConfiguration.preheat_kernel=False"]
+    # no files beside the notebook are served: Voilà's default serves its folder's images, without a token
+    argv += ["--VoilaConfiguration.file_allowlist=[]"]
     argv += ["--VoilaConfiguration.multi_kernel_manager_class=superdiff.app.CappedKernelManager"]
     argv += [f"--CappedKernelManager.max_kernels={args.max_kernels}"]
     argv += [f"--MappingKernelManager.cull_idle_timeout={args.cull_idle}"]

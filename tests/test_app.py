@@ -242,6 +242,14 @@ def server(tmp_path_factory):
         yield running
 
 
+def test_files_beside_the_notebook_are_not_served(server):
+    """Voilà's default serves the notebook folder's images to anyone, token or not (the playground's own
+    images are attachments in the notebook)."""
+    image = server.log.parent / "private.png"  # the folder of the notebook, as serve() writes both
+    image.write_bytes(b"\x89PNG\r\n\x1a\n")
+    assert get(f"{server.url}/voila/files/{image.name}")[0] == 403
+
+
 def test_a_wrong_host_is_refused(server):
     evil = f"evil.example:{server.port}"  # what a page using DNS rebinding sends
     assert get(server.url + "/", host=evil)[0] == 403 and server.kernels() == []
