@@ -86,6 +86,11 @@ def exact_pair(d: int, seed: int, std: float = 0.4) -> tuple[GaussianMixture, Ga
     return up_and_down(std, dim=d, seed=seed)
 
 
+def exact_gap(models, x: Tensor, sigma: float) -> Tensor:
+    """log q_1 − log q_2 of x at noise σ, exact."""
+    return models[0].log_prob(x, sigma) - models[1].log_prob(x, sigma)
+
+
 def exact_runs(batch: int) -> dict:
     """(d, steps, seed) -> AND and averaging |gap|, OR share, per-model Itô error, error of the difference."""
     out = {}
@@ -100,7 +105,7 @@ def exact_runs(batch: int) -> dict:
                     for m in ("and", "avg", "or")
                 }
                 lo = sigmas[-1].item()
-                gap = {m: a.log_prob(r.samples, lo) - b.log_prob(r.samples, lo) for m, r in res.items()}
+                gap = {m: exact_gap([a, b], r.samples, lo) for m, r in res.items()}
                 avg = res["avg"]
                 err_a = avg.log_q[-1, :, 0] - a.log_prob(avg.samples, lo)
                 err_b = avg.log_q[-1, :, 1] - b.log_prob(avg.samples, lo)
@@ -671,11 +676,8 @@ START_STEPS, START_SIGMAS = 1000, {2: (20.0, 80.0, 1000.0), 16: (20.0, 80.0, 100
 def start_gap(models, x: Tensor, sigmas: Tensor, seed: int) -> dict:
     """One AND run: median |exact gap| at σ_max (unseen: every trace starts at log N(x; 0, σ_max² I)), at the
     end, and of the change between them (what AND equalises)."""
-    start = models[0].log_prob(x, sigmas[0].item()) - models[1].log_prob(x, sigmas[0].item())
-    res = superpose(models, x, sigmas, generator=gen(seed))
-    end = models[0].log_prob(res.samples, sigmas[-1].item()) - models[1].log_prob(
-        res.samples, sigmas[-1].item()
-    )
+    start = exact_gap(models, x, sigmas[0].item())
+    end = exact_gap(models, superpose(models, x, sigmas, generator=gen(seed)).samples, sigmas[-1].item())
     return {"start": med_abs(start), "end": med_abs(end), "change": med_abs(end - start)}
 
 

@@ -44,8 +44,16 @@ def dynamic_shift(config, image_seq_len: int) -> float | None:
     )
 
 
+def flow_timesteps(sigmas, num_train_timesteps: int) -> Tensor:
+    """t·num_train_timesteps, t = σ/(1 + σ), of each σ (float32, as the network takes them)."""
+    return torch.tensor(
+        [t_of_sigma(sigma) * num_train_timesteps for sigma in sigmas.tolist()], dtype=torch.float32
+    )
+
+
 def flow_grid(scheduler: FlowMatchEulerDiscreteScheduler, num_inference_steps: int, mu=None, base_ts=None):
-    """(VE σ grid (n + 1, float64, finite σ_max, last 0), the scheduler's timesteps (n)) of its own t grid.
+    """(VE σ grid (n + 1, float64, finite σ_max, last 0), the timesteps the network sees (n)) of the
+    scheduler's t grid: the first is σ_max's t, not the scheduler's t = 1.
 
     Zero-length steps (t_{k+1} = t_k) are dropped; ``mu``: the dynamic shift, where the config asks for one;
     ``base_ts``: the unshifted t grid passed as the scheduler's ``sigmas`` (Flux's); None: its own.
@@ -56,9 +64,7 @@ def flow_grid(scheduler: FlowMatchEulerDiscreteScheduler, num_inference_steps: i
         scheduler.sigmas, scheduler.timesteps, f"t grid for {num_inference_steps} steps"
     )
     sigmas = flow_sigmas(ts)
-    # the timesteps the network sees, for the callback: the first is σ_max's t, not the scheduler's t = 1
-    t = [t_of_sigma(sigma) * scheduler.config.num_train_timesteps for sigma in sigmas[:-1].tolist()]
-    return sigmas, torch.tensor(t, dtype=timesteps.dtype)
+    return sigmas, flow_timesteps(sigmas[:-1], scheduler.config.num_train_timesteps)
 
 
 def check_flow_scheduler(scheduler) -> None:
@@ -110,8 +116,7 @@ class FlowPromptPredictor(PromptPredictor):
         self.num_train_timesteps = num_train_timesteps
         # every grid point's t, on the device once: a tensor made from a float each step would be a
         # blocking host-to-device copy per step
-        t = [t_of_sigma(sigma) * num_train_timesteps for sigma in self.sigmas.tolist()]
-        self.t_grid = torch.tensor(t, dtype=torch.float32).to(timesteps.device)
+        self.t_grid = flow_timesteps(self.sigmas, num_train_timesteps).to(timesteps.device)
 
     def network_input(self, x: Tensor, sigma: float) -> Tensor:
         """x_t = y/(1 + σ)."""
