@@ -161,6 +161,8 @@ def kappa_or(log_q: Tensor, temperature: float, log_weights: Tensor) -> Tensor:
 def kappa_and(pred: Prediction, noise: Tensor, sigma: float, dsigma: float, target: Tensor) -> Tensor:
     """AND (equal density): κ with Σκ = 1 so that Δ log q_i − Δ log q_N = target_i − target_N; (B, N).
 
+    ``target`` is one value per model, (N,), or per sample and model, (B, N).
+
     The step dx = 2·dσ·Σ_j κ_j F_j + noise makes the Itô increments affine in κ:
     Δ_i = c_i + Σ_j A_ij κ_j. Writing κ = 1/N + (u, −Σu) leaves an (N−1)×(N−1) system G u = r,
     solved with a tiny ridge so that models that agree (G ≈ 0) get κ = 1/N instead of NaN.
@@ -170,7 +172,7 @@ def kappa_and(pred: Prediction, noise: Tensor, sigma: float, dsigma: float, targ
     A = -(2 * dsigma / sigma) * torch.einsum("ibd,jbd->bij", pred.eps.flatten(2), pred.field.flatten(2))
     D = A[:, :-1] - A[:, -1:]  # rows of Δ_i − Δ_N, (B, N−1, N)
     G = (D[:, :, :-1] - D[:, :, -1:]).double()
-    r = ((target[:-1] - target[-1]) - (c[:, :-1] - c[:, -1:]) - D.sum(-1) / n_models).double()
+    r = ((target[..., :-1] - target[..., -1:]) - (c[:, :-1] - c[:, -1:]) - D.sum(-1) / n_models).double()
     # |G_ij| <= 4·(2|dσ|/σ)·max‖ε̂‖·max‖F‖: a ridge 1e-6 of that scale only acts where G is degenerate.
     scale = (
         (2 * abs(dsigma) / sigma)
@@ -186,6 +188,26 @@ def kappa_and(pred: Prediction, noise: Tensor, sigma: float, dsigma: float, targ
     u = u.result[..., 0]
     kappa = torch.cat([u, -u.sum(-1, keepdim=True)], dim=-1) + 1.0 / n_models
     return kappa.to(c.dtype)
+
+
+def curvature_terms(predictor: Predictor, x: Tensor, sigma: float, dsigma: float, eps: Tensor) -> Tensor:
+    """|dσ|·tr(P J_i) per model, (B, N): what each Itô increment misses on an AND step.
+
+    AND's κ fixes <dx, ε̂_i − ε̂_N>, so the step has no noise in the span of those differences (P: its
+    projector) while the estimator assumes the isotropic 2σ|dσ|·I; J_i = ∂ε̂_i/∂x (docs/results-and.md, (f)).
+    One forward with autograd and N·(N − 1) vector–Jacobian products.
+    """
+    basis = torch.linalg.qr((eps[:-1] - eps[-1:]).flatten(2).permute(1, 2, 0)).Q  # (B, D, N−1), orthonormal
+    basis = [basis[..., k].reshape(x.shape).to(x.dtype) for k in range(basis.shape[-1])]
+    terms = []
+    with torch.enable_grad():
+        xs = x.detach().requires_grad_(True)
+        out = predictor(xs, sigma).eps
+        for eps_i in out:
+            check_differentiable(eps_i, xs)
+            quad = [(torch.autograd.grad(eps_i, xs, e, retain_graph=True)[0] * e).flatten(1) for e in basis]
+            terms.append(sum(q.sum(-1, dtype=eps.dtype) for q in quad))  # Σ_k e_kᵀ J_i e_k = tr(P J_i)
+    return abs(dsigma) * torch.stack(terms, -1).detach()
 
 
 def warn_if_lift_missed(log_q: Tensor, lift: Tensor, n: int) -> None:
@@ -289,23 +311,27 @@ def check_superpose_args(
     return lift, log_weights, kappa
 
 
-OPTION_MODES = {"lift": "and", "temperature": "or", "log_weights": "or"}  # the one mode each option acts in
+# the one mode each option acts in
+OPTION_MODES = {"lift": "and", "temperature": "or", "log_weights": "or", "curvature": "and"}
 
 
-def warn_ignored(mode: str, n_models: int, lift=0.0, temperature=1.0, log_weights=None) -> None:
+def warn_ignored(
+    mode: str, n_models: int, lift=0.0, temperature=1.0, log_weights=None, curvature: bool = False
+) -> None:
     """Warn about options given (away from their defaults) that ``mode`` with ``n_models`` models ignores."""
     given = {
         "lift": bool(torch.as_tensor(lift, dtype=torch.float64).any()),
         "temperature": temperature != 1,
         "log_weights": log_weights is not None
         and bool(torch.as_tensor(log_weights, dtype=torch.float64).any()),
+        "curvature": curvature,
     }
     ignored = [name for name, on in given.items() if on and (OPTION_MODES[name] != mode or n_models < 2)]
     if ignored:
         alone = " with one model" if n_models < 2 else ""
         warn_caller(
-            f"{', '.join(ignored)}: ignored in mode {mode!r}{alone}; lift acts on AND, temperature and "
-            "log_weights on OR, each with 2 or more models"
+            f"{', '.join(ignored)}: ignored in mode {mode!r}{alone}; lift and curvature act on AND, "
+            "temperature and log_weights on OR, each with 2 or more models"
         )
 
 
@@ -386,6 +412,7 @@ def superpose(
     progress: bool = False,
     callback: Callable[[dict], None] | None = None,
     kappa=None,
+    curvature: bool = False,
 ) -> SuperpositionResult:
     """Sample the superposition of N diffusion models (SuperDiff, Skreta et al. 2025, Alg. 1).
 
@@ -409,10 +436,17 @@ def superpose(
             went from σ = sigma to sigma_next, where x and log q now are; raising
             :class:`StopSampling` ends the run there (σ, κ and log q then cover the steps taken).
         kappa: mode "fixed" only, one weight per model, summing to 1.
+        curvature: AND only. Add to each Itô increment the term |dσ|·tr(P J_i) that it misses on an AND
+            step, which has no noise in the span of the ε̂_i − ε̂_N (:func:`curvature_terms`): AND then
+            holds the true densities' changes equal, not only their estimates', and log q is unbiased on
+            its own. Without it AND favours the model whose density is sharper along those differences
+            (two Gaussians of std s₁ > s₂: by ≈ ln(s₁/s₂) nats, at any step count). Costs one forward with
+            autograd and N·(N − 1) vector–Jacobian products per step.
 
     Returns a :class:`SuperpositionResult`. Under AND, κ is solved after the step's noise is drawn, so it
-    can leave [0, 1] and each log q trace drifts by a bias that more steps do not remove; it cancels in the
-    traces' differences where the models' curvatures agree (docs/results-and.md, (f)): read differences.
+    can leave [0, 1] and, without ``curvature``, each log q trace drifts by a bias that more steps do not
+    remove; it cancels in the traces' differences only where the models' curvatures agree
+    (docs/results-and.md, (f)).
     """
     predictor = _as_predictor(models)
     n_models = predictor.num_models
@@ -420,13 +454,16 @@ def superpose(
     sigmas = _check_sigmas(sigmas)
     check_samples(x)
     check_generator(generator, len(x))
+    if not isinstance(curvature, bool):
+        raise ValueError(f"curvature: expected True or False, got {curvature!r}")
     if callback is not None and not callable(callback):
         raise ValueError(f"callback: expected a function f(state) or None, got {type(callback).__name__}")
-    warn_ignored(mode, n_models, lift, temperature, log_weights)
+    warn_ignored(mode, n_models, lift, temperature, log_weights, curvature)
 
     n = len(sigmas) - 1
     check_trace_size(n, len(x), n_models)
     lifted = mode == "and" and n_models > 1 and not x.is_meta
+    curved = curvature and mode == "and" and n_models > 1
     work = trace_dtype(x.device)
     log_q = gaussian_log_prob(x.to(work), sigmas[0].item())[:, None].repeat(1, n_models)
     lift, log_weights = lift.to(x.device, work), log_weights.to(x.device, work)
@@ -443,14 +480,15 @@ def superpose(
         pred = predictor(x, sigma)
         pred = Prediction(pred.eps.to(work), pred.field.to(work))
         noise = math.sqrt(2 * sigma * abs(dsigma)) * randn_like(x, generator).to(work)
+        bend = curvature_terms(predictor, x, sigma, dsigma, pred.eps) if curved else 0.0
         if mode == "or":
             kappa = kappa_or(log_q, temperature, log_weights)
         elif mode == "and" and n_models > 1:
-            kappa = kappa_and(pred, noise, sigma, dsigma, lift / n)
+            kappa = kappa_and(pred, noise, sigma, dsigma, lift / n - bend)
         else:
             kappa = fixed
         dx = 2 * dsigma * torch.einsum("bn,nb...->b...", kappa, pred.field) + noise
-        log_q = log_q + ito_increment(pred.eps, dx, sigma, dsigma)
+        log_q = log_q + ito_increment(pred.eps, dx, sigma, dsigma) + bend
         x = x + dx.to(x.dtype)
         kappas[i], log_qs[i + 1], taken = kappa, log_q, i + 1
         if callback is not None:
@@ -535,7 +573,7 @@ def check_differentiable(out, x: Tensor) -> None:
     if not out.requires_grad:
         raise ValueError(
             "model: its ε̂ carries no gradient (computed under torch.no_grad(), or detached); the divergence "
-            "needs autograd through the model"
+            "and AND's curvature terms need autograd through the model"
         )
 
 

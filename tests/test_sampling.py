@@ -7,8 +7,10 @@ import torch
 
 from superdiff import (
     Guided,
+    ModelList,
     NonFiniteError,
     Prediction,
+    curvature_terms,
     geometric_sigmas,
     kappa_and,
     karras_sigmas,
@@ -154,11 +156,14 @@ def test_kappa_and_solves_the_equal_increment_equation():
     g = torch.Generator().manual_seed(0)
     eps, field = torch.randn(3, 4, 5, generator=g), torch.randn(3, 4, 5, generator=g)
     noise, sigma, dsigma = 0.1 * torch.randn(4, 5, generator=g), 2.0, -0.05
-    target = torch.tensor([0.2, -0.1, 0.0])
-    kappa = kappa_and(Prediction(eps, field), noise, sigma, dsigma, target)
-    dx = 2 * dsigma * torch.einsum("bn,nbd->bd", kappa, field) + noise
-    inc = ito_increment(eps, dx, sigma, dsigma)
-    torch.testing.assert_close(inc - inc[:, -1:], (target - target[-1]).expand(4, 3), atol=1e-4, rtol=0)
+    per_model = torch.tensor([0.2, -0.1, 0.0])
+    per_sample = torch.randn(4, 3, generator=g)  # (B, N): a target of its own for each sample
+    for target in (per_model, per_sample):
+        kappa = kappa_and(Prediction(eps, field), noise, sigma, dsigma, target)
+        dx = 2 * dsigma * torch.einsum("bn,nbd->bd", kappa, field) + noise
+        inc = ito_increment(eps, dx, sigma, dsigma)
+        expected = (target - target[..., -1:]).expand(4, 3)
+        torch.testing.assert_close(inc - inc[:, -1:], expected, atol=1e-4, rtol=0)
 
 
 def test_guidance_moves_x_with_guided_field_and_scores_densities_unguided():
@@ -308,6 +313,7 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
         ({"lift": True}, "lift: expected a scalar or 2 values"),
         ({"lift": [True, 0.0]}, "lift: expected a scalar or 2 values"),
         ({"callback": 5}, "callback: expected a function f\\(state\\) or None, got int"),
+        ({"curvature": 1}, "curvature: expected True or False, got 1"),
         ({"sigmas": torch.linspace(20, 0, 10_002)}, r"sigmas: expected a 1-D tensor of 2 to 10001 values"),
         (
             {"x": torch.zeros(10**6, 2), "sigmas": geometric_sigmas(20, 0.01, 1000)},
@@ -336,6 +342,8 @@ def test_bad_input_fails_before_any_model_call(kwargs, message):
         ({"mode": "and", "log_weights": [0.0, -1.0]}, "log_weights: ignored in mode 'and'"),
         ({"mode": "fixed", "kappa": [1.0, 0.0], "temperature": 0.5}, "temperature: ignored in mode 'fixed'"),
         ({"models": [UP], "lift": 1.0}, "lift: ignored in mode 'and' with one model"),
+        ({"mode": "or", "curvature": True}, "curvature: ignored in mode 'or'"),
+        ({"models": [UP], "curvature": True}, "curvature: ignored in mode 'and' with one model"),
     ],
 )
 def test_an_option_the_mode_ignores_warns_at_the_callers_line(kwargs, ignored):
@@ -489,3 +497,87 @@ def test_a_callback_raising_stop_sampling_ends_the_run_with_the_steps_taken():
     assert part.kappa.shape == (5, 8, 2) and part.log_q.shape == (6, 8, 2)
     torch.testing.assert_close(part.sigmas, full.sigmas[:6])
     torch.testing.assert_close(part.log_q, full.log_q[:6])
+
+
+# ----------------------------------------------------------------------------- AND's curvature terms
+
+WIDE, SHARP = GaussianMixture([[1.0, 0.0]], 0.4), GaussianMixture([[-1.0, 0.0]], 0.2)
+
+
+def width_run(models, curvature: bool, steps: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """An AND run of isotropic Gaussians: the change of the exact log q_i − log q_N from σ_max to the end,
+    (B, N − 1), and each absolute trace's error at the end, (B, N)."""
+    sigmas = geometric_sigmas(SIGMA_MAX, SIGMA_MIN, steps)
+    x = sigmas[0] * torch.randn(200, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    r = superpose(models, x, sigmas, generator=torch.Generator().manual_seed(1), curvature=curvature)
+    start = torch.stack([m.log_prob(x, SIGMA_MAX) for m in models], -1)
+    end = torch.stack([m.log_prob(r.samples, SIGMA_MIN) for m in models], -1)
+    change = (end - start)[:, :-1] - (end - start)[:, -1:]
+    return change, r.log_q[-1] - end
+
+
+def width_bias(s: float, dims: int = 1) -> float:
+    """Σ |dσ|·σ/(σ² + s²) over the grid, negated, times the dimensions without noise: the Itô trace's error
+    for an isotropic Gaussian of std s when AND removes the noise along ``dims`` directions."""
+    return -0.5 * dims * math.log((SIGMA_MAX**2 + s**2) / (SIGMA_MIN**2 + s**2))
+
+
+def test_and_favours_the_sharper_model_by_the_log_ratio_of_widths_which_curvature_removes():
+    """AND leaves no noise along ε̂₁ − ε̂₂, which the Itô estimator assumes: each true Δ log q_i exceeds its
+    estimate by |dσ|·⟨d̂, J_i d̂⟩ = |dσ|·σ/(σ² + s_i²) for an isotropic Gaussian of std s_i. Summed, plain AND
+    ends log q₁ − log q₂ off by ≈ ln(s₂/s₁) = −0.69 nats; ``curvature=True`` puts the terms in κ's equation
+    and in the traces."""
+    change, trace_err = width_run([WIDE, SHARP], curvature=False)
+    assert change.median().item() == pytest.approx(width_bias(0.2) - width_bias(0.4), abs=0.05)
+    expected = torch.tensor([width_bias(0.4), width_bias(0.2)], dtype=torch.float64)
+    torch.testing.assert_close(trace_err.median(0).values, expected, atol=0.25, rtol=0)
+    change, trace_err = width_run([WIDE, SHARP], curvature=True)
+    assert change.abs().median().item() < 0.06 and abs(change.median().item()) < 0.03
+    assert (trace_err.median(0).values.abs() < 0.1).all()
+
+
+def test_curvature_holds_three_models_of_three_widths_at_equal_density():
+    """Three models in 2-D: AND fixes two directions, so no noise is left (P = I) and plain AND is off by
+    twice the log ratio of the widths against the last model, 0.3: ln(0.3²/0.4²) and ln(0.3²/0.2²)."""
+    middle = GaussianMixture([[0.0, 1.0]], 0.3)
+    plain, _ = width_run([WIDE, SHARP, middle], curvature=False)
+    expected = torch.tensor([width_bias(s, 2) for s in (0.4, 0.2)], dtype=torch.float64) - width_bias(0.3, 2)
+    torch.testing.assert_close(plain.median(0).values, -expected, atol=0.05, rtol=0)
+    curved, trace_err = width_run([WIDE, SHARP, middle], curvature=True)
+    assert (curved.median(0).values.abs() < 0.03).all() and trace_err.abs().median().item() < 0.1
+
+
+def test_curvature_terms_are_the_trace_of_each_jacobian_on_the_span_of_the_differences():
+    """|dσ|·tr(P J_i), P the projector onto span{ε̂_i − ε̂_N}, against autograd's Jacobians (N = 3, 5-d)."""
+    models = [*up_and_down(dim=5, seed=1), up_and_down(dim=5, seed=2)[0]]
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    predictor = ModelList(models)
+    eps = predictor(x, 0.7).eps
+    terms = curvature_terms(predictor, x, 0.7, -0.05, eps)
+    for k in range(3):
+        diffs = (eps[:-1, k] - eps[-1:, k]).T  # (5, 2)
+        projector = diffs @ torch.linalg.pinv(diffs)
+        for i, m in enumerate(models):
+            jac = torch.autograd.functional.jacobian(lambda v, m=m: m(v[None], 0.7)[0], x[k])
+            assert terms[k, i].item() == pytest.approx(0.05 * torch.trace(projector @ jac).item(), rel=1e-9)
+
+
+def test_curvature_needs_models_that_autograd_can_differentiate():
+    def frozen(model):
+        def eps(x, sigma):
+            with torch.no_grad():
+                return model(x, sigma)
+
+        return eps
+
+    with pytest.raises(ValueError, match="model: its ε̂ carries no gradient"):
+        run([frozen(UP), frozen(DOWN)], n=3, batch=4, curvature=True)
+    run([frozen(UP), frozen(DOWN)], n=3, batch=4)  # without the curvature terms no gradient is needed
+
+
+def test_curvature_changes_nothing_outside_and():
+    """OR's κ does not depend on the step's noise, so its steps keep the isotropic noise: no terms."""
+    plain = run([WIDE, SHARP], n=50, batch=50, mode="or")
+    with pytest.warns(UserWarning, match="curvature: ignored in mode 'or'"):
+        curved = run([WIDE, SHARP], n=50, batch=50, mode="or", curvature=True)
+    assert torch.equal(curved.log_q, plain.log_q) and torch.equal(curved.samples, plain.samples)
