@@ -38,8 +38,11 @@ class DigitModels:
         self.ode_steps = ode_steps
         self.pipes = {m: DigitsPipeline(self.net) if m == "net" else DigitsPipeline(model=m) for m in MODELS}
 
-    def run(self, kind: str, labels, w: float, steps: int, mode: str, seed: int, batch: int, keep=()):
-        """superpose on default_sigmas(steps); returns the result and x at the steps in ``keep``."""
+    def run(
+        self, kind: str, labels, w: float, steps: int, mode: str, seed: int, batch: int, keep=(), **options
+    ):
+        """superpose on default_sigmas(steps) (``options``: more of its arguments, e.g. curvature); returns
+        the result and x at the steps in ``keep``."""
         sigmas = default_sigmas(steps)
         x = sigmas[0] * torch.randn(batch, 1, 8, 8, generator=gen(seed))
         kept = {}
@@ -48,7 +51,7 @@ class DigitModels:
             if step["i"] + 1 in keep:
                 kept[step["i"] + 1] = step["x"].clone()
 
-        options = {"mode": "fixed", "kappa": [1.0, 0.0]} if mode == "alone" else {"mode": mode}
+        options |= {"mode": "fixed", "kappa": [1.0, 0.0]} if mode == "alone" else {"mode": mode}
         pred = self.pipes[kind].predictor(list(labels), w)
         with one_thread():  # small batches: more threads only add overhead
             res = superpose(pred, x, sigmas, generator=gen(seed + 1), callback=callback, **options)
