@@ -55,10 +55,10 @@ async def run_playgrounds(server, kernel_id: str, largest: bool) -> list[str]:
     return statuses
 
 
-def memory(process: psutil.Process) -> tuple[float, float]:
-    """(RSS, PSS) in MB."""
+def memory(process: psutil.Process) -> tuple[float, float, float]:
+    """(RSS, PSS, data) in MB; data (VmData + VmStk) is what --kernel-memory caps."""
     info = process.memory_full_info()
-    return info.rss / MB, info.pss / MB
+    return info.rss / MB, info.pss / MB, info.data / MB
 
 
 def main() -> None:
@@ -84,7 +84,8 @@ def main() -> None:
                 ran = memory(server.kernels()[-1])
                 print(
                     f"session {i + 1}: {time.monotonic() - t:.1f} s; after load RSS {loaded[0]:.0f} MB "
-                    f"PSS {loaded[1]:.0f} MB; after runs RSS {ran[0]:.0f} MB PSS {ran[1]:.0f} MB; {statuses}",
+                    f"PSS {loaded[1]:.0f} MB data {loaded[2]:.0f} MB; after runs RSS {ran[0]:.0f} MB "
+                    f"PSS {ran[1]:.0f} MB data {ran[2]:.0f} MB; {statuses}",
                     flush=True,
                 )
             kernels = [memory(k) for k in server.kernels()]

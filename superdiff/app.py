@@ -5,7 +5,8 @@
 
 Both modes refuse a request whose Host is not one of this machine's names (a page using DNS rebinding
 sends its own name), and a kernel websocket from another Origin; they cap the number of kernels (one per
-open page) and shut down kernels idle for --cull-idle seconds. Classroom mode requires a token.
+open page) and each kernel's memory (--kernel-memory, Linux), and shut down kernels idle for --cull-idle
+seconds. Classroom mode requires a token.
 README, "Teaching with the app".
 """
 
@@ -26,7 +27,7 @@ try:
     from jupyter_server.base.handlers import JupyterHandler
     from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
     from tornado import ioloop, web
-    from traitlets import Integer, List, Unicode
+    from traitlets import Float, Integer, List, Unicode
     from voila.app import Voila
     from voila.handler import VoilaHandler
 except ModuleNotFoundError as err:  # the app's extra is not installed
@@ -46,6 +47,8 @@ MAX_KERNELS = 36
 KERNEL_GIB, RESERVE_GIB = 0.61, 3.5  # a kernel after the largest runs; the server, the OS and headroom
 MIN_TOKEN = 8  # characters of a classroom token: the network can try short ones
 MAX_CULL_IDLE = 86400  # a day: a longer one would never free the place of a page left open
+KERNEL_MEMORY_GIB = 1.5  # the most data one kernel may hold: 2.4× the 647 MiB of one after the largest runs
+MIN_KERNEL_MEMORY_GIB = 1.0  # below, the largest runs may not fit (benchmarks/app_memory.py)
 CULL_IDLE = 900  # seconds without a message to or from a kernel before it is shut down (an open tab too)
 
 
@@ -53,6 +56,7 @@ class CappedKernelManager(AsyncMappingKernelManager):
     """Voilà's kernel manager with at most ``max_kernels`` kernels: a page past the cap gets a 503."""
 
     max_kernels = Integer(MAX_KERNELS, config=True, help="The most kernels (open pages) at once.")
+    kernel_memory = Float(KERNEL_MEMORY_GIB, config=True, help="GiB of data one kernel may hold (Linux).")
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -67,11 +71,18 @@ class CappedKernelManager(AsyncMappingKernelManager):
             reason = f"Too many playgrounds open ({self.max_kernels} at most); try again in a few minutes"
             raise web.HTTPError(503, reason=reason)
         kernel_id = self.new_kernel_id()
+        kwargs["extra_arguments"] = [*kwargs.get("extra_arguments", []), limit_line(self.kernel_memory)]
         self._starting.add(kernel_id)
         try:
             return await super().start_kernel(*args, kernel_id=kernel_id, **kwargs)
         finally:
             self._starting.discard(kernel_id)
+
+
+def limit_line(gib: float) -> str:
+    """The kernel's command-line option that runs superdiff.limits.limit_memory before the notebook."""
+    call = f"__import__('superdiff.limits', fromlist=['limit_memory']).limit_memory({int(gib * 2**30)})"
+    return f"--IPKernelApp.exec_lines={call}"
 
 
 def host_name(host_header: str) -> str:
@@ -192,6 +203,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"most open pages at once (default {MAX_KERNELS}, or fewer where memory holds fewer)",
     )
     p.add_argument("--cull-idle", type=int, default=CULL_IDLE, help="seconds before an idle kernel stops")
+    p.add_argument(
+        "--kernel-memory",
+        type=float,
+        default=KERNEL_MEMORY_GIB,
+        help=f"GiB of data one page's kernel may hold, Linux only (default {KERNEL_MEMORY_GIB})",
+    )
     p.add_argument("--allow-host", action="append", default=[], help="another name students use (repeat)")
     p.add_argument("--notebook", type=Path, default=NOTEBOOK)
     args = p.parse_args(argv)
@@ -204,6 +221,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(
             f"--max-kernels: expected an integer from 1 to {fit}, got {args.max_kernels} ({fit} kernels fit "
             f"in this machine's {memory_gib():.0f} GiB: {KERNEL_GIB} GiB each after the largest runs)"
+        )
+    if not MIN_KERNEL_MEMORY_GIB <= args.kernel_memory <= memory_gib():
+        p.error(
+            f"--kernel-memory: expected GiB from {MIN_KERNEL_MEMORY_GIB:g} to this machine's "
+            f"{memory_gib():.1f}, got {args.kernel_memory:g}"
         )
     if not 1 <= args.cull_idle <= MAX_CULL_IDLE:
         p.error(f"--cull-idle: expected an integer from 1 to {MAX_CULL_IDLE} (a day), got {args.cull_idle}")
@@ -234,6 +256,8 @@ def share_url(args: argparse.Namespace) -> str:
     """What the launcher prints: the URL to open (classroom mode: to share, with its token) and the limits."""
     token = f"?token={args.token}" if args.token else ""
     limits = f"at most {args.max_kernels} open pages; a page idle for {args.cull_idle} s loses its kernel"
+    if sys.platform.startswith("linux"):
+        limits += f"; each holds at most {args.kernel_memory:g} GiB"
     if is_local(args.host):  # localhost answers on 127.0.0.1 and ::1; another loopback address only on itself
         name = "localhost" if args.host in LOCAL_HOSTS else args.host
         return f"SuperDiff playground: http://{name}:{args.port}/{token}  ({limits}; Ctrl-C stops it)"
@@ -251,6 +275,7 @@ def voila_argv(args: argparse.Namespace) -> list[str]:
     argv += ["--VoilaConfiguration.file_allowlist=[]"]
     argv += ["--VoilaConfiguration.multi_kernel_manager_class=superdiff.app.CappedKernelManager"]
     argv += [f"--CappedKernelManager.max_kernels={args.max_kernels}"]
+    argv += [f"--CappedKernelManager.kernel_memory={args.kernel_memory}"]
     argv += [f"--MappingKernelManager.cull_idle_timeout={args.cull_idle}"]
     argv += [f"--MappingKernelManager.cull_interval={interval}", "--MappingKernelManager.cull_connected=True"]
     if args.token:

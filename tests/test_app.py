@@ -339,6 +339,28 @@ def test_out_of_range_widget_values_from_a_client_are_rejected_by_the_kernel(tmp
     ]
 
 
+# 3 GiB, which the machine has; the words split so that the page cannot show them unless printed
+GREEDY = (
+    "try:\n    bytearray(3 * 2**30)\n    print('allo' 'cated')\nexcept MemoryError:\n    print('ref' 'used')"
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA and oom_score_adj are Linux's")
+def test_a_kernel_cannot_hold_more_than_its_memory_cap(tmp_path):
+    """--kernel-memory caps what a page's kernel holds, whatever makes it allocate (the page, or a client's
+    widget messages), and the out-of-memory killer stops a kernel before the server."""
+    notebook = tmp_path / "greedy.ipynb"
+    notebook.write_text(json.dumps({**TINY_NOTEBOOK, "cells": [code(GREEDY)]}))
+    with serve(tmp_path, "--kernel-memory", "1", notebook=notebook) as server:
+        status, page = get(server.url + "/")
+        (kernel,) = server.kernels()
+        limits = Path(f"/proc/{kernel.pid}/limits").read_text()
+        adj = Path(f"/proc/{kernel.pid}/oom_score_adj").read_text().strip()
+        shutdown(server, kernel_of(page))
+    assert status == 200 and "refused" in page and "allocated" not in page
+    assert re.search(rf"Max data size\s+{2**30}\s+{2**30}\s", limits) and adj == "1000"
+
+
 async def attack(server: App, kernel_id: str) -> list[str]:
     """Send the out-of-range values over the websocket, press Generate each time; the status lines."""
     client = await WidgetClient.connect(server, kernel_id)
@@ -400,6 +422,9 @@ def test_classroom_mode_requires_a_token_and_prints_the_url_to_share():
             "--token: classroom mode (a non-local --host) requires a token",
         ),
         (["--host", "0.0.0.0", "--token", "abc1234"], "requires a token of 8 or more characters"),
+        (["--kernel-memory", "0.5"], "--kernel-memory: expected GiB from 1 to this machine's 8.0, got 0.5"),
+        (["--kernel-memory", "9"], "--kernel-memory: expected GiB from 1 to this machine's 8.0, got 9"),
+        (["--kernel-memory", "nan"], "--kernel-memory: expected GiB from 1"),
         (["--notebook", "{tmp}/missing.ipynb"], "--notebook: expected an existing .ipynb file"),
         (["--notebook", "{tmp}/notes.txt"], "--notebook: expected an existing .ipynb file"),
         (["--notebook", "{tmp}/broken.ipynb"], "is not a Jupyter notebook"),
