@@ -35,7 +35,7 @@ except ModuleNotFoundError as err:  # the app's extra is not installed
         f"superdiff.app: the app needs Voilà ({err.name} is missing): pip install 'superdiff-kit[app]'"
     ) from None
 
-from .limits import APP_ENV
+from .limits import APP_CULL_ENV, APP_ENV
 
 PACKAGED = Path(__file__).resolve().parent / "notebooks" / "04_playground.ipynb"  # in a wheel (setup.py)
 NOTEBOOK = PACKAGED if PACKAGED.is_file() else PACKAGED.parents[2] / "notebooks" / PACKAGED.name  # a checkout
@@ -49,6 +49,7 @@ MIN_TOKEN = 8  # characters of a classroom token: the network can try short ones
 MAX_CULL_IDLE = 86400  # a day: a longer one would never free the place of a page left open
 KERNEL_MEMORY_GIB = 1.5  # the most data one kernel may hold: 2.4× the 647 MiB of one after the largest runs
 MIN_KERNEL_MEMORY_GIB = 1.0  # below, the largest runs may not fit (benchmarks/app_memory.py)
+APP_HIDDEN_TAG = "superdiff-app-hidden"  # cells with this tag are left out of the app's pages
 CULL_IDLE = 900  # seconds without a message to or from a kernel before it is shut down (an open tab too)
 
 
@@ -117,6 +118,15 @@ async def prepare_page(handler: VoilaHandler, **kwargs) -> None:
         handler.xsrf_token  # noqa: B018 - reading it sets the cookie
 
 
+def without_hidden_cells(handler, notebook, cwd):
+    """Voilà's prelaunch hook: the notebook without its cells tagged APP_HIDDEN_TAG, neither run nor shown
+    (the notebook's code demos of its own widgets, and screenshots that stand in for them elsewhere)."""
+    notebook.cells = [
+        c for c in notebook.cells if APP_HIDDEN_TAG not in c.get("metadata", {}).get("tags", [])
+    ]
+    return notebook
+
+
 class AppVoila(Voila):
     """Voilà with a Host allowlist: Voilà sets allow_remote_access, which turns jupyter_server's check off."""
 
@@ -126,6 +136,7 @@ class AppVoila(Voila):
     def start(self):
         JupyterHandler.check_host = check_host  # this process serves only the app
         VoilaHandler.prepare = prepare_page
+        self.voila_configuration.prelaunch_hook = without_hidden_cells
         names = {host_name(h) for h in self.allowed_hosts}
         self.tornado_settings = {**self.tornado_settings, "superdiff_allowed_hosts": names}
         if self.share_url:
@@ -286,6 +297,7 @@ def voila_argv(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ[APP_ENV] = "1"  # the kernels inherit it: the notebook leaves out what a class cannot share
+    os.environ[APP_CULL_ENV] = str(args.cull_idle)  # for the page's notice once its kernel is gone
     AppVoila.launch_instance(
         argv=voila_argv(args),
         allowed_hosts=allowed_hosts(args.host, args.allow_host),

@@ -23,6 +23,7 @@ LIMITS = Limits()
 # "1" in the kernels of the app (python -m superdiff.app), whose cap on kernels counts one toy or digits
 # playground run each: the notebook leaves Stable Diffusion out there
 APP_ENV = "SUPERDIFF_APP"
+APP_CULL_ENV = "SUPERDIFF_APP_CULL_IDLE"  # the app's --cull-idle, in seconds, for the kernels' pages
 MAX_SEED = 2**32 - 1  # torch's CPU generator keeps 32 bits of a seed: seed 2**32 would repeat seed 0
 MAX_MAGNITUDE = 1e6  # |lift|, |log_weights| and temperature: far past any useful value, far from overflow
 MAX_GUIDANCE = 1e3

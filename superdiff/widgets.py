@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import os
 import sys
 import threading
@@ -29,7 +30,7 @@ from torch import Tensor
 
 from . import viz
 from ._torch import one_thread
-from .limits import APP_ENV, MAX_SEED
+from .limits import APP_CULL_ENV, APP_ENV, MAX_SEED
 from .pipeline_common import check_finite, check_int, check_seed_value, parse_mode, superpose_options
 from .sampling import geometric_sigmas, superpose
 from .toy import up_and_down
@@ -251,6 +252,59 @@ class DigitsBackend(PipelineBackend):
 def served_by_app() -> bool:
     """True in a kernel of the app, where every open page would load its own copy of a model."""
     return os.environ.get(APP_ENV) == "1"
+
+
+# Polls the page's kernel (its REST resource needs no kernel message, so polling keeps no kernel alive); once
+# it is gone (404), or the server has not answered twice, shows a banner with a Reload button.
+SESSION_JS = """<script>
+(() => {
+  if (window.superdiffSessionWatch) return;
+  window.superdiffSessionWatch = true;
+  const config = JSON.parse(document.getElementById("jupyter-config-data")?.textContent || "{}");
+  if (!config.kernelId) return;
+  const url = `${config.baseUrl || "/"}api/kernels/${config.kernelId}`;
+  let misses = 0;
+  const timer = setInterval(async () => {
+    try {
+      const reply = await fetch(url, {credentials: "same-origin", cache: "no-store"});
+      misses = reply.status === 404 ? 2 : 0;
+    } catch (err) {
+      misses += 1;
+    }
+    if (misses < 2) return;
+    clearInterval(timer);
+    const note = document.createElement("div");
+    note.id = "superdiff-session-ended";
+    note.setAttribute("role", "alert");
+    note.style.cssText = "position: fixed; top: 0; left: 0; right: 0; z-index: 10000; padding: 12px; "
+      + "background: #b00020; color: white; font: 16px sans-serif; text-align: center;";
+    note.textContent = MESSAGE + " ";
+    const button = document.createElement("button");
+    button.textContent = "Reload";
+    button.onclick = () => location.reload();
+    note.append(button);
+    document.body.prepend(note);
+  }, PERIOD);
+})();
+</script>"""
+
+
+def session_notice():
+    """In a page of the app, an HTML output that shows a banner asking to reload once the page's kernel is
+    gone (shut down when idle, or the server stopped): without it, controls silently do nothing. Elsewhere
+    None (Jupyter shows a dead kernel itself)."""
+    if not served_by_app():
+        return None
+    from IPython.display import HTML
+
+    idle = int(os.environ.get(APP_CULL_ENV, "900"))
+    after = f"{idle // 60} minutes" if idle >= 120 else f"{idle} seconds"
+    message = (
+        f"This page has stopped: it was idle for more than {after}, or the server stopped. "
+        "Reload the page to start again (the controls start from their defaults)."
+    )
+    period_ms = 1000 * max(1, min(30, idle // 4))  # at most a quarter of the idle time late, at most 30 s
+    return HTML(SESSION_JS.replace("MESSAGE", json.dumps(message)).replace("PERIOD", str(period_ms)))
 
 
 def load_sd(model: str = SD_MODEL):

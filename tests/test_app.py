@@ -361,6 +361,24 @@ def test_a_kernel_cannot_hold_more_than_its_memory_cap(tmp_path):
     assert re.search(rf"Max data size\s+{2**30}\s+{2**30}\s", limits) and adj == "1000"
 
 
+def test_cells_tagged_for_the_notebook_alone_are_neither_run_nor_shown(tmp_path):
+    """The playground notebook's code demos of its own widgets would leave them in the demos' settings, and
+    its screenshots would stand beside the live widgets: cells tagged superdiff-app-hidden are left out."""
+    ran, hidden = tmp_path / "ran", {"metadata": {"tags": [app.APP_HIDDEN_TAG]}}
+    cells = [
+        {"cell_type": "markdown", "source": "screenshot-" + "7f3a", **hidden},
+        {**code(f"open({str(ran)!r}, 'w').close()\nprint('demo-' '7f3a')"), **hidden},
+        code("print('playground-' '7f3a')"),
+    ]
+    notebook = tmp_path / "tagged.ipynb"
+    notebook.write_text(json.dumps({**TINY_NOTEBOOK, "cells": cells}))
+    with serve(tmp_path, notebook=notebook) as server:
+        status, page = get(server.url + "/")
+        shutdown(server, kernel_of(page))
+    assert status == 200 and "playground-7f3a" in page
+    assert "screenshot-7f3a" not in page and "demo-7f3a" not in page and not ran.exists()
+
+
 async def attack(server: App, kernel_id: str) -> list[str]:
     """Send the out-of-range values over the websocket, press Generate each time; the status lines."""
     client = await WidgetClient.connect(server, kernel_id)
@@ -472,6 +490,7 @@ def test_pages_of_the_app_leave_stable_diffusion_out(monkeypatch, capsys):
 
     notebook = ROOT / "notebooks" / "04_playground.ipynb"
     monkeypatch.setenv(app.APP_ENV, "0")  # restored after the test
+    monkeypatch.delenv(app.APP_CULL_ENV, raising=False)
     monkeypatch.setattr(app.AppVoila, "launch_instance", lambda **kwargs: None)
     app.main(["--notebook", str(notebook)])
     assert app.os.environ[app.APP_ENV] == "1"  # what the kernels inherit from the server

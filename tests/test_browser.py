@@ -171,6 +171,16 @@ def voila(tmp_path):
         yield server
 
 
+@pytest.fixture
+def voila_culling(tmp_path):
+    """The app with a token that shuts a kernel down after 3 s without a message."""
+    require_browser()
+    args = [sys.executable, "-m", "superdiff.app", "--host", "127.0.0.1", "--port", "{port}"]
+    args += ["--token", "{token}", "--cull-idle", "3"]
+    with serve(args, tmp_path, "/login") as server:
+        yield server
+
+
 @pytest.fixture(scope="module")
 def browser():
     """Headless Chromium; Playwright gives every launch a fresh temporary user-data dir."""
@@ -365,23 +375,52 @@ def test_playground_in_jupyterlab(lab, page):
 
 
 def test_playground_as_voila_app(voila, page):
-    """Load the Voilà app (it runs every cell and shows no code), use both playgrounds, close the page: its
-    kernel shuts down."""
+    """Load the Voilà app (it runs the cells not tagged for the notebook alone and shows no code): the
+    playgrounds at their defaults, no screenshot of them; use both, close the page: its kernel shuts down."""
     with on_failure_show(page, voila, "voila"):
         page.set_viewport_size({"width": 1400, "height": 2400})  # the whole app: it scrolls inside the page
         page.goto(f"{voila.url}/?token={voila.token}")
         wait_for_widgets(page)
         page.screenshot(path=SHOTS / "voila_before.png", full_page=True)
         assert 'playground("toy")' not in page.inner_text("body"), "Voilà shows the code cells"
+        assert "What it looks like" not in page.inner_text("body"), "the app shows screenshots of its widgets"
+        for name in RUNS:  # not the settings the notebook's code demos leave
+            mode = find_playground(page, name).locator('.widget-dropdown:has(> label:text-is("mode")) select')
+            assert mode.input_value() == "AND (equal density)", f"the {name} playground opens in another mode"
         run_both_playgrounds(page, "voila")
-        kernel = page.content().split('"kernelId": "', 1)[1].split('"', 1)[0]
-        assert kernel_status(voila, kernel) == 200
+        kernel = kernel_of(page)
+        assert kernel_status(voila, kernel) == 200 and page.locator(f"#{ENDED}").count() == 0
         # closing runs the page's beforeunload, which posts the shutdown with the page's _xsrf cookie
         page.close(run_before_unload=True)
         deadline = time.monotonic() + 20
         while kernel_status(voila, kernel) == 200 and time.monotonic() < deadline:
             time.sleep(0.5)
         assert kernel_status(voila, kernel) == 404, "closing the page left its kernel running"
+
+
+def test_a_page_whose_kernel_stopped_says_so_and_reloads(voila_culling, page):
+    """An idle page loses its kernel (--cull-idle): its controls would silently do nothing, so a banner
+    says why and its Reload button opens the page again, on a new kernel."""
+    with on_failure_show(page, voila_culling, "voila_culled"):
+        page.goto(f"{voila_culling.url}/?token={voila_culling.token}")
+        wait_for_widgets(page)
+        kernel = kernel_of(page)
+        banner = page.locator(f"#{ENDED}")
+        banner.wait_for(timeout=30_000)
+        assert kernel_status(voila_culling, kernel) == 404
+        assert "idle for more than 3 seconds" in banner.inner_text()
+        page.screenshot(path=SHOTS / "voila_culled.png")
+        banner.get_by_role("button", name="Reload").click()
+        wait_for_widgets(page)
+        assert kernel_of(page) != kernel
+
+
+ENDED = "superdiff-session-ended"  # the banner's id (superdiff.widgets.SESSION_JS)
+
+
+def kernel_of(page) -> str:
+    """The id of the page's kernel, from Voilà's page config."""
+    return page.content().split('"kernelId": "', 1)[1].split('"', 1)[0]
 
 
 def kernel_status(server: Server, kernel_id: str) -> int:

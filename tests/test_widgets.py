@@ -491,3 +491,19 @@ def test_load_sd_loads_through_the_clis_loader_with_the_bar_off():
     pipe = load_sd("tiny")
     assert isinstance(pipe, SuperDiffPipeline) and pipe._progress_bar_config == {"disable": True}
     assert pipe.unet.device.type == "cpu" and pipe.unet.dtype == torch.float32
+
+
+def test_the_session_notice_is_for_the_apps_pages_only(monkeypatch):
+    """In the app, a script that polls the page's kernel no more than a quarter of the idle time late (at
+    most 30 s) and names the idle time; in Jupyter, nothing."""
+    from superdiff import widgets
+    from superdiff.limits import APP_CULL_ENV, APP_ENV
+
+    monkeypatch.delenv(APP_ENV, raising=False)
+    assert widgets.session_notice() is None
+    monkeypatch.setenv(APP_ENV, "1")
+    for idle, period, words in (("900", 30_000, "15 minutes"), ("8", 2_000, "8 seconds")):
+        monkeypatch.setenv(APP_CULL_ENV, idle)
+        script = widgets.session_notice().data
+        assert f"}}, {period});" in script and f"idle for more than {words}" in script
+        assert "MESSAGE" not in script and "PERIOD" not in script
