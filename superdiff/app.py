@@ -13,10 +13,12 @@ README, "Teaching with the app".
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import os
 import re
 import secrets
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -136,6 +138,8 @@ class AppVoila(Voila):
     def start(self):
         JupyterHandler.check_host = check_host  # this process serves only the app
         VoilaHandler.prepare = prepare_page
+        if hasattr(signal, "SIGHUP"):  # a closed terminal: stop as on SIGTERM (kernels, connection files)
+            signal.signal(signal.SIGHUP, self._handle_signal_stop)
         self.voila_configuration.prelaunch_hook = without_hidden_cells
         names = {host_name(h) for h in self.allowed_hosts}
         self.tornado_settings = {**self.tornado_settings, "superdiff_allowed_hosts": names}
@@ -144,15 +148,25 @@ class AppVoila(Voila):
         super().start()
 
 
-def can_listen(host: str) -> bool:
-    """Whether a server could listen on ``host``: a name that resolves to an address of this machine."""
+def can_listen(host: str, port: int = 0) -> bool:
+    """Whether a server could listen on ``host`` at ``port`` as tornado binds (SO_REUSEADDR; an address of
+    the name that this machine lacks, e.g. ::1 without IPv6, is skipped): False if the name resolves to no
+    address of this machine, or the port is in use on one. Port 0: any free one."""
     try:
-        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)
-        with socket.socket(infos[0][0], socket.SOCK_STREAM) as s:
-            s.bind(infos[0][4][:2])  # port 0: any free one, released at once
-        return True
-    except OSError:  # socket.gaierror too: a name that does not resolve
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:  # socket.gaierror: a name that does not resolve
         return False
+    bound = False
+    for family, _, _, _, address in infos:
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(address[:2])  # released at once
+                bound = True
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                return False
+    return bound
 
 
 def is_local(host: str) -> bool:
@@ -242,6 +256,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--cull-idle: expected an integer from 1 to {MAX_CULL_IDLE} (a day), got {args.cull_idle}")
     if not can_listen(args.host):
         p.error(f"--host: {args.host!r} is not an address of this machine (or a name of one)")
+    if not can_listen(args.host, args.port):
+        p.error(f"--port: {args.port} is in use on {args.host} (another server?); choose another --port")
     classroom = not is_local(args.host)
     if classroom and args.token is None:
         args.token = secrets.token_urlsafe(16)

@@ -9,6 +9,8 @@ import asyncio
 import html
 import json
 import re
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -405,6 +407,20 @@ def code(source: str) -> dict:
     return {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": source}
 
 
+def test_a_hangup_stops_the_server_as_ctrl_c_does(tmp_path):
+    """Closing the terminal (SIGHUP) shuts the kernels down and removes Voilà's connection files, as SIGTERM
+    and Ctrl-C do; the default action left the /tmp/voila_* folder behind."""
+    with serve(tmp_path) as server:
+        kernel_id = open_page(server)
+        (kernel,) = server.kernels()
+        files = Path(re.search(r"Storing connection files in (\S+?)\.?$", server.log.read_text(), re.M)[1])
+        assert (files / f"kernel-{kernel_id}.json").is_file()
+        server.proc.send_signal(signal.SIGHUP)
+        server.proc.wait(30)
+        kernel.wait(30)
+    assert not files.exists() and "Handle signal 1." in server.log.read_text()
+
+
 # ----------------------------------------------------------------------------- the launcher's options
 
 
@@ -456,6 +472,32 @@ def test_the_launcher_refuses_bad_options_with_the_range(argv, message, tmp_path
     with pytest.raises(SystemExit) as info:
         app.parse_args(argv)
     assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_port_in_use_is_refused_before_the_server_starts(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        notebook = str(ROOT / "notebooks" / "04_playground.ipynb")
+        with pytest.raises(SystemExit) as info:
+            app.parse_args(["--host", "127.0.0.1", "--port", str(port), "--notebook", notebook])
+    assert info.value.code == 2
+    assert f"--port: {port} is in use on 127.0.0.1 (another server?)" in capsys.readouterr().err
+    assert app.parse_args(["--host", "127.0.0.1", "--port", str(port), "--notebook", notebook]).port == port
+
+
+def test_an_address_of_the_name_that_this_machine_lacks_is_skipped(monkeypatch):
+    """As tornado does for localhost's ::1 on a machine without IPv6: the name is usable if one address is."""
+    resolve = socket.getaddrinfo
+
+    def lacking(host, port, *args, **kwargs):
+        missing = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.1", port))  # TEST-NET: not ours
+        return [missing, *resolve("127.0.0.1", port, *args, **kwargs)] if host == "localhost" else [missing]
+
+    monkeypatch.setattr(app.socket, "getaddrinfo", lacking)
+    assert app.can_listen("localhost") and app.can_listen("localhost", free_port())
+    assert not app.can_listen("elsewhere")
 
 
 @pytest.mark.parametrize("memory, default", [(8.0, 7), (16.0, 20), (64.0, app.MAX_KERNELS)])
