@@ -615,6 +615,20 @@ def recommendation(exact: dict, and_steps: dict, or_rows: list[list]) -> str:
 TRACE_STEPS = (200, 1000, 3000)
 
 
+def digit_gaussians(pair=(3, 8)) -> list[FullGaussianMixture]:
+    """The Gaussian per digit of a pair (exact scores, d = 64), as (b) fits them."""
+    means, covs, _ = fit_gaussians(RIDGE)
+    return [FullGaussianMixture(means[c : c + 1], covs[c : c + 1]) for c in pair]
+
+
+def exact_setting(d: int, seed: int, sigmas: Tensor, batch_toy: int, batch_digits: int, gaussians):
+    """(f)'s name, models and start noise: the toy in d dimensions (this seed's means), at d = 64 the
+    Gaussians "3" & "8"."""
+    name = 'Gaussians "3" & "8" (d = 64)' if d == 64 else f"toy (d = {d})"
+    models, batch = (gaussians, batch_digits) if d == 64 else (exact_pair(d, seed), batch_toy)
+    return name, models, sigmas[0] * torch.randn(batch, d, generator=gen(seed), dtype=torch.float64)
+
+
 def curvature_term(models, x: Tensor, sigma: float, dsigma: float) -> Tensor:
     """|dσ|·⟨d̂, J_i d̂⟩ per model, (B, 2), d = ε̂_1 − ε̂_2 (:func:`superdiff.curvature_terms` of two models).
 
@@ -643,8 +657,7 @@ def trace_bias(models, log_probs, x: Tensor, sigmas: Tensor, seed: int) -> dict:
 def trace_table(batch_toy: int, batch_digits: int) -> str:
     """(f): the toy and the Gaussians per digit "3" & "8" (w = 1), by steps, mean ± sd over seeds."""
     up, down = up_and_down()
-    means, covs, _ = fit_gaussians(RIDGE)
-    three, eight = (FullGaussianMixture(means[c : c + 1], covs[c : c + 1]) for c in (3, 8))
+    three, eight = digit_gaussians()
     settings = [
         ('toy "up" & "down" (d = 2)', [up, down], lambda n: geometric_sigmas(*TOY_SIGMAS, n), 2, batch_toy),
         ('Gaussians "3" & "8" (d = 64)', [three, eight], default_sigmas, 64, batch_digits),
@@ -682,18 +695,13 @@ def start_gap(models, x: Tensor, sigmas: Tensor, seed: int) -> dict:
 
 def start_table(batch_toy: int, batch_digits: int) -> str:
     """(f): AND's exact gap against the models' gap at σ_max, by σ_max (START_STEPS steps, geometric σ)."""
-    means, covs, _ = fit_gaussians(RIDGE)
-    gaussians = [FullGaussianMixture(means[c : c + 1], covs[c : c + 1]) for c in (3, 8)]
-    rows = []
+    gaussians, rows = digit_gaussians(), []
     for d, top in START_SIGMAS.items():
-        name = 'Gaussians "3" & "8" (d = 64)' if d == 64 else f"toy (d = {d})"
         for sigma_max in top:
             sigmas = geometric_sigmas(sigma_max, TOY_SIGMAS[1], START_STEPS)
             runs = []
             for seed in SEEDS:
-                models = gaussians if d == 64 else exact_pair(d, seed)
-                batch = batch_digits if d == 64 else batch_toy
-                x = sigmas[0] * torch.randn(batch, d, generator=gen(seed), dtype=torch.float64)
+                name, models, x = exact_setting(d, seed, sigmas, batch_toy, batch_digits, gaussians)
                 with one_thread():
                     runs.append(start_gap(models, x, sigmas, seed + 1))
             rows.append(
@@ -749,18 +757,13 @@ def width_table(batch: int) -> str:
 
 def curved_table(batch_toy: int, batch_digits: int) -> str:
     """(f): median |change of the gap| from σ_max under plain AND and with ``curvature=True``, by steps."""
-    means, covs, _ = fit_gaussians(RIDGE)
-    gaussians = [FullGaussianMixture(means[c : c + 1], covs[c : c + 1]) for c in (3, 8)]
-    rows = []
+    gaussians, rows = digit_gaussians(), []
     for d, steps_list in CURVED_STEPS.items():
-        name = 'Gaussians "3" & "8" (d = 64)' if d == 64 else f"toy (d = {d})"
         for steps in steps_list:
             sigmas = geometric_sigmas(CURVED_SIGMA_MAX[d], TOY_SIGMAS[1], steps)
             runs = {False: [], True: []}
             for seed in SEEDS:
-                models = gaussians if d == 64 else exact_pair(d, seed)
-                batch = batch_digits if d == 64 else batch_toy
-                x = sigmas[0] * torch.randn(batch, d, generator=gen(seed), dtype=torch.float64)
+                name, models, x = exact_setting(d, seed, sigmas, batch_toy, batch_digits, gaussians)
                 with one_thread():
                     for curved, out in runs.items():
                         out.append(med_abs(and_change(models, x, sigmas, seed + 1, curved)))
