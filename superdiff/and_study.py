@@ -636,7 +636,7 @@ def curvature_term(models, x: Tensor, sigma: float, dsigma: float) -> Tensor:
     the isotropic 2σ|dσ|·I: the true Δ log q_i is the Itô increment plus this term.
     """
     predictor = ModelList(models)
-    return curvature_terms(predictor, x, sigma, dsigma, predictor(x, sigma).eps)
+    return curvature_terms(predictor, x, sigma, dsigma, predictor(x, sigma))
 
 
 def trace_bias(models, log_probs, x: Tensor, sigmas: Tensor, seed: int) -> dict:
@@ -991,16 +991,17 @@ def replace_section_f(out: Path, batch_toy: int, batch_digits: int) -> Path:
 TEMPLATE_F = """
 ## (f) AND's own traces: only their differences estimate densities
 
-({seconds:.0f} s.) AND picks κ after drawing the step noise so that every model's log q changes alike; for
-two models without guidance that fixes ⟨dx, d⟩ with d = ε̂₁ − ε̂₂, so an AND step has no noise along d.
-The Itô estimator assumes the noise isotropic, 2σ|dσ|·I. By Itô's lemma with the quadratic variation that
-is missing, each model's true Δ log q_i exceeds its Itô increment by |dσ|·⟨d̂, J_i d̂⟩ (J_i = ∂ε̂_i/∂x,
-d̂ = d/‖d‖). Summed over the run, every absolute trace on an AND path is biased by an amount that more
-steps do not remove — near a mode of the toy, where J = σ/(σ² + s²)·I, by ½·ln((σ_max² + s²)/(σ_min² +
-s²)) = {toy_bias:.2f} nats — and the bias cancels in the difference where the models' curvatures along d̂
-agree. Below: model 1's Itô error on AND paths (median, signed), the same with the curvature terms added
-(one Jacobian–vector product per model and step, computed after the run from the stored path), and the
-exact gap AND leaves ({batch_toy} toy samples, {batch_digits} for the Gaussians, per seed; no guidance).
+({seconds:.0f} s.) AND picks κ after drawing the step noise so that every model's log q changes alike;
+for two models (with or without classifier-free guidance) that fixes ⟨dx, d⟩ with d = ε̂₁ − ε̂₂, so an
+AND step has no noise along d. The Itô estimator assumes the noise isotropic, 2σ|dσ|·I. By Itô's lemma
+with the quadratic variation that is missing, each model's true Δ log q_i exceeds its Itô increment by
+|dσ|·⟨d̂, J_i d̂⟩ (J_i = ∂ε̂_i/∂x, d̂ = d/‖d‖). Summed over the run, every absolute trace on an AND path
+is biased by an amount that more steps do not remove — near a mode of the toy, where J = σ/(σ² + s²)·I,
+by ½·ln((σ_max² + s²)/(σ_min² + s²)) = {toy_bias:.2f} nats — and the bias cancels in the difference where
+the models' curvatures along d̂ agree. Below: model 1's Itô error on AND paths (median, signed), the same
+with the curvature terms added (one vector–Jacobian product per model and step, computed after the run
+from the stored path), and the exact gap AND leaves ({batch_toy} toy samples, {batch_digits} for the
+Gaussians, per seed; no guidance).
 
 {table_f}
 
@@ -1027,8 +1028,9 @@ isotropic Gaussians of stds s₁ and s₂ have J_i = σ/(σ² + s_i²)·I, so un
 changes by ½·ln((σ_max² + s₁²)(σ_min² + s₂²) / ((σ_min² + s₁²)(σ_max² + s₂²))) ≈ ln(s₂/s₁): AND favours
 the sharper model by the log ratio of the widths, at any step count. `superpose(..., curvature=True)`
 (`superdiff.curvature_terms`) adds the terms to each Itô increment and so to κ's equation: the true
-densities then change alike to first order, and each trace is unbiased on its own. It costs one
-forward with autograd and N·(N − 1) vector–Jacobian products per step. Means (±1, 0) in 2-D,
+densities then change alike to first order, and as the steps grow each trace is unbiased on its own.
+It costs an extra forward with autograd and N·(N − 1) vector–Jacobian products per step (about 3–4× a
+plain AND step for two models on CPU). Means (±1, 0) in 2-D,
 {width_steps} steps from σ = {toy_max:g}, {batch_toy} samples per seed; the median change of the exact
 log q₁ − log q₂ from σ_max, signed:
 

@@ -158,21 +158,17 @@ def kappa_or(log_q: Tensor, temperature: float, log_weights: Tensor) -> Tensor:
     return torch.softmax(temperature * (log_q + log_weights), dim=-1)
 
 
-def kappa_and(pred: Prediction, noise: Tensor, sigma: float, dsigma: float, target: Tensor) -> Tensor:
-    """AND (equal density): κ with Σκ = 1 so that Δ log q_i − Δ log q_N = target_i − target_N; (B, N).
+def and_system(pred: Prediction, sigma: float, dsigma: float) -> tuple[Tensor, Tensor, Tensor]:
+    """AND's linear system. The step dx = 2·dσ·Σ_j κ_j F_j + noise makes the Itô increments affine in κ:
+    Δ_i = c_i + Σ_j A_ij κ_j. Writing κ = 1/N + (u, −Σu) leaves an (N−1)×(N−1) system G u = r, solved as
+    (GᵀG + λI) u = Gᵀr with a tiny ridge λ so that models that agree (G ≈ 0) get κ = 1/N instead of NaN.
 
-    ``target`` is one value per model, (N,), or per sample and model, (B, N).
-
-    The step dx = 2·dσ·Σ_j κ_j F_j + noise makes the Itô increments affine in κ:
-    Δ_i = c_i + Σ_j A_ij κ_j. Writing κ = 1/N + (u, −Σu) leaves an (N−1)×(N−1) system G u = r,
-    solved with a tiny ridge so that models that agree (G ≈ 0) get κ = 1/N instead of NaN.
+    Returns the rows D of Δ_i − Δ_N per κ_j, (B, N−1, N), and G and GᵀG + λI in float64.
     """
     n_models = pred.eps.shape[0]
-    c = ito_increment(pred.eps, noise, sigma, dsigma)  # increments of the noise alone
     A = -(2 * dsigma / sigma) * torch.einsum("ibd,jbd->bij", pred.eps.flatten(2), pred.field.flatten(2))
-    D = A[:, :-1] - A[:, -1:]  # rows of Δ_i − Δ_N, (B, N−1, N)
+    D = A[:, :-1] - A[:, -1:]
     G = (D[:, :, :-1] - D[:, :, -1:]).double()
-    r = ((target[..., :-1] - target[..., -1:]) - (c[:, :-1] - c[:, -1:]) - D.sum(-1) / n_models).double()
     # |G_ij| <= 4·(2|dσ|/σ)·max‖ε̂‖·max‖F‖: a ridge 1e-6 of that scale only acts where G is degenerate.
     scale = (
         (2 * abs(dsigma) / sigma)
@@ -181,33 +177,59 @@ def kappa_and(pred: Prediction, noise: Tensor, sigma: float, dsigma: float, targ
     )
     ridge = (1e-6 * scale.double()).square().clamp_min(torch.finfo(torch.float64).tiny)
     eye = torch.eye(n_models - 1, dtype=torch.float64, device=G.device)
-    Gt = G.transpose(1, 2)
+    return D, G, G.transpose(1, 2) @ G + ridge[:, None, None] * eye
+
+
+def kappa_and(pred: Prediction, noise: Tensor, sigma: float, dsigma: float, target: Tensor) -> Tensor:
+    """AND (equal density): κ with Σκ = 1 so that Δ log q_i − Δ log q_N = target_i − target_N; (B, N).
+
+    ``target`` is one value per model, (N,), or per sample and model, (B, N). The system: :func:`and_system`.
+    """
+    n_models = pred.eps.shape[0]
+    c = ito_increment(pred.eps, noise, sigma, dsigma)  # increments of the noise alone
+    D, G, normal = and_system(pred, sigma, dsigma)
+    r = ((target[..., :-1] - target[..., -1:]) - (c[:, :-1] - c[:, -1:]) - D.sum(-1) / n_models).double()
     # solve_ex without its error check: the ridged system is positive definite, and the check would make
     # the host wait for the GPU at every step
-    u = torch.linalg.solve_ex(Gt @ G + ridge[:, None, None] * eye, Gt @ r[..., None], check_errors=False)
-    u = u.result[..., 0]
+    u = torch.linalg.solve_ex(normal, G.transpose(1, 2) @ r[..., None], check_errors=False).result[..., 0]
     kappa = torch.cat([u, -u.sum(-1, keepdim=True)], dim=-1) + 1.0 / n_models
     return kappa.to(c.dtype)
 
 
-def curvature_terms(predictor: Predictor, x: Tensor, sigma: float, dsigma: float, eps: Tensor) -> Tensor:
-    """|dσ|·tr(P J_i) per model, (B, N): what each Itô increment misses on an AND step.
+def curvature_terms(predictor, x: Tensor, sigma: float, dsigma: float, pred: Prediction) -> Tensor:
+    """|dσ|·tr(J_i (I − QQᵀ)) per model, (B, N): what each Itô increment misses on an AND step.
 
-    AND's κ fixes <dx, ε̂_i − ε̂_N>, so the step has no noise in the span of those differences (P: its
-    projector) while the estimator assumes the isotropic 2σ|dσ|·I; J_i = ∂ε̂_i/∂x (docs/results-and.md, (f)).
-    One forward with autograd and N·(N − 1) vector–Jacobian products.
+    AND's κ depends on the step's noise z: r = r₀ + Dᵀz/σ (D: the ε̂_i − ε̂_N), so dx = … + Q z with
+    Q = I + (2dσ/σ)·Φ M Dᵀ (Φ: the F_i − F_N; M = (GᵀG + λI)⁻¹Gᵀ, :func:`and_system`), while the estimator
+    assumes the noise isotropic; J_i = ∂ε̂_i/∂x. Where the models differ, QQᵀ = I − P (P: the projector on
+    the span of D) for any F_i − F_N in that span, as without guidance or with classifier-free guidance;
+    where the ridge keeps κ at 1/N, Q ≈ I and the terms ≈ 0 (docs/results-and.md, (f)). One forward with
+    autograd and N·K vector–Jacobian products, K = the dimension of span(D, Φ): N − 1 in those cases.
     """
-    basis = torch.linalg.qr((eps[:-1] - eps[-1:]).flatten(2).permute(1, 2, 0)).Q  # (B, D, N−1), orthonormal
-    basis = [basis[..., k].reshape(x.shape).to(x.dtype) for k in range(basis.shape[-1])]
+    predictor = _as_predictor(predictor)
+    d_eps = (pred.eps[:-1] - pred.eps[-1:]).flatten(2).permute(1, 2, 0).double()  # (B, d, N−1)
+    d_field = (pred.field[:-1] - pred.field[-1:]).flatten(2).permute(1, 2, 0).double()
+    _, G, normal = and_system(pred, sigma, dsigma)
+    M = torch.linalg.solve_ex(normal, G.transpose(1, 2), check_errors=False).result  # u = M r
+    U, R = torch.linalg.qr(torch.cat([d_eps, d_field], -1))  # an orthonormal basis of span(D, Φ)
+    size = R.diagonal(dim1=-2, dim2=-1).abs()
+    U = U[..., (size > 1e-9 * size.amax(-1, keepdim=True)).any(0)]  # the directions some sample has
+    n_models, (batch, _, k) = len(pred.eps), U.shape
+    if k == 0:  # the models agree everywhere: κ = 1/N, the noise is untouched
+        return torch.zeros(batch, n_models, dtype=pred.eps.dtype, device=pred.eps.device)
+    b = (2 * dsigma / sigma) * (U.transpose(1, 2) @ d_field) @ M @ (d_eps.transpose(1, 2) @ U)  # UᵀBU
+    missing = -(b + b.transpose(1, 2) + b @ b.transpose(1, 2))  # Uᵀ(I − QQᵀ)U, (B, K, K)
+    basis = [U[..., j].reshape(x.shape).to(x.dtype) for j in range(k)]
     terms = []
     with torch.enable_grad():
-        xs = x.detach().requires_grad_(True)
+        xs = x.detach().clone().requires_grad_(True)  # a clone: x may be an inference tensor
         out = predictor(xs, sigma).eps
         for eps_i in out:
             check_differentiable(eps_i, xs)
-            quad = [(torch.autograd.grad(eps_i, xs, e, retain_graph=True)[0] * e).flatten(1) for e in basis]
-            terms.append(sum(q.sum(-1, dtype=eps.dtype) for q in quad))  # Σ_k e_kᵀ J_i e_k = tr(P J_i)
-    return abs(dsigma) * torch.stack(terms, -1).detach()
+            vjps = [torch.autograd.grad(eps_i, xs, e, retain_graph=True)[0].flatten(1) for e in basis]
+            jac = torch.stack(vjps, 1).double() @ U  # [j, l] = <J_iᵀu_j, u_l> = (UᵀJ_iU)_jl
+            terms.append((jac * missing).sum((-2, -1)))  # tr(UᵀJ_iU · missing): missing is symmetric
+    return (abs(dsigma) * torch.stack(terms, -1)).to(pred.eps.dtype).detach()
 
 
 def warn_if_lift_missed(log_q: Tensor, lift: Tensor, n: int) -> None:
@@ -438,10 +460,11 @@ def superpose(
         kappa: mode "fixed" only, one weight per model, summing to 1.
         curvature: AND only. Add to each Itô increment the term |dσ|·tr(P J_i) that it misses on an AND
             step, which has no noise in the span of the ε̂_i − ε̂_N (:func:`curvature_terms`): AND then
-            holds the true densities' changes equal, not only their estimates', and log q is unbiased on
-            its own. Without it AND favours the model whose density is sharper along those differences
-            (two Gaussians of std s₁ > s₂: by ≈ ln(s₁/s₂) nats, at any step count). Costs one forward with
-            autograd and N·(N − 1) vector–Jacobian products per step.
+            holds the true densities' changes equal, not only their estimates', and as the steps grow each
+            log q is unbiased on its own. Without it AND favours the model whose density is sharper along
+            those differences (two Gaussians of std s₁ > s₂: by ≈ ln(s₁/s₂) nats, at any step count). Costs
+            an extra forward with autograd and N·(N − 1) vector–Jacobian products per step: about 3–4× a
+            plain AND step for two models on CPU.
 
     Returns a :class:`SuperpositionResult`. Under AND, κ is solved after the step's noise is drawn, so it
     can leave [0, 1] and, without ``curvature``, each log q trace drifts by a bias that more steps do not
@@ -480,7 +503,7 @@ def superpose(
         pred = predictor(x, sigma)
         pred = Prediction(pred.eps.to(work), pred.field.to(work))
         noise = math.sqrt(2 * sigma * abs(dsigma)) * randn_like(x, generator).to(work)
-        bend = curvature_terms(predictor, x, sigma, dsigma, pred.eps) if curved else 0.0
+        bend = curvature_terms(predictor, x, sigma, dsigma, pred) if curved else 0.0
         if mode == "or":
             kappa = kappa_or(log_q, temperature, log_weights)
         elif mode == "and" and n_models > 1:

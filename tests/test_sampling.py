@@ -553,7 +553,7 @@ def test_curvature_terms_are_the_trace_of_each_jacobian_on_the_span_of_the_diffe
     x = torch.randn(3, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     predictor = ModelList(models)
     eps = predictor(x, 0.7).eps
-    terms = curvature_terms(predictor, x, 0.7, -0.05, eps)
+    terms = curvature_terms(predictor, x, 0.7, -0.05, predictor(x, 0.7))
     for k in range(3):
         diffs = (eps[:-1, k] - eps[-1:, k]).T  # (5, 2)
         projector = diffs @ torch.linalg.pinv(diffs)
@@ -581,3 +581,33 @@ def test_curvature_changes_nothing_outside_and():
     with pytest.warns(UserWarning, match="curvature: ignored in mode 'or'"):
         curved = run([WIDE, SHARP], n=50, batch=50, mode="or", curvature=True)
     assert torch.equal(curved.log_q, plain.log_q) and torch.equal(curved.samples, plain.samples)
+
+
+def test_curvature_adds_nothing_where_and_keeps_the_noise():
+    """Where the models agree (or guidance 0 makes their fields equal), AND's ridge keeps κ at 1/N and the
+    step's noise isotropic: no terms. A duplicated model removes noise along one direction, not two."""
+    _, plain = width_run([UP, UP], curvature=False)
+    _, curved = width_run([UP, UP], curvature=True)
+    torch.testing.assert_close(curved, plain, atol=1e-6, rtol=0)  # the terms once added ≈ 3.4 nats here
+    change, trace_err = width_run([WIDE, WIDE, SHARP], curvature=True)
+    assert abs(change[:, -1].median().item()) < 0.05 and (trace_err.median(0).values.abs() < 0.15).all()
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    unguided = Guided([UP, DOWN], GaussianMixture([[0.0, 0.0]], 2.0), 0.0)
+    assert not curvature_terms(unguided, x, 1.0, -0.01, unguided(x, 1.0)).any()
+
+
+def test_curvature_takes_samples_made_under_inference_mode():
+    """Such x cannot require grad; the terms differentiate a copy, and the run equals one from a plain x."""
+    with torch.inference_mode():
+        x = 20.0 * torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    runs = [
+        superpose(
+            [WIDE, SHARP],
+            start,
+            geometric_sigmas(20.0, 0.01, 20),
+            curvature=True,
+            generator=torch.Generator().manual_seed(1),
+        ).samples
+        for start in (x, x.clone())
+    ]
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
