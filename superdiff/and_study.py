@@ -1254,7 +1254,7 @@ def main(argv: list[str] | None = None) -> int:
         "--section",
         choices=("all", "f"),
         default="all",
-        help="f: rerun section (f) alone (≈ 5 min, 2 cores) and replace it in the --out report",
+        help="f: rerun section (f) alone (≈ 6 min, 2 cores) and replace it in the --out report",
     )
     args = parser.parse_args(argv)
     for path in args.candidate:
