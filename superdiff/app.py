@@ -49,7 +49,7 @@ MAX_KERNELS = 36
 KERNEL_GIB, RESERVE_GIB = 0.61, 3.5  # a kernel after the largest runs; the server, the OS and headroom
 MIN_TOKEN = 8  # characters of a classroom token: the network can try short ones
 MAX_CULL_IDLE = 86400  # a day: a longer one would never free the place of a page left open
-KERNEL_MEMORY_GIB = 1.5  # the most data one kernel may hold: 2.4× the 647 MiB of one after the largest runs
+KERNEL_MEMORY_GIB = 1.5  # the most data one kernel may hold: 1.9× the peak of the largest runs (801 MiB)
 MIN_KERNEL_MEMORY_GIB = 1.0  # below, the largest runs may not fit (benchmarks/app_memory.py)
 APP_HIDDEN_TAG = "superdiff-app-hidden"  # cells with this tag are left out of the app's pages
 CULL_IDLE = 900  # seconds without a message to or from a kernel before it is shut down (an open tab too)
@@ -138,7 +138,8 @@ class AppVoila(Voila):
     def start(self):
         JupyterHandler.check_host = check_host  # this process serves only the app
         VoilaHandler.prepare = prepare_page
-        if hasattr(signal, "SIGHUP"):  # a closed terminal: stop as on SIGTERM (kernels, connection files)
+        # a closed terminal stops the server as SIGTERM does (kernels, connection files), unless run by nohup
+        if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
             signal.signal(signal.SIGHUP, self._handle_signal_stop)
         self.voila_configuration.prelaunch_hook = without_hidden_cells
         names = {host_name(h) for h in self.allowed_hosts}
@@ -148,25 +149,31 @@ class AppVoila(Voila):
         super().start()
 
 
-def can_listen(host: str, port: int = 0) -> bool:
-    """Whether a server could listen on ``host`` at ``port`` as tornado binds (SO_REUSEADDR; an address of
-    the name that this machine lacks, e.g. ::1 without IPv6, is skipped): False if the name resolves to no
-    address of this machine, or the port is in use on one. Port 0: any free one."""
+def listen_error(host: str, port: int = 0) -> str | None:
+    """Why a server could not listen on ``host`` at ``port`` (0: any free one), binding as tornado does, or
+    None: a name that resolves to no address of this machine, or an address where the port is taken or
+    not allowed. Like tornado, localhost's ::1 is skipped on a machine without IPv6."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:  # socket.gaierror: a name that does not resolve
-        return False
-    bound = False
+        return "not an address of this machine"
     for family, _, _, _, address in infos:
         try:
             with socket.socket(family, socket.SOCK_STREAM) as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if os.name != "nt":  # tornado's options: on Windows SO_REUSEADDR would share a busy port
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 s.bind(address[:2])  # released at once
-                bound = True
         except OSError as err:
+            if err.errno == errno.EADDRNOTAVAIL and host == "localhost" and address[0] == "::1":
+                continue
             if err.errno == errno.EADDRINUSE:
-                return False
-    return bound
+                return "in use (another server?)"
+            if err.errno == errno.EADDRNOTAVAIL:
+                return "not an address of this machine"
+            return err.strerror or str(err)
+    return None
 
 
 def is_local(host: str) -> bool:
@@ -254,10 +261,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         )
     if not 1 <= args.cull_idle <= MAX_CULL_IDLE:
         p.error(f"--cull-idle: expected an integer from 1 to {MAX_CULL_IDLE} (a day), got {args.cull_idle}")
-    if not can_listen(args.host):
+    if listen_error(args.host):
         p.error(f"--host: {args.host!r} is not an address of this machine (or a name of one)")
-    if not can_listen(args.host, args.port):
-        p.error(f"--port: {args.port} is in use on {args.host} (another server?); choose another --port")
+    if why := listen_error(args.host, args.port):
+        p.error(f"--port: cannot listen on {args.host} port {args.port}: {why}; choose another --port")
     classroom = not is_local(args.host)
     if classroom and args.token is None:
         args.token = secrets.token_urlsafe(16)
@@ -305,6 +312,11 @@ def voila_argv(args: argparse.Namespace) -> list[str]:
     argv += [f"--CappedKernelManager.kernel_memory={args.kernel_memory}"]
     argv += [f"--MappingKernelManager.cull_idle_timeout={args.cull_idle}"]
     argv += [f"--MappingKernelManager.cull_interval={interval}", "--MappingKernelManager.cull_connected=True"]
+    # a kernel that dies (e.g. out of memory) is not restarted: a fresh one would not have run the notebook,
+    # so its page would look alive and do nothing; removed, its page says it has stopped
+    argv += ["--KernelRestarter.restart_limit=0"]
+    # replies to a closed websocket are dropped, not kept for a reconnect: a client could grow the server
+    argv += ["--MappingKernelManager.buffer_offline_messages=False"]
     if args.token:
         argv.append(f"--Voila.token={args.token}")
     return argv

@@ -254,8 +254,9 @@ def served_by_app() -> bool:
     return os.environ.get(APP_ENV) == "1"
 
 
-# Polls the page's kernel (its REST resource needs no kernel message, so polling keeps no kernel alive); once
-# it is gone (404), or the server has not answered twice, shows a banner with a Reload button.
+# Polls the page's kernel (its REST resource needs no kernel message, so polling keeps no kernel alive). Gone
+# (404), or refused (401/403: a restarted server does not know the page's cookie): a banner with a Reload
+# button. No answer twice: a "connection lost" banner, removed when the server answers again.
 SESSION_JS = """<script>
 (() => {
   if (window.superdiffSessionWatch) return;
@@ -263,27 +264,38 @@ SESSION_JS = """<script>
   const config = JSON.parse(document.getElementById("jupyter-config-data")?.textContent || "{}");
   if (!config.kernelId) return;
   const url = `${config.baseUrl || "/"}api/kernels/${config.kernelId}`;
+  const note = document.createElement("div");
+  note.id = "superdiff-session-ended";
+  note.setAttribute("role", "alert");
+  note.style.cssText = "position: fixed; top: 0; left: 0; right: 0; z-index: 10000; padding: 12px; "
+    + "background: #b00020; color: white; font: 16px sans-serif; text-align: center;";
+  const text = document.createElement("span");
+  const button = document.createElement("button");
+  button.textContent = "Reload";
+  button.style.cssText = "margin-left: 12px; min-height: 32px; min-width: 64px; font-size: 16px;";
+  button.onclick = () => location.reload();
+  note.append(text, button);
   let misses = 0;
   const timer = setInterval(async () => {
+    let status = 0;
     try {
-      const reply = await fetch(url, {credentials: "same-origin", cache: "no-store"});
-      misses = reply.status === 404 ? 2 : 0;
+      status = (await fetch(url, {credentials: "same-origin", cache: "no-store"})).status;
     } catch (err) {
       misses += 1;
     }
-    if (misses < 2) return;
-    clearInterval(timer);
-    const note = document.createElement("div");
-    note.id = "superdiff-session-ended";
-    note.setAttribute("role", "alert");
-    note.style.cssText = "position: fixed; top: 0; left: 0; right: 0; z-index: 10000; padding: 12px; "
-      + "background: #b00020; color: white; font: 16px sans-serif; text-align: center;";
-    note.textContent = MESSAGE + " ";
-    const button = document.createElement("button");
-    button.textContent = "Reload";
-    button.onclick = () => location.reload();
-    note.append(button);
-    document.body.prepend(note);
+    if ([401, 403, 404].includes(status)) {
+      clearInterval(timer);
+      note.id = "superdiff-session-ended";
+      text.textContent = MESSAGE;
+      document.body.prepend(note);
+    } else if (status) {
+      misses = 0;
+      note.remove();
+    } else if (misses >= 2) {
+      note.id = "superdiff-connection-lost";
+      text.textContent = "The connection to the server is lost; retrying.";
+      document.body.prepend(note);
+    }
   }, PERIOD);
 })();
 </script>"""
@@ -300,8 +312,8 @@ def session_notice():
     idle = int(os.environ.get(APP_CULL_ENV, "900"))
     after = f"{idle // 60} minutes" if idle >= 120 else f"{idle} seconds"
     message = (
-        f"This page has stopped: it was idle for more than {after}, or the server stopped. "
-        "Reload the page to start again (the controls start from their defaults)."
+        f"This page has stopped: it was idle for more than {after}, ran out of memory, or the server "
+        "restarted. Reload the page to start again (the controls start from their defaults)."
     )
     period_ms = 1000 * max(1, min(30, idle // 4))  # at most a quarter of the idle time late, at most 30 s
     return HTML(SESSION_JS.replace("MESSAGE", json.dumps(message)).replace("PERIOD", str(period_ms)))

@@ -6,6 +6,7 @@ port, no browser: fast enough (≈ 40 s) for `make pytest`; every server is stop
 from __future__ import annotations
 
 import asyncio
+import errno
 import html
 import json
 import re
@@ -407,6 +408,19 @@ def code(source: str) -> dict:
     return {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": source}
 
 
+def test_a_kernel_that_dies_is_not_restarted_so_its_page_can_say_it_stopped(tmp_path):
+    """Killed (e.g. by the out-of-memory killer), a kernel restarted under its id would not have run the
+    notebook: its page would look alive and do nothing. Removed, its REST resource answers 404."""
+    with serve(tmp_path) as server:
+        kernel_id = open_page(server)
+        (kernel,) = server.kernels()
+        kernel.kill()
+        deadline = time.monotonic() + 30
+        while get(f"{server.url}/api/kernels/{kernel_id}")[0] != 404 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert get(f"{server.url}/api/kernels/{kernel_id}")[0] == 404 and server.kernels() == []
+
+
 def test_a_hangup_stops_the_server_as_ctrl_c_does(tmp_path):
     """Closing the terminal (SIGHUP) shuts the kernels down and removes Voilà's connection files, as SIGTERM
     and Ctrl-C do; the default action left the /tmp/voila_* folder behind."""
@@ -483,21 +497,33 @@ def test_a_port_in_use_is_refused_before_the_server_starts(capsys):
         with pytest.raises(SystemExit) as info:
             app.parse_args(["--host", "127.0.0.1", "--port", str(port), "--notebook", notebook])
     assert info.value.code == 2
-    assert f"--port: {port} is in use on 127.0.0.1 (another server?)" in capsys.readouterr().err
+    assert (
+        f"--port: cannot listen on 127.0.0.1 port {port}: in use (another server?)" in capsys.readouterr().err
+    )
     assert app.parse_args(["--host", "127.0.0.1", "--port", str(port), "--notebook", notebook]).port == port
 
 
-def test_an_address_of_the_name_that_this_machine_lacks_is_skipped(monkeypatch):
-    """As tornado does for localhost's ::1 on a machine without IPv6: the name is usable if one address is."""
-    resolve = socket.getaddrinfo
+def test_localhost_without_ipv6_is_usable_and_a_missing_address_is_not(monkeypatch):
+    """As tornado binds: localhost's ::1 is skipped where the machine has no IPv6; another name whose address
+    is not this machine's is refused."""
+    real = socket.getaddrinfo
 
-    def lacking(host, port, *args, **kwargs):
-        missing = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.1", port))  # TEST-NET: not ours
-        return [missing, *resolve("127.0.0.1", port, *args, **kwargs)] if host == "localhost" else [missing]
+    class NoIPv6(socket.socket):
+        def bind(self, address):
+            if address[0] == "::1":
+                raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+            return super().bind(address)
 
-    monkeypatch.setattr(app.socket, "getaddrinfo", lacking)
-    assert app.can_listen("localhost") and app.can_listen("localhost", free_port())
-    assert not app.can_listen("elsewhere")
+    def resolve(host, port, *args, **kwargs):
+        v6 = (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0))
+        if host == "localhost":
+            return [v6, *real("127.0.0.1", port, *args, **kwargs)]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.1", port))]  # TEST-NET: not ours
+
+    monkeypatch.setattr(app.socket, "socket", NoIPv6)
+    monkeypatch.setattr(app.socket, "getaddrinfo", resolve)
+    assert app.listen_error("localhost") is None and app.listen_error("localhost", free_port()) is None
+    assert app.listen_error("elsewhere") == "not an address of this machine"
 
 
 @pytest.mark.parametrize("memory, default", [(8.0, 7), (16.0, 20), (64.0, app.MAX_KERNELS)])
