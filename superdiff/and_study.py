@@ -723,6 +723,13 @@ CURVED_SIGMA_MAX = {16: TOY_SIGMAS[0], 64: 10.0}
 WIDTHS, WIDTH_STEPS = ((0.4, 0.4), (0.4, 0.2), (0.4, 0.1)), 1000
 
 
+def isotropic_curvature_sum(std: float) -> float:
+    """Σ |dσ|·σ/(σ² + s²) over the toy's σ grid (its integral): the curvature terms of an isotropic Gaussian
+    of std s along one direction, ½·ln((σ_max² + s²)/(σ_min² + s²))."""
+    hi, lo = TOY_SIGMAS
+    return 0.5 * math.log((hi**2 + std**2) / (lo**2 + std**2))
+
+
 def and_change(models, x: Tensor, sigmas: Tensor, seed: int, curvature: bool) -> Tensor:
     """The change of the exact log q_1 − log q_2 from σ_max to the end of an AND run."""
     res = superpose(models, x, sigmas, generator=gen(seed), curvature=curvature)
@@ -732,11 +739,10 @@ def and_change(models, x: Tensor, sigmas: Tensor, seed: int, curvature: bool) ->
 def width_table(batch: int) -> str:
     """(f): two isotropic Gaussians of stds s₁, s₂ in 2-D: AND's change of the gap, plain and curved."""
     sigmas = geometric_sigmas(*TOY_SIGMAS, WIDTH_STEPS)
-    hi, lo = TOY_SIGMAS
     rows = []
     for s1, s2 in WIDTHS:
         models = [GaussianMixture([[1.0, 0.0]], s1), GaussianMixture([[-1.0, 0.0]], s2)]
-        predicted = 0.5 * math.log((hi**2 + s1**2) / (lo**2 + s1**2) * (lo**2 + s2**2) / (hi**2 + s2**2))
+        predicted = isotropic_curvature_sum(s1) - isotropic_curvature_sum(s2)
         runs = {False: [], True: []}
         for seed in SEEDS:
             x = sigmas[0] * torch.randn(batch, 2, generator=gen(seed), dtype=torch.float64)
@@ -961,12 +967,12 @@ def section_f(batch_toy: int, batch_digits: int) -> str:
     table_f, table_start = trace_table(batch_toy, batch_digits), start_table(batch_toy, batch_digits)
     table_widths, table_curved = width_table(batch_toy), curved_table(batch_toy, batch_digits)
     table_curved_digits = curved_digits(batch_digits)
-    s, (hi, lo) = up_and_down()[0].std, TOY_SIGMAS
+    hi, lo = TOY_SIGMAS
     return TEMPLATE_F.format(
         seconds=time.perf_counter() - t0,
         batch_toy=batch_toy,
         batch_digits=batch_digits,
-        toy_bias=0.5 * math.log((hi**2 + s**2) / (lo**2 + s**2)),
+        toy_bias=isotropic_curvature_sum(up_and_down()[0].std),
         toy_min=lo,
         toy_max=hi,
         gauss_max=CURVED_SIGMA_MAX[64],

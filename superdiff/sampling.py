@@ -458,10 +458,11 @@ def superpose(
             went from σ = sigma to sigma_next, where x and log q now are; raising
             :class:`StopSampling` ends the run there (σ, κ and log q then cover the steps taken).
         kappa: mode "fixed" only, one weight per model, summing to 1.
-        curvature: AND only. Add to each Itô increment the term |dσ|·tr(P J_i) that it misses on an AND
-            step, which has no noise in the span of the ε̂_i − ε̂_N (:func:`curvature_terms`): AND then
-            holds the true densities' changes equal, not only their estimates', and as the steps grow each
-            log q is unbiased on its own. Without it AND favours the model whose density is sharper along
+        curvature: AND only. Add to each Itô increment the term it misses on an AND step, which has no
+            noise in the span of the ε̂_i − ε̂_N: |dσ|·tr(P J_i) where the models differ, P the projector
+            on that span, and 0 where they agree (:func:`curvature_terms`). AND then holds the true
+            densities' changes equal, not only their estimates', and as the steps grow each log q is
+            unbiased on its own. Without it AND favours the model whose density is sharper along
             those differences (two Gaussians of std s₁ > s₂: by ≈ ln(s₁/s₂) nats, at any step count). Costs
             an extra forward with autograd and N·(N − 1) vector–Jacobian products per step: about 3–4× a
             plain AND step for two models on CPU.

@@ -265,7 +265,6 @@ SESSION_JS = """<script>
   if (!config.kernelId) return;
   const url = `${config.baseUrl || "/"}api/kernels/${config.kernelId}`;
   const note = document.createElement("div");
-  note.id = "superdiff-session-ended";
   note.setAttribute("role", "alert");
   note.style.cssText = "position: fixed; top: 0; left: 0; right: 0; z-index: 10000; padding: 12px; "
     + "background: #b00020; color: white; font: 16px sans-serif; text-align: center;";
