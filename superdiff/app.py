@@ -5,8 +5,8 @@
 
 Both modes refuse a request whose Host is not one of this machine's names (a page using DNS rebinding
 sends its own name), and a kernel websocket from another Origin; they cap the number of kernels (one per
-open page) and each kernel's memory (--kernel-memory, Linux), and shut down kernels idle for --cull-idle
-seconds. Classroom mode requires a token.
+open page), each kernel's memory (--kernel-memory, Linux) and the replies the server keeps for a client that
+does not read, and shut down kernels idle for --cull-idle seconds. Classroom mode requires a token.
 README, "Teaching with the app".
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import errno
 import ipaddress
+import json
 import os
 import re
 import secrets
@@ -22,6 +23,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 try:
     import nbformat
@@ -32,6 +34,7 @@ try:
     from traitlets import Float, Integer, List, Unicode
     from voila.app import Voila
     from voila.handler import VoilaHandler
+    from voila.tornado.kernel_websocket_handler import VoilaKernelWebsocketHandler
 except ModuleNotFoundError as err:  # the app's extra is not installed
     raise SystemExit(
         f"superdiff.app: the app needs Voilà ({err.name} is missing): pip install 'superdiff-kit[app]'"
@@ -53,6 +56,8 @@ KERNEL_MEMORY_GIB = 1.5  # the most data one kernel may hold: 1.9× the peak of 
 MIN_KERNEL_MEMORY_GIB = 1.0  # below, the largest runs may not fit (benchmarks/app_memory.py)
 APP_HIDDEN_TAG = "superdiff-app-hidden"  # cells with this tag are left out of the app's pages
 CULL_IDLE = 900  # seconds without a message to or from a kernel before it is shut down (an open tab too)
+MAX_UNREAD = 8 * 2**20  # bytes of replies a websocket's client may leave unread: the largest are ≈ 80 kB
+MAX_SOCKETS = 2  # websockets to one kernel: its page needs one, a reconnect may briefly hold two
 
 
 class CappedKernelManager(AsyncMappingKernelManager):
@@ -80,6 +85,54 @@ class CappedKernelManager(AsyncMappingKernelManager):
             return await super().start_kernel(*args, kernel_id=kernel_id, **kwargs)
         finally:
             self._starting.discard(kernel_id)
+
+
+class BoundedKernelWebsocket(VoilaKernelWebsocketHandler):
+    """Voilà's kernel websocket, at most MAX_SOCKETS to a kernel, and closed once its client leaves more than
+    MAX_UNREAD bytes of replies unread: tornado would keep every reply of a client that never reads."""
+
+    sockets: ClassVar[dict[str, set]] = {}  # kernel id -> its websockets, open or opening
+    unread = 0  # bytes written that tornado has not yet handed to the network
+
+    async def get(self, kernel_id: str):
+        try:
+            await super().get(kernel_id)  # returns once the websocket is closed, or was refused
+        finally:
+            sockets = self.sockets.get(kernel_id, set())
+            sockets.discard(self)
+            if not sockets:
+                self.sockets.pop(kernel_id, None)
+
+    async def pre_get(self):
+        """Refuse a websocket past MAX_SOCKETS to its kernel (after authentication), before the upgrade."""
+        sockets = self.sockets.setdefault(self.kernel_id, set())
+        if len(sockets) >= MAX_SOCKETS:
+            raise web.HTTPError(429, reason=f"At most {MAX_SOCKETS} connections to one playground")
+        sockets.add(self)  # with no await since the count: handshakes cannot interleave here
+        await super().pre_get()
+
+    def write_message(self, message, binary: bool = False):
+        """Send ``message``, or close the websocket if its client has left MAX_UNREAD bytes unread."""
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            return None  # dropped: the websocket is closing
+        if isinstance(message, dict):
+            message = json.dumps(message)
+        size = len(message)
+        if self.unread + size > MAX_UNREAD:
+            self.log.warning("Closing a websocket of kernel %s: %d bytes unread", self.kernel_id, self.unread)
+            self.close(1008, "Too many replies unread")  # aborted after 5 s if the client reads nothing
+            return None
+        future = super().write_message(message, binary)
+        if future is not None:  # None: a message Voilà does not send
+            self.unread += size
+            future.add_done_callback(lambda f: self._sent(f, size))
+        return future
+
+    def _sent(self, future, n: int) -> None:
+        """``n`` bytes have left the server (or were dropped with the websocket)."""
+        self.unread -= n
+        if not future.cancelled():
+            future.exception()  # retrieved: a websocket closed with replies pending is not an error
 
 
 def limit_line(gib: float) -> str:
@@ -134,6 +187,13 @@ class AppVoila(Voila):
 
     allowed_hosts = List(Unicode(), list(LOCAL_HOSTS), config=True, help="Host names the app answers to.")
     share_url = Unicode("", config=True, help="The URL printed once the server listens.")
+
+    def init_handlers(self) -> list:
+        """Voilà's handlers, with BoundedKernelWebsocket for the kernels' websockets."""
+        return [
+            (h[0], BoundedKernelWebsocket, *h[2:]) if h[1] is VoilaKernelWebsocketHandler else h
+            for h in super().init_handlers()
+        ]
 
     def start(self):
         JupyterHandler.check_host = check_host  # this process serves only the app

@@ -145,12 +145,13 @@ class WidgetClient:
         self.ws, self.states = ws, {}
 
     @classmethod
-    async def connect(cls, server: App, kernel_id: str, token: str = "", **headers: str):
-        """Open the kernel's websocket; ``headers``: e.g. Host, Origin. Raises HTTPClientError if refused."""
+    async def connect(cls, server: App, kernel_id: str, token: str = "", session: str = "s", **headers: str):
+        """Open the kernel's websocket; ``headers``: e.g. Host, Origin. Raises HTTPClientError if refused.
+        A connection of the same ``session`` replaces this one, as a page's reconnect does."""
         from tornado.httpclient import HTTPRequest
         from tornado.websocket import websocket_connect
 
-        url = f"ws://127.0.0.1:{server.port}/api/kernels/{kernel_id}/channels?session_id=s"
+        url = f"ws://127.0.0.1:{server.port}/api/kernels/{kernel_id}/channels?session_id={session}"
         request = HTTPRequest(url + (f"&token={token}" if token else ""), headers=headers)
         request.connect_timeout = REPLY_TIMEOUT
         return cls(await websocket_connect(request))
@@ -406,6 +407,79 @@ async def attack(server: App, kernel_id: str) -> list[str]:
 
 def code(source: str) -> dict:
     return {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": source}
+
+
+def test_a_client_that_never_reads_is_disconnected_before_the_server_grows(tmp_path):
+    """request_state of the playground's figure (≈ 80 kB) 6000 times, reading nothing: tornado kept every
+    reply (the server grew by 441 MiB); now the websocket is closed past app.MAX_UNREAD bytes unread."""
+    notebook = tmp_path / "playground.ipynb"
+    source = "from superdiff.widgets import playground\nplayground('toy')"
+    notebook.write_text(json.dumps({**TINY_NOTEBOOK, "cells": [code(source)]}))
+    with serve(tmp_path, notebook=notebook) as server:
+        kernel_id = open_page(server)
+        requested, growth, received = asyncio.run(never_read(server, kernel_id, 6000))
+        log = server.log.read_text()
+        info = asyncio.run(reconnect(server, kernel_id))
+    assert requested > 400 * 2**20 and growth < 150 * 2**20, (requested, growth)
+    assert "Closing a websocket of kernel" in log and received < 6000 and info == "ok"
+
+
+async def never_read(server: App, kernel_id: str, n: int) -> tuple[int, int, int]:
+    """Ask for the largest widget's state ``n`` times without reading; (bytes asked for, the server's growth
+    in RSS until the websocket is closed, the replies received when read afterwards)."""
+    client = await WidgetClient.connect(server, kernel_id)
+    await client.load_states()
+    ids = client.playground("toy")
+    await client.run(client.find(ids, description="Generate"), client.status_line(ids))
+    await client.load_states()
+    size, largest = max((len(json.dumps(state)), i) for i, state in client.states.items())
+    process = psutil.Process(server.proc.pid)
+    before = peak = process.memory_info().rss
+    for _ in range(n):
+        await client.send("comm_msg", {"comm_id": largest, "data": {"method": "request_state"}})
+    deadline = time.monotonic() + REPLY_TIMEOUT
+    while "Closing a websocket" not in server.log.read_text() and time.monotonic() < deadline:
+        peak = max(peak, process.memory_info().rss)
+        await asyncio.sleep(0.1)
+    received = 0
+    while await asyncio.wait_for(client.ws.read_message(), REPLY_TIMEOUT) is not None:
+        received += 1
+    return n * size, peak - before, received
+
+
+async def reconnect(server: App, kernel_id: str) -> str:
+    """A page whose websocket was closed connects again: the kernel's status in kernel_info_reply."""
+    client = await WidgetClient.connect(server, kernel_id)
+    status = (await client.kernel_info())["content"]["status"]
+    client.ws.close()
+    return status
+
+
+def test_a_kernel_takes_at_most_two_websockets(server):
+    """Each websocket may hold app.MAX_UNREAD bytes in the server: a client cannot open any number of them."""
+    from tornado.httpclient import HTTPClientError
+
+    kernel_id = open_page(server)
+
+    async def connect_three() -> list:
+        clients, seen = [], []
+        for session in "abc":  # three pages, say
+            try:
+                clients.append(await WidgetClient.connect(server, kernel_id, session=session))
+                seen.append((await clients[-1].kernel_info())["content"]["status"])
+            except HTTPClientError as err:
+                seen.append(err.code)
+        clients.pop().ws.close()
+        await asyncio.sleep(1)  # the server sees the close
+        seen.append(await reconnect(server, kernel_id))
+        clients[0].ws.close()
+        return seen
+
+    try:
+        seen = asyncio.run(connect_three())
+    finally:
+        shutdown(server, kernel_id)
+    assert seen == ["ok", "ok", 429, "ok"]
 
 
 def test_a_kernel_that_dies_is_not_restarted_so_its_page_can_say_it_stopped(tmp_path):

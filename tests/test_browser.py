@@ -390,6 +390,8 @@ def test_playground_as_voila_app(voila, page):
         run_both_playgrounds(page, "voila")
         kernel = kernel_of(page)
         assert kernel_status(voila, kernel) == 200 and page.locator(f"#{ENDED}").count() == 0
+        # the page needs one websocket (superdiff.app allows two to a kernel, for a reconnect)
+        assert kernel_model(voila, kernel)["connections"] == 1
         # closing runs the page's beforeunload, which posts the shutdown with the page's _xsrf cookie
         page.close(run_before_unload=True)
         deadline = time.monotonic() + 20
@@ -426,10 +428,17 @@ def kernel_of(page) -> str:
 def kernel_status(server: Server, kernel_id: str) -> int:
     """The HTTP status of the kernel's REST resource: 200 while it runs, 404 once shut down."""
     try:
-        with urllib.request.urlopen(f"{server.url}/api/kernels/{kernel_id}?token={server.token}", timeout=10):
-            return 200
+        kernel_model(server, kernel_id)
+        return 200
     except urllib.error.HTTPError as err:
         return err.code
+
+
+def kernel_model(server: Server, kernel_id: str) -> dict:
+    """The kernel's REST resource (its id, state, number of websocket connections)."""
+    url = f"{server.url}/api/kernels/{kernel_id}?token={server.token}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
 
 
 def open_and_run_in_lab(lab: Server, page) -> None:
