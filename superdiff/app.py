@@ -40,7 +40,7 @@ except ModuleNotFoundError as err:  # the app's extra is not installed
         f"superdiff.app: the app needs Voilà ({err.name} is missing): pip install 'superdiff-kit[app]'"
     ) from None
 
-from .limits import APP_CULL_ENV, APP_ENV
+from .limits import APP_CULL_ENV, APP_ENV, limit_memory
 
 PACKAGED = Path(__file__).resolve().parent / "notebooks" / "04_playground.ipynb"  # in a wheel (setup.py)
 NOTEBOOK = PACKAGED if PACKAGED.is_file() else PACKAGED.parents[2] / "notebooks" / PACKAGED.name  # a checkout
@@ -79,12 +79,22 @@ class CappedKernelManager(AsyncMappingKernelManager):
             reason = f"Too many playgrounds open ({self.max_kernels} at most); try again in a few minutes"
             raise web.HTTPError(503, reason=reason)
         kernel_id = self.new_kernel_id()
-        kwargs["extra_arguments"] = [*kwargs.get("extra_arguments", []), limit_line(self.kernel_memory)]
         self._starting.add(kernel_id)
         try:
-            return await super().start_kernel(*args, kernel_id=kernel_id, **kwargs)
+            await super().start_kernel(*args, kernel_id=kernel_id, **kwargs)
         finally:
             self._starting.discard(kernel_id)
+        await self.cap_memory(kernel_id)
+        return kernel_id
+
+    async def cap_memory(self, kernel_id: str) -> None:
+        """Cap a new kernel's memory before it runs the notebook (Linux), else shut it down."""
+        try:
+            limit_memory(int(self.kernel_memory * 2**30), self.get_kernel(kernel_id).provisioner.pid)
+        except (OSError, TypeError) as err:  # TypeError: a provisioner without a process id
+            await self.shutdown_kernel(kernel_id, now=True)
+            self.log.error("Could not cap the memory of kernel %s: %s", kernel_id, err)
+            raise web.HTTPError(500, reason="Could not cap the playground's memory") from None
 
 
 class BoundedKernelWebsocket(VoilaKernelWebsocketHandler):
@@ -133,12 +143,6 @@ class BoundedKernelWebsocket(VoilaKernelWebsocketHandler):
         self.unread -= n
         if not future.cancelled():
             future.exception()  # retrieved: a websocket closed with replies pending is not an error
-
-
-def limit_line(gib: float) -> str:
-    """The kernel's command-line option that runs superdiff.limits.limit_memory before the notebook."""
-    call = f"__import__('superdiff.limits', fromlist=['limit_memory']).limit_memory({int(gib * 2**30)})"
-    return f"--IPKernelApp.exec_lines={call}"
 
 
 def host_name(host_header: str) -> str:

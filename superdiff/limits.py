@@ -32,15 +32,16 @@ MAX_SIZE = 16_384  # the largest --max-size: 64× the pixels of 2048², far past
 MAX_PROMPT_CHARS = 2_000  # characters per prompt: T5 (SD3, Flux) reads at most 512 tokens, CLIP 77
 
 
-def limit_memory(n_bytes: int) -> bool:
-    """Cap this process's data (heap and anonymous mappings: RLIMIT_DATA) at ``n_bytes`` and put it first in
-    line for the out-of-memory killer; Linux only (elsewhere nothing, False). Each app kernel calls it."""
+def limit_memory(n_bytes: int, pid: int = 0) -> bool:
+    """Cap the data (heap and anonymous mappings: RLIMIT_DATA) of process ``pid`` (0: this one) at ``n_bytes``
+    and put it first in line for the out-of-memory killer; Linux only (elsewhere nothing, False). OSError if
+    the process cannot be capped. The app caps each kernel it starts."""
     if not sys.platform.startswith("linux"):
         return False
     import resource
 
-    resource.setrlimit(resource.RLIMIT_DATA, (n_bytes, n_bytes))
-    with open("/proc/self/oom_score_adj", "w") as f:  # raising one's own score needs no privilege
+    resource.prlimit(pid, resource.RLIMIT_DATA, (n_bytes, n_bytes))
+    with open(f"/proc/{pid or 'self'}/oom_score_adj", "w") as f:  # raising a score needs no privilege
         f.write("1000")
     return True
 

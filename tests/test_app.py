@@ -365,6 +365,31 @@ def test_a_kernel_cannot_hold_more_than_its_memory_cap(tmp_path):
     assert re.search(rf"Max data size\s+{2**30}\s+{2**30}\s", limits) and adj == "1000"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA and oom_score_adj are Linux's")
+def test_a_kernel_that_cannot_be_capped_is_shut_down_before_it_runs_the_notebook(tmp_path, monkeypatch):
+    """The server caps each kernel it starts; where it cannot, the page gets a 500, not an uncapped kernel."""
+    from tornado import web
+
+    started = []
+
+    def refuse(n_bytes: int, pid: int) -> bool:
+        started.append(psutil.Process(pid))
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(app, "limit_memory", refuse)
+    for name in ("CONFIG", "DATA", "RUNTIME"):
+        monkeypatch.setenv(f"JUPYTER_{name}_DIR", str(tmp_path / name.lower()))
+
+    async def start() -> tuple[int, list[str]]:
+        manager = app.CappedKernelManager(kernel_memory=1.0)
+        with pytest.raises(web.HTTPError) as refused:
+            await manager.start_kernel(kernel_name="python3")
+        return refused.value.status_code, manager.list_kernel_ids()
+
+    assert asyncio.run(start()) == (500, []) and len(started) == 1
+    started[0].wait(30)  # the kernel's process has exited (else psutil.TimeoutExpired)
+
+
 def test_cells_tagged_for_the_notebook_alone_are_neither_run_nor_shown(tmp_path):
     """The playground notebook's code demos of its own widgets would leave them in the demos' settings, and
     its screenshots would stand beside the live widgets: cells tagged superdiff-app-hidden are left out."""
