@@ -15,6 +15,7 @@ import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -478,7 +479,7 @@ def superpose(
     sigmas = _check_sigmas(sigmas)
     check_samples(x)
     check_generator(generator, len(x))
-    if not isinstance(curvature, bool):
+    if not isinstance(curvature, (bool, np.bool_)):  # a NumPy comparison gives np.bool_
         raise ValueError(f"curvature: expected True or False, got {curvature!r}")
     if callback is not None and not callable(callback):
         raise ValueError(f"callback: expected a function f(state) or None, got {type(callback).__name__}")

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -314,6 +315,10 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
         ({"lift": [True, 0.0]}, "lift: expected a scalar or 2 values"),
         ({"callback": 5}, "callback: expected a function f\\(state\\) or None, got int"),
         ({"curvature": 1}, "curvature: expected True or False, got 1"),
+        (
+            {"curvature": np.array([True, False])},
+            r"curvature: expected True or False, got array\(\[ True, False\]\)",
+        ),
         ({"sigmas": torch.linspace(20, 0, 10_002)}, r"sigmas: expected a 1-D tensor of 2 to 10001 values"),
         (
             {"x": torch.zeros(10**6, 2), "sigmas": geometric_sigmas(20, 0.01, 1000)},
@@ -611,3 +616,9 @@ def test_curvature_takes_samples_made_under_inference_mode():
         for start in (x, x.clone())
     ]
     torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
+
+
+def test_curvature_takes_a_numpy_bool():
+    """A NumPy comparison gives np.bool_ (np.True_ is not a bool): the same run as with True."""
+    with_numpy, with_bool = (run([WIDE, SHARP], n=5, batch=4, curvature=flag) for flag in (np.True_, True))
+    torch.testing.assert_close(with_numpy.log_q, with_bool.log_q, rtol=0, atol=0)
