@@ -197,7 +197,16 @@ def kappa_and(pred: Prediction, noise: Tensor, sigma: float, dsigma: float, targ
     return kappa.to(c.dtype)
 
 
-def curvature_terms(predictor, x: Tensor, sigma: float, dsigma: float, pred: Prediction) -> Tensor:
+def predict_with_graph(predictor, x: Tensor, sigma: float) -> tuple[Tensor, Prediction]:
+    """(a copy of x that requires grad, the models' prediction there with its autograd graph)."""
+    with torch.enable_grad():
+        xs = x.detach().clone().requires_grad_(True)  # a clone: x may be an inference tensor
+        return xs, _as_predictor(predictor)(xs, sigma)
+
+
+def curvature_terms(
+    predictor, x: Tensor, sigma: float, dsigma: float, pred: Prediction, graph=None
+) -> Tensor:
     """|dσ|·tr(J_i (I − QQᵀ)) per model, (B, N): what each Itô increment misses on an AND step.
 
     AND's κ depends on the step's noise z: r = r₀ + Dᵀz/σ (D: the ε̂_i − ε̂_N), so dx = … + Q z with
@@ -206,8 +215,8 @@ def curvature_terms(predictor, x: Tensor, sigma: float, dsigma: float, pred: Pre
     the span of D) for any F_i − F_N in that span, as without guidance or with classifier-free guidance;
     where the ridge keeps κ at 1/N, Q ≈ I and the terms ≈ 0 (docs/results-and.md, (f)). One forward with
     autograd and N·K vector–Jacobian products, K = the dimension of span(D, Φ): N − 1 in those cases.
+    ``graph``: :func:`predict_with_graph` at (x, σ), if the caller has made that forward already.
     """
-    predictor = _as_predictor(predictor)
     d_eps = (pred.eps[:-1] - pred.eps[-1:]).flatten(2).permute(1, 2, 0).double()  # (B, d, N−1)
     d_field = (pred.field[:-1] - pred.field[-1:]).flatten(2).permute(1, 2, 0).double()
     _, G, normal = and_system(pred, sigma, dsigma)
@@ -222,10 +231,9 @@ def curvature_terms(predictor, x: Tensor, sigma: float, dsigma: float, pred: Pre
     missing = -(b + b.transpose(1, 2) + b @ b.transpose(1, 2))  # Uᵀ(I − QQᵀ)U, (B, K, K)
     basis = [U[..., j].reshape(x.shape).to(x.dtype) for j in range(k)]
     terms = []
+    xs, out = graph if graph is not None else predict_with_graph(predictor, x, sigma)
     with torch.enable_grad():
-        xs = x.detach().clone().requires_grad_(True)  # a clone: x may be an inference tensor
-        out = predictor(xs, sigma).eps
-        for eps_i in out:
+        for eps_i in out.eps:
             check_differentiable(eps_i, xs)
             vjps = [torch.autograd.grad(eps_i, xs, e, retain_graph=True)[0].flatten(1) for e in basis]
             jac = torch.stack(vjps, 1).double() @ U  # [j, l] = <J_iᵀu_j, u_l> = (UᵀJ_iU)_jl
@@ -502,10 +510,8 @@ def superpose(
     for i in steps:
         sigma, sigma_next = sigmas[i].item(), sigmas[i + 1].item()
         dsigma = sigma_next - sigma
-        pred = predictor(x, sigma)
-        pred = Prediction(pred.eps.to(work), pred.field.to(work))
+        pred, bend = predict(predictor, x, sigma, dsigma, work, curved)
         noise = math.sqrt(2 * sigma * abs(dsigma)) * randn_like(x, generator).to(work)
-        bend = curvature_terms(predictor, x, sigma, dsigma, pred) if curved else 0.0
         if mode == "or":
             kappa = kappa_or(log_q, temperature, log_weights)
         elif mode == "and" and n_models > 1:
@@ -530,6 +536,20 @@ def superpose(
     if lifted and taken == n:  # a stopped run is short of its lift by design
         warn_if_lift_missed(log_q, lift, n)
     return result
+
+
+def predict(
+    predictor, x: Tensor, sigma: float, dsigma: float, work, curved: bool
+) -> tuple[Prediction, Tensor]:
+    """The models' prediction at (x, σ) in the traces' dtype, and AND's curvature terms (0 unless ``curved``)
+    from the same forward."""
+    graph = predict_with_graph(predictor, x, sigma) if curved else None
+    raw = graph[1] if curved else predictor(x, sigma)
+    pred = Prediction(raw.eps.detach().to(work), raw.field.detach().to(work))
+    bend = (
+        curvature_terms(predictor, x, sigma, dsigma, pred, graph) if curved else torch.zeros((), dtype=work)
+    )
+    return pred, bend
 
 
 class NonFiniteError(ValueError):
