@@ -97,7 +97,7 @@ test: lint pytest pytest-widgets7 nbval e2e
 notebooks: setup
 	$(BIN)/python scripts/execute_notebooks.py $(NOTEBOOKS)
 
-# What AND achieves, judged by exact densities and the PF-ODE likelihood: docs/results-and.md (≈ 10 min).
+# What AND achieves, judged by exact densities and the PF-ODE likelihood: docs/results-and.md (≈ 31 min).
 study-and: setup
 	$(BIN)/python -m superdiff.and_study
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import statistics
 import sys
 import time
@@ -988,10 +989,22 @@ def section_f(batch_toy: int, batch_digits: int) -> str:
 
 
 def replace_section_f(out: Path, batch_toy: int, batch_digits: int) -> Path:
-    """Rerun (f) alone and put it in place of the report's (f) (or after its end)."""
+    """Rerun (f) alone and put it in place of the report's (f) (or after its end), its time in the header."""
+    section = section_f(batch_toy, batch_digits)
     head = out.read_text().split("\n## (f)")[0].rstrip("\n") + "\n"
-    write_atomically([(out, text(head + section_f(batch_toy, batch_digits)))])
+    seconds = re.search(r"^\((\d+) s\.\)", section, re.M)
+    write_atomically([(out, text(rerun_times(head, int(seconds[1])) + section))])
     return out
+
+
+def rerun_times(head: str, seconds_f: int) -> str:
+    """The report's header with (f)'s time replaced by that of a rerun alone, and the total by the sum."""
+    rerun = ", rerun alone with --section f"
+    total, old_f = re.search(r"in (\d+) s on CPU", head), re.search(rf"\(f\) traces (\d+) s({rerun})?", head)
+    if total is None or old_f is None:  # a header of another layout: left as it is
+        return head
+    head = head.replace(total[0], f"in {int(total[1]) - int(old_f[1]) + seconds_f} s on CPU", 1)
+    return head.replace(old_f[0], f"(f) traces {seconds_f} s{rerun}", 1)
 
 
 TEMPLATE_F = """
