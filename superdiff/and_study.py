@@ -1048,8 +1048,8 @@ changes by ½·ln((σ_max² + s₁²)(σ_min² + s₂²) / ((σ_min² + s₁²)(
 the sharper model by the log ratio of the widths, at any step count. `superpose(..., curvature=True)`
 (`superdiff.curvature_terms`) adds the terms to each Itô increment and so to κ's equation: the true
 densities then change alike to first order, and as the steps grow each trace is unbiased on its own.
-It costs an extra forward with autograd and N·(N − 1) vector–Jacobian products per step (about 3–4× a
-plain AND step for two models on CPU). Means (±1, 0) in 2-D,
+It runs each step's forward with autograd, plus N·(N − 1) vector–Jacobian products (2.7–2.8× the time
+of a plain AND step for two models on CPU, `benchmarks/bench_curvature.py`). Means (±1, 0) in 2-D,
 {width_steps} steps from σ = {toy_max:g}, {batch_toy} samples per seed; the median change of the exact
 log q₁ − log q₂ from σ_max, signed:
 
