@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import shutil
@@ -76,9 +77,29 @@ def check_targets(paths: Sequence[Path], option: str | None = None) -> None:
             raise IsADirectoryError(errno.EISDIR, "a folder is in the way of a file to write", str(path))
 
 
+def user_path(text: str) -> Path:
+    """argparse's type of a path option: ``~`` or ``~user`` expanded, as the shell does for ``--out ~/x``
+    but not for ``--out=~/x``; an empty text or an unknown user's home is refused."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got ''")
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # ~user of a user without a home here
+        raise argparse.ArgumentTypeError(f"cannot expand {Path(text).parts[0]!r}: no such user") from None
+
+
+def expanded(path) -> Path:
+    """``path`` with ``~`` expanded where that names a home folder, absolute."""
+    try:
+        path = Path(path).expanduser()
+    except RuntimeError:  # ~user of no user: a folder of that name, as open() would take it
+        path = Path(path)
+    return path.absolute()
+
+
 def nearest_existing(folder: Path) -> Path:
     """folder (``~`` expanded, absolute) or its nearest ancestor that exists: where it would be made."""
-    folder = Path(folder).expanduser().absolute()
+    folder = expanded(folder)
     return next(p for p in (folder, *folder.parents) if p.exists())
 
 
@@ -86,7 +107,7 @@ def check_name_lengths(paths: Sequence[Path], option: str) -> None:
     """ValueError naming ``option`` for a file name longer than its filesystem takes (found before the work,
     not at the rename after it)."""
     for path in paths:
-        path = Path(path).expanduser().absolute()
+        path = expanded(path)
         try:
             limit = os.pathconf(nearest_existing(path.parent), "PC_NAME_MAX")
         except (AttributeError, OSError, ValueError):  # no pathconf (Windows): the usual limit

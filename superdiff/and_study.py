@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
-from ._io import check_targets, check_writable, text, write_atomically
+from ._io import check_targets, check_writable, text, user_path, write_atomically
 from ._torch import one_thread
 from .digits.demo import mosaic
 from .digits.densities import ODE_STEPS, PROBES, DigitModels
@@ -1255,7 +1255,7 @@ OR of the 0–4 and 5–9 networks, {n_or} samples per seed:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="The AND study -> docs/results-and.md")
     parser.add_argument(
-        "--out", type=Path, default=Path("docs/results-and.md"), help="the report (figures go beside it)"
+        "--out", type=user_path, default=Path("docs/results-and.md"), help="the report (figures go beside it)"
     )
     parser.add_argument("--batch-toy", type=int, default=200, help="samples per exact-score run (1–2000)")
     parser.add_argument(

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from . import viz
-from ._io import check_targets, check_writable, png, text, write_atomically
+from ._io import check_targets, check_writable, png, text, user_path, write_atomically
 from .and_study import mean_sd
 from .digits.demo import DPI, JUDGED, digits_figures, judged_gaps
 from .limits import LIMITS, MAX_SEED
@@ -110,7 +110,7 @@ def equal_density_report(runs: dict, digits: dict, seed: int) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, default=Path("outputs"), help="folder for the PNG files")
+    p.add_argument("--out", type=user_path, default=Path("outputs"), help="folder for the PNG files")
     p.add_argument("--steps", type=int, default=500, help=f"sampling steps for the toy (1 to {LIMITS.steps})")
     p.add_argument("--seed", type=int, default=0, help=f"0 to {MAX_SEED - 2} (the digits use seed, +1, +2)")
 

@@ -31,7 +31,7 @@ import time
 import typing
 from pathlib import Path
 
-from ._io import NAME_KEPT, _umask, terminate_as_exit
+from ._io import NAME_KEPT, _umask, expanded, terminate_as_exit, user_path
 
 # The modules pipeline.py is made of, each after the ones it imports from.
 MODULES = ("limits", "sampling", "output", "pipeline_common", "hub", "fast", "pipeline_superdiff")
@@ -294,7 +294,7 @@ def export_hub(out, model=None, repo_id: str = REPO_ID, base_model: str | None =
     check_repo_id(repo_id)
     if base_model is not None:
         check_repo_id(base_model, "--base-model")
-    out = Path(out).expanduser().absolute()
+    out = expanded(out)
     check_out(out)
     pipe = None if model is None else load_model(model)
     source = pipeline_source()
@@ -450,7 +450,7 @@ def model_card(repo_id: str = REPO_ID, pipe=None, base_model: str | None = None)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``superdiff export-hub``."""
-    parser.add_argument("out", metavar="OUT", help="the folder to write (new, or empty)")
+    parser.add_argument("out", metavar="OUT", type=user_path, help="the folder to write (new, or empty)")
     parser.add_argument(
         "--model",
         metavar="REPO_OR_DIR",

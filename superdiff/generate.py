@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from ._io import check_name_lengths, check_targets, check_writable, png, write_atomically
+from ._io import check_name_lengths, check_targets, check_writable, png, user_path, write_atomically
 from .hub import dtype_kwarg, explain_unavailable, folder_errors, offline_kwargs
 from .limits import LIMITS, MAX_SEED, MAX_SIZE
 
@@ -90,7 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_max_size(parser)
     parser.add_argument(
         "--out",
-        default="superdiff_output.png",
+        type=user_path,
+        default=Path("superdiff_output.png"),
         help="output image (PNG); the κ plot goes next to it as <name>_kappa.png",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace output files that exist")
@@ -140,7 +141,7 @@ def check_out(out: str, batch_size: int, overwrite: bool = False) -> Path:
     """--out (``~`` expanded), its :func:`target_paths` checked before any work. A file that exists (a link
     too, even a dangling one) is refused unless ``overwrite``: an earlier result is not lost by accident."""
     if Path(out).suffix.lower() != ".png":
-        raise ValueError(f"--out: expected a .png file name, got {out!r}")
+        raise ValueError(f"--out: expected a .png file name, got {str(out)!r}")
     out = Path(out).expanduser()
     check_writable(out.parent, "--out")
     images, kappa = target_paths(out, batch_size)

@@ -79,3 +79,42 @@ def test_exclusive_writes_replace_nothing_and_write_all_or_none(tmp_path, in_the
 def test_exclusive_writes_publish_whole_files(tmp_path):
     write_atomically([(tmp_path / "a.txt", text("one")), (tmp_path / "b.txt", text("two"))], exclusive=True)
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"a.txt": "one", "b.txt": "two"}
+
+
+NO_USER = "~no-such-user-7f3a"
+
+
+@pytest.mark.parametrize(
+    ("module", "argv"),
+    [
+        ("superdiff.cli", ["generate", "3", "8", "--model", "digits", "--out", f"{NO_USER}/a.png"]),
+        ("superdiff.cli", ["demo", "--out", f"{NO_USER}/x"]),
+        ("superdiff.cli", ["sweep", "--model", "digits", "--out", f"{NO_USER}/s"]),
+        ("superdiff.cli", ["export-hub", f"{NO_USER}/e"]),
+        ("superdiff.and_study", ["--out", f"{NO_USER}/r.md"]),
+        ("superdiff.digits.experiments", ["--out", f"{NO_USER}/r.md"]),
+        ("superdiff.digits.train", ["--out", f"{NO_USER}/x"]),
+    ],
+)
+def test_an_out_in_the_home_of_no_user_is_refused_naming_it(module, argv, capsys):
+    """Path.expanduser raised RuntimeError ("Could not determine home directory"): a traceback."""
+    import importlib
+
+    with pytest.raises(SystemExit) as exited:
+        importlib.import_module(module).main(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and f"cannot expand '{NO_USER}': no such user" in err.splitlines()[-1]
+
+
+def test_every_out_expands_the_home_folder_the_shell_leaves_in_out_equals(tmp_path, monkeypatch, capsys):
+    """`--out=~/x` reaches the program unexpanded: the sweep made a folder named "~" where it ran."""
+    from superdiff.cli import main
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken").write_text("a file")
+    assert main(["sweep", "--model", "digits", "--out=~/taken"]) == 2
+    assert f"--out: {str(tmp_path / 'taken')!r} exists and is not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # an empty --out was the folder it ran in
+        main(["sweep", "--model", "digits", "--out="])
+    assert "argument --out: expected a path, got ''" in capsys.readouterr().err

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
-from .._io import check_targets, check_writable, copy_of, scratch_folder, write_atomically
+from .._io import check_targets, check_writable, copy_of, scratch_folder, user_path, write_atomically
 from .._torch import one_thread
 from ..limits import LIMITS
 from ..pipeline_common import check_int
@@ -353,7 +353,10 @@ Single-prompt samples ({batch_acc} per digit, seed = digit), share classified as
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Digits experiments: a Markdown report and its figures")
     parser.add_argument(
-        "--out", type=Path, default=Path("results-digits.md"), help="the report (default ./results-digits.md)"
+        "--out",
+        type=user_path,
+        default=Path("results-digits.md"),
+        help="the report (default ./results-digits.md)",
     )
     parser.add_argument("--n-or", type=int, default=1000, help="samples per sampler in experiment 1")
     parser.add_argument("--batch-and", type=int, default=50, help="samples per pair, method and seed")

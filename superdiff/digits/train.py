@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .._io import check_targets, check_writable, copy_of, scratch_folder, stage, write_atomically
+from .._io import check_targets, check_writable, copy_of, scratch_folder, stage, user_path, write_atomically
 from ..fokker_planck import score_fpe_residual
 from .model import FILES, NULL, SEED, SIGMA_MAX, WEIGHTS, Classifier, EpsNet, digits_split, load_module
 
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train the digits models shipped with superdiff.")
     parser.add_argument(
         "--out",
-        type=Path,
+        type=user_path,
         help=f"folder (default ./{DEFAULT_OUT}); with --variant a file (default ./VARIANT.safetensors)",
     )
     parser.add_argument("--quick", action="store_true", help="10× fewer steps (smoke test, not for shipping)")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import inspect
 import sys
+from pathlib import Path
 
+from .._io import user_path
 from ..generate import DEFAULT_MODEL, DTYPES, add_max_size, model_class, refuse_unused_by_digits
 from ..limits import MAX_SIZE
 from .plan import (
@@ -54,7 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MODEL,
         help=f"Stable Diffusion Hub id or local folder (default {DEFAULT_MODEL}), or offline: digits, tiny",
     )
-    parser.add_argument("--out", default="outputs/sweep", help="sweep folder (default outputs/sweep)")
+    parser.add_argument(
+        "--out", type=user_path, default=Path("outputs/sweep"), help="sweep folder (default outputs/sweep)"
+    )
     parser.add_argument(
         "--batch-size", type=int, default=4, help="seeds of one (pair, method) per pipeline call (default 4)"
     )
