@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ._io import check_name_lengths, check_targets, check_writable, png, user_path, write_atomically
 from .hub import dtype_kwarg, explain_unavailable, folder_errors, offline_kwargs
-from .limits import LIMITS, MAX_SEED, MAX_SIZE
+from .limits import LIMITS, MAX_SEED, MAX_SIZE, out_of_memory
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 OFFLINE_MODELS = {
@@ -468,7 +468,9 @@ def run(args) -> int:
     except (ValueError, OSError) as err:  # bad arguments, weights unavailable, unwritable folder
         print(f"superdiff generate: error: {err}", file=sys.stderr)
         return 2
-    except MemoryError:
+    except (MemoryError, RuntimeError) as err:
+        if not out_of_memory(err):
+            raise
         print("superdiff generate: error: out of memory; try a smaller --batch-size or size", file=sys.stderr)
         return 2
     for path in written:

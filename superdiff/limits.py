@@ -17,6 +17,7 @@ class Limits:
     batch_size: int = 1_024  # images per call
     size: int = 2_048  # pixels per side: 4× SD v1's 512, 2× SDXL's 1024
     prompts: int = 16  # prompts superposed in one call: the denoiser's batch is (prompts + 1) × batch_size
+    pixels: int = 2**28  # batch_size × height × width of a call: 1024 images of 512², 64 of 2048²
 
 
 LIMITS = Limits()
@@ -44,6 +45,15 @@ def limit_memory(n_bytes: int, pid: int = 0) -> bool:
     with open(f"/proc/{pid or 'self'}/oom_score_adj", "w") as f:  # raising a score needs no privilege
         f.write("1000")
     return True
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Python's MemoryError or torch's: OutOfMemoryError on CUDA and MPS, a RuntimeError from its CPU
+    allocator ("can't allocate memory")."""
+    message = str(err).lower()
+    return isinstance(err, MemoryError) or (
+        isinstance(err, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
+    )
 
 
 def check_prompt(name: str, prompt) -> None:

@@ -297,6 +297,13 @@ def check_inputs(
     check_joint(mode, len(prompts), joint_prompt)
     check_size(height, width, limits.size, size_multiple)
     check_sampling_args(len(prompts), limits=limits, **options)
+    batch_size = options.get("batch_size", 1)
+    if (pixels := batch_size * height * width) > limits.pixels:
+        raise ValueError(
+            f"batch_size: {batch_size} images of {height}×{width} are {pixels} pixels, expected at most "
+            f"{limits.pixels} in one call: fewer or smaller images (pipe.limits = Limits(pixels=...) raises"
+            " it)"
+        )
     if joint_prompt is not None and mode != "joint":
         warn_caller(f"joint_prompt: ignored in mode {mode!r}; it is the prompt of mode 'joint'")
     return prompts

@@ -4,6 +4,7 @@ import json
 
 import huggingface_hub.constants
 import pytest
+import torch
 from PIL import Image
 
 from superdiff.cli import main
@@ -320,19 +321,45 @@ def test_a_folder_in_the_way_of_one_image_writes_none(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["y_1.png"]
 
 
-def test_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError(),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you "
+            "tried to allocate 51539607552 bytes. Error code 12 (Cannot allocate memory)"
+        ),
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+    ],
+)
+def test_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys, error):
+    """torch's CPU allocator raises RuntimeError, and on a GPU OutOfMemoryError: not MemoryError."""
     import superdiff.generate
 
     class Exhausted:
         default_size = 64
 
         def __call__(self, *args, **kwargs):
-            raise MemoryError
+            raise error
 
     monkeypatch.setattr(superdiff.generate, "load", lambda *args, **kwargs: Exhausted())
     assert generate(tmp_path) == 2
     err = capsys.readouterr().err
     assert err.startswith("superdiff generate: error: out of memory") and len(err.splitlines()) == 1
+
+
+def test_another_runtime_error_is_not_taken_for_out_of_memory(tmp_path, monkeypatch):
+    import superdiff.generate
+
+    class Broken:
+        default_size = 64
+
+        def __call__(self, *args, **kwargs):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(superdiff.generate, "load", lambda *args, **kwargs: Broken())
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):  # a bug shows as one
+        generate(tmp_path)
 
 
 @pytest.mark.filterwarnings("always::RuntimeWarning")  # shown, as outside pytest

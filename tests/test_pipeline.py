@@ -398,6 +398,20 @@ def test_limits_can_be_raised_per_pipeline(pipe, monkeypatch):
         pipe(P1, P2, **SMALL)
 
 
+def test_pixels_per_call_are_bounded_before_any_work(pipe, monkeypatch):
+    """Each of batch_size and size within its limit, 1024 images of 2048² would be 4.3 billion pixels: the
+    CLI's such call was stopped by the kernel's out-of-memory killer, with no message."""
+    monkeypatch.setattr(pipe.unet, "forward", lambda *args, **kwargs: pytest.fail("sampled"))
+    with pytest.raises(ValueError, match=r"^batch_size: 1024 images of 2048×2048 are 4294967296 pixels, exp"):
+        pipe(P1, P2, batch_size=1024, height=2048, width=2048, num_inference_steps=1)
+    monkeypatch.setattr(pipe, "limits", Limits(pixels=2 * 64 * 64))
+    with pytest.raises(
+        ValueError, match=r"^batch_size: 3 images of 64×64 are 12288 pixels, expected at most 8192"
+    ):
+        pipe(P1, P2, batch_size=3, height=64, width=64, num_inference_steps=1)
+    assert pipe.check_inputs(P1, P2, batch_size=2, height=64, width=64) == [P1, P2]
+
+
 def test_non_finite_sampling_raises_instead_of_black_images(pipe, monkeypatch):
     forward = pipe.unet.forward
 

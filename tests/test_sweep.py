@@ -721,3 +721,42 @@ def test_a_clip_model_folder_without_weights_is_named_as_the_option(tmp_path, ca
     err = capsys.readouterr().err
     assert err.startswith(f"superdiff sweep: error: --clip-model: {str(folder)!r}: ") and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_too_many_pixels_per_call_are_refused_before_any_model_loads(tmp_path, capsys, no_models):
+    argv = [
+        "sweep",
+        "--model",
+        "tiny",
+        "--batch-size",
+        "1024",
+        "--size",
+        "2048",
+        "--out",
+        str(tmp_path / "s"),
+    ]
+    assert superdiff_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "superdiff sweep: error: --batch-size: 1024 images of 2048² are more than the 268435456"
+    )
+
+
+def test_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys):
+    """torch's CPU allocator raises RuntimeError, not MemoryError; another RuntimeError stays a traceback."""
+    import superdiff.sweep.run
+
+    def exhausted(*args):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 51539607552 B")
+
+    monkeypatch.setattr(superdiff.sweep.run, "run_sweep", exhausted)
+    assert superdiff_main(["sweep", "--model", "digits", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err == "superdiff sweep: error: out of memory; try a smaller --batch-size or --size\n"
+
+    def broken(*args):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(superdiff.sweep.run, "run_sweep", broken)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        superdiff_main(["sweep", "--model", "digits", "--out", str(tmp_path / "s")])

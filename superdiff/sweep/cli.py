@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .._io import user_path
 from ..generate import DEFAULT_MODEL, DTYPES, add_max_size, model_class, refuse_unused_by_digits
-from ..limits import MAX_SIZE
+from ..limits import MAX_SIZE, out_of_memory
 from .plan import (
     DEFAULT_METHODS,
     JOINT_METHODS,
@@ -170,10 +170,10 @@ def run(args) -> int:
         timing = run_sweep(config(args), state)
     except Refused:  # the main process printed why
         return 2
-    except (ValueError, OSError, MemoryError) as err:  # bad arguments, weights unavailable, unwritable folder
-        message = (
-            "out of memory; try a smaller --batch-size or --size" if isinstance(err, MemoryError) else err
-        )
+    except (ValueError, OSError, MemoryError, RuntimeError) as err:  # bad arguments, weights unavailable,
+        if isinstance(err, RuntimeError) and not out_of_memory(err):  # an unwritable folder, out of memory
+            raise
+        message = "out of memory; try a smaller --batch-size or --size" if out_of_memory(err) else err
         print(f"superdiff sweep{who}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # records are written atomically: the completed ones stay valid

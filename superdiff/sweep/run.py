@@ -69,6 +69,11 @@ class SweepConfig:
         self.out = Path(self.out)
         check_int("--steps", self.steps, 1, high=LIMITS.steps)
         check_int("--batch-size", self.batch_size, 1, high=LIMITS.batch_size)
+        if self.size is not None and self.batch_size * self.size**2 > LIMITS.pixels:  # else found once loaded
+            raise ValueError(
+                f"--batch-size: {self.batch_size} images of {self.size}² are more than the {LIMITS.pixels} "
+                "pixels of one call; choose a smaller --batch-size or --size"
+            )
         check_finite("--guidance-scale", self.guidance_scale, low=0.0, high=MAX_GUIDANCE)
         check_finite("--lift", self.lift, low=-MAX_MAGNITUDE, high=MAX_MAGNITUDE)
         if self.out.exists() and not self.out.is_dir():
