@@ -253,6 +253,8 @@ def pipeline_class(model: str):
             f"--model: {model!r} has a model_index.json that is not a pipeline index (a JSON object)"
         )
     name = index.get("_class_name")
+    if not isinstance(name, (str, type(None))):
+        raise ValueError(f"--model: {model!r} has a model_index.json whose _class_name is not a string")
     module, cls = PIPELINES.get(name, SD_PIPELINE)
     try:
         return getattr(importlib.import_module(module), cls)

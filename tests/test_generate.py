@@ -457,6 +457,7 @@ def test_the_device_is_checked_before_a_seed_is_chosen(tmp_path, capsys):
         (None, "has no model_index.json: pass the folder of a whole pipeline"),
         ("[1, 2]", "has a model_index.json that is not a pipeline index (a JSON object)"),
         ("{bad", "model_index.json' is not a valid JSON file"),
+        ('{"_class_name": ["a"]}', "has a model_index.json whose _class_name is not a string"),
     ],
 )
 def test_a_wrong_model_folder_is_named_as_the_option(tmp_path, capsys, index, expected):
