@@ -760,3 +760,23 @@ def test_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(superdiff.sweep.run, "run_sweep", broken)
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         superdiff_main(["sweep", "--model", "digits", "--out", str(tmp_path / "s")])
+
+
+def test_python_m_superdiff_sweep_reads_negative_e_notation_and_ctrl_c_before_the_sweep(
+    tmp_path, monkeypatch, capsys
+):
+    """What `accelerate launch -m superdiff.sweep` runs: argparse alone reads -1e3 as an option, and Ctrl-C
+    while it set up (accelerate's state) was a traceback."""
+    import superdiff.sweep.run
+    from superdiff.sweep.cli import main
+
+    out = str(tmp_path / "s")
+    assert main(["--model", "digits", "--lift", "-1e3", "--batch-size", "0", "--out", out]) == 2
+    assert "--batch-size: expected an integer from 1 to 1024, got 0" in capsys.readouterr().err
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(superdiff.sweep.run, "sweep_state", interrupted)
+    assert main(["--model", "digits", "--out", out]) == 130
+    assert capsys.readouterr().err == "superdiff sweep: interrupted\n" and not (tmp_path / "s").exists()

@@ -189,6 +189,13 @@ def run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m superdiff.sweep`` (what ``accelerate launch -m superdiff.sweep`` runs in each process)."""
+    from ..cli import join_negative_values
+
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="superdiff sweep", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    try:
+        return run(parser.parse_args(join_negative_values(argv, parser)))
+    except KeyboardInterrupt:  # before the sweep started (its own handler says what it kept)
+        print("superdiff sweep: interrupted", file=sys.stderr)
+        return 130
