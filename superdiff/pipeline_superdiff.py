@@ -254,8 +254,8 @@ def check_joint(mode: str, n_prompts: int, joint_prompt) -> None:
         raise ValueError(
             f"joint_prompt: mode 'joint' with {n_prompts} prompts needs an explicit joint_prompt"
         )
-    if joint_prompt is not None and (not isinstance(joint_prompt, str) or not joint_prompt.strip()):
-        raise ValueError(f"joint_prompt: expected a non-empty string, got {joint_prompt!r}")
+    if joint_prompt is not None:
+        check_prompt("joint_prompt", joint_prompt)  # as any prompt: text of at most 2000 characters
 
 
 def check_size(height, width, max_size: int = LIMITS.size, multiple: int = 8) -> None:

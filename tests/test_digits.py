@@ -11,7 +11,7 @@ import torch
 
 from superdiff.digits import classifier, default_sigmas, digits_split, load_half_models, load_pipeline
 from superdiff.digits.experiments import class_histogram, coverage, sample
-from superdiff.digits.model import FILES, WEIGHTS, Conditional, EpsNet
+from superdiff.digits.model import FILES, WEIGHTS, Conditional, EpsNet, label_of
 from superdiff.digits.pipeline import DigitsPipeline
 from superdiff.digits.train import sha256, train_eps
 
@@ -211,6 +211,13 @@ def test_generator_list_batches_seeds_without_changing_them(pipe):
 def test_bad_inputs_name_the_argument(pipe, kwargs, arg):
     with pytest.raises(ValueError, match=arg):
         pipe(**kwargs)
+
+
+def test_an_unknown_digit_is_shown_cut_not_echoed_whole():
+    """A 100 000-character prompt made a 100 kB error line."""
+    with pytest.raises(ValueError) as refused:
+        label_of("x" * 100_000, "prompt_1")
+    assert len(str(refused.value)) < 300 and str(refused.value).startswith("prompt_1: unknown digit 'xxx")
 
 
 @pytest.mark.parametrize(

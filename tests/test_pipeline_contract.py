@@ -107,6 +107,9 @@ PAST_LIMITS = [  # sizes past the limits are refused before anything is allocate
     ("guidance_scale", dict(guidance_scale=1e30)),
     ("temperature", dict(temperature=1e300)),
     ("log_weights", dict(log_weights=[0.0, 1e300])),
+    ("batch_size", dict(batch_size=1024, height=2048, width=2048)),  # 2³² pixels, each size within its limit
+    ("joint_prompt", dict(mode="joint", joint_prompt="x" * 10**7)),  # was tokenised
+    ("joint_prompt", dict(mode="joint", joint_prompt="a\ud800b")),  # was a TypeError from tokenizers
 ]
 BAD_INPUTS = {family: BAD + PAST_LIMITS for family in BUILDERS}
 for family in ("sd3", "flux"):  # a multiple of 8, not of 16: no 2×2 latent patches

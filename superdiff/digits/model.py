@@ -252,7 +252,8 @@ def label_of(prompt, arg: str = "prompt") -> int:
         if key in NAMES:
             return NAMES.index(key)
     accepted = ", ".join(f'"{i}"/"{n}"' for i, n in enumerate(NAMES))
-    raise ValueError(f"{arg}: unknown digit {prompt!r}; accepted (case-insensitive): {accepted}")
+    shown = repr(prompt) if len(repr(prompt)) <= 60 else repr(prompt)[:59] + "…"  # a prompt can be huge
+    raise ValueError(f"{arg}: unknown digit {shown}; accepted (case-insensitive): {accepted}")
 
 
 def param_count(module: nn.Module) -> int:
