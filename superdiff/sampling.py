@@ -295,6 +295,12 @@ def _check_sigmas(sigmas) -> Tensor:
         raise ValueError("sigmas: values must be finite, the first > 0 and the last >= 0")
     if not (sigmas[1:] < sigmas[:-1]).all():
         raise ValueError("sigmas: must be strictly decreasing (noise level goes down during sampling)")
+    positive = sigmas[sigmas > 0]  # beyond, the prior's log N(x; 0, σ²I) and ε̂/σ over- or underflow
+    if not (1 / MAX_MAGNITUDE <= positive.min() and positive.max() <= MAX_MAGNITUDE):
+        raise ValueError(
+            f"sigmas: values other than a last 0 must be from {1 / MAX_MAGNITUDE:g} to {MAX_MAGNITUDE:g}, "
+            f"got {positive.max().item():g} … {positive.min().item():g}"
+        )
     return sigmas
 
 

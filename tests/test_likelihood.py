@@ -101,6 +101,7 @@ def test_divergence_is_the_jacobian_trace_in_chunks(monkeypatch):
         ({"hutchinson": True}, "hutchinson"),
         ({"sigmas": torch.tensor([2.0, 1.0, 0.0])}, "sigmas"),
         ({"sigmas": torch.tensor([1.0, 2.0])}, "sigmas"),
+        ({"sigmas": [1e300, 1.0]}, "^sigmas: values other than a last 0"),  # was an OverflowError
         ({"x": torch.zeros(3)}, "x"),
         ({"x": torch.zeros(3, 2, dtype=torch.long)}, "x"),
     ],

@@ -316,6 +316,14 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
         ({"callback": 5}, "callback: expected a function f\\(state\\) or None, got int"),
         ({"curvature": 1}, "curvature: expected True or False, got 1"),
         (
+            {"sigmas": [1e300, 1.0]},
+            r"sigmas: values other than a last 0 must be from 1e-06 to 1e\+06, got 1e\+300",
+        ),
+        (
+            {"sigmas": [1e-300, 1e-320]},
+            r"sigmas: values other than a last 0 must be from 1e-06 .* got 1e-300 … 9",
+        ),
+        (
             {"curvature": np.array([True, False])},
             r"curvature: expected True or False, got array\(\[ True, False\]\)",
         ),
