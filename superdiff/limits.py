@@ -19,6 +19,11 @@ class Limits:
     prompts: int = 16  # prompts superposed in one call: the denoiser's batch is (prompts + 1) × batch_size
     pixels: int = 2**28  # batch_size × height × width of a call: 1024 images of 512², 64 of 2048²
 
+    def __post_init__(self):
+        for name, value in vars(self).items():
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"Limits.{name}: expected a positive integer, got {value!r}")
+
 
 LIMITS = Limits()
 # "1" in the kernels of the app (python -m superdiff.app), whose cap on kernels counts one toy or digits

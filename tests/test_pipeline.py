@@ -434,3 +434,11 @@ def test_prompts_past_clips_window_warn_and_name_what_is_dropped(pipe, recwarn):
     assert [w.filename for w in warned if "CLIP" in str(w.message)] == [__file__]  # the user's line
     with pytest.warns(UserWarning, match="that looks like a candy cane"):  # the joint prompt's tail
         pipe("y" * 70, P2, seed=0, num_inference_steps=1, height=64, width=64, mode="joint")
+
+
+@pytest.mark.parametrize("fields", [{"steps": -1}, {"size": 0}, {"batch_size": 2.5}, {"pixels": True}])
+def test_limits_refuse_what_is_not_a_positive_integer(fields):
+    """Limits(steps=-1) made pipelines refuse every call with "from 1 to -1"."""
+    (name,) = fields
+    with pytest.raises(ValueError, match=rf"^Limits.{name}: expected a positive integer, got "):
+        Limits(**fields)
