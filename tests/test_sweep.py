@@ -780,3 +780,47 @@ def test_python_m_superdiff_sweep_reads_negative_e_notation_and_ctrl_c_before_th
     monkeypatch.setattr(superdiff.sweep.run, "sweep_state", interrupted)
     assert main(["--model", "digits", "--out", out]) == 130
     assert capsys.readouterr().err == "superdiff sweep: interrupted\n" and not (tmp_path / "s").exists()
+
+
+def test_an_interrupted_summary_leaves_the_earlier_one_whole(tmp_path, monkeypatch):
+    """summary.png was written after the tables: Ctrl-C between them left a new summary.md beside an old
+    figure. Now the five files are replaced together or not at all."""
+    import superdiff.sweep.summary as summary
+    from superdiff.sweep.cli import config
+    from superdiff.sweep.run import load_records
+
+    out = tmp_path / "s"
+    argv = [
+        "sweep",
+        "--model",
+        "digits",
+        "--seeds",
+        "0",
+        "--steps",
+        "2",
+        "--methods",
+        "and",
+        "--out",
+        str(out),
+    ]
+    assert superdiff_main(argv) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert {"summary.md", "summary.png", "records.csv"} <= set(before)
+
+    def interrupted(*args, **kwargs):
+        def write(tmp):
+            raise KeyboardInterrupt
+
+        return write
+
+    monkeypatch.setattr(summary, "png", interrupted)
+    import argparse
+
+    from superdiff.sweep.cli import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = config(parser.parse_args(argv[1:]))
+    with pytest.raises(KeyboardInterrupt):
+        summary.write_summary(cfg, load_records(cfg), {"images": 0, "seconds": 1.0, "processes": 1})
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

@@ -10,8 +10,7 @@ import statistics
 
 import matplotlib.pyplot as plt
 
-from .._io import text, write_atomically
-from ..viz import save_figure
+from .._io import png, text, write_atomically
 from .plan import METHODS
 
 SUMMARY_FIELDS = (
@@ -148,7 +147,14 @@ def write_summary(cfg, rows: list[dict], timing: dict) -> dict:
     jsonl = "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
     summary_csv = to_csv([{k: r[k] for k in SUMMARY_FIELDS} for r in table])
     contents = [jsonl, to_csv([flat(r) for r in rows]), markdown(table, scorer, timing, cfg), summary_csv]
-    write_atomically([(paths[name], text(c)) for name, c in zip(paths, contents, strict=True)])
-    if scorer is not None:
-        paths["summary.png"] = save_figure(bar_plot(table, scorer), cfg.out / "summary.png", dpi=100)
+    writes = [(paths[name], text(c)) for name, c in zip(paths, contents, strict=True)]
+    fig = None if scorer is None else bar_plot(table, scorer)
+    if fig is not None:  # written with the tables: an interrupted summary leaves none of them new
+        paths["summary.png"] = cfg.out / "summary.png"
+        writes.append((paths["summary.png"], png(fig, dpi=100)))
+    try:
+        write_atomically(writes)
+    finally:
+        if fig is not None:
+            plt.close(fig)
     return paths
