@@ -289,6 +289,12 @@ def test_out_that_is_not_a_sweep_is_refused_before_any_model_loads(tmp_path, cap
     assert all((out / name).read_text() == "the user's" for name in user_files)
 
 
+def test_a_folder_named_like_the_settings_file_is_refused_naming_out(tmp_path, capsys, no_models):
+    (tmp_path / "s" / "sweep.json").mkdir(parents=True)
+    assert superdiff_main(["sweep", "--model", "digits", "--out", str(tmp_path / "s")]) == 2
+    assert capsys.readouterr().err.startswith("superdiff sweep: error: --out: ")  # was "[Errno 21] Is a dir…"
+
+
 def test_unwritable_out_is_refused_before_any_model_loads(tmp_path, capsys, no_models):
     (tmp_path / "a_file").write_text("")
     assert superdiff_main(["sweep", "--model", "digits", "--out", str(tmp_path / "a_file" / "sweep")]) == 2

@@ -103,7 +103,7 @@ def saved_settings(out: Path) -> dict | None:
         return None
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, IsADirectoryError):
         saved = None
     if not isinstance(saved, dict):
         raise ValueError(f"--out: {str(path)!r} is not a sweep's settings file (a JSON object)")
