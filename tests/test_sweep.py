@@ -830,3 +830,9 @@ def test_an_interrupted_summary_leaves_the_earlier_one_whole(tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         summary.write_summary(cfg, load_records(cfg), {"images": 0, "seconds": 1.0, "processes": 1})
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_digits_as_yaml_numbers_are_refused_saying_to_quote_them(tmp_path):
+    (tmp_path / "p.yaml").write_text("- [3, 8]\n")
+    with pytest.raises(ValueError, match=r'prompts \(text: in YAML, quote a digit, "3"\), got \[3, 8\]'):
+        load_pairs(str(tmp_path / "p.yaml"))

@@ -105,7 +105,11 @@ def load_pairs(source: str) -> list[tuple[str, str]]:
     for where, row in _rows(*_pairs_text(source), source):
         ok = isinstance(row, (list, tuple)) and len(row) == 2
         if not (ok and all(isinstance(p, str) and p.strip() for p in row)):
-            raise ValueError(f"--pairs: {where} of {source!r} must be two non-empty prompts, got {row!r}")
+            numbers = ok and any(isinstance(p, (int, float)) for p in row)
+            hint = ' (text: in YAML, quote a digit, "3")' if numbers else ""
+            raise ValueError(
+                f"--pairs: {where} of {source!r} must be two non-empty prompts{hint}, got {row!r}"
+            )
         pair = (row[0].strip(), row[1].strip())
         try:
             for p in pair:
