@@ -381,7 +381,7 @@ def test_a_kernel_that_cannot_be_capped_is_shut_down_before_it_runs_the_notebook
         monkeypatch.setenv(f"JUPYTER_{name}_DIR", str(tmp_path / name.lower()))
 
     async def start() -> tuple[int, list[str]]:
-        manager = app.CappedKernelManager(kernel_memory=1.0)
+        manager = app.CappedKernelManager(kernel_memory=1.0, connection_dir=str(tmp_path))
         with pytest.raises(web.HTTPError) as refused:
             await manager.start_kernel(kernel_name="python3")
         return refused.value.status_code, manager.list_kernel_ids()
