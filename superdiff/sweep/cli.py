@@ -170,8 +170,8 @@ def run(args) -> int:
         timing = run_sweep(config(args), state)
     except Refused:  # the main process printed why
         return 2
-    except (ValueError, OSError, MemoryError, RuntimeError) as err:  # bad arguments, weights unavailable,
-        if isinstance(err, RuntimeError) and not out_of_memory(err):  # an unwritable folder, out of memory
+    except (ValueError, OSError, MemoryError, RuntimeError) as err:  # bad input, no weights, out of memory
+        if isinstance(err, RuntimeError) and not out_of_memory(err):  # a bug: its traceback
             raise
         message = "out of memory; try a smaller --batch-size or --size" if out_of_memory(err) else err
         print(f"superdiff sweep{who}: error: {message}", file=sys.stderr)
