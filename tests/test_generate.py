@@ -482,3 +482,26 @@ def test_overwrite_with_another_batch_size_names_the_earlier_images_it_keeps(tmp
     )
     assert generate(tmp_path, "--overwrite", "--batch-size", "2") == 0
     assert "--overwrite keeps flamingo.png, flamingo_2.png, images" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("options", "prompts", "expected"),
+    [
+        ((), tuple(f"p{i}" for i in range(17)), "prompts: expected at most 16 prompts, got 17\n"),
+        (
+            ("--height", "4096"),
+            ("a", "b"),
+            "--height: expected at most 2048 pixels, got 4096 (raise the limit: ",
+        ),
+        (
+            ("--batch-size", "1024", "--height", "2048", "--width", "2048"),
+            ("a", "b"),
+            "in one call: fewer or smaller images\n",
+        ),
+    ],
+)
+def test_limit_messages_name_what_the_command_line_can_change(tmp_path, capsys, options, prompts, expected):
+    """The pipeline's messages say `pipe.limits = Limits(...)`, which a command-line user cannot set."""
+    assert generate(tmp_path, *options, prompts=prompts) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "pipe.limits" not in err
