@@ -30,6 +30,7 @@ LIMITS = Limits()
 # playground run each: the notebook leaves Stable Diffusion out there
 APP_ENV = "SUPERDIFF_APP"
 APP_CULL_ENV = "SUPERDIFF_APP_CULL_IDLE"  # the app's --cull-idle, in seconds, for the kernels' pages
+MAX_STEPS = 1_000_000  # σ grids the core takes: 100× the pipelines' default, which Limits(steps=...) raises
 MAX_SEED = 2**32 - 1  # torch's CPU generator keeps 32 bits of a seed: seed 2**32 would repeat seed 0
 MAX_MAGNITUDE = 1e6  # |lift|, |log_weights| and temperature: far past any useful value, far from overflow
 MAX_GUIDANCE = 1e3

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .limits import LIMITS, MAX_GUIDANCE, MAX_MAGNITUDE, warn_caller
+from .limits import MAX_GUIDANCE, MAX_MAGNITUDE, MAX_STEPS, warn_caller
 
 MODES = ("and", "or", "avg", "fixed")
 MAX_PROBES = 1024  # Hutchinson probes per evaluation (all drawn at once); more: the exact divergence
@@ -52,8 +52,8 @@ def _check_grid(sigma_max: float, sigma_min: float, n: int) -> None:
         raise ValueError(
             f"sigma_max, sigma_min: need 0 < sigma_min < sigma_max, got {sigma_max}, {sigma_min}"
         )
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= LIMITS.steps:
-        raise ValueError(f"n: number of steps must be an integer from 1 to {LIMITS.steps}, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= MAX_STEPS:
+        raise ValueError(f"n: number of steps must be an integer from 1 to {MAX_STEPS}, got {n!r}")
 
 
 # ----------------------------------------------------------------------------- predictors
@@ -284,12 +284,12 @@ def _as_predictor(models) -> Predictor:
 
 
 def _check_sigmas(sigmas) -> Tensor:
-    expected = f"a 1-D tensor of 2 to {LIMITS.steps + 1} values (n + 1 for n steps)"
+    expected = f"a 1-D tensor of 2 to {MAX_STEPS + 1} values (n + 1 for n steps)"
     try:
         sigmas = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
     except (TypeError, ValueError, RuntimeError):  # strings, ragged lists, None
         raise ValueError(f"sigmas: expected {expected}, got {type(sigmas).__name__}") from None
-    if sigmas.ndim != 1 or not 2 <= len(sigmas) <= LIMITS.steps + 1:
+    if sigmas.ndim != 1 or not 2 <= len(sigmas) <= MAX_STEPS + 1:
         raise ValueError(f"sigmas: expected {expected}, got shape {tuple(sigmas.shape)}")
     if not torch.isfinite(sigmas).all() or sigmas[-1] < 0 or sigmas[0] <= 0:
         raise ValueError("sigmas: values must be finite, the first > 0 and the last >= 0")
@@ -429,8 +429,9 @@ def check_trace_size(n: int, batch: int, n_models: int) -> None:
     """κ and log q of n steps, a batch and N models fit in MAX_TRACE_VALUES each; else ValueError."""
     values = (n + 1) * batch * n_models
     if values > MAX_TRACE_VALUES:
+        models = f"{n_models} models" if n_models > 1 else "1 model"
         raise ValueError(
-            f"x: a batch of {batch} over {n} steps and {n_models} models keeps {values} values of κ and of "
+            f"x: a batch of {batch} over {n} steps and {models} keeps {values} values of κ and of "
             f"log q, more than {MAX_TRACE_VALUES}; sample in smaller batches or fewer steps"
         )
 
@@ -712,6 +713,7 @@ def probability_flow(
     check_likelihood_args(model, x)
     check_samples(x)
     check_generator(generator, len(x))
+    check_trace_size(len(sigmas) - 1, len(x), 1)
     log_q = gaussian_log_prob(x.to(wide(x.dtype)), sigmas[0].item())
     log_qs, calls = [log_q], 0
     for i in tqdm(range(len(sigmas) - 1), disable=not progress, desc="PF-ODE"):

@@ -437,3 +437,13 @@ def test_the_reports_folder_is_made_if_new(tmp_path, monkeypatch):
     monkeypatch.setattr(experiments, "experiments", lambda *args: ("report", []))
     assert experiments.main(["--out", str(tmp_path / "new" / "r.md")]) == 0
     assert (tmp_path / "new" / "r.md").read_text() == "report"
+
+
+def test_a_raised_step_limit_is_the_pipelines_not_the_cores(pipe, monkeypatch):
+    """pipe.limits = Limits(steps=...) raised it for the call's check, but the core's σ grid refused past
+    10 000 steps ("n: number of steps must be an integer from 1 to 10000")."""
+    from superdiff.limits import Limits
+
+    monkeypatch.setattr(pipe, "limits", Limits(steps=10_001))
+    out = pipe("3", "8", num_inference_steps=10_001, batch_size=1, seed=0)
+    assert out.kappa.shape == (10_001, 1, 2) and torch.isfinite(out.log_q).all()

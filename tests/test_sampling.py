@@ -327,7 +327,10 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
             {"curvature": np.array([True, False])},
             r"curvature: expected True or False, got array\(\[ True, False\]\)",
         ),
-        ({"sigmas": torch.linspace(20, 0, 10_002)}, r"sigmas: expected a 1-D tensor of 2 to 10001 values"),
+        (
+            {"sigmas": torch.linspace(20, 0, 1_000_002)},
+            r"sigmas: expected a 1-D tensor of 2 to 1000001 values",
+        ),
         (
             {"x": torch.zeros(10**6, 2), "sigmas": geometric_sigmas(20, 0.01, 1000)},
             r"x: a batch of 1000000 over 1000 steps and 2 models keeps 2002000000 values .* than 268435456",
@@ -415,7 +418,7 @@ def test_guidance_scale_is_a_number_from_0_to_1000(scale):
     [
         (
             lambda: geometric_sigmas(20, 0.01, 10.0),
-            r"n: number of steps must be an integer from 1 to 10000, got 10.0",
+            r"n: number of steps must be an integer from 1 to 1000000, got 10.0",
         ),
         (lambda: geometric_sigmas(20, 0.01, True), "n: number of steps"),
         (lambda: geometric_sigmas(20, 0.01, 10**13), "n: number of steps"),
@@ -630,3 +633,16 @@ def test_curvature_takes_a_numpy_bool():
     """A NumPy comparison gives np.bool_ (np.True_ is not a bool): the same run as with True."""
     with_numpy, with_bool = (run([WIDE, SHARP], n=5, batch=4, curvature=flag) for flag in (np.True_, True))
     torch.testing.assert_close(with_numpy.log_q, with_bool.log_q, rtol=0, atol=0)
+
+
+def test_the_pf_ode_refuses_a_trace_past_the_cores_bound_before_any_model_call():
+    """Its log q trace is (n + 1) × B values, as superpose's: 10⁶ steps of 1024 samples would be 4 GB."""
+    x = torch.zeros(1024, 2)
+
+    def model(x, sigma):
+        raise AssertionError("called")
+
+    with pytest.raises(
+        ValueError, match=r"^x: a batch of 1024 over 1000000 steps and 1 model keeps 1024001024"
+    ):
+        probability_flow(model, x, geometric_sigmas(20.0, 0.01, 1_000_000))
