@@ -154,8 +154,9 @@ def test_the_version_is_written_once(dists):
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert "version" not in project and project["dynamic"] == ["version"]
     assert f"Version: {superdiff.__version__}" in dists["metadata"].splitlines()
-    run = subprocess.run([sys.executable, "-m", "superdiff.cli", "--version"], capture_output=True, text=True)
-    assert run.stdout == f"superdiff-kit {superdiff.__version__}\n"
+    for module in ("superdiff.cli", "superdiff"):  # python -m superdiff: the command without its script
+        run = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True)
+        assert run.stdout == f"superdiff-kit {superdiff.__version__}\n"
 
 
 def test_the_app_without_its_extra_says_what_to_install():
