@@ -138,11 +138,12 @@ def target_paths(out: Path, batch_size: int) -> tuple[list[Path], Path]:
 
 
 def check_out(out: str, batch_size: int, overwrite: bool = False) -> Path:
-    """--out (``~`` expanded), its :func:`target_paths` checked before any work. A file that exists (a link
-    too, even a dangling one) is refused unless ``overwrite``: an earlier result is not lost by accident."""
-    if Path(out).suffix.lower() != ".png":
+    """--out (``~`` expanded by its parser, :func:`user_path`), its :func:`target_paths` checked before any
+    work. A file that exists (a link too, even a dangling one) is refused unless ``overwrite``: an earlier
+    result is not lost by accident."""
+    out = Path(out)
+    if out.suffix.lower() != ".png":
         raise ValueError(f"--out: expected a .png file name, got {str(out)!r}")
-    out = Path(out).expanduser()
     check_writable(out.parent, "--out")
     images, kappa = target_paths(out, batch_size)
     paths = images + [kappa]
@@ -402,7 +403,7 @@ def kappa_figure(out, args):
     """The κ plot drawn once (a label matplotlib cannot render fails here), or None with a warning."""
     import matplotlib.pyplot as plt
 
-    from superdiff.pipeline_superdiff import abbreviate
+    from superdiff.limits import abbreviate
     from superdiff.viz import plot_kappa
 
     labels = [abbreviate(p, 40) for p in args.prompts] if out.kappa.shape[-1] == len(args.prompts) else None

@@ -62,6 +62,11 @@ def out_of_memory(err: BaseException) -> bool:
     )
 
 
+def abbreviate(text: str, n: int) -> str:
+    """text cut to n characters, the last one "…", if longer (a prompt in a message or a plot legend)."""
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
 def check_prompt(name: str, prompt) -> None:
     """A prompt: non-empty text of at most MAX_PROMPT_CHARS characters that encodes as UTF-8."""
     if not isinstance(prompt, str) or not prompt.strip():

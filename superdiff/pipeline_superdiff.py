@@ -23,7 +23,7 @@ from .fast import (
     enable_fast_sampling,
 )
 from .hub import dtype_kwarg, explain_unavailable
-from .limits import LIMITS, Limits, check_prompt, warn_caller
+from .limits import LIMITS, Limits, abbreviate, check_prompt, warn_caller
 from .output import SuperDiffOutput, to_uint8
 from .pipeline_common import (
     build_output,
@@ -234,11 +234,6 @@ def as_prompts(prompt_1, prompt_2) -> list[str]:
         name = "prompt_2" if prompt_2 is not None and i == len(prompts) - 1 else "prompt_1"
         check_prompt(name, p)
     return prompts
-
-
-def abbreviate(text: str, n: int) -> str:
-    """text cut to n characters, the last one "…", if longer (a prompt in a warning or a plot legend)."""
-    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def prompt_mode(mode, n_prompts: int) -> tuple[str, Tensor | None]:

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, safe_open
 from torch import Tensor, nn
 
+from ..limits import abbreviate
 from ..sampling import geometric_sigmas
 
 WEIGHTS = Path(__file__).parent / "weights"
@@ -252,7 +253,7 @@ def label_of(prompt, arg: str = "prompt") -> int:
         if key in NAMES:
             return NAMES.index(key)
     accepted = ", ".join(f'"{i}"/"{n}"' for i, n in enumerate(NAMES))
-    shown = repr(prompt) if len(repr(prompt)) <= 60 else repr(prompt)[:59] + "…"  # a prompt can be huge
+    shown = abbreviate(repr(prompt), 60)  # a prompt can be huge
     raise ValueError(f"{arg}: unknown digit {shown}; accepted (case-insensitive): {accepted}")
 
 
