@@ -4,26 +4,10 @@ Skreta et al., "The Superposition of Diffusion Models Using the Itô Density Est
 ICLR 2025 (arXiv 2412.17762).
 """
 
-from .sampling import (
-    MODES,
-    Guided,
-    ModelList,
-    NonFiniteError,
-    Prediction,
-    Predictor,
-    StopSampling,
-    SuperpositionResult,
-    curvature_terms,
-    geometric_sigmas,
-    guide,
-    ito_increment,
-    kappa_and,
-    kappa_or,
-    karras_sigmas,
-    log_likelihood,
-    probability_flow,
-    superpose,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -52,23 +36,50 @@ __all__ = [
     "superpose",
 ]
 
+# Each name is imported on first use, so that ``superdiff --help`` (and a Ctrl-C while it starts) does
+# not wait for torch, nor ``import superdiff`` for diffusers.
+_PIPELINES = {
+    "SuperDiffPipeline": ".pipeline_superdiff",
+    "SuperDiffXLPipeline": ".pipeline_xl",
+    "SuperDiffSD3Pipeline": ".pipeline_sd3",
+    "SuperDiffFluxPipeline": ".pipeline_flux",
+}
+_MODULE_OF = {name: _PIPELINES.get(name, ".sampling") for name in __all__}
 
-def __getattr__(name):
-    # diffusers takes seconds to import: load the Stable Diffusion pipeline only when asked for.
-    if name == "SuperDiffPipeline":
-        from .pipeline_superdiff import SuperDiffPipeline
+if TYPE_CHECKING:  # what editors and type checkers see
+    from .pipeline_flux import SuperDiffFluxPipeline
+    from .pipeline_sd3 import SuperDiffSD3Pipeline
+    from .pipeline_superdiff import SuperDiffPipeline
+    from .pipeline_xl import SuperDiffXLPipeline
+    from .sampling import (
+        MODES,
+        Guided,
+        ModelList,
+        NonFiniteError,
+        Prediction,
+        Predictor,
+        StopSampling,
+        SuperpositionResult,
+        curvature_terms,
+        geometric_sigmas,
+        guide,
+        ito_increment,
+        kappa_and,
+        kappa_or,
+        karras_sigmas,
+        log_likelihood,
+        probability_flow,
+        superpose,
+    )
 
-        return SuperDiffPipeline
-    if name == "SuperDiffXLPipeline":
-        from .pipeline_xl import SuperDiffXLPipeline
 
-        return SuperDiffXLPipeline
-    if name == "SuperDiffSD3Pipeline":
-        from .pipeline_sd3 import SuperDiffSD3Pipeline
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'superdiff' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULE_OF[name], __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-        return SuperDiffSD3Pipeline
-    if name == "SuperDiffFluxPipeline":
-        from .pipeline_flux import SuperDiffFluxPipeline
 
-        return SuperDiffFluxPipeline
-    raise AttributeError(f"module 'superdiff' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -35,6 +35,26 @@ def test_environment_yml_matches_pyproject():
     assert {"pip": ["-e ."]} in env  # the package itself, from this checkout
 
 
+def test_the_command_starts_without_torch_and_the_package_names_load_on_use():
+    """``superdiff --help`` and a Ctrl-C while it starts need not wait for torch (≈ 2 s)."""
+    code = (
+        "import sys, superdiff, superdiff.cli;"
+        "loaded = [m for m in ('torch', 'diffusers') if m in sys.modules];"
+        "print(loaded, set(superdiff.__all__) <= set(dir(superdiff)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out == "[] True\n"  # and dir() lists the names not yet loaded, for tab completion
+    import superdiff
+    from superdiff import pipeline_flux, pipeline_sd3, pipeline_superdiff, pipeline_xl, sampling
+
+    modules = (sampling, pipeline_superdiff, pipeline_xl, pipeline_sd3, pipeline_flux)
+    for name in superdiff.__all__:
+        assert any(getattr(superdiff, name) is getattr(m, name, None) for m in modules), name
+    assert "superpose" in superdiff.__all__
+    with pytest.raises(AttributeError, match="module 'superdiff' has no attribute 'superposee'"):
+        superdiff.superposee  # noqa: B018
+
+
 def test_distribution_name_is_not_the_taken_pypi_name():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["name"] != "superdiff"
