@@ -88,6 +88,14 @@ def user_path(text: str) -> Path:
         raise argparse.ArgumentTypeError(f"cannot expand {Path(text).parts[0]!r}: no such user") from None
 
 
+def user_source(text: str) -> str:
+    """argparse's type of an option that takes a Hub id or a local path: a path's ``~`` expanded as by
+    :func:`user_path` (so ``--model=~/sd`` is the folder); a Hub id or a shipped name is left as it is."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a Hub id or a path, got {text!r}")
+    return str(user_path(text)) if text.startswith("~") else text
+
+
 def expanded(path) -> Path:
     """``path`` with ``~`` expanded where that names a home folder, absolute."""
     try:

@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import ClassVar
 
+from ._io import user_path
+
 try:
     import nbformat
     import psutil
@@ -306,7 +308,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"GiB of data one page's kernel may hold, Linux only (default {KERNEL_MEMORY_GIB})",
     )
     p.add_argument("--allow-host", action="append", default=[], help="another name students use (repeat)")
-    p.add_argument("--notebook", type=Path, default=NOTEBOOK)
+    p.add_argument("--notebook", type=user_path, default=NOTEBOOK)
     args = p.parse_args(argv)
     if not 1 <= args.port <= 65535:
         p.error(f"--port: expected an integer from 1 to 65535, got {args.port}")

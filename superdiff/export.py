@@ -31,7 +31,7 @@ import time
 import typing
 from pathlib import Path
 
-from ._io import NAME_KEPT, _umask, expanded, terminate_as_exit, user_path
+from ._io import NAME_KEPT, _umask, expanded, terminate_as_exit, user_path, user_source
 
 # The modules pipeline.py is made of, each after the ones it imports from.
 MODULES = ("limits", "sampling", "output", "pipeline_common", "hub", "fast", "pipeline_superdiff")
@@ -454,6 +454,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         metavar="REPO_OR_DIR",
+        type=user_source,
         help="a Stable Diffusion 1.x/2.x folder or cached Hub id whose components to include, or 'tiny' "
         "(random, offline); default: none, model_index.json only names the components",
     )

@@ -23,7 +23,15 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from ._io import check_name_lengths, check_targets, check_writable, png, user_path, write_atomically
+from ._io import (
+    check_name_lengths,
+    check_targets,
+    check_writable,
+    png,
+    user_path,
+    user_source,
+    write_atomically,
+)
 from .hub import dtype_kwarg, explain_unavailable, folder_errors, offline_kwargs
 from .limits import LIMITS, MAX_SEED, MAX_SIZE, out_of_memory
 
@@ -98,6 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
+        type=user_source,
         help=f"Stable Diffusion 1.x/2.x, SDXL, SD3 or Flux Hub id or local folder, its pipeline picked from "
         f"its model_index.json (default {DEFAULT_MODEL}); offline: "
         + "; ".join(f"{k}: {v}" for k, v in OFFLINE_MODELS.items()),

@@ -1,10 +1,12 @@
 """Atomic writes: all files or none, no temp left behind (even on SIGTERM or SIGHUP), only the kit's temps
 removed."""
 
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +122,38 @@ def test_every_out_expands_the_home_folder_the_shell_leaves_in_out_equals(tmp_pa
     with pytest.raises(SystemExit):  # an empty --out was the folder it ran in
         main(["sweep", "--model", "digits", "--out="])
     assert "argument --out: expected a path, got ''" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["generate", "3", "8", "--model=~/sd"], "--model: '{home}/sd' has no model_index.json"),
+        (["sweep", "--model=~/sd"], "--model: '{home}/sd' has no model_index.json"),
+        (["export-hub", "e", "--model=~/sd"], "'{home}/sd' has no model_index.json"),
+        (["sweep", "--model", "digits", "--pairs=~/pairs.csv"], "--pairs: line 2 of '{home}/pairs.csv'"),
+        (["generate", "3", "8", "--model="], "argument --model: expected a Hub id or a path, got ''"),
+        (["sweep", "--model", " "], "argument --model: expected a Hub id or a path, got ' '"),
+    ],
+)
+def test_a_model_or_pairs_path_expands_the_home_folder_too(argv, expected, tmp_path, monkeypatch, capsys):
+    """`--model=~/sd` was taken as a folder named "~": "'~/sd' is not a directory" for one that is."""
+    from superdiff.cli import main
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sd").mkdir()
+    (tmp_path / "pairs.csv").write_text("prompt_1,prompt_2\n3,\n")
+    try:
+        code = main(argv)
+    except SystemExit as exited:
+        code = exited.code
+    assert code == 2 and expected.format(home=tmp_path) in capsys.readouterr().err
+
+
+def test_the_apps_notebook_expands_the_home_folder(tmp_path, monkeypatch):
+    from superdiff import app
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "course").mkdir()
+    shutil.copy(Path(app.NOTEBOOK), tmp_path / "course" / "04.ipynb")
+    assert app.parse_args(["--notebook=~/course/04.ipynb"]).notebook == tmp_path / "course" / "04.ipynb"

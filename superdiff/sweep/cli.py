@@ -7,7 +7,7 @@ import inspect
 import sys
 from pathlib import Path
 
-from .._io import user_path
+from .._io import user_path, user_source
 from ..generate import DEFAULT_MODEL, DTYPES, add_max_size, model_class, refuse_unused_by_digits
 from ..limits import MAX_SIZE, out_of_memory
 from .plan import (
@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pairs",
         default=None,
+        type=user_source,
         help=f"{' | '.join(SHIPPED_PAIRS)} (shipped) or a CSV/YAML file of prompt_1,prompt_2 "
         "(default: paper for Stable Diffusion, digits for --model digits)",
     )
@@ -54,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
+        type=user_source,
         help=f"Stable Diffusion Hub id or local folder (default {DEFAULT_MODEL}), or offline: digits, tiny",
     )
     parser.add_argument(
@@ -69,7 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="auto: clip for Stable Diffusion, the digits classifier for digits, none for tiny",
     )
     parser.add_argument(
-        "--clip-model", default=DEFAULT_CLIP, help=f"CLIP Hub id or folder (default {DEFAULT_CLIP})"
+        "--clip-model",
+        default=DEFAULT_CLIP,
+        type=user_source,
+        help=f"CLIP Hub id or folder (default {DEFAULT_CLIP})",
     )
     parser.add_argument(
         "--dtype", choices=DTYPES, default="auto", help="UNet/VAE precision (auto: fp16 on GPU)"
