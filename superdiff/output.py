@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .limits import warn_caller
+
 
 @dataclass
 class SuperDiffOutput:
@@ -49,7 +51,15 @@ class SuperDiffOutput:
 
 
 def to_uint8(images: Tensor) -> Tensor:
-    """(B, C, H, W) floats in [−1, 1] -> (B, H, W, C) uint8 on CPU."""
+    """(B, C, H, W) floats in [−1, 1] -> (B, H, W, C) uint8 on CPU; warns of NaN or ±inf pixels."""
+    bad = (~torch.isfinite(images)).flatten(1).any(1).nonzero().flatten().tolist()
+    if bad:  # a warning, not an error: the output keeps the latents, to decode again
+        warn_caller(
+            f"images: the VAE decoded NaN or infinite values in image {', '.join(map(str, bad))}, drawn "
+            "black there; a float16 VAE can overflow: pipe.vae.to(torch.float32) decodes out.latents again "
+            "(pipe.decode_latents(out.latents))",
+            RuntimeWarning,
+        )
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
 
 

@@ -124,8 +124,35 @@ def euler_grid(scheduler, num_inference_steps: int) -> tuple[Tensor, Tensor]:
     "leading" spacing at 1000 steps repeats its first σ (t = 1000 is clamped to t = 999), and
     final_sigmas_type="sigma_min" can repeat the last; diffusers' Euler step moves by dt = 0 there.
     """
+    train = training_sigmas(scheduler)
+    spacing = scheduler.config.timestep_spacing
+    if spacing == "leading" and num_inference_steps > len(train):  # t = k·⌊T/n⌋ + offset: all the same t
+        raise ValueError(
+            f"num_inference_steps: expected 1 to {len(train)} with timestep_spacing='leading' (more would "
+            f"all be the same timestep), got {num_inference_steps}; or use {TRAILING}"
+        )
     scheduler.set_timesteps(num_inference_steps)
+    warn_low_start(scheduler.sigmas[0].item(), train, num_inference_steps, spacing)
     return moving_steps(scheduler.sigmas, scheduler.timesteps, f"σ grid for {num_inference_steps} steps")
+
+
+TRAILING = (
+    "pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, "
+    "timestep_spacing='trailing'), whose grid starts at σ_max for any number of steps"
+)
+
+
+def warn_low_start(start: float, train: Tensor, num_inference_steps: int, spacing: str) -> None:
+    """Warn where the grid starts far below the training σ_max: pure noise, denoised as if it were a partly
+    noised image, gives noisy images ("leading" spacing, SDXL's, at few steps or at many that do not
+    divide T; "linspace" at 1 step)."""
+    sigma_max = train[-1].item()
+    if start < 0.5 * sigma_max:
+        warn_caller(
+            f"num_inference_steps={num_inference_steps}: with timestep_spacing={spacing!r} the scheduler's σ "
+            f"grid starts at {start:.3g}, {start / sigma_max:.1%} of the σ_max {sigma_max:.3g} the model was "
+            f"trained to start from, so images come out noisy; use {TRAILING}"
+        )
 
 
 def warn_dropped(requested: int, ran: int, why: str) -> None:
@@ -522,9 +549,8 @@ class SuperDiffMixin:
         core_mode, kappa = prompt_mode(mode, len(prompts))
         extra = [joint_prompt or JOINT_TEMPLATE.format(*prompts)] if mode == "joint" else []
         device, generator = self._execution_device, seeded(seed, generator)
+        sigmas, timesteps = self.sigma_grid(num_inference_steps, height, width)  # may refuse: before encoding
         context = self.prompt_context(prompts + extra, device, height, width)
-
-        sigmas, timesteps = self.sigma_grid(num_inference_steps, height, width)
         n_models = len(prompts + extra)  # "joint": its prompt is model N + 1, the one x moves with
         predictor = self.make_predictor(context, n_models, guidance_scale, sigmas, timesteps.to(device))
         latents = self.start_latents(batch_size, height, width, sigmas[0].item(), generator, device)

@@ -318,7 +318,7 @@ def test_every_timestep_spacing_samples_on_a_strictly_decreasing_grid(spacing, s
     assert [w.filename for w in recwarn if "zero length" in str(w.message)] == [__file__] * (dropped > 0)
 
 
-def test_zero_length_steps_are_dropped_keeping_the_timestep_that_moves():
+def test_zero_length_steps_are_dropped_keeping_the_timestep_that_moves(recwarn):
     scheduler = sd_scheduler(timestep_spacing="leading")
     sigmas, timesteps = euler_grid(scheduler, 1000)
     assert scheduler.sigmas[0] == scheduler.sigmas[1] and scheduler.timesteps[0] == 1000
@@ -326,9 +326,38 @@ def test_zero_length_steps_are_dropped_keeping_the_timestep_that_moves():
     last = sd_scheduler(timestep_spacing="trailing", final_sigmas_type="sigma_min")
     sigmas, timesteps = euler_grid(last, 1000)  # trailing ends at t = 0, whose σ is sigma_min
     assert len(timesteps) == 999 and sigmas[-1] == last.sigmas[-1] and (sigmas.diff() < 0).all()
+    stuck = sd_scheduler(final_sigmas_type="sigma_min")  # linspace at 1 step: t = 0, whose σ is sigma_min
     with pytest.raises(ValueError, match="^num_inference_steps: .* no step of non-zero length"):
-        stuck = sd_scheduler(timestep_spacing="leading", steps_offset=0, final_sigmas_type="sigma_min")
-        euler_grid(stuck, 2000)  # every t is 0: every σ is sigma_min, the final one too
+        euler_grid(stuck, 1)
+    assert [w.category for w in recwarn if "σ grid starts at 0.0292" in str(w.message)] == [UserWarning]
+
+
+@pytest.mark.parametrize(
+    ("spacing", "steps", "start"),
+    [("leading", 600, 2.28), ("leading", 4, 4.12), ("linspace", 1, 0.0292), ("leading", 50, None)],
+)
+def test_a_grid_that_starts_far_below_sigma_max_is_warned_of(spacing, steps, start, recwarn):
+    """SDXL's "leading" spacing at 600 steps starts at t = 600 (σ 2.28 of 14.6): noise, hardly denoised."""
+    pipe = tiny_pipeline(timestep_spacing=spacing)
+    out = pipe([P1], None, seed=0, mode="prompt_1", num_inference_steps=steps, height=64, width=64)
+    low = [w for w in recwarn if "σ grid starts at" in str(w.message)]
+    assert out.sigmas[0].item() == pytest.approx(start or 13.12, abs=0.01)
+    assert len(low) == (start is not None) and all(w.filename == __file__ for w in low)
+    if low:
+        assert f"num_inference_steps={steps}: with timestep_spacing={spacing!r}" in str(low[0].message)
+        assert "timestep_spacing='trailing'" in str(low[0].message)
+        pipe.scheduler = EulerDiscreteScheduler.from_config(
+            pipe.scheduler.config, timestep_spacing="trailing"
+        )
+        assert pipe.sigma_grid(steps)[0][0].item() == pytest.approx(14.61, abs=0.01)  # the advice works
+
+
+def test_leading_spacing_past_the_training_steps_is_refused_before_encoding(monkeypatch):
+    """Past T steps, "leading" puts every step at t = 1: one step from σ 0.04, after a warning only."""
+    pipe = tiny_pipeline(timestep_spacing="leading")
+    monkeypatch.setattr(pipe, "prompt_context", lambda *a: pytest.fail("encoded the prompts"))
+    with pytest.raises(ValueError, match=r"^num_inference_steps: expected 1 to 1000 with timestep_spacing="):
+        pipe(P1, P2, seed=0, num_inference_steps=1001, height=64, width=64)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -28,7 +28,11 @@ from superdiff.testing import tiny_flux_pipeline, tiny_pipeline, tiny_sd3_pipeli
 
 BUILDERS = {"sd": tiny_pipeline, "xl": tiny_xl_pipeline, "sd3": tiny_sd3_pipeline, "flux": tiny_flux_pipeline}
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),  # see conftest.py
+    # SDXL's "leading" spacing starts a few-step grid far below σ_max; test_pipeline.py tests that warning
+    pytest.mark.filterwarnings(r"ignore:num_inference_steps=\d+. with timestep_spacing='leading'"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -370,3 +374,24 @@ def test_interrupt_from_the_callback_ends_sampling_after_that_step(family, pipes
         warnings.simplefilter("ignore", RuntimeWarning)
         again = pipe(P1, P2, seed=0, lift=1.0, **SMALL)  # the next call starts with the flag down
     assert not pipe.interrupt and torch.equal(again.kappa, full.kappa)
+
+
+@pytest.mark.parametrize("family", BUILDERS)
+def test_a_vae_that_decodes_nan_is_warned_of_and_the_latents_decode_again(family, pipes, monkeypatch):
+    """A float16 VAE that overflows gave black images without a word (NaN pixels became 0)."""
+    pipe = pipes(family)
+    decode = pipe.vae.decode
+
+    def overflowing(*args, **kwargs):
+        out = decode(*args, **kwargs)
+        (out[0] if isinstance(out, tuple) else out.sample)[1] = math.nan  # the second image only
+        return out
+
+    monkeypatch.setattr(pipe.vae, "decode", overflowing)
+    with pytest.warns(RuntimeWarning, match=r"^images: the VAE decoded NaN .* image 1, drawn black") as seen:
+        out = pipe(P1, P2, seed=0, batch_size=2, output_type="pt", **SMALL)
+    assert [w.filename for w in seen if str(w.message).startswith("images:")] == [__file__]
+    assert (out.images[1] == 0).all() and out.images[0].any()
+    monkeypatch.setattr(pipe.vae, "decode", decode)
+    again = pipe.decode_latents(out.latents)  # what the warning advises
+    assert torch.equal(again[0], out.images[0]) and again[1].any()

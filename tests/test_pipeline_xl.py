@@ -13,7 +13,11 @@ from superdiff.generate import pipeline_class
 from superdiff.pipeline_xl import XL_CUSTOM_PIPELINE
 from superdiff.testing import sd_scheduler, tiny_xl_pipeline
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),  # see conftest.py
+    # SDXL's "leading" spacing starts a few-step grid far below σ_max; test_pipeline.py tests that warning
+    pytest.mark.filterwarnings(r"ignore:num_inference_steps=\d+. with timestep_spacing='leading'"),
+]
 
 pipe = pipe_fixture(tiny_xl_pipeline)
 saved = saved_fixture(tiny_xl_pipeline)
