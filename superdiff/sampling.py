@@ -48,9 +48,15 @@ def karras_sigmas(sigma_max: float, sigma_min: float, n: int, rho: float = 7.0) 
 
 
 def _check_grid(sigma_max: float, sigma_min: float, n: int) -> None:
-    if not (0 < sigma_min < sigma_max < math.inf):
+    values = [v for v in (sigma_max, sigma_min) if not isinstance(v, (bool, np.bool_, str, bytes))]
+    try:  # a number, or a one-value tensor or array
+        ok = len(values) == 2 and 0 < float(sigma_min) < float(sigma_max) < math.inf
+    except (TypeError, ValueError, RuntimeError):
+        ok = False
+    if not ok:
         raise ValueError(
-            f"sigma_max, sigma_min: need 0 < sigma_min < sigma_max, got {sigma_max}, {sigma_min}"
+            f"sigma_max, sigma_min: need numbers 0 < sigma_min < sigma_max < inf, got {sigma_max!r}, "
+            f"{sigma_min!r}"
         )
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= MAX_STEPS:
         raise ValueError(f"n: number of steps must be an integer from 1 to {MAX_STEPS}, got {n!r}")
@@ -273,6 +279,12 @@ class SuperpositionResult:
 
 def _as_predictor(models) -> Predictor:
     if isinstance(models, Predictor):
+        n = getattr(models, "num_models", None)
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(
+                f"models: a Predictor's num_models must be a positive integer, got {n!r} "
+                f"({type(models).__name__})"
+            )
         return models
     if isinstance(models, torch.nn.ModuleList):  # callable, but a list of models
         models = list(models)
@@ -552,11 +564,29 @@ def predict(
     from the same forward."""
     graph = predict_with_graph(predictor, x, sigma) if curved else None
     raw = graph[1] if curved else predictor(x, sigma)
+    check_prediction(raw, x, predictor.num_models)
     pred = Prediction(raw.eps.detach().to(work), raw.field.detach().to(work))
     bend = (
         curvature_terms(predictor, x, sigma, dsigma, pred, graph) if curved else torch.zeros((), dtype=work)
     )
     return pred, bend
+
+
+def check_prediction(raw, x: Tensor, n_models: int) -> None:
+    """A Predictor's output is a Prediction of eps and field, each (N, *x.shape); else a ValueError (a
+    broadcastable shape would otherwise give wrong κ and log q without an error)."""
+    expected = (n_models, *x.shape)
+    if not isinstance(raw, Prediction):
+        raise ValueError(
+            f"models: the Predictor returned {type(raw).__name__}, expected a Prediction(eps, field)"
+        )
+    for name in ("eps", "field"):
+        value = getattr(raw, name)
+        if not isinstance(value, Tensor) or value.shape != expected:
+            got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(
+                f"models: the Predictor's {name} is {got}, expected (num_models, *x.shape) = {expected}"
+            )
 
 
 class NonFiniteError(ValueError):
@@ -709,9 +739,9 @@ def probability_flow(
     ``hutchinson``: number of Rademacher probes per step, or None for the exact divergence.
     """
     sigmas = _check_sigmas(sigmas)
+    check_samples(x)  # before check_divergence, which reads x[0]
     check_divergence(hutchinson, x)
     check_likelihood_args(model, x)
-    check_samples(x)
     check_generator(generator, len(x))
     check_trace_size(len(sigmas) - 1, len(x), 1)
     log_q = gaussian_log_prob(x.to(wide(x.dtype)), sigmas[0].item())
@@ -724,7 +754,13 @@ def probability_flow(
         x = x + dsigma * eps
         log_q = log_q - dsigma * div
         log_qs.append(log_q)
-    return FlowResult(x, torch.stack(log_qs), sigmas, calls)
+    result = FlowResult(x, torch.stack(log_qs), sigmas, calls)
+    for name in ("log_q", "samples"):
+        if not torch.isfinite(getattr(result, name)).all():
+            raise NonFiniteError(
+                f"{name}: NaN or infinite; the model returned NaN or inf, or its output overflowed"
+            )
+    return result
 
 
 def _heun_step(model: EpsModel, x: Tensor, s: float, s_next: float, hutchinson, generator):
@@ -757,9 +793,9 @@ def log_likelihood(
         raise ValueError(
             "sigmas: the last value must be > 0 (the likelihood is evaluated at noise sigmas[-1])"
         )
+    check_samples(x)  # before check_divergence, which reads x[0]
     check_divergence(hutchinson, x)
     check_likelihood_args(model, x)
-    check_samples(x)
     check_generator(generator, len(x))
     up = sigmas.flip(0).tolist()
     delta = torch.zeros(len(x), dtype=wide(x.dtype), device=x.device)  # ∫ ∇·ε̂ dσ, sigmas[-1] to sigmas[0]

@@ -104,6 +104,7 @@ def test_divergence_is_the_jacobian_trace_in_chunks(monkeypatch):
         ({"sigmas": [1e300, 1.0]}, "^sigmas: values other than a last 0"),  # was an OverflowError
         ({"x": torch.zeros(3)}, "x"),
         ({"x": torch.zeros(3, 2, dtype=torch.long)}, "x"),
+        ({"x": torch.zeros(0, 2)}, r"^x: expected .* B >= 1"),  # was an IndexError
     ],
 )
 def test_log_likelihood_bad_arguments_raise_value_error_naming_them(kwargs, name):

@@ -11,6 +11,7 @@ from superdiff import (
     ModelList,
     NonFiniteError,
     Prediction,
+    Predictor,
     curvature_terms,
     geometric_sigmas,
     kappa_and,
@@ -238,6 +239,17 @@ def test_a_divergence_past_its_bounds_is_refused_before_any_model_call(likelihoo
         run(model, torch.zeros(256, 4, 64, 64), sigmas, hutchinson=1024)
 
 
+@pytest.mark.parametrize("hutchinson", [None, 1])
+@pytest.mark.parametrize("scale", [math.nan, 1e38])
+def test_the_pf_ode_names_nan_and_overflow_as_superpose_does(hutchinson, scale):
+    """probability_flow returned log q = [nan, nan, nan] (and inf for an overflowing model) silently."""
+    model = lambda x, sigma: UP(x, sigma) * scale  # noqa: E731
+    with pytest.raises(NonFiniteError, match="^log_q: NaN or infinite; the model returned NaN"):
+        probability_flow(model, 10 * torch.randn(3, 2), geometric_sigmas(10, 0.01, 5), hutchinson=hutchinson)
+    with pytest.raises(ValueError, match=r"^x: expected .* B >= 1"):  # was an IndexError
+        probability_flow(UP, torch.zeros(0, 2), geometric_sigmas(10, 0.01, 5), hutchinson=hutchinson)
+
+
 def test_mixture_score_is_gradient_of_log_prob_and_log_prob_is_exact():
     mix = GaussianMixture([[0.0, 1.0], [2.0, -1.0]], 0.5, weights=[0.3, 0.7])
     x = torch.randn(16, 2, dtype=torch.float64, requires_grad=True)
@@ -422,6 +434,9 @@ def test_guidance_scale_is_a_number_from_0_to_1000(scale):
         ),
         (lambda: geometric_sigmas(20, 0.01, True), "n: number of steps"),
         (lambda: geometric_sigmas(20, 0.01, 10**13), "n: number of steps"),
+        (lambda: geometric_sigmas("20", 0.01, 10), r"sigma_max, sigma_min: need numbers .* got '20', 0.01"),
+        (lambda: karras_sigmas(None, 0.01, 10), r"sigma_max, sigma_min: need numbers .* got None"),
+        (lambda: geometric_sigmas(20, torch.ones(2), 10), r"sigma_max, sigma_min: need numbers"),
         (lambda: karras_sigmas(20, 0.01, 10, rho=0), "rho: expected a finite number > 0"),
         (lambda: karras_sigmas(20, 0.01, 10, rho=math.nan), "rho: expected a finite number > 0"),
     ],
@@ -429,6 +444,42 @@ def test_guidance_scale_is_a_number_from_0_to_1000(scale):
 def test_grid_helpers_refuse_what_they_cannot_build(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+class Custom(Predictor):
+    """A user's Predictor that returns what ``make`` builds from the two toy models' ε̂ (N, B, 2)."""
+
+    def __init__(self, make, num_models=2):
+        self.make, self.num_models = make, num_models
+
+    def __call__(self, x, sigma):
+        eps = torch.stack([UP(x, sigma), DOWN(x, sigma)])
+        return self.make(eps)
+
+
+@pytest.mark.parametrize(
+    ("predictor", "message"),
+    [
+        (
+            Custom(lambda e: Prediction(e[..., :1], e[..., :1])),
+            r"eps is \(2, 4, 1\), expected .* \(2, 4, 2\)",
+        ),
+        (Custom(lambda e: Prediction(e, e[:1])), r"field is \(1, 4, 2\), expected"),
+        (Custom(lambda e: e), "the Predictor returned Tensor, expected a Prediction"),
+        (Custom(lambda e: Prediction(e, e), num_models=3), r"eps is \(2, 4, 2\), expected .* \(3, 4, 2\)"),
+        (Custom(lambda e: Prediction(e, e), num_models=0), "num_models must be a positive integer, got 0"),
+        (
+            Custom(lambda e: Prediction(e, e), num_models=2.0),
+            "num_models must be a positive integer, got 2.0",
+        ),
+    ],
+)
+def test_a_predictor_that_returns_the_wrong_shapes_is_named(predictor, message):
+    """(N, B, 1) for x of (B, 2) broadcast in κ's einsum: wrong κ and log q, and no error."""
+    with pytest.raises(ValueError, match=f"^models: .*{message}"):
+        superpose(predictor, torch.zeros(4, 2), geometric_sigmas(20, 0.01, 5))
+    fine = superpose(Custom(lambda e: Prediction(e, e)), torch.zeros(4, 2), geometric_sigmas(20, 0.01, 5))
+    assert fine.kappa.shape == (5, 4, 2)
 
 
 def test_number_types_numpy_and_python_alike():
