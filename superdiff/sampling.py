@@ -483,8 +483,9 @@ def superpose(
         generator: torch generator for the step noise, or a list of B (one per sample).
         progress: show a tqdm bar.
         callback: called after every step with ``{"i", "sigma", "sigma_next", "x", "kappa", "log_q"}``: step i
-            went from σ = sigma to sigma_next, where x and log q now are; raising
-            :class:`StopSampling` ends the run there (σ, κ and log q then cover the steps taken).
+            went from σ = sigma to sigma_next, where x and log q now are (copies: editing them does not
+            change the run); raising :class:`StopSampling` ends the run there (σ, κ and log q then cover
+            the steps taken).
         kappa: mode "fixed" only, one weight per model, summing to 1.
         curvature: AND only. Add to each Itô increment the term it misses on an AND step, which has no
             noise in the span of the ε̂_i − ε̂_N: |dσ|·tr(P J_i) where the models differ, P the projector
@@ -543,9 +544,9 @@ def superpose(
         kappas[i], log_qs[i + 1], taken = kappa, log_q, i + 1
         if callback is not None:
             try:
-                callback(
-                    {"i": i, "sigma": sigma, "sigma_next": sigma_next, "x": x, "kappa": kappa, "log_q": log_q}
-                )
+                # copies: a callback that edits them in place cannot change the run
+                state = {"x": x.clone(), "kappa": kappa.clone(), "log_q": log_q.clone()}
+                callback({"i": i, "sigma": sigma, "sigma_next": sigma_next, **state})
             except StopSampling:
                 break
     steps.close()

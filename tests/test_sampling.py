@@ -566,6 +566,19 @@ def test_a_callback_raising_stop_sampling_ends_the_run_with_the_steps_taken():
     torch.testing.assert_close(part.log_q, full.log_q[:6])
 
 
+def test_a_callback_that_edits_what_it_gets_changes_nothing():
+    """The core handed the callback its live x and log q: x.mul_(0) zeroed the samples, log q unchanged."""
+
+    def vandal(state):
+        state["x"].mul_(0)
+        state["log_q"].add_(100)
+        state["kappa"].fill_(math.nan)
+
+    plain, edited = run([UP, DOWN], n=20, batch=8), run([UP, DOWN], n=20, batch=8, callback=vandal)
+    for name in ("samples", "kappa", "log_q"):
+        assert torch.equal(getattr(edited, name), getattr(plain, name)), name
+
+
 # ----------------------------------------------------------------------------- AND's curvature terms
 
 WIDE, SHARP = GaussianMixture([[1.0, 0.0]], 0.4), GaussianMixture([[-1.0, 0.0]], 0.2)
