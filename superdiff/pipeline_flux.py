@@ -16,7 +16,8 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from torch import Tensor
 
-from .pipeline_common import resolved_annotations
+from .limits import warn_caller
+from .pipeline_common import check_int, resolved_annotations
 from .pipeline_sd3 import (
     FlowPromptPredictor,
     SuperDiffSD3Pipeline,
@@ -139,6 +140,8 @@ class SuperDiffFluxPipeline(SuperDiffMixin, FluxPipeline):
     def __call__(self, *args, **kwargs):
         """:meth:`.SuperDiffMixin.__call__`, guidance_scale being Flux's embedded guidance (default 3.5)."""
         bound = inspect.signature(SuperDiffMixin.__call__).bind_partial(self, *args, **kwargs)
+        if "guidance_scale" in bound.arguments and not self.transformer.config.guidance_embeds:
+            warn_caller("guidance_scale: ignored by this Flux model, which has no guidance input (schnell)")
         bound.arguments.setdefault("guidance_scale", DEFAULT_GUIDANCE)
         return super().__call__(*bound.args[1:], **bound.kwargs)
 
@@ -153,8 +156,9 @@ class SuperDiffFluxPipeline(SuperDiffMixin, FluxPipeline):
         return self.default_sample_size * self.vae_scale_factor
 
     def check_model(self) -> None:
-        """A flow-matching scheduler (one assigned after loading)."""
+        """A flow-matching scheduler (one assigned after loading); T5 tokens as FluxPipeline takes them."""
         check_flow_scheduler(self.scheduler)
+        check_int("pipe.max_sequence_length", self.max_sequence_length, 1, high=512)
 
     SIZE_MULTIPLE = 16  # before loading: the VAE's 8 times 2×2 latent patches
 

@@ -179,6 +179,19 @@ class SuperDiffSD3Pipeline(SuperDiffMixin, StableDiffusion3Pipeline):
         """A flow-matching scheduler (one assigned after loading)."""
         check_flow_scheduler(self.scheduler)
 
+    def check_inputs(self, prompt_1, prompt_2, **kwargs) -> list[str]:
+        """:meth:`.SuperDiffMixin.check_inputs`, and sizes within the transformer's position embeddings."""
+        prompts = super().check_inputs(prompt_1, prompt_2, **kwargs)
+        top = self.transformer.config.get("pos_embed_max_size")
+        largest = top * self.size_multiple if top else None  # SD3 medium: 192 × 16 = 3072 pixels
+        for name in ("height", "width"):
+            if largest is not None and kwargs.get(name, 0) > largest:
+                raise ValueError(
+                    f"{name}: expected at most {largest} for this transformer ({top} position embeddings of "
+                    f"{self.size_multiple}-pixel patches), got {kwargs[name]}"
+                )
+        return prompts
+
     SIZE_MULTIPLE = 16  # before loading: the VAE's 8 times 2×2 latent patches
 
     @property

@@ -57,14 +57,25 @@ def test_guidance_scale_defaults_to_flux_and_schnell_gets_none():
         guidance = calls[0]["guidance"]
         assert guidance is None if expected is None else torch.equal(guidance, torch.full((2,), expected))
     calls = []
-    with record_calls(pipe.transformer, calls):
+    with record_calls(pipe.transformer, calls), pytest.warns(UserWarning) as said:
         # the shared call's positional order: prompt_1, prompt_2, seed, steps, batch_size, lift, guidance
         pipe(P1, P2, 0, 2, 1, 0.0, 2.0, 64, 64)
     assert len(calls) == 2 and calls[0]["guidance"] is None  # schnell-like: no embedding, still runs
+    ignored = [w.filename for w in said if str(w.message).startswith("guidance_scale: ignored by this Flux")]
+    assert ignored == [__file__]  # a given guidance_scale is said to do nothing; the default is not
     pipe = tiny_flux_pipeline()
     with record_calls(pipe.transformer, calls):
         pipe(P1, P2, 0, 2, 1, 0.0, 2.0, 64, 64)
     assert torch.equal(calls[-1]["guidance"], torch.full((2,), 2.0))  # 2 prompt rows
+
+
+@pytest.mark.parametrize("length", [-1, 0, 513, "77"])
+def test_a_t5_length_flux_cannot_take_is_refused_before_encoding(pipe, monkeypatch, length):
+    """-1 was an OverflowError from the tokenizer; FluxPipeline refuses more than 512."""
+    monkeypatch.setattr(pipe, "max_sequence_length", length)
+    monkeypatch.setattr(pipe, "encode_prompt", lambda *a, **k: pytest.fail("encoded"))
+    with pytest.raises(ValueError, match=r"^pipe.max_sequence_length: expected an integer from 1 to 512"):
+        pipe(P1, P2, seed=0, **SMALL)
 
 
 # ----------------------------------------------------------------------------- parity with diffusers

@@ -153,3 +153,14 @@ def test_save_and_load_round_trip(tmp_path, t5):
         isinstance(loaded.scheduler, FlowMatchEulerDiscreteScheduler) and loaded.scheduler.config.shift == 3
     )
     torch.testing.assert_close(loaded(P1, P2, seed=2, **SMALL).samples, pipe(P1, P2, seed=2, **SMALL).samples)
+
+
+def test_a_size_past_the_position_embeddings_is_refused_before_encoding(pipe, monkeypatch):
+    """diffusers raised "Height (64) cannot be greater than pos_embed_max_size: 32" after the text
+    encoders ran, naming latent patches, not the argument (the tiny model's 32 patches: 512 pixels)."""
+    monkeypatch.setattr(pipe, "encode_prompt", lambda *a, **k: pytest.fail("encoded"))
+    for name in ("height", "width"):
+        size = {"height": 64, "width": 64, name: 528}
+        with pytest.raises(ValueError, match=rf"^{name}: expected at most 512 for this transformer \(32 "):
+            pipe(P1, P2, seed=0, num_inference_steps=2, **size)
+    assert pipe.check_inputs(P1, P2, height=512, width=512) == [P1, P2]
