@@ -79,8 +79,22 @@ def check_prompt(name: str, prompt) -> None:
         raise ValueError(f"{name}: not valid UTF-8 text ({ascii(prompt[:40])})") from None
 
 
+class SuperDiffWarning(UserWarning):
+    """A warning of this kit (an option without effect, a grid or a result to doubt); the playground shows
+    these in its status line, where a student sees them."""
+
+
+class SuperDiffRuntimeWarning(SuperDiffWarning, RuntimeWarning):
+    """A :class:`SuperDiffWarning` about a result (a lift missed, NaN pixels)."""
+
+
+KIT_CATEGORY = {UserWarning: SuperDiffWarning, RuntimeWarning: SuperDiffRuntimeWarning}
+
+
 def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
-    """``warnings.warn`` at the user's line: the first frame outside this package, torch and diffusers."""
+    """``warnings.warn`` at the user's line: the first frame outside this package, torch and diffusers; a
+    UserWarning or RuntimeWarning as this kit's own subclass of it."""
+    category = KIT_CATEGORY.get(category, category)
     files = [__file__] + [getattr(sys.modules.get(name), "__file__", None) for name in ("torch", "diffusers")]
     inside = tuple(os.path.dirname(file) + os.sep for file in files if file)
     frame, level = sys._getframe(1), 2  # stacklevel 2 is warn_caller's caller

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .limits import LIMITS, MAX_GUIDANCE, MAX_SEED, Limits
+from .limits import LIMITS, MAX_GUIDANCE, MAX_SEED, Limits, warn_caller
 from .output import SuperDiffOutput, format_images
 from .sampling import (
     OPTION_MODES,
@@ -127,6 +127,12 @@ def check_mode_options(n_prompts: int, lift, temperature, log_weights) -> None:
         raise ValueError(f"lift, log_weights: expected finite numbers, one per prompt ({err})") from None
 
 
+def check_limits(limits) -> None:
+    """``pipe.limits`` is a Limits (a dict or None would fail later, as an AttributeError)."""
+    if not isinstance(limits, Limits):
+        raise ValueError(f"pipe.limits: expected a superdiff.limits.Limits(...), got {type(limits).__name__}")
+
+
 def check_sampling_args(
     n_prompts: int,
     *,
@@ -143,6 +149,7 @@ def check_sampling_args(
     limits: Limits = LIMITS,
 ) -> None:
     """The checks every pipeline call needs (defaults: any valid value); ValueErrors name the argument."""
+    check_limits(limits)
     if n_prompts > limits.prompts:
         raise ValueError(
             f"prompt_1: expected at most {limits.prompts} prompts, got {n_prompts} (raise the limit: "
@@ -156,6 +163,15 @@ def check_sampling_args(
         raise ValueError(f"output_type: expected one of {OUTPUT_TYPES}, got {output_type!r}")
     check_mode_options(n_prompts, lift, temperature, log_weights)
     check_callback(callback_on_step_end)
+
+
+def warn_weak_guidance(guidance_scale: float, note: str = "") -> None:
+    """Classifier-free guidance below 1 steers less than none (at 0 every prompt moves x alike)."""
+    if guidance_scale < 1:
+        warn_caller(
+            f"guidance_scale={guidance_scale:g}: each prompt's field is ε̂_∅ + w·(ε̂_i − ε̂_∅), so below 1 "
+            f"the prompts steer less than unguided, and at 0 not at all{note}"
+        )
 
 
 def check_callback(callback) -> None:
@@ -199,8 +215,11 @@ def step_callback(
         if on_step is not None:
             on_step()
         if callback is not None:
-            kappa, log_q = state["kappa"][..., :n_prompts].clone(), state["log_q"][..., :n_prompts].clone()
-            kwargs = {"latents": state["x"].clone(), "kappa": kappa, "log_q": log_q}
+            kappa, log_q = (
+                state["kappa"][..., :n_prompts],
+                state["log_q"][..., :n_prompts],
+            )  # the core's copies
+            kwargs = {"latents": state["x"], "kappa": kappa, "log_q": log_q}
             kwargs |= {
                 "sigma": state["sigma"],
                 "sigma_next": state["sigma_next"],

@@ -28,6 +28,7 @@ from .output import SuperDiffOutput, to_uint8
 from .pipeline_common import (
     build_output,
     check_int,
+    check_limits,
     check_sampling_args,
     one_hot,
     parse_mode,
@@ -36,6 +37,7 @@ from .pipeline_common import (
     single_prompt_index,
     step_callback,
     superpose_options,
+    warn_weak_guidance,
 )
 from .sampling import Prediction, Predictor, guide, randn_like, superpose
 
@@ -310,6 +312,7 @@ def check_inputs(
     ``size_multiple``: height and width must be multiples of it (the pipeline's :attr:`size_multiple`);
     ``options``: the call's other arguments, as :func:`.pipeline_common.check_sampling_args` takes them.
     """
+    check_limits(limits)
     prompts = as_prompts(prompt_1, prompt_2)
     prompt_mode(mode, len(prompts))
     if single_prompt_index(mode) is None and len(prompts) < 2:
@@ -540,12 +543,8 @@ class SuperDiffMixin:
             callback_on_step_end=callback_on_step_end,
             joint_prompt=joint_prompt,
         )
-        if self.classifier_free and guidance_scale < 1:
-            warn_caller(
-                f"guidance_scale={guidance_scale:g}: each prompt's field is ε̂_∅ + w·(ε̂_i − ε̂_∅), so below 1 "
-                "the prompts steer less than unguided, and at 0 not at all; diffusers' guidance off "
-                "(guidance_scale <= 1) is guidance_scale=1 here"
-            )
+        if self.classifier_free:
+            warn_weak_guidance(guidance_scale, "; diffusers' guidance off (guidance_scale <= 1) is 1 here")
         core_mode, kappa = prompt_mode(mode, len(prompts))
         extra = [joint_prompt or JOINT_TEMPLATE.format(*prompts)] if mode == "joint" else []
         device, generator = self._execution_device, seeded(seed, generator)

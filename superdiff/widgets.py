@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 
@@ -30,7 +31,7 @@ from torch import Tensor
 
 from . import viz
 from ._torch import one_thread
-from .limits import APP_CULL_ENV, APP_ENV, MAX_SEED
+from .limits import APP_CULL_ENV, APP_ENV, MAX_SEED, SuperDiffWarning
 from .pipeline_common import check_finite, check_int, check_seed_value, parse_mode, superpose_options
 from .sampling import geometric_sigmas, superpose
 from .toy import up_and_down
@@ -587,7 +588,7 @@ class Playground:
             self.verdict.value = ""
             p = self.params()
             self.check_params(p)
-            self.result = self._sample(p)
+            self.result, notes = self._sample_noting_warnings(p)
             self.seconds = time.perf_counter() - start
             figure = self.backend.figure(self.result, p, viz.plain(self.title(p)))  # a "$" is not mathtext
             self.samples_out.outputs = (png_output(figure),)
@@ -599,7 +600,7 @@ class Playground:
                 judged = f", judged in {time.perf_counter() - tic:.1f} s"
             self._set_status(
                 f"Done: {self.result.kappa.shape[1]} samples, {p['steps']} steps in {self.seconds:.1f} s"
-                f"{judged}."
+                f"{judged}." + "".join(f" Warning: {note}" for note in notes)
             )
         except Exception as err:  # any failure, see the docstring; a result already sampled is kept
             self.error = err
@@ -610,6 +611,20 @@ class Playground:
         finally:
             self.button.disabled = False
         return self.result
+
+    def _sample_noting_warnings(self, p: dict) -> tuple:
+        """(result, the kit's warnings of the run): a button's warnings would go to the kernel's log, unseen;
+        other warnings are passed on."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SuperDiffWarning)
+            result = self._sample(p)
+        notes = []
+        for w in caught:
+            if not issubclass(w.category, SuperDiffWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            elif str(w.message) not in notes:
+                notes.append(str(w.message))
+        return result, notes
 
     def _sample(self, p: dict):
         """Run the backend, moving the progress bar every step and redrawing κ every few steps."""

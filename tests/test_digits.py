@@ -447,3 +447,24 @@ def test_a_raised_step_limit_is_the_pipelines_not_the_cores(pipe, monkeypatch):
     monkeypatch.setattr(pipe, "limits", Limits(steps=10_001))
     out = pipe("3", "8", num_inference_steps=10_001, batch_size=1, seed=0)
     assert out.kappa.shape == (10_001, 1, 2) and torch.isfinite(out.log_q).all()
+
+
+@pytest.mark.parametrize(
+    ("net", "got"),
+    [(EpsNet(num_classes=0), "num_classes=0"), (EpsNet(num_classes=5), "num_classes=5"), ("net", "str")],
+)
+def test_a_net_that_cannot_read_the_ten_digits_is_refused(net, got):
+    """An unconditional net sampled the same images for "3","8" as for "1","7"; 5 classes an IndexError."""
+    with pytest.raises(ValueError, match=rf"^net: expected a class-conditional EpsNet .*, got {got}; "):
+        DigitsPipeline(net)
+    assert DigitsPipeline(EpsNet(num_classes=10)).net.config["num_classes"] == 10
+
+
+@pytest.mark.parametrize("model", ["net", "gaussian"])
+def test_guidance_below_one_warns_as_on_stable_diffusion(model, recwarn):
+    """The digits models guide classifier-free too: w = 0 moves every prompt's sample alike."""
+    pipe = DigitsPipeline(model=model)
+    for w in (0.0, 0.5, 1.0, 2.0):
+        pipe("3", "8", seed=0, num_inference_steps=5, guidance_scale=w)
+    said = [(w.filename, str(w.message).split(":")[0]) for w in recwarn if "steer less" in str(w.message)]
+    assert said == [(__file__, "guidance_scale=0"), (__file__, "guidance_scale=0.5")]

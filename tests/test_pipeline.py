@@ -15,7 +15,7 @@ from torch import Tensor
 
 from superdiff import SuperDiffPipeline
 from superdiff.hub import WeightsUnavailableError
-from superdiff.limits import LIMITS, Limits
+from superdiff.limits import LIMITS, Limits, SuperDiffWarning
 from superdiff.pipeline_superdiff import CUSTOM_PIPELINE, PromptPredictor, euler_grid
 from superdiff.sampling import NonFiniteError, guide
 from superdiff.testing import sd_scheduler, tiny_pipeline
@@ -329,7 +329,7 @@ def test_zero_length_steps_are_dropped_keeping_the_timestep_that_moves(recwarn):
     stuck = sd_scheduler(final_sigmas_type="sigma_min")  # linspace at 1 step: t = 0, whose σ is sigma_min
     with pytest.raises(ValueError, match="^num_inference_steps: .* no step of non-zero length"):
         euler_grid(stuck, 1)
-    assert [w.category for w in recwarn if "σ grid starts at 0.0292" in str(w.message)] == [UserWarning]
+    assert [w.category for w in recwarn if "σ grid starts at 0.0292" in str(w.message)] == [SuperDiffWarning]
 
 
 @pytest.mark.parametrize(
@@ -425,6 +425,10 @@ def test_limits_can_be_raised_per_pipeline(pipe, monkeypatch):
     monkeypatch.setattr(pipe, "limits", Limits(steps=5))
     with pytest.raises(ValueError, match="^num_inference_steps: .* 1 to 5"):
         pipe(P1, P2, **SMALL)
+    for wrong in ({"steps": 5}, None):  # an AttributeError from deep inside, before
+        monkeypatch.setattr(pipe, "limits", wrong)
+        with pytest.raises(ValueError, match=r"^pipe.limits: expected a superdiff.limits.Limits\(...\), got"):
+            pipe(P1, P2, **SMALL)
 
 
 def test_pixels_per_call_are_bounded_before_any_work(pipe, monkeypatch):

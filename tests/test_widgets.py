@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import types
+import warnings
 
 import ipywidgets
 import pytest
@@ -292,6 +293,23 @@ def test_digits_playground_runs_the_chosen_model_and_judges_its_unclamped_sample
         assert ("exact densities" in pg.verdict.value) == (model == "gaussian")
     assert not torch.equal(samples["net"], samples["gaussian"])
     assert not torch.equal(samples["net"], samples["fokker_planck"])
+
+
+def test_the_kits_warnings_of_a_run_show_in_the_status_line_each_run(recwarn):
+    """A button's warnings went to the kernel's log: guidance w = 0.5 steered less than none, unseen."""
+    require("superdiff.digits")
+    pg = playground("digits")
+    pg.steps.value, pg.batch_size.value, pg.guidance_scale.value = 10, 2, 0.5
+    for silenced in (False, False, True):  # a warning shows once per line; notebooks often silence them
+        with warnings.catch_warnings():
+            if silenced:
+                warnings.simplefilter("ignore")
+            pg.generate()
+        assert pg.error is None and pg.status.value.count("Warning: guidance_scale=0.5: each prompt") == 1
+    pg.guidance_scale.value = 2.0
+    pg.generate()
+    assert "Done: 2 samples" in pg.status.value and "Warning" not in pg.status.value
+    assert not [w for w in recwarn if "guidance_scale" in str(w.message)]  # noted, not also logged
 
 
 def test_a_given_pipeline_has_no_model_choice_and_stable_diffusion_no_judge():

@@ -17,6 +17,7 @@ from ..pipeline_common import (
     seeded,
     step_callback,
     superpose_options,
+    warn_weak_guidance,
 )
 from ..sampling import Prediction, Predictor, guide, randn_like, superpose
 from .gaussian import GaussianDigitPredictor
@@ -88,6 +89,13 @@ class DigitsPipeline:
             raise ValueError(f"model: expected one of {MODELS}, got {model!r}")
         if net is not None and model != "net":
             raise ValueError("net: only for model='net'")
+        classes = net.config["num_classes"] if isinstance(net, EpsNet) else None
+        if net is not None and classes != 10:
+            got = type(net).__name__ if classes is None else f"num_classes={classes}"
+            raise ValueError(
+                f"net: expected a class-conditional EpsNet of the 10 digits (num_classes=10), got {got}; an "
+                "unconditional one ignores the prompts"
+            )
         self.model = model
         self.net = net if net is not None else NETS[model]() if model in NETS else None
 
@@ -157,6 +165,7 @@ class DigitsPipeline:
             seed=seed,
             generator=generator,
         )
+        warn_weak_guidance(guidance_scale)
         core_mode, kappa = parse_mode(mode, len(labels))
         generator, sigmas = seeded(seed, generator), default_sigmas(int(num_inference_steps))
         x = sigmas[0].item() * randn_like(torch.empty(int(batch_size), 1, 8, 8), generator)
