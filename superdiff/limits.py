@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import unicodedata
 import warnings
 from dataclasses import dataclass
 
@@ -77,6 +78,8 @@ def check_prompt(name: str, prompt) -> None:
         prompt.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError(f"{name}: not valid UTF-8 text ({ascii(prompt[:40])})") from None
+    if not any(unicodedata.category(c)[0] in "LNPS" for c in prompt):  # letter, number, punctuation, symbol
+        raise ValueError(f"{name}: expected visible text, got only invisible characters {ascii(prompt[:40])}")
 
 
 class SuperDiffWarning(UserWarning):

@@ -72,6 +72,7 @@ def test_tiny_pipeline_is_seeded_and_leaves_global_rng_alone(family):
 BAD = [
     ("prompt_1", dict(prompt_1="")),
     ("prompt_2", dict(prompt_2="   ")),
+    ("prompt_2", dict(prompt_2="\u200b\u2060")),  # zero-width characters: CLIP reads an empty prompt
     ("prompt_2", dict(prompt_2=None)),
     ("prompt_1", dict(prompt_1=None)),
     ("height", dict(height=100)),
