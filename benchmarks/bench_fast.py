@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import threading
 import time
 from contextlib import contextmanager
@@ -179,8 +180,10 @@ def report_timing(name: str, row: dict) -> None:
 def report_details(name: str, row: dict, step_ms: float) -> None:
     """Peak memory, syncs, and the profiled denoiser and superposition against the timed (unprofiled) step."""
     share = 100 * row["update"] / step_ms
+    cuda = math.isfinite(row["peak"])  # peak memory and syncs are CUDA's counters
+    peak, syncs = (f"{row['peak']:5.2f} GiB", f"{row['syncs']:.1f}") if cuda else ("n/a (CPU)", "n/a")
     print(
-        f"{name:34s} peak {row['peak']:5.2f} GiB  syncs/step {row['syncs']:.1f}  denoiser "
+        f"{name:34s} peak {peak}  syncs/step {syncs}  denoiser "
         f"{row['denoiser']:.2f} ms, superposition {row['update']:.3f} ms/step ({share:.1f} % of the timed "
         f"step, {step_ms:.2f} ms)"
     )

@@ -493,8 +493,8 @@ def superpose(
             densities' changes equal, not only their estimates', and as the steps grow each log q is
             unbiased on its own. Without it AND favours the model whose density is sharper along
             those differences (two Gaussians of std s₁ > s₂: by ≈ ln(s₁/s₂) nats, at any step count). The
-            step's forward then runs with autograd, plus N·(N − 1) vector–Jacobian products: 2.7–2.8× the
-            time of a plain AND step for two models on CPU (benchmarks/bench_curvature.py).
+            step's forward then runs with autograd, plus N·(N − 1) vector–Jacobian products: about 2.5–3×
+            the time of a plain AND step for two models on CPU (benchmarks/bench_curvature.py).
 
     Returns a :class:`SuperpositionResult`. Under AND, κ is solved after the step's noise is drawn, so it
     can leave [0, 1] and, without ``curvature``, each log q trace drifts by a bias that more steps do not
