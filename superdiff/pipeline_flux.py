@@ -27,7 +27,7 @@ from .pipeline_sd3 import (
     flow_grid,
     installed_parts,
 )
-from .pipeline_superdiff import SuperDiffMixin, warn_dropped
+from .pipeline_superdiff import SuperDiffMixin, quiet_encoding, warn_dropped
 from .sampling import Prediction
 
 PATCH = 2  # Flux packs 2×2 latent patches into one token
@@ -192,10 +192,12 @@ class SuperDiffFluxPipeline(SuperDiffMixin, FluxPipeline):
     def prompt_context(self, prompts: list[str], device, height: int, width: int) -> dict:
         """T5 hidden states and pooled CLIP embeddings, one row per prompt (no empty prompt); the text and
         image position ids; the image size."""
-        self.warn_truncated(prompts)
-        embeddings, pooled, txt_ids = self.encode_prompt(
-            prompts, None, device=device, max_sequence_length=self.max_sequence_length
-        )
+        self.warn_truncated(prompts, note=f" for its pooled embedding (T5 reads {self.max_sequence_length})")
+        self.warn_truncated(prompts, self.tokenizer_2, "T5", limit=self.max_sequence_length)
+        with quiet_encoding():
+            embeddings, pooled, txt_ids = self.encode_prompt(
+                prompts, None, device=device, max_sequence_length=self.max_sequence_length
+            )
         channels = self.transformer.config.in_channels // PATCH**2
         _, img_ids = self.prepare_latents(  # diffusers' own ids (their shape changed across versions)
             1, channels, height, width, embeddings.dtype, device, None, latents=torch.empty(0)

@@ -21,7 +21,9 @@ from torch import Tensor
 from .flow import eps_from_velocity, flow_sigmas, t_of_sigma
 from .output import to_uint8
 from .pipeline_common import resolved_annotations
-from .pipeline_superdiff import PromptPredictor, SuperDiffMixin, moving_steps, warn_dropped
+from .pipeline_superdiff import PromptPredictor, SuperDiffMixin, moving_steps, quiet_encoding, warn_dropped
+
+T5_TOKENS = 256  # T5 tokens per prompt: StableDiffusion3Pipeline's max_sequence_length
 
 
 def calculate_shift(seq_len: int, base_seq_len: int, max_seq_len: int, base_shift: float, max_shift: float):
@@ -216,10 +218,15 @@ class SuperDiffSD3Pipeline(SuperDiffMixin, StableDiffusion3Pipeline):
 
     def prompt_context(self, prompts: list[str], device, height: int, width: int) -> dict:
         """Joint (CLIP-L, CLIP-G, T5 or zeros) and pooled CLIP embeddings; the empty prompt last."""
-        self.warn_truncated(prompts)
-        embeddings, _, pooled, _ = self.encode_prompt(
-            prompts + [""], None, None, device=device, do_classifier_free_guidance=False
-        )
+        t5 = f" (T5 reads {T5_TOKENS})" if self.tokenizer_3 is not None else ""
+        self.warn_truncated(prompts, note=t5)
+        if self.tokenizer_3 is not None:
+            self.warn_truncated(prompts, self.tokenizer_3, "T5", limit=T5_TOKENS)
+        with quiet_encoding():
+            embeddings, _, pooled, _ = self.encode_prompt(
+                prompts + [""], None, None, device=device, do_classifier_free_guidance=False,
+                max_sequence_length=T5_TOKENS,
+            )  # fmt: skip
         return {"embeddings": embeddings, "pooled_projections": pooled}
 
     def make_predictor(self, context: dict, n_models: int, guidance_scale: float, sigmas, timesteps):

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, EulerDiscreteScheduler, UNet2DConditionModel
+from diffusers.utils import logging as diffusers_logging
 from torch import Tensor
 from transformers import CLIPTextModel, CLIPTokenizer
+from transformers.utils import logging as transformers_logging
 
 from .fast import (
     FastSampling,
@@ -155,6 +158,22 @@ def warn_low_start(start: float, train: Tensor, num_inference_steps: int, spacin
             f"grid starts at {start:.3g}, {start / sigma_max:.1%} of the σ_max {sigma_max:.3g} the model was "
             f"trained to start from, so images come out noisy; use {TRAILING}"
         )
+
+
+@contextmanager
+def quiet_encoding():
+    """diffusers' and transformers' log lines about long prompts off while a pipeline encodes: they repeat
+    the dropped tokens (padding too, for the batched empty prompt) in lines of kilobytes;
+    :meth:`warn_truncated` says it in one line per prompt and encoder."""
+    libraries = (diffusers_logging, transformers_logging)  # transformers': "Token indices sequence length …"
+    levels = [library.get_verbosity() for library in libraries]
+    for library in libraries:
+        library.set_verbosity_error()
+    try:
+        yield
+    finally:
+        for library, level in zip(libraries, levels, strict=True):
+            library.set_verbosity(level)
 
 
 def warn_dropped(requested: int, ran: int, why: str) -> None:
@@ -391,15 +410,18 @@ class SuperDiffMixin:
             prompt_1, prompt_2, limits=self.limits, size_multiple=self.size_multiple, **kwargs
         )
 
-    def warn_truncated(self, prompts: list[str], tokenizer=None, name: str = "CLIP") -> None:
-        """Warn (as diffusers' pipelines do) about prompts longer than a text encoder's window."""
+    def warn_truncated(
+        self, prompts: list[str], tokenizer=None, name: str = "CLIP", limit: int | None = None, note: str = ""
+    ) -> None:
+        """Warn, once per prompt and encoder, about prompts longer than a text encoder's window (``limit``
+        tokens; default the tokenizer's), in place of diffusers' long log lines (:func:`quiet_encoding`)."""
         tokenizer = self.tokenizer if tokenizer is None else tokenizer
-        limit = tokenizer.model_max_length
-        for prompt, ids in zip(prompts, tokenizer(prompts).input_ids, strict=True):
+        limit = tokenizer.model_max_length if limit is None else limit
+        for prompt, ids in zip(prompts, tokenizer(prompts, verbose=False).input_ids, strict=True):
             if len(ids) > limit:
                 dropped = tokenizer.decode(ids[limit - 1 : -1])
                 warn_caller(
-                    f"prompt {abbreviate(prompt, 200)!r} is cut to {name}'s {limit} tokens; "
+                    f"prompt {abbreviate(prompt, 200)!r} is cut to {name}'s {limit} tokens{note}; "
                     f"dropped: {abbreviate(dropped, 200)!r}",
                 )
 

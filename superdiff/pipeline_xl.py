@@ -26,7 +26,13 @@ from transformers import (
 
 from superdiff.output import to_uint8
 from superdiff.pipeline_common import resolved_annotations
-from superdiff.pipeline_superdiff import PromptPredictor, SuperDiffMixin, as_euler, check_euler
+from superdiff.pipeline_superdiff import (
+    PromptPredictor,
+    SuperDiffMixin,
+    as_euler,
+    check_euler,
+    quiet_encoding,
+)
 
 XL_CUSTOM_PIPELINE = __file__  # DiffusionPipeline.from_pretrained(folder, custom_pipeline=XL_CUSTOM_PIPELINE)
 
@@ -84,9 +90,10 @@ class SuperDiffXLPipeline(SuperDiffMixin, StableDiffusionXLPipeline):
     def prompt_context(self, prompts: list[str], device, height: int, width: int) -> dict:
         """Rows for the prompts, then the empty prompt: hidden states, pooled embeddings and time ids."""
         self.warn_truncated(prompts, self.tokenizer if self.tokenizer_2 is None else self.tokenizer_2)
-        embeds, uncond, pooled, uncond_pooled = self.encode_prompt(
-            prompts, device=device, do_classifier_free_guidance=True
-        )
+        with quiet_encoding():
+            embeds, uncond, pooled, uncond_pooled = self.encode_prompt(
+                prompts, device=device, do_classifier_free_guidance=True
+            )
         time_ids = self.time_ids(height, width, pooled).repeat(len(prompts) + 1, 1)
         return {
             "embeddings": torch.cat([embeds, uncond[:1]]).to(device),

@@ -5,6 +5,7 @@ test_pipeline_flux.py."""
 
 import functools
 import inspect
+import logging
 import math
 import re
 import typing
@@ -396,3 +397,31 @@ def test_a_vae_that_decodes_nan_is_warned_of_and_the_latents_decode_again(family
     monkeypatch.setattr(pipe.vae, "decode", decode)
     again = pipe.decode_latents(out.latents)  # what the warning advises
     assert torch.equal(again[0], out.images[0]) and again[1].any()
+
+
+@pytest.mark.parametrize("family", BUILDERS)
+def test_a_long_prompt_gets_one_line_per_encoder_not_the_libraries_logs(family, pipes):
+    """diffusers logged the dropped tokens of every row (the empty prompt's padding too) in lines of
+    kilobytes, and said CLIP's 77 tokens where T5 reads on."""
+    long = " ".join(["a red flamingo standing in water"] * 12)  # 324 CLIP tokens
+    logged = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    loggers = [logging.getLogger(name) for name in ("diffusers", "transformers")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pipes(family)(long, P2, seed=0, **SMALL)
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    said = [str(w.message) for w in caught if str(w.message).startswith("prompt 'a red flamingo")]
+    encoders = [m.split(" is cut to ")[1].split("'s")[0] for m in said]
+    assert encoders == (["CLIP", "T5"] if family == "flux" else ["CLIP"])
+    assert all(w.filename == __file__ for w in caught if str(w.message) in said)
+    if family == "flux":
+        t5 = pipes(family).max_sequence_length
+        assert f"CLIP's 77 tokens for its pooled embedding (T5 reads {t5}); dropped:" in said[0]
+    assert logged == [], logged[0][:300]

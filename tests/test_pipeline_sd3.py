@@ -164,3 +164,11 @@ def test_a_size_past_the_position_embeddings_is_refused_before_encoding(pipe, mo
         with pytest.raises(ValueError, match=rf"^{name}: expected at most 512 for this transformer \(32 "):
             pipe(P1, P2, seed=0, num_inference_steps=2, **size)
     assert pipe.check_inputs(P1, P2, height=512, width=512) == [P1, P2]
+
+
+def test_a_long_prompt_names_t5s_window_where_t5_reads_it(recwarn):
+    long = " ".join(["a red flamingo standing in water"] * 60)  # past T5's 256 tokens too
+    tiny_sd3_pipeline(t5=True)(long, P2, seed=0, num_inference_steps=2)
+    said = [str(w.message) for w in recwarn if str(w.message).startswith("prompt 'a red flamingo")]
+    assert len(said) == 2 and "is cut to CLIP's 77 tokens (T5 reads 256); dropped:" in said[0]
+    assert "is cut to T5's 256 tokens; dropped:" in said[1]
