@@ -322,7 +322,9 @@ def _per_model(value, name: str, n_models: int, scalar: bool = True) -> Tensor:
     expected = f"a scalar or {n_models} {finite}" if scalar else f"{n_models} {finite}, one per model"
     items = value if isinstance(value, (list, tuple)) else [value]
     try:
-        if any(isinstance(item, bool) for item in items):  # True is not a number here
+        if any(isinstance(item, (bool, np.bool_)) for item in items):  # True is not a number here
+            raise TypeError
+        if getattr(value, "dtype", None) in (torch.bool, np.bool_):  # nor a tensor or array of them
             raise TypeError
         v = torch.as_tensor(value, dtype=torch.float64).cpu()
     except (TypeError, ValueError, RuntimeError):  # strings, ragged lists, None, True

@@ -325,6 +325,9 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
         ),
         ({"lift": True}, "lift: expected a scalar or 2 values"),
         ({"lift": [True, 0.0]}, "lift: expected a scalar or 2 values"),
+        ({"lift": np.bool_(True)}, "lift: expected a scalar or 2 values"),
+        ({"lift": torch.tensor([True, False])}, "lift: expected a scalar or 2 values"),
+        ({"lift": np.array([True, False])}, "lift: expected a scalar or 2 values"),
         ({"callback": 5}, "callback: expected a function f\\(state\\) or None, got int"),
         ({"curvature": 1}, "curvature: expected True or False, got 1"),
         (
