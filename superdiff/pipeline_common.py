@@ -215,10 +215,7 @@ def step_callback(
         if on_step is not None:
             on_step()
         if callback is not None:
-            kappa, log_q = (
-                state["kappa"][..., :n_prompts],
-                state["log_q"][..., :n_prompts],
-            )  # the core's copies
+            kappa, log_q = state["kappa"][..., :n_prompts], state["log_q"][..., :n_prompts]  # copies
             kwargs = {"latents": state["x"], "kappa": kappa, "log_q": log_q}
             kwargs |= {
                 "sigma": state["sigma"],
