@@ -468,3 +468,13 @@ def test_guidance_below_one_warns_as_on_stable_diffusion(model, recwarn):
         pipe("3", "8", seed=0, num_inference_steps=5, guidance_scale=w)
     said = [(w.filename, str(w.message).split(":")[0]) for w in recwarn if "steer less" in str(w.message)]
     assert said == [(__file__, "guidance_scale=0"), (__file__, "guidance_scale=0.5")]
+
+
+def test_a_prompt_2_given_with_a_list_is_appended_as_on_stable_diffusion():
+    """It was refused ("prompt_2: must be None when prompt_1 is a list") where SD appends it."""
+    pipe = DigitsPipeline(model="gaussian")
+    appended = pipe(["3", "8"], "1", seed=0, num_inference_steps=5)
+    listed = pipe(["3", "8", "1"], seed=0, num_inference_steps=5)
+    assert appended.kappa.shape[-1] == 3 and torch.equal(appended.samples, listed.samples)
+    with pytest.raises(ValueError, match="^prompt_2: unknown digit"):
+        pipe(["3", "8"], "eleven", seed=0, num_inference_steps=5)

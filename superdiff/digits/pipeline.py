@@ -50,14 +50,14 @@ MODELS = (*NETS, "gaussian")
 
 
 def labels_of(prompt_1, prompt_2) -> list[int]:
-    """Digit labels of the prompts: a digit name each, or a list of names as prompt_1 (N > 2)."""
+    """Digit labels of the prompts: a digit name, or a list of names (N > 2), as prompt_1; then prompt_2
+    if given (appended to a list, as the Stable Diffusion pipeline does)."""
     if isinstance(prompt_1, (list, tuple)):
-        if prompt_2 is not None:
-            raise ValueError("prompt_2: must be None when prompt_1 is a list of prompts")
         if not prompt_1:
             raise ValueError("prompt_1: expected a digit name or a non-empty list of digit names")
-        return [label_of(p, f"prompt_1[{i}]") for i, p in enumerate(prompt_1)]
-    labels = [label_of(prompt_1, "prompt_1")]
+        labels = [label_of(p, f"prompt_1[{i}]") for i, p in enumerate(prompt_1)]
+    else:
+        labels = [label_of(prompt_1, "prompt_1")]
     return labels if prompt_2 is None else labels + [label_of(prompt_2, "prompt_2")]
 
 
