@@ -21,6 +21,7 @@ __all__ = [
     "SuperDiffFluxPipeline",
     "SuperDiffPipeline",
     "SuperDiffSD3Pipeline",
+    "SuperDiffWarning",
     "SuperDiffXLPipeline",
     "StopSampling",
     "SuperpositionResult",
@@ -44,9 +45,11 @@ _PIPELINES = {
     "SuperDiffSD3Pipeline": ".pipeline_sd3",
     "SuperDiffFluxPipeline": ".pipeline_flux",
 }
-_MODULE_OF = {name: _PIPELINES.get(name, ".sampling") for name in __all__}
+_OTHERS = {**_PIPELINES, "SuperDiffWarning": ".limits"}
+_MODULE_OF = {name: _OTHERS.get(name, ".sampling") for name in __all__}
 
 if TYPE_CHECKING:  # what editors and type checkers see
+    from .limits import SuperDiffWarning
     from .pipeline_flux import SuperDiffFluxPipeline
     from .pipeline_sd3 import SuperDiffSD3Pipeline
     from .pipeline_superdiff import SuperDiffPipeline

@@ -45,9 +45,9 @@ def test_the_command_starts_without_torch_and_the_package_names_load_on_use():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out == "[] True\n"  # and dir() lists the names not yet loaded, for tab completion
     import superdiff
-    from superdiff import pipeline_flux, pipeline_sd3, pipeline_superdiff, pipeline_xl, sampling
+    from superdiff import limits, pipeline_flux, pipeline_sd3, pipeline_superdiff, pipeline_xl, sampling
 
-    modules = (sampling, pipeline_superdiff, pipeline_xl, pipeline_sd3, pipeline_flux)
+    modules = (sampling, pipeline_superdiff, pipeline_xl, pipeline_sd3, pipeline_flux, limits)
     for name in superdiff.__all__:
         assert any(getattr(superdiff, name) is getattr(m, name, None) for m in modules), name
     assert "superpose" in superdiff.__all__
