@@ -92,7 +92,7 @@ def user_source(text: str) -> str:
     """argparse's type of an option that takes a Hub id or a local path: a path's ``~`` expanded as by
     :func:`user_path` (so ``--model=~/sd`` is the folder); a Hub id or a shipped name is left as it is."""
     if not text.strip():
-        raise argparse.ArgumentTypeError(f"expected a Hub id or a path, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a name or a path, got {text!r}")
     return str(user_path(text)) if text.startswith("~") else text
 
 

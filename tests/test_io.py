@@ -131,8 +131,9 @@ def test_every_out_expands_the_home_folder_the_shell_leaves_in_out_equals(tmp_pa
         (["sweep", "--model=~/sd"], "--model: '{home}/sd' has no model_index.json"),
         (["export-hub", "e", "--model=~/sd"], "'{home}/sd' has no model_index.json"),
         (["sweep", "--model", "digits", "--pairs=~/pairs.csv"], "--pairs: line 2 of '{home}/pairs.csv'"),
-        (["generate", "3", "8", "--model="], "argument --model: expected a Hub id or a path, got ''"),
-        (["sweep", "--model", " "], "argument --model: expected a Hub id or a path, got ' '"),
+        (["generate", "3", "8", "--model="], "argument --model: expected a name or a path, got ''"),
+        (["sweep", "--model", " "], "argument --model: expected a name or a path, got ' '"),
+        (["sweep", "--pairs="], "argument --pairs: expected a name or a path, got ''"),
     ],
 )
 def test_a_model_or_pairs_path_expands_the_home_folder_too(argv, expected, tmp_path, monkeypatch, capsys):
