@@ -357,7 +357,7 @@ OPTIONS = {  # the pipelines' argument names as the CLI spells them, for error m
 def as_option_error(err: ValueError) -> ValueError:
     """The pipeline's ValueError naming its argument as the CLI option (num_inference_steps -> --steps)."""
     name, sep, rest = str(err).partition(": ")
-    rest = rest.replace("pipe.limits = Limits(size=...), or --max-size", "--max-size")
+    rest = rest.replace("pipe.limits = Limits(size=...)", "--max-size")
     rest = re.sub(r" \((raise the limit: )?pipe\.limits = Limits\(\w+=\.\.\.\)( raises it)?\)", "", rest)
     if name == "joint_prompt":
         return ValueError(

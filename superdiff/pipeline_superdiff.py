@@ -310,7 +310,7 @@ def check_size(height, width, max_size: int = LIMITS.size, multiple: int = 8) ->
         if value > max_size:
             raise ValueError(
                 f"{name}: expected at most {max_size} pixels, got {value} (raise the limit: pipe.limits = "
-                f"Limits(size=...), or --max-size)"
+                f"Limits(size=...))"
             )
 
 
