@@ -148,8 +148,8 @@ def check_sampling_args(
     callback_on_step_end=None,
     limits: Limits = LIMITS,
 ) -> None:
-    """The checks every pipeline call needs (defaults: any valid value); ValueErrors name the argument."""
-    check_limits(limits)
+    """The checks every pipeline call needs (defaults: any valid value); ValueErrors name the argument.
+    ``limits``: a Limits (the caller has run :func:`check_limits` on it)."""
     if n_prompts > limits.prompts:
         raise ValueError(
             f"prompt_1: expected at most {limits.prompts} prompts, got {n_prompts} (raise the limit: "

@@ -8,6 +8,7 @@ sampler and Itô density estimator run unchanged.
 from __future__ import annotations
 
 import inspect
+import math
 
 import torch
 from diffusers import (
@@ -184,10 +185,10 @@ class SuperDiffSD3Pipeline(SuperDiffMixin, StableDiffusion3Pipeline):
     def check_inputs(self, prompt_1, prompt_2, **kwargs) -> list[str]:
         """:meth:`.SuperDiffMixin.check_inputs`, and sizes within the transformer's position embeddings."""
         prompts = super().check_inputs(prompt_1, prompt_2, **kwargs)
-        top = self.transformer.config.get("pos_embed_max_size")
-        largest = top * self.size_multiple if top else None  # SD3 medium: 192 × 16 = 3072 pixels
+        top = self.transformer.config.get("pos_embed_max_size") or math.inf  # None: no such bound
+        largest = top * self.size_multiple  # SD3 medium: 192 × 16 = 3072 pixels
         for name in ("height", "width"):
-            if largest is not None and kwargs.get(name, 0) > largest:
+            if kwargs.get(name, 0) > largest:
                 raise ValueError(
                     f"{name}: expected at most {largest} for this transformer ({top} position embeddings of "
                     f"{self.size_multiple}-pixel patches), got {kwargs[name]}"
@@ -218,9 +219,10 @@ class SuperDiffSD3Pipeline(SuperDiffMixin, StableDiffusion3Pipeline):
 
     def prompt_context(self, prompts: list[str], device, height: int, width: int) -> dict:
         """Joint (CLIP-L, CLIP-G, T5 or zeros) and pooled CLIP embeddings; the empty prompt last."""
-        t5 = f" (T5 reads {T5_TOKENS})" if self.tokenizer_3 is not None else ""
-        self.warn_truncated(prompts, note=t5)
-        if self.tokenizer_3 is not None:
+        if self.tokenizer_3 is None:  # CLIP's embeddings alone
+            self.warn_truncated(prompts)
+        else:
+            self.warn_truncated(prompts, note=f" (T5 reads {T5_TOKENS})")
             self.warn_truncated(prompts, self.tokenizer_3, "T5", limit=T5_TOKENS)
         with quiet_encoding():
             embeddings, _, pooled, _ = self.encode_prompt(

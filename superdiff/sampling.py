@@ -280,7 +280,7 @@ class SuperpositionResult:
 def _as_predictor(models) -> Predictor:
     if isinstance(models, Predictor):
         n = getattr(models, "num_models", None)
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
             raise ValueError(
                 f"models: a Predictor's num_models must be a positive integer, got {n!r} "
                 f"({type(models).__name__})"
@@ -757,13 +757,18 @@ def probability_flow(
         x = x + dsigma * eps
         log_q = log_q - dsigma * div
         log_qs.append(log_q)
-    result = FlowResult(x, torch.stack(log_qs), sigmas, calls)
-    for name in ("log_q", "samples"):
-        if not torch.isfinite(getattr(result, name)).all():
+    log_qs = torch.stack(log_qs)
+    check_finite_flow(log_q=log_qs, samples=x)
+    return FlowResult(x, log_qs, sigmas, calls)
+
+
+def check_finite_flow(**values: Tensor) -> None:
+    """The PF-ODE's results are finite; else NonFiniteError naming the first that is not."""
+    for name, value in values.items():
+        if not torch.isfinite(value).all():
             raise NonFiniteError(
                 f"{name}: NaN or infinite; the model returned NaN or inf, or its output overflowed"
             )
-    return result
 
 
 def _heun_step(model: EpsModel, x: Tensor, s: float, s_next: float, hutchinson, generator):
@@ -808,8 +813,5 @@ def log_likelihood(
         x, d_delta = _heun_step(model, x, s, s_next, hutchinson, generator)
         delta = delta + d_delta
     log_q = gaussian_log_prob(x.to(delta.dtype), up[-1]) + delta
-    if not torch.isfinite(log_q).all():
-        raise NonFiniteError(
-            "log_q: NaN or infinite; the model returned NaN or inf, or its output overflowed"
-        )
+    check_finite_flow(log_q=log_q)
     return log_q

@@ -12,6 +12,7 @@ from ..limits import LIMITS
 from ..output import SuperDiffOutput, to_uint8
 from ..pipeline_common import (
     build_output,
+    check_limits,
     check_sampling_args,
     parse_mode,
     seeded,
@@ -66,6 +67,7 @@ def check_inputs(prompt_1, prompt_2=None, mode="and", limits=LIMITS, **options) 
 
     ``options``: the call's other arguments, as :func:`.pipeline_common.check_sampling_args` takes them.
     """
+    check_limits(limits)
     labels = labels_of(prompt_1, prompt_2)
     parse_mode(mode, len(labels))
     check_sampling_args(len(labels), limits=limits, **options)
