@@ -33,7 +33,7 @@ from ._io import (
     write_atomically,
 )
 from .hub import dtype_kwarg, explain_unavailable, folder_errors, offline_kwargs
-from .limits import LIMITS, MAX_SEED, MAX_SIZE, out_of_memory
+from .limits import LIMITS, MAX_SEED, MAX_SIZE, out_of_memory, raise_hint
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 OFFLINE_MODELS = {
@@ -357,8 +357,8 @@ OPTIONS = {  # the pipelines' argument names as the CLI spells them, for error m
 def as_option_error(err: ValueError) -> ValueError:
     """The pipeline's ValueError naming its argument as the CLI option (num_inference_steps -> --steps)."""
     name, sep, rest = str(err).partition(": ")
-    rest = rest.replace("pipe.limits = Limits(size=...)", "--max-size")
-    rest = re.sub(r" \((raise the limit: )?pipe\.limits = Limits\(\w+=\.\.\.\)( raises it)?\)", "", rest)
+    rest = rest.replace(raise_hint("size"), " (raise the limit: --max-size)")
+    rest = re.sub(r" \(raise the limit: pipe\.limits = [^)]*\)\)", "", rest)  # no option raises the others
     if name == "joint_prompt":
         return ValueError(
             "--mode: 'joint' on the command line takes exactly two prompts (\"A that looks like B\")"

@@ -3,16 +3,17 @@ Also the kit's warnings, which point at the caller's line."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import unicodedata
 import warnings
-from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Limits:
-    """Upper bounds of a pipeline call; set a pipeline's ``limits`` (or pass --max-size) to raise them."""
+    """Upper bounds of a pipeline call; raise them with ``pipe.limits = pipe.limits.replace(size=4096)``
+    (the CLI: --max-size)."""
 
     steps: int = 10_000  # 10× the paper's 1000
     batch_size: int = 1_024  # images per call
@@ -24,6 +25,16 @@ class Limits:
         for name, value in vars(self).items():
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ValueError(f"Limits.{name}: expected a positive integer, got {value!r}")
+
+    def replace(self, **changes) -> Limits:
+        """These limits with the given fields changed (they are frozen; the others are kept)."""
+        return dataclasses.replace(self, **changes)
+
+
+def raise_hint(field: str) -> str:
+    """How an error past a limit says to raise it; also in an exported pipeline, where ``Limits`` is not
+    importable from ``superdiff``."""
+    return f" (raise the limit: pipe.limits = pipe.limits.replace({field}=...))"
 
 
 LIMITS = Limits()

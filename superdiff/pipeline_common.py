@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .limits import LIMITS, MAX_GUIDANCE, MAX_SEED, Limits, warn_caller
+from .limits import LIMITS, MAX_GUIDANCE, MAX_SEED, Limits, raise_hint, warn_caller
 from .output import SuperDiffOutput, format_images
 from .sampling import (
     OPTION_MODES,
@@ -94,6 +94,14 @@ def check_int(name: str, value, low: int, hint: str = "", high: int | None = Non
         raise ValueError(f"{name}: expected an integer {span}{hint}, got {value!r}")
 
 
+def check_count(name: str, value, limits: Limits, field: str) -> None:
+    """An integer from 1 to ``limits.<field>``; past it, the error says how to raise the limit."""
+    high = getattr(limits, field)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > high:
+        raise ValueError(f"{name}: expected an integer from 1 to {high}, got {value!r}{raise_hint(field)}")
+    check_int(name, value, 1, high=high)
+
+
 def check_finite(name: str, value, low: float = -math.inf, high: float = math.inf) -> None:
     """A finite real number (not a bool) in [low, high]."""
     real = isinstance(value, numbers.Real) and not isinstance(value, bool)
@@ -130,7 +138,9 @@ def check_mode_options(n_prompts: int, lift, temperature, log_weights) -> None:
 def check_limits(limits) -> None:
     """``pipe.limits`` is a Limits (a dict or None would fail later, as an AttributeError)."""
     if not isinstance(limits, Limits):
-        raise ValueError(f"pipe.limits: expected a superdiff.limits.Limits(...), got {type(limits).__name__}")
+        raise ValueError(
+            f"pipe.limits: expected a Limits (pipe.limits.replace(...)), got {type(limits).__name__}"
+        )
 
 
 def check_sampling_args(
@@ -152,11 +162,10 @@ def check_sampling_args(
     ``limits``: a Limits (the caller has run :func:`check_limits` on it)."""
     if n_prompts > limits.prompts:
         raise ValueError(
-            f"prompt_1: expected at most {limits.prompts} prompts, got {n_prompts} (raise the limit: "
-            "pipe.limits = Limits(prompts=...))"
+            f"prompt_1: expected at most {limits.prompts} prompts, got {n_prompts}{raise_hint('prompts')}"
         )
-    check_int("num_inference_steps", num_inference_steps, 1, high=limits.steps)
-    check_int("batch_size", batch_size, 1, high=limits.batch_size)
+    check_count("num_inference_steps", num_inference_steps, limits, "steps")
+    check_count("batch_size", batch_size, limits, "batch_size")
     check_finite("guidance_scale", guidance_scale, low=0.0, high=MAX_GUIDANCE)
     check_seed(seed, generator, batch_size)
     if output_type not in OUTPUT_TYPES:

@@ -26,7 +26,7 @@ from .fast import (
     enable_fast_sampling,
 )
 from .hub import dtype_kwarg, explain_unavailable
-from .limits import LIMITS, Limits, abbreviate, check_prompt, warn_caller
+from .limits import LIMITS, Limits, abbreviate, check_prompt, raise_hint, warn_caller
 from .output import SuperDiffOutput, to_uint8
 from .pipeline_common import (
     build_output,
@@ -308,10 +308,7 @@ def check_size(height, width, max_size: int = LIMITS.size, multiple: int = 8) ->
         if value % multiple:
             raise ValueError(f"{name}: expected a multiple of {multiple} (>= 64), got {value}")
         if value > max_size:
-            raise ValueError(
-                f"{name}: expected at most {max_size} pixels, got {value} (raise the limit: pipe.limits = "
-                f"Limits(size=...))"
-            )
+            raise ValueError(f"{name}: expected at most {max_size} pixels, got {value}{raise_hint('size')}")
 
 
 def check_inputs(
@@ -345,8 +342,7 @@ def check_inputs(
     if (pixels := batch_size * height * width) > limits.pixels:
         raise ValueError(
             f"batch_size: {batch_size} images of {height}×{width} are {pixels} pixels, expected at most "
-            f"{limits.pixels} in one call: fewer or smaller images (pipe.limits = Limits(pixels=...) raises"
-            " it)"
+            f"{limits.pixels} in one call: fewer or smaller images{raise_hint('pixels')}"
         )
     if joint_prompt is not None and mode != "joint":
         warn_caller(f"joint_prompt: ignored in mode {mode!r}; it is the prompt of mode 'joint'")
@@ -358,7 +354,7 @@ class SuperDiffMixin:
     (:meth:`prompt_context`), its denoiser's ε in VE coordinates (:meth:`make_predictor`), its σ grid
     (:meth:`sigma_grid`) and its VAE decoding (:meth:`decode_latents`)."""
 
-    limits = LIMITS  # steps, batch_size, size: checked before any work; assign a Limits(...) to raise them
+    limits = LIMITS  # steps, batch_size, size: checked before any work; pipe.limits.replace(...) raises them
     SIZE_MULTIPLE = 8  # the family's usual size_multiple, for checks before any weights load
     denoiser_name = "unet"  # the component that predicts: "unet", or "transformer" (SD3)
     classifier_free = True  # guidance_scale is w of F_i = ε̂_∅ + w·(ε̂_i − ε̂_∅) (Flux: an embedded input)

@@ -118,6 +118,30 @@ def test_card_snippet_verbatim_without_the_kit(exported, tmp_path):
     assert images.dtype == torch.uint8 and images.shape == (1, size, size, 3) and size == 64
 
 
+def test_limit_messages_advice_works_in_the_exported_pipeline(exported, tmp_path):
+    """The advice named `Limits(size=...)`, which the exported pipeline's user cannot import."""
+    folder, _ = exported
+    snippet = CARD_SNIPPET.replace('"superdiff/superdiff-sd-v1-4"', repr(str(folder))).replace(
+        CARD_CALL, SMALL_CALL
+    )
+    snippet += (
+        "import json\n"
+        "try:\n"
+        "    pipeline('a', 'b', height=4096, width=64)\n"
+        "except ValueError as err:\n"
+        "    advice = str(err).split('raise the limit: ')[1][:-1].replace('...', '4096')\n"
+        "exec(advice, {'pipe': pipeline})\n"
+        "report = {'advice': advice, 'limits': vars(pipeline.limits)}\n"
+        "report['prompts'] = pipeline.check_inputs('a', 'b', height=4096, width=64)\n"
+        "json.dump(report, open('limits.json', 'w'))\n"
+    )
+    run_without_kit(snippet, tmp_path)
+    report = json.loads((tmp_path / "limits.json").read_text())
+    assert report["advice"] == "pipe.limits = pipe.limits.replace(size=4096)"
+    assert report["prompts"] == ["a", "b"] and report["limits"]["size"] == 4096
+    assert report["limits"]["steps"] == 10_000  # the others kept
+
+
 def installed_with(*dists: str) -> set[str]:
     """Distributions that installing ``dists`` installs (their requirements without extras, recursively)."""
     seen, todo = set(), list(dists)

@@ -501,7 +501,7 @@ def test_overwrite_with_another_batch_size_names_the_earlier_images_it_keeps(tmp
     ],
 )
 def test_limit_messages_name_what_the_command_line_can_change(tmp_path, capsys, options, prompts, expected):
-    """The pipeline's messages say `pipe.limits = Limits(...)`, which a command-line user cannot set."""
+    """The pipeline's messages say `pipe.limits = pipe.limits.replace(...)`: no option of the CLI."""
     assert generate(tmp_path, *options, prompts=prompts) == 2
     err = capsys.readouterr().err
     assert expected in err and "pipe.limits" not in err

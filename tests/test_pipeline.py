@@ -427,8 +427,39 @@ def test_limits_can_be_raised_per_pipeline(pipe, monkeypatch):
         pipe(P1, P2, **SMALL)
     for wrong in ({"steps": 5}, None):  # an AttributeError from deep inside, before
         monkeypatch.setattr(pipe, "limits", wrong)
-        with pytest.raises(ValueError, match=r"^pipe.limits: expected a superdiff.limits.Limits\(...\), got"):
+        with pytest.raises(
+            ValueError, match=r"^pipe.limits: expected a Limits \(pipe.limits.replace\(...\)\), got"
+        ):
             pipe(P1, P2, **SMALL)
+
+
+@pytest.mark.parametrize(
+    ("field", "call"),
+    [
+        ("size", dict(height=256, width=64)),
+        ("steps", dict(num_inference_steps=9)),
+        ("batch_size", dict(batch_size=9)),
+        ("pixels", dict(batch_size=3, height=128, width=128)),
+        ("prompts", dict(prompt_1=["a", "b", "c"])),
+    ],
+)
+def test_each_limit_message_says_how_to_raise_it_and_the_advice_keeps_the_others(
+    pipe, monkeypatch, field, call
+):
+    """The messages said `pipe.limits = Limits(size=...)`: that reset every other raised limit."""
+    low = Limits(size=128, steps=8, batch_size=8, pixels=40_000, prompts=2)
+    monkeypatch.setattr(pipe, "limits", low)
+    call = {"prompt_1": P1, "prompt_2": P2, "height": 64, "width": 64, **call}
+    with pytest.raises(ValueError) as info:
+        pipe.check_inputs(**call)
+    advice = str(info.value).split("raise the limit: ")[1]
+    assert advice == f"pipe.limits = pipe.limits.replace({field}=...))"
+    exec(advice[:-1].replace("...", str(2 * getattr(low, field))), {"pipe": pipe})
+    assert pipe.check_inputs(**call) and vars(pipe.limits) == {**vars(low), field: 2 * getattr(low, field)}
+    monkeypatch.setattr(pipe, "limits", low)
+    with pytest.raises(ValueError) as info:  # below the range: nothing to raise
+        pipe.check_inputs(P1, P2, num_inference_steps=0, batch_size=0, height=32)
+    assert "raise the limit" not in str(info.value)
 
 
 def test_pixels_per_call_are_bounded_before_any_work(pipe, monkeypatch):

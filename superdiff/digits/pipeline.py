@@ -84,7 +84,7 @@ class DigitsPipeline:
     Gaussian per digit with exact scores; AND ends within ≈ 0.6 nats (docs/results-and.md).
     """
 
-    limits = LIMITS  # steps and batch_size: checked before any work; assign a Limits(...) to raise them
+    limits = LIMITS  # steps and batch_size: checked before any work; pipe.limits.replace(...) raises them
 
     def __init__(self, net: EpsNet | None = None, model: str = "net"):
         if model not in MODELS:
