@@ -43,18 +43,23 @@ def test_demo_writes_the_figures_and_judges_equal_density(tmp_path, capsys):
         (["--seed", str(2**32 - 2)], "--seed: expected an integer from 0 to 4294967293"),
         (["--out", "{file}/out"], "is a file, not a folder"),
         (["--out", "{folder}"], "--out: '{folder}/equal_density.txt' is a folder in the way"),
+        # a broken link, also above --out: mkdir's "[Errno 17] File exists" after the sampling, before
+        (["--out", "{link}"], "--out: '{link}' is a link to '{nowhere}', which does not exist; make"),
+        (["--out", "{link}/sub"], "--out: '{link}' is a link to '{nowhere}', which does not exist; make"),
     ],
 )
 def test_demo_rejects_bad_input_before_any_work(argv, message, tmp_path, capsys, monkeypatch):
     (tmp_path / "file").write_text("mine")
     (tmp_path / "folder" / "equal_density.txt").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
     monkeypatch.setattr(demo, "toy_runs", lambda *a, **k: pytest.fail("sampled before checking"))
-    argv = [a.format(file=tmp_path / "file", folder=tmp_path / "folder") for a in argv]
-    message = message.format(folder=tmp_path / "folder")
+    names = {name: tmp_path / name for name in ("file", "folder", "link", "nowhere")}
+    argv = [a.format(**names) for a in argv]
+    message = message.format(**names)
     assert main(["demo", "--out", str(tmp_path / "out"), *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("superdiff demo: error: ") and message in err and err.count("\n") == 1
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["equal_density.txt", "file", "folder"]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["equal_density.txt", "file", "folder", "link"]
 
 
 def test_ctrl_c_exits_130_with_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
