@@ -77,11 +77,21 @@ def test_install_cell_runs_pip_only_on_colab_and_pins_the_preloaded_torch(monkey
 
 
 def test_a_failed_install_says_what_to_try(monkeypatch):
-    """Before its release tag is pushed, the tag's install fails: one message with the way out."""
+    """Before its release tag is pushed, or offline, the install fails: one message with both ways out."""
     with pytest.raises(
-        RuntimeError, match=r"pip could not install 'superdiff-kit @ .*@v.*install the latest code"
+        RuntimeError,
+        match=r"pip could not install 'superdiff-kit @ .*@v.*If GitHub is reachable.*latest code",
     ):
         run_install_cell(monkeypatch, colab=True, returncode=1)
+
+
+def test_outside_colab_a_kernel_without_the_kit_stops_at_the_first_cell(monkeypatch):
+    """It had gone on to a ModuleNotFoundError for matplotlib in cell 3 and NameErrors after it."""
+    monkeypatch.setitem(sys.modules, "superdiff", None)  # importlib.util.find_spec: not installed
+    with pytest.raises(
+        ModuleNotFoundError, match=r"`make setup`.* pip install 'superdiff-kit @ git\+https://"
+    ):
+        run_install_cell(monkeypatch, colab=False)
 
 
 def test_no_notebook_cell_failed():
@@ -89,3 +99,15 @@ def test_no_notebook_cell_failed():
         for i, c in enumerate(cells(path)):
             errors = [o for o in c.get("outputs", []) if o["output_type"] == "error"]
             assert not errors, f"{path.name} cell {i} was saved with an error"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_files_of_the_repository_are_named_as_links(path):
+    """A student in Colab, or with the wheel, has no checkout: `docs/x.md` alone is a name to no file."""
+    for i, c in enumerate(cells(path)):
+        text = "".join(c["source"]) if c["cell_type"] == "markdown" else ""
+        for match in re.finditer(
+            r"(?<![/\w`])`?(?:docs|benchmarks|scripts)/[\w./-]+`?", text
+        ):  # not in a URL
+            linked = text[: match.start()].endswith("[") and text[match.end() :].startswith("](https://")
+            assert linked, f"{path.name} cell {i}: {match.group()} is not a link"
