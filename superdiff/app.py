@@ -34,6 +34,7 @@ try:
     from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
     from tornado import ioloop, web
     from traitlets import Float, Integer, List, Unicode
+    from traitlets.config import Config
     from voila.app import Voila
     from voila.handler import VoilaHandler
     from voila.tornado.kernel_websocket_handler import VoilaKernelWebsocketHandler
@@ -308,7 +309,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"GiB of data one page's kernel may hold, Linux only (default {KERNEL_MEMORY_GIB})",
     )
     p.add_argument("--allow-host", action="append", default=[], help="another name students use (repeat)")
-    p.add_argument("--notebook", type=user_path, default=NOTEBOOK)
+    p.add_argument(
+        "--notebook", type=user_path, default=NOTEBOOK, help="the notebook to serve (default: the playground)"
+    )
     args = p.parse_args(argv)
     if not 1 <= args.port <= 65535:
         p.error(f"--port: expected an integer from 1 to 65535, got {args.port}")
@@ -371,8 +374,6 @@ def voila_argv(args: argparse.Namespace) -> list[str]:
     interval = max(1, min(60, args.cull_idle // 4))
     argv = [str(args.notebook), "--no-browser", f"--Voila.ip={args.host}", f"--Voila.port={args.port}"]
     argv += ["--Voila.port_retries=0", "--VoilaConfiguration.preheat_kernel=False"]
-    # no files beside the notebook are served: Voilà's default serves its folder's images, without a token
-    argv += ["--VoilaConfiguration.file_allowlist=[]"]
     argv += ["--VoilaConfiguration.multi_kernel_manager_class=superdiff.app.CappedKernelManager"]
     argv += [f"--CappedKernelManager.max_kernels={args.max_kernels}"]
     argv += [f"--CappedKernelManager.kernel_memory={args.kernel_memory}"]
@@ -388,12 +389,19 @@ def voila_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
+def voila_config() -> Config:
+    """What Voilà's command line cannot set without a DeprecationWarning at every start: an empty list."""
+    # no files beside the notebook are served: Voilà's default serves its folder's images, without a token
+    return Config({"VoilaConfiguration": {"file_allowlist": []}})
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ[APP_ENV] = "1"  # the kernels inherit it: the notebook leaves out what a class cannot share
     os.environ[APP_CULL_ENV] = str(args.cull_idle)  # for the page's notice once its kernel is gone
     AppVoila.launch_instance(
         argv=voila_argv(args),
+        config=voila_config(),
         allowed_hosts=allowed_hosts(args.host, args.allow_host),
         share_url=share_url(args),
     )

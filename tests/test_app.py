@@ -252,6 +252,7 @@ def test_files_beside_the_notebook_are_not_served(server):
     image = server.log.parent / "private.png"  # the folder of the notebook, as serve() writes both
     image.write_bytes(b"\x89PNG\r\n\x1a\n")
     assert get(f"{server.url}/voila/files/{image.name}")[0] == 403
+    assert "DeprecationWarning" not in server.log.read_text()  # the allowlist's `=[]` warned at every start
 
 
 def test_a_wrong_host_is_refused(server):

@@ -384,6 +384,8 @@ def test_playground_as_voila_app(voila, page):
         page.screenshot(path=SHOTS / "voila_before.png", full_page=True)
         assert 'playground("toy")' not in page.inner_text("body"), "Voilà shows the code cells"
         assert "What it looks like" not in page.inner_text("body"), "the app shows screenshots of its widgets"
+        assert page.locator('img[alt="Open In Colab"]').count() == 0, "the app shows the Colab badge"
+        assert "4 · Playground" in page.inner_text("body")
         for name in RUNS:  # not the settings the notebook's code demos leave
             mode = find_playground(page, name).locator('.widget-dropdown:has(> label:text-is("mode")) select')
             assert mode.input_value() == "AND (equal density)", f"the {name} playground opens in another mode"
