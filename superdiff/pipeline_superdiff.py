@@ -529,9 +529,10 @@ class SuperDiffMixin:
             output_type: "pt" (uint8 tensor (B, H, W, 3), default), "np" or "pil".
             joint_prompt: the prompt of mode "joint" (default "{prompt_1} that looks like {prompt_2}").
             callback_on_step_end: ``f(pipe, step, timestep, callback_kwargs)`` after every step, with
-                ``callback_kwargs = {"latents", "kappa" (B, N), "log_q" (B, N), "sigma"}`` (copies); its
-                return value is ignored (the trajectory cannot be changed from a callback); setting
-                ``pipe._interrupt = True`` there ends sampling after that step, as in diffusers.
+                ``callback_kwargs = {"latents", "kappa" (B, N), "log_q" (B, N), "sigma", "sigma_next"}``
+                (copies; latents and log_q are at sigma_next); its return value is ignored (the trajectory
+                cannot be changed from a callback); setting ``pipe._interrupt = True`` there ends sampling
+                after that step, as in diffusers.
 
         Returns:
             SuperDiffOutput: images, kappa (n, B, N) float32 and log_q (n + 1, B, N) float64 on CPU, sigmas,

@@ -148,8 +148,8 @@ class DigitsPipeline:
             output_type: "pt" (uint8 tensor (B, 64, 64, 3)), "np" or "pil".
             callback_on_step_end: ``f(pipe, step, sigma, callback_kwargs)`` after every step (σ stands in
                 for diffusers' timestep: the digits model has none), with
-                ``callback_kwargs = {"latents" (B, 1, 8, 8), "kappa" (B, N), "log_q" (B, N), "sigma"}``;
-                its return value is ignored.
+                ``callback_kwargs = {"latents" (B, 1, 8, 8), "kappa" (B, N), "log_q" (B, N), "sigma",
+                "sigma_next"}`` (latents and log_q are at sigma_next); its return value is ignored.
             progress: show a tqdm bar.
         """
         labels = self.check_inputs(
