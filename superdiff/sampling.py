@@ -247,15 +247,21 @@ def curvature_terms(
     return (abs(dsigma) * torch.stack(terms, -1)).to(pred.eps.dtype).detach()
 
 
-def warn_if_lift_missed(log_q: Tensor, lift: Tensor, n: int) -> None:
-    """AND's traces end at the lift unless its ridge damped κ where the models agree; warn if they miss."""
+def warn_if_lift_missed(log_q: Tensor, lift: Tensor, n: int, x_dtype: torch.dtype = torch.float32) -> None:
+    """AND's traces end at the lift unless its ridge damped κ where the models agree, or x rounds each step
+    (float16, bfloat16); warn if they miss, naming the cause."""
     missed = ((log_q[:, :-1] - log_q[:, -1:]) - (lift[:-1] - lift[-1])).abs().max().item()
     rounding = torch.finfo(log_q.dtype).eps * log_q.abs().max().item() * math.sqrt(n)  # float32 on MPS
     if missed > 0.05 + 0.01 * (lift.max() - lift.min()).item() + rounding:
+        cause = (
+            f"x is {str(x_dtype).removeprefix('torch.')}, to which each step is rounded after κ has balanced "
+            "it; keep x in float32 (the models may still run in half precision)"
+            if torch.finfo(x_dtype).bits < 32
+            else "at some steps the fields F_i that move x nearly agree (within about 0.1 %; guidance_scale "
+            "0 makes them equal), where reaching it would move x far, so κ stays near 1/N there"
+        )
         warn_caller(
-            f"lift: the estimated log q_1 − log q_2 ended up to {missed:.3g} nats from the lift: at some "
-            "steps the fields F_i that move x nearly agree (within about 0.1 %; guidance_scale 0 makes them "
-            "equal), where reaching it would move x far, so κ stays near 1/N there",
+            f"lift: the estimated log q_1 − log q_2 ended up to {missed:.3g} nats from the lift: {cause}",
             RuntimeWarning,
         )
 
@@ -494,7 +500,8 @@ def superpose(
             on that span, and 0 where they agree (:func:`curvature_terms`). AND then holds the true
             densities' changes equal, not only their estimates', and as the steps grow each log q is
             unbiased on its own. Without it AND favours the model whose density is sharper along
-            those differences (two Gaussians of std s₁ > s₂: by ≈ ln(s₁/s₂) nats, at any step count). The
+            those differences (two Gaussians of std s₁ > s₂: by ≈ ln(s₁/s₂) nats, at any step count; three
+            Gaussians of three stds: 1.9× that per pair, docs/results-and.md, (f)). The
             step's forward then runs with autograd, plus N·(N − 1) vector–Jacobian products: about 2.5–3×
             the time of a plain AND step for two models on CPU (benchmarks/bench_curvature.py).
 
@@ -541,8 +548,11 @@ def superpose(
         else:
             kappa = fixed
         dx = 2 * dsigma * torch.einsum("bn,nb...->b...", kappa, pred.field) + noise
+        x_next = x + dx.to(x.dtype)
+        if x.dtype != work:  # the step x takes, rounded: bfloat16's had left the traces 0.4 nats off
+            dx = x_next.to(work) - x.to(work)
         log_q = log_q + ito_increment(pred.eps, dx, sigma, dsigma) + bend
-        x = x + dx.to(x.dtype)
+        x = x_next
         kappas[i], log_qs[i + 1], taken = kappa, log_q, i + 1
         if callback is not None:
             try:
@@ -556,7 +566,7 @@ def superpose(
     if not x.is_meta:
         check_finite_result(result)
     if lifted and taken == n:  # a stopped run is short of its lift by design
-        warn_if_lift_missed(log_q, lift, n)
+        warn_if_lift_missed(log_q, lift, n, x.dtype)
     return result
 
 

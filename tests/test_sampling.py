@@ -515,6 +515,28 @@ def test_and_warns_when_models_too_alike_to_reach_the_lift():
         run(Guided([UP, DOWN], UP, guidance_scale=0.0), n=200, batch=16)  # equal fields: κ moves nothing
 
 
+def test_traces_follow_the_step_x_takes_in_half_precision():
+    """x in bfloat16 moves by each step rounded, the traces had summed the step before rounding: the
+    traces' difference ended 0.55 nats (median) from the exact one, against 0.12 in float64."""
+    sigmas = geometric_sigmas(SIGMA_MAX, SIGMA_MIN, 1000)
+    g = torch.Generator().manual_seed(0)
+    x = (sigmas[0] * torch.randn(200, 2, generator=g, dtype=torch.float64)).to(torch.bfloat16)
+    r = superpose([UP, DOWN], x, sigmas, mode="fixed", kappa=[1.0, 0.0], generator=g)
+    error = (r.log_q[-1, :, 0] - r.log_q[-1, :, 1]) - exact_gap(r.samples.double())
+    assert error.abs().median() < 0.2  # measured 0.125
+
+
+def test_a_lift_missed_by_rounding_x_names_the_dtype():
+    up, down = up_and_down(dim=64)
+    sigmas = geometric_sigmas(SIGMA_MAX, SIGMA_MIN, 1000)
+    g = torch.Generator().manual_seed(0)
+    x = (sigmas[0] * torch.randn(100, 64, generator=g)).to(torch.bfloat16)
+    with pytest.warns(
+        RuntimeWarning, match=r"lift: .* nats from the lift: x is bfloat16, .* keep x in float32"
+    ):
+        superpose([up, down], x, sigmas, generator=g)
+
+
 def test_up_and_down_in_d_dimensions_keeps_the_toys_geometry():
     up2, down2 = up_and_down()
     up, down = up_and_down(dim=64, seed=3)
