@@ -71,9 +71,9 @@ class _VEMixture:
         return x.to(torch.float64)
 
     def log_prob(self, x: Tensor, sigma: float) -> Tensor:
-        """Exact log q_σ(x); (B,)."""
+        """Exact log q_σ(x); (B,), in x's dtype or float32 if narrower (bfloat16 would round 158 by 0.5)."""
         log_n, _ = self._components(self._flat(x), sigma)
-        return torch.logsumexp(log_n, dim=-1).to(x.dtype)
+        return torch.logsumexp(log_n, dim=-1).to(torch.promote_types(x.dtype, torch.float32))
 
     def score(self, x: Tensor, sigma: float) -> Tensor:
         """Exact ∇_x log q_σ(x), shaped like x."""
@@ -284,9 +284,9 @@ class FlowGaussianMixture:
         return log_n + self.weights.log(), diff, var
 
     def log_prob(self, x: Tensor, t: float) -> Tensor:
-        """Exact log p_t(x_t); (B,)."""
+        """Exact log p_t(x_t); (B,), in x's dtype or float32 if narrower."""
         log_n, _, _ = self._components(self._flat(x), self._check_t(t))
-        return torch.logsumexp(log_n, dim=-1).to(x.dtype)
+        return torch.logsumexp(log_n, dim=-1).to(torch.promote_types(x.dtype, torch.float32))
 
     def score(self, x: Tensor, t: float) -> Tensor:
         """Exact ∇ log p_t(x_t), shaped like x."""

@@ -129,6 +129,17 @@ def test_flow_mixture_keeps_shape_and_dtype_and_checks_t():
     assert torch.equal(up.means, ve_up.means) and torch.equal(down.means, ve_down.means)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_exact_log_densities_of_half_precision_samples_are_not_rounded_to_it(dtype):
+    """log q ≈ −158 at d = 256: bfloat16 resolves 1 there, and had returned the exact answer 0.5 off."""
+    ve, flow = up_and_down(dim=256, seed=0)[0], flow_up_and_down(dim=256, seed=0)[0]
+    x = ve.sample(64, sigma=0.01, generator=torch.Generator().manual_seed(0)).to(dtype)
+    for log_prob, noise in ((ve.log_prob, 0.01), (flow.log_prob, 0.01)):
+        answer = log_prob(x, noise)
+        assert answer.dtype == torch.float32
+        torch.testing.assert_close(answer.double(), log_prob(x.double(), noise), rtol=1e-6, atol=1e-3)
+
+
 # ----------------------------------------------------------------------------- the mapping
 
 
