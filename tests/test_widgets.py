@@ -497,8 +497,11 @@ def test_and_kappa_is_plotted_as_a_running_mean_and_sd_grid_is_the_pipelines(mon
     pipe = testing.tiny_pipeline(timestep_spacing="leading")
     sd = playground(pipe)
     sd.steps.value, sd.batch_size.value = 1000, 1
-    grid = sd.backend.sigmas(1000)
-    assert torch.equal(grid, pipe.sigma_grid(1000)[0].double()) and len(grid) - 1 == 999
+    with pytest.warns(UserWarning, match="1 of the scheduler's steps have zero length") as warned:
+        grid = sd.backend.sigmas(1000)
+        assert torch.equal(grid, pipe.sigma_grid(1000)[0].double()) and len(grid) - 1 == 999
+    kit = [w for w in warned if "zero length" in str(w.message)]
+    assert len(kit) == 2  # the playground's grid warns as the pipeline's does
 
 
 def test_load_sd_loads_through_the_clis_loader_with_the_bar_off():
