@@ -128,16 +128,22 @@ def check_name_lengths(paths: Sequence[Path], option: str) -> None:
             )
 
 
-def check_writable(folder: Path, name: str) -> None:
-    """ValueError naming ``name`` unless ``folder`` is, or can be made, a folder this process can write to;
-    probed with a temp folder in its nearest existing ancestor, removed at once (nothing left behind)."""
+def check_no_broken_link(folder: Path, name: str) -> None:
+    """ValueError naming ``name`` if ``folder`` or a folder above it is a link to nothing: mkdir would fail
+    on it with "File exists", after the work."""
     folder = expanded(folder)
-    for path in (folder, *folder.parents):  # a broken link: mkdir would fail after the work, "File exists"
+    for path in (folder, *folder.parents):
         if path.is_symlink() and not path.exists():
             raise ValueError(
                 f"{name}: {str(path)!r} is a link to {os.readlink(path)!r}, which does not exist; make that "
                 f"folder or choose another {name}"
             )
+
+
+def check_writable(folder: Path, name: str) -> None:
+    """ValueError naming ``name`` unless ``folder`` is, or can be made, a folder this process can write to;
+    probed with a temp folder in its nearest existing ancestor, removed at once (nothing left behind)."""
+    check_no_broken_link(folder, name)
     existing = nearest_existing(folder)
     if not existing.is_dir():
         raise ValueError(f"{name}: {str(existing)!r} is a file, not a folder")

@@ -304,6 +304,14 @@ def test_unwritable_out_is_refused_before_any_model_loads(tmp_path, capsys, no_m
     )
 
 
+def test_a_broken_link_as_out_is_named(tmp_path, capsys, no_models):
+    """It had been "--out: cannot write to 'out' (File exists)" for a link to a folder that is not there."""
+    (tmp_path / "out").symlink_to(tmp_path / "nowhere")
+    assert superdiff_main(["sweep", "--model", "digits", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"--out: '{tmp_path / 'out'}' is a link to '{tmp_path / 'nowhere'}', which does not exist" in err
+
+
 def test_a_run_started_meanwhile_with_other_settings_is_refused(tmp_path, monkeypatch, capsys):
     """Two runs on one --out: the second checks while the first loads its models (the race of issue 13)."""
     import superdiff.sweep.run

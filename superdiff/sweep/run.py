@@ -31,7 +31,16 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, parse_flag_from_env
 from tqdm.auto import tqdm
 
-from .._io import TEMP_SUFFIX, png, remove_stale_temps, stage, terminate_as_exit, text, write_atomically
+from .._io import (
+    TEMP_SUFFIX,
+    check_no_broken_link,
+    png,
+    remove_stale_temps,
+    stage,
+    terminate_as_exit,
+    text,
+    write_atomically,
+)
 from ..limits import LIMITS, MAX_GUIDANCE, MAX_MAGNITUDE
 from ..pipeline_common import check_finite, check_int
 from ..pipeline_superdiff import JOINT_TEMPLATE
@@ -338,6 +347,7 @@ def claim(cfg: SweepConfig) -> list[Path]:
     together only one writes it, and the other re-checks its settings against it.
     """
     check_settings(cfg)
+    check_no_broken_link(cfg.out, "--out")
     created = [] if cfg.out.exists() else [cfg.out]
     settings = text(json.dumps(cfg.settings(), indent=1, allow_nan=False) + "\n")
     try:
