@@ -246,7 +246,9 @@ def test_the_callbacks_timestep_is_the_one_the_network_saw(family, pipes, monkey
         return forward(*args, **kwargs)
 
     monkeypatch.setattr(network, "forward", recording)
-    pipe(P1, P2, seed=0, callback_on_step_end=lambda p, i, t, kw: told.append(float(t)) or {}, **SMALL)
+    # OR: the steps are any mode's, and AND's lift check (a RuntimeWarning, an error here) had tipped past
+    # 0.05 nats on the random tiny Flux of diffusers 0.32 (make compat)
+    pipe(P1, P2, seed=0, mode="or", callback_on_step_end=lambda p, i, t, kw: told.append(float(t)), **SMALL)
     assert told == pytest.approx(seen, rel=1e-6) and len(told) == 6
     if family in ("sd3", "flux"):
         assert told[0] < 1000
