@@ -48,6 +48,7 @@ from .viz import save_figure
 SEEDS = (0, 1, 2)
 DIMS = (2, 16, 64, 256)
 STEPS = (25, 50, 100, 200, 1000)
+COMPARED_STEPS = (200, 1000)  # (b)'s and the remedies' two step counts
 PAIRS = ((3, 8), (1, 7), (4, 9), (0, 6), (5, 6))
 REMEDY_PAIRS = PAIRS[:3]  # networks tried as remedies are judged on these (time)
 GUIDANCE = (1.0, 2.0)
@@ -187,7 +188,7 @@ def judged_run(
     }
 
 
-def digits_runs(dig: DigitModels, batch: int, steps_list=(200, 1000)) -> dict:
+def digits_runs(dig: DigitModels, batch: int, steps_list=COMPARED_STEPS) -> dict:
     """(kind, pair, w, steps, mode, seed) -> the judged run (see :func:`judged_run`)."""
     return {
         (kind, pair, w, steps, mode, seed): judged_run(dig, kind, pair, w, steps, mode, seed, batch)
@@ -200,7 +201,7 @@ def digits_runs(dig: DigitModels, batch: int, steps_list=(200, 1000)) -> dict:
     }
 
 
-def section_b(runs: dict, steps_list=(200, 1000)) -> str:
+def section_b(runs: dict, steps_list=COMPARED_STEPS) -> str:
     """Summary over pairs by model, guidance, steps and method; per-pair detail at w = 2, 200 steps."""
     rows = []
     for kind in ("net", "gaussian"):
@@ -315,7 +316,7 @@ def hutchinson_check(dig: DigitModels, runs: dict, pair=(3, 8)) -> str:
     )
 
 
-def remedy_summary(runs: dict, steps_list=(200, 1000)) -> str:
+def remedy_summary(runs: dict, steps_list=COMPARED_STEPS) -> str:
     """AND vs averaging per model: mean median |gap| and classifier difference, over all (b) runs."""
     lines = []
     for kind in ("net", "gaussian"):

@@ -629,7 +629,7 @@ class FlowResult:
     samples: Tensor  # (B, ...)
     log_q: Tensor  # (n + 1, B)
     sigmas: Tensor
-    model_calls: int  # network passes: a forward and a backward per probe (exact divergence: d probes)
+    model_calls: int  # cost in network passes: a forward and a backward per probe, however batched
 
 
 MAX_PROBE_ROWS = 8192  # rows of one batched divergence forward (probes × batch) ...
@@ -727,7 +727,7 @@ def _check_hutchinson(hutchinson) -> None:
         )
 
 
-def check_likelihood_args(model, x) -> None:
+def check_likelihood_args(model) -> None:
     """One differentiable eps-model, outside inference mode; else ValueError."""
     if not callable(model) or isinstance(model, (list, tuple, torch.nn.ModuleList)):
         raise ValueError(
@@ -754,7 +754,7 @@ def probability_flow(
     sigmas = _check_sigmas(sigmas)
     check_samples(x)  # before check_divergence, which reads x[0]
     check_divergence(hutchinson, x)
-    check_likelihood_args(model, x)
+    check_likelihood_args(model)
     check_generator(generator, len(x))
     check_trace_size(len(sigmas) - 1, len(x), 1)
     log_q = gaussian_log_prob(x.to(wide(x.dtype)), sigmas[0].item())
@@ -813,7 +813,7 @@ def log_likelihood(
         )
     check_samples(x)  # before check_divergence, which reads x[0]
     check_divergence(hutchinson, x)
-    check_likelihood_args(model, x)
+    check_likelihood_args(model)
     check_generator(generator, len(x))
     up = sigmas.flip(0).tolist()
     delta = torch.zeros(len(x), dtype=wide(x.dtype), device=x.device)  # ∫ ∇·ε̂ dσ, sigmas[-1] to sigmas[0]

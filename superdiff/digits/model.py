@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from functools import cache, lru_cache
 from pathlib import Path
 
@@ -255,13 +254,3 @@ def label_of(prompt, arg: str = "prompt") -> int:
     accepted = ", ".join(f'"{i}"/"{n}"' for i, n in enumerate(NAMES))
     shown = abbreviate(repr(prompt), 60)  # a prompt can be huge
     raise ValueError(f"{arg}: unknown digit {shown}; accepted (case-insensitive): {accepted}")
-
-
-def param_count(module: nn.Module) -> int:
-    """Number of parameters."""
-    return sum(p.numel() for p in module.parameters())
-
-
-def log_sigma_range() -> tuple[float, float]:
-    """log σ at the ends of default_sigmas."""
-    return math.log(SIGMA_MIN), math.log(SIGMA_MAX)
