@@ -28,6 +28,9 @@ class Limits:
 
     def replace(self, **changes) -> Limits:
         """These limits with the given fields changed (they are frozen; the others are kept)."""
+        names = [f.name for f in dataclasses.fields(self)]
+        if unknown := sorted(changes.keys() - set(names)):
+            raise ValueError(f"Limits.replace: unknown limit {unknown[0]!r}; the limits: {', '.join(names)}")
         return dataclasses.replace(self, **changes)
 
 

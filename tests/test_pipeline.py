@@ -506,3 +506,12 @@ def test_limits_refuse_what_is_not_a_positive_integer(fields):
     (name,) = fields
     with pytest.raises(ValueError, match=rf"^Limits.{name}: expected a positive integer, got "):
         Limits(**fields)
+    with pytest.raises(ValueError, match=rf"^Limits.{name}: expected a positive integer, got "):
+        LIMITS.replace(**fields)
+
+
+def test_replacing_a_limit_that_does_not_exist_names_those_that_do():
+    with pytest.raises(
+        ValueError, match="^Limits.replace: unknown limit 'sizes'; the limits: steps, batch_size,"
+    ):
+        LIMITS.replace(size=4096, sizes=4096)
