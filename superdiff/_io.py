@@ -134,9 +134,12 @@ def check_no_broken_link(folder: Path, name: str) -> None:
     folder = expanded(folder)
     for path in (folder, *folder.parents):
         if path.is_symlink() and not path.exists():
+            real = os.path.realpath(path)  # the end of a chain of links
+            if os.path.islink(real):
+                raise ValueError(f"{name}: {str(path)!r} is a loop of links; choose another {name}")
             raise ValueError(
-                f"{name}: {str(path)!r} is a link to {os.readlink(path)!r}, which does not exist; make that "
-                f"folder or choose another {name}"
+                f"{name}: {str(path)!r} is a link to {real!r}, which does not exist; make that folder or "
+                f"choose another {name}"
             )
 
 

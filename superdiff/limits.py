@@ -9,6 +9,8 @@ import sys
 import unicodedata
 import warnings
 
+MAX_STEPS = 1_000_000  # σ grids the core takes: 100× the pipelines' default, as far as Limits.steps goes
+
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
@@ -25,6 +27,8 @@ class Limits:
         for name, value in vars(self).items():
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ValueError(f"Limits.{name}: expected a positive integer, got {value!r}")
+        if self.steps > MAX_STEPS:  # the core's σ grids stop there
+            raise ValueError(f"Limits.steps: expected an integer from 1 to {MAX_STEPS}, got {self.steps}")
 
     def replace(self, **changes) -> Limits:
         """These limits with the given fields changed (they are frozen; the others are kept)."""
@@ -45,7 +49,6 @@ LIMITS = Limits()
 # playground run each: the notebook leaves Stable Diffusion out there
 APP_ENV = "SUPERDIFF_APP"
 APP_CULL_ENV = "SUPERDIFF_APP_CULL_IDLE"  # the app's --cull-idle, in seconds, for the kernels' pages
-MAX_STEPS = 1_000_000  # σ grids the core takes: 100× the pipelines' default, which Limits(steps=...) raises
 MAX_SEED = 2**32 - 1  # torch's CPU generator keeps 32 bits of a seed: seed 2**32 would repeat seed 0
 MAX_MAGNITUDE = 1e6  # |lift|, |log_weights| and temperature: far past any useful value, far from overflow
 MAX_GUIDANCE = 1e3

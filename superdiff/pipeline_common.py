@@ -139,7 +139,8 @@ def check_limits(limits) -> None:
     """``pipe.limits`` is a Limits (a dict or None would fail later, as an AttributeError)."""
     if not isinstance(limits, Limits):
         raise ValueError(
-            f"pipe.limits: expected a Limits (pipe.limits.replace(...)), got {type(limits).__name__}"
+            f"pipe.limits: expected a Limits, got {type(limits).__name__}; `del pipe.limits` restores the "
+            "defaults, and pipe.limits = pipe.limits.replace(steps=...) raises one"
         )
 
 

@@ -71,7 +71,7 @@ class _VEMixture:
         return x.to(torch.float64)
 
     def log_prob(self, x: Tensor, sigma: float) -> Tensor:
-        """Exact log q_σ(x); (B,), in x's dtype or float32 if narrower (bfloat16 would round 158 by 0.5)."""
+        """Exact log q_σ(x); (B,), in x's dtype or float32 if narrower (bfloat16 rounds −130 by up to 0.5)."""
         log_n, _ = self._components(self._flat(x), sigma)
         return torch.logsumexp(log_n, dim=-1).to(torch.promote_types(x.dtype, torch.float32))
 

@@ -46,20 +46,25 @@ def test_demo_writes_the_figures_and_judges_equal_density(tmp_path, capsys):
         # a broken link, also above --out: mkdir's "[Errno 17] File exists" after the sampling, before
         (["--out", "{link}"], "--out: '{link}' is a link to '{nowhere}', which does not exist; make"),
         (["--out", "{link}/sub"], "--out: '{link}' is a link to '{nowhere}', which does not exist; make"),
+        (["--out", "{chain}"], "--out: '{chain}' is a link to '{nowhere}', which does not exist; make"),
+        (["--out", "{loop}/sub"], "--out: '{loop}' is a loop of links; choose another --out"),
     ],
 )
 def test_demo_rejects_bad_input_before_any_work(argv, message, tmp_path, capsys, monkeypatch):
     (tmp_path / "file").write_text("mine")
     (tmp_path / "folder" / "equal_density.txt").mkdir(parents=True)
     (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "chain").symlink_to("link")  # relative, through another link
+    (tmp_path / "loop").symlink_to("loop")
     monkeypatch.setattr(demo, "toy_runs", lambda *a, **k: pytest.fail("sampled before checking"))
-    names = {name: tmp_path / name for name in ("file", "folder", "link", "nowhere")}
+    names = {name: tmp_path / name for name in ("file", "folder", "link", "nowhere", "chain", "loop")}
     argv = [a.format(**names) for a in argv]
     message = message.format(**names)
     assert main(["demo", "--out", str(tmp_path / "out"), *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("superdiff demo: error: ") and message in err and err.count("\n") == 1
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["equal_density.txt", "file", "folder", "link"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chain", "file", "folder", "link", "loop"]
+    assert [p.name for p in (tmp_path / "folder").iterdir()] == ["equal_density.txt"]
 
 
 def test_ctrl_c_exits_130_with_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):

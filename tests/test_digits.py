@@ -483,5 +483,7 @@ def test_a_prompt_2_given_with_a_list_is_appended_as_on_stable_diffusion():
 def test_limits_that_are_not_a_limits_are_refused_naming_them(monkeypatch):
     pipe = DigitsPipeline(model="gaussian")
     monkeypatch.setattr(pipe, "limits", {"steps": 5})
-    with pytest.raises(ValueError, match=r"^pipe.limits: expected a Limits .*, got dict"):
+    with pytest.raises(
+        ValueError, match=r"^pipe.limits: expected a Limits, got dict; `del pipe.limits` restores"
+    ):
         pipe("3", "8", num_inference_steps=3)

@@ -428,9 +428,11 @@ def test_limits_can_be_raised_per_pipeline(pipe, monkeypatch):
     for wrong in ({"steps": 5}, None):  # an AttributeError from deep inside, before
         monkeypatch.setattr(pipe, "limits", wrong)
         with pytest.raises(
-            ValueError, match=r"^pipe.limits: expected a Limits \(pipe.limits.replace\(...\)\), got"
+            ValueError, match=r"^pipe.limits: expected a Limits, got .*; `del pipe.limits` rest"
         ):
             pipe(P1, P2, **SMALL)
+        monkeypatch.delattr(pipe, "limits")  # the advice, `del pipe.limits`: back to the class's defaults
+        assert pipe.limits is LIMITS and pipe.limits.replace(steps=5).steps == 5
 
 
 @pytest.mark.parametrize(
@@ -457,9 +459,10 @@ def test_each_limit_message_says_how_to_raise_it_and_the_advice_keeps_the_others
     exec(advice[:-1].replace("...", str(2 * getattr(low, field))), {"pipe": pipe})
     assert pipe.check_inputs(**call) and vars(pipe.limits) == {**vars(low), field: 2 * getattr(low, field)}
     monkeypatch.setattr(pipe, "limits", low)
-    with pytest.raises(ValueError) as info:  # below the range: nothing to raise
-        pipe.check_inputs(P1, P2, num_inference_steps=0, batch_size=0, height=32)
-    assert "raise the limit" not in str(info.value)
+    for below in ({"num_inference_steps": 0}, {"batch_size": 0}, {"height": 32}):
+        with pytest.raises(ValueError) as info:  # below the range: nothing to raise
+            pipe.check_inputs(P1, P2, **{"height": 64, "width": 64, **below})
+        assert "raise the limit" not in str(info.value) and str(info.value).startswith(next(iter(below)))
 
 
 def test_pixels_per_call_are_bounded_before_any_work(pipe, monkeypatch):
@@ -508,6 +511,15 @@ def test_limits_refuse_what_is_not_a_positive_integer(fields):
         Limits(**fields)
     with pytest.raises(ValueError, match=rf"^Limits.{name}: expected a positive integer, got "):
         LIMITS.replace(**fields)
+
+
+def test_steps_are_raised_as_far_as_the_cores_grids_go():
+    """Limits(steps=5_000_000) was taken, and the call then failed naming the core's internal `n`."""
+    assert Limits(steps=1_000_000).steps == 1_000_000
+    with pytest.raises(
+        ValueError, match=r"^Limits.steps: expected an integer from 1 to 1000000, got 1000001"
+    ):
+        LIMITS.replace(steps=1_000_001)
 
 
 def test_replacing_a_limit_that_does_not_exist_names_those_that_do():
