@@ -111,3 +111,15 @@ def test_files_of_the_repository_are_named_as_links(path):
         ):  # not in a URL
             linked = text[: match.start()].endswith("[") and text[match.end() :].startswith("](https://")
             assert linked, f"{path.name} cell {i}: {match.group()} is not a link"
+
+
+def test_the_apps_page_links_the_notebooks_it_names():
+    """The app serves notebook 4 alone: a student there has no "notebook 5" to open but through a link."""
+    playground = ROOT / "notebooks" / "04_playground.ipynb"
+    text = "".join("".join(c["source"]) for c in cells(playground) if c["cell_type"] == "markdown")
+    mentions = re.findall(r"\[?\b[Nn]otebook (\d)\b\]?(\([^)]*\))?", text)
+    assert len(mentions) >= 4
+    for number, target in mentions:
+        (path,) = [p for p in NOTEBOOKS if p.name.startswith(f"0{number}_")]
+        colab = f"https://colab.research.google.com/github/superdiff-kit/superdiff-kit/blob/v{VERSION}/"
+        assert target == f"({colab}notebooks/{path.name})", f"notebook {number} is not a link to it"
