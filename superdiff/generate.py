@@ -354,11 +354,14 @@ OPTIONS = {  # the pipelines' argument names as the CLI spells them, for error m
 }
 
 
+PIPELINE_HINT = re.compile(re.escape(raise_hint("FIELD")).replace("FIELD", r"\w+"))
+
+
 def as_option_error(err: ValueError) -> ValueError:
     """The pipeline's ValueError naming its argument as the CLI option (num_inference_steps -> --steps)."""
     name, sep, rest = str(err).partition(": ")
     rest = rest.replace(raise_hint("size"), " (raise the limit: --max-size)")
-    rest = re.sub(r" \(raise the limit: pipe\.limits = [^)]*\)\)", "", rest)  # no option raises the others
+    rest = PIPELINE_HINT.sub("", rest)  # no option raises the other limits
     if name == "joint_prompt":
         return ValueError(
             "--mode: 'joint' on the command line takes exactly two prompts (\"A that looks like B\")"

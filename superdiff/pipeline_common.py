@@ -86,20 +86,14 @@ def resolved_annotations(cls):
 # ----------------------------------------------------------------------------- argument checks
 
 
-def check_int(name: str, value, low: int, hint: str = "", high: int | None = None) -> None:
-    """An integer (numpy's too, not a bool) >= low and, if given, <= high; the error names the whole range."""
+def check_int(name: str, value, low: int, hint: str = "", high: int | None = None, above: str = "") -> None:
+    """An integer (numpy's too, not a bool) >= low and, if given, <= high; the error names the whole range,
+    and past ``high`` ends with ``above`` (how to raise it)."""
     integer = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if not (integer and value >= low and (high is None or value <= high)):
         span = f">= {low}" if high is None else f"from {low} to {high}"
-        raise ValueError(f"{name}: expected an integer {span}{hint}, got {value!r}")
-
-
-def check_count(name: str, value, limits: Limits, field: str) -> None:
-    """An integer from 1 to ``limits.<field>``; past it, the error says how to raise the limit."""
-    high = getattr(limits, field)
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > high:
-        raise ValueError(f"{name}: expected an integer from 1 to {high}, got {value!r}{raise_hint(field)}")
-    check_int(name, value, 1, high=high)
+        past = above if integer and high is not None and value > high else ""
+        raise ValueError(f"{name}: expected an integer {span}{hint}, got {value!r}{past}")
 
 
 def check_finite(name: str, value, low: float = -math.inf, high: float = math.inf) -> None:
@@ -165,8 +159,8 @@ def check_sampling_args(
         raise ValueError(
             f"prompt_1: expected at most {limits.prompts} prompts, got {n_prompts}{raise_hint('prompts')}"
         )
-    check_count("num_inference_steps", num_inference_steps, limits, "steps")
-    check_count("batch_size", batch_size, limits, "batch_size")
+    check_int("num_inference_steps", num_inference_steps, 1, high=limits.steps, above=raise_hint("steps"))
+    check_int("batch_size", batch_size, 1, high=limits.batch_size, above=raise_hint("batch_size"))
     check_finite("guidance_scale", guidance_scale, low=0.0, high=MAX_GUIDANCE)
     check_seed(seed, generator, batch_size)
     if output_type not in OUTPUT_TYPES:
