@@ -69,6 +69,11 @@ def exported(tmp_path_factory):
     return folder, pipe
 
 
+def card_snippet(folder: Path, call: str = CARD_CALL) -> str:
+    """The card's snippet loading ``folder`` instead of the Hub repository, with ``call``'s arguments."""
+    return CARD_SNIPPET.replace('"superdiff/superdiff-sd-v1-4"', repr(str(folder))).replace(CARD_CALL, call)
+
+
 def run_without_kit(snippet: str, cwd: Path) -> dict:
     """Run the snippet in a fresh `python -I` where `import superdiff` fails; its report."""
     env = {
@@ -88,8 +93,7 @@ def run_without_kit(snippet: str, cwd: Path) -> dict:
 
 def test_card_snippet_runs_without_the_kit_and_matches_the_package(exported, tmp_path):
     folder, pipe = exported
-    snippet = CARD_SNIPPET.replace('"superdiff/superdiff-sd-v1-4"', repr(str(folder)))
-    snippet = snippet.replace(CARD_CALL, SMALL_CALL)
+    snippet = card_snippet(folder, SMALL_CALL)
     assert repr(str(folder)) in snippet and SMALL_CALL in snippet
     report = run_without_kit(snippet, tmp_path)
     assert report["class"] == "SuperDiffPipeline" and report["module"].startswith("diffusers_modules.")
@@ -109,9 +113,7 @@ def test_card_snippet_runs_without_the_kit_and_matches_the_package(exported, tmp
 def test_card_snippet_verbatim_without_the_kit(exported, tmp_path):
     """The snippet unchanged but for the folder: 1000 steps at the tiny UNet's default size."""
     folder, pipe = exported
-    report = run_without_kit(
-        CARD_SNIPPET.replace('"superdiff/superdiff-sd-v1-4"', repr(str(folder))), tmp_path
-    )
+    report = run_without_kit(card_snippet(folder), tmp_path)
     assert report["class"] == "SuperDiffPipeline" and report["kit_modules"] == []
     images = torch.load(tmp_path / "output.pt")["images"]
     size = pipe.default_size
@@ -121,10 +123,7 @@ def test_card_snippet_verbatim_without_the_kit(exported, tmp_path):
 def test_limit_messages_advice_works_in_the_exported_pipeline(exported, tmp_path):
     """The advice named `Limits(size=...)`, which the exported pipeline's user cannot import."""
     folder, _ = exported
-    snippet = CARD_SNIPPET.replace('"superdiff/superdiff-sd-v1-4"', repr(str(folder))).replace(
-        CARD_CALL, SMALL_CALL
-    )
-    snippet += (
+    snippet = card_snippet(folder, SMALL_CALL) + (
         "import json\n"
         "try:\n"
         "    pipeline('a', 'b', height=4096, width=64)\n"

@@ -23,7 +23,7 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
 )
 from PIL import Image
-from pipelines import P1, P2, SMALL, gap, record_calls
+from pipelines import LEADING_LOW_START, P1, P2, SMALL, gap, record_calls
 
 from superdiff.testing import tiny_flux_pipeline, tiny_pipeline, tiny_sd3_pipeline, tiny_xl_pipeline
 
@@ -31,8 +31,7 @@ BUILDERS = {"sd": tiny_pipeline, "xl": tiny_xl_pipeline, "sd3": tiny_sd3_pipelin
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),  # see conftest.py
-    # SDXL's "leading" spacing starts a few-step grid far below σ_max; test_pipeline.py tests that warning
-    pytest.mark.filterwarnings(r"ignore:num_inference_steps=\d+. with timestep_spacing='leading'"),
+    LEADING_LOW_START,
 ]
 
 

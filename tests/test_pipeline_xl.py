@@ -6,7 +6,17 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
-from pipelines import P1, P2, SMALL, diffusers_eps, gap, pipe_fixture, record_calls, saved_fixture
+from pipelines import (
+    LEADING_LOW_START,
+    P1,
+    P2,
+    SMALL,
+    diffusers_eps,
+    gap,
+    pipe_fixture,
+    record_calls,
+    saved_fixture,
+)
 
 from superdiff import SuperDiffPipeline, SuperDiffXLPipeline
 from superdiff.generate import pipeline_class
@@ -15,8 +25,7 @@ from superdiff.testing import sd_scheduler, tiny_xl_pipeline
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),  # see conftest.py
-    # SDXL's "leading" spacing starts a few-step grid far below σ_max; test_pipeline.py tests that warning
-    pytest.mark.filterwarnings(r"ignore:num_inference_steps=\d+. with timestep_spacing='leading'"),
+    LEADING_LOW_START,
 ]
 
 pipe = pipe_fixture(tiny_xl_pipeline)
