@@ -6,8 +6,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import threading
 import unicodedata
 import warnings
+from contextlib import contextmanager
 
 MAX_STEPS = 1_000_000  # σ grids the core takes: 100× the pipelines' default, as far as Limits.steps goes
 
@@ -111,9 +113,31 @@ class SuperDiffRuntimeWarning(SuperDiffWarning, RuntimeWarning):
 KIT_CATEGORY = {UserWarning: SuperDiffWarning, RuntimeWarning: SuperDiffRuntimeWarning}
 
 
+_NOTED = threading.local()  # .notes: where warn_caller puts this thread's warnings, inside noting_warnings
+
+
+@contextmanager
+def noting_warnings():
+    """Within it, the kit's warnings of this thread are appended to the yielded list (once each), not warned.
+
+    The playground shows them in its status line. ``warnings.catch_warnings`` would do it for the whole
+    process, and a cell entering one while a click's run samples (in its thread) left the kernel's warnings
+    going to that run's list for good."""
+    outer, _NOTED.notes = getattr(_NOTED, "notes", None), []
+    try:
+        yield _NOTED.notes
+    finally:
+        _NOTED.notes = outer
+
+
 def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
     """``warnings.warn`` at the user's line: the first frame outside this package, torch and diffusers; a
-    UserWarning or RuntimeWarning as this kit's own subclass of it."""
+    UserWarning or RuntimeWarning as this kit's own subclass of it. Inside :func:`noting_warnings`: noted."""
+    notes = getattr(_NOTED, "notes", None)
+    if notes is not None:
+        if message not in notes:
+            notes.append(message)
+        return
     category = KIT_CATEGORY.get(category, category)
     files = [__file__] + [getattr(sys.modules.get(name), "__file__", None) for name in ("torch", "diffusers")]
     inside = tuple(os.path.dirname(file) + os.sep for file in files if file)

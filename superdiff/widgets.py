@@ -31,7 +31,7 @@ from torch import Tensor
 
 from . import viz
 from ._torch import one_thread
-from .limits import APP_CULL_ENV, APP_ENV, MAX_SEED, SuperDiffWarning
+from .limits import APP_CULL_ENV, APP_ENV, MAX_SEED, noting_warnings
 from .pipeline_common import check_finite, check_int, check_seed_value, parse_mode, superpose_options
 from .sampling import geometric_sigmas, superpose
 from .toy import up_and_down
@@ -613,18 +613,9 @@ class Playground:
         return self.result
 
     def _sample_noting_warnings(self, p: dict) -> tuple:
-        """(result, the kit's warnings of the run): a button's warnings would go to the kernel's log, unseen;
-        other warnings are passed on."""
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", SuperDiffWarning)
-            result = self._sample(p)
-        notes = []
-        for w in caught:
-            if not issubclass(w.category, SuperDiffWarning):
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-            elif str(w.message) not in notes:
-                notes.append(str(w.message))
-        return result, notes
+        """(result, the kit's warnings of the run): a button's warnings would go to the kernel's log, unseen."""
+        with noting_warnings() as notes:
+            return self._sample(p), notes
 
     def _sample(self, p: dict):
         """Run the backend, moving the progress bar every step and redrawing κ every few steps."""

@@ -13,6 +13,7 @@ import ipywidgets
 import pytest
 import torch
 
+from superdiff.limits import warn_caller
 from superdiff.widgets import Playground, enable_colab_widgets, playground
 
 STEPS, BATCH = 20, 64
@@ -132,6 +133,25 @@ def test_one_run_per_kernel_across_playgrounds(toy, monkeypatch):
     other.button.click()
     other.thread.join(60)
     assert other.result is not None and len(calls) == 1
+
+
+def test_a_cell_catching_warnings_while_a_click_samples_leaves_the_kernels_warnings_alone(
+    toy, monkeypatch, recwarn
+):
+    """The run noted its warnings with warnings.catch_warnings, which is process-wide: a cell (or a library)
+    entering one during a click's run, in its thread, left every later warning in that run's list."""
+    calls, started, release = block_runs(toy, monkeypatch)
+    sample = toy.backend.run
+    monkeypatch.setattr(toy.backend, "run", lambda p, on_step: warn_caller("a note") or sample(p, on_step))
+    filters = list(warnings.filters)
+    toy.button.click()
+    assert started.wait(30)
+    with warnings.catch_warnings():
+        release.set()
+        toy.thread.join(60)
+    warnings.warn("after the run")
+    assert [str(w.message) for w in recwarn] == ["after the run"] and warnings.filters == filters
+    assert toy.status.value.count("Warning: a note") == 1
 
 
 def test_a_click_while_a_run_is_active_is_ignored(toy, monkeypatch):
