@@ -19,7 +19,6 @@ import os
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 
@@ -613,7 +612,7 @@ class Playground:
         return self.result
 
     def _sample_noting_warnings(self, p: dict) -> tuple:
-        """(result, the kit's warnings of the run): a button's warnings would go to the kernel's log, unseen."""
+        """(result, the kit's warnings of the run): a button's warnings would go to the kernel's log."""
         with noting_warnings() as notes:
             return self._sample(p), notes
 

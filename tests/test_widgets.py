@@ -149,7 +149,7 @@ def test_a_cell_catching_warnings_while_a_click_samples_leaves_the_kernels_warni
     with warnings.catch_warnings():
         release.set()
         toy.thread.join(60)
-    warnings.warn("after the run")
+    warnings.warn("after the run", stacklevel=1)
     assert [str(w.message) for w in recwarn] == ["after the run"] and warnings.filters == filters
     assert toy.status.value.count("Warning: a note") == 1
 
