@@ -11,6 +11,7 @@
 # lacks diffusers and importlib_metadata: pip download --no-deps -d .whl diffusers==0.42.1 importlib_metadata==8.7.0).
 set -uo pipefail
 OUT=${1:-${OUT:-outputs/gpu}}; mkdir -p "$OUT"
+exec > >(tee -a "$OUT/gpu_checks.log") 2>&1  # every line, the machine and the sweep's timings too, also in $OUT
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
@@ -36,7 +37,7 @@ timeout $((LIMIT - SECONDS - 10)) python3 benchmarks/bench_fast.py --device cuda
   --steps 20 --repeats 2 --full 1000 2>&1 | grep --line-buffered -v "^USDT" | tee "$OUT/bench_fast.txt"
 
 step "2. the eager card call, 1000 steps, 512², AND, fp16"
-if time_left 90; then
+if time_left 120; then  # bench_pipeline prints at its end: a timeout would lose it all
   timeout 60 python3 benchmarks/random_sd.py /tmp/sd-random 2>&1 | tail -1
   timeout $(left) python3 benchmarks/bench_pipeline.py --model /tmp/sd-random --steps 1000 2>&1 \
     | grep --line-buffered -v "Loading" | tee "$OUT/bench_pipeline.txt"

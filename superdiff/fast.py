@@ -4,16 +4,17 @@ At batch 1–3 the Stable Diffusion UNet is launch-bound: an eager fp16 step on 
 time launching kernels. :func:`enable_fast_sampling` compiles the denoiser in place (``module.compile``:
 diffusers still sees its own class) and, on CUDA, replays it as a CUDA graph (``mode="reduce-overhead"``).
 
-    pipe = SuperDiffPipeline.from_pretrained(..., dtype=torch.float16).to("cuda")
+    pipe = SuperDiffPipeline.from_pretrained(...).to("cuda", torch.float16)
     enable_fast_sampling(pipe)  # the first call then compiles (about a minute at 512²)
 
-If compilation is unavailable (no C compiler, an unsupported platform), sampling warns once and runs eager.
+If compilation is unavailable (no C compiler, an unsupported platform, TORCHDYNAMO_DISABLE=1), sampling warns
+once and runs eager.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -34,6 +35,7 @@ class FastSampling:
     compiled: bool  # False also after a failed compilation fell back to eager
     cuda_graphs: bool
     compile_options: dict
+    asked: dict = field(default_factory=dict)  # enable_fast_sampling's arguments, to apply them again
 
 
 def denoiser_of(pipe) -> tuple[str, nn.Module]:
@@ -168,25 +170,33 @@ def enable_fast_sampling(
     cuda_graphs: bool | None = None,
     **compile_options,
 ) -> FastSampling:
-    """Make the pipeline's denoiser fast in place; call after ``pipe.to(device)``.
+    """Make the pipeline's denoiser fast in place, on the kit's pipelines before or after ``pipe.to``.
 
     Args:
         compile: ``torch.compile`` the denoiser (``module.compile``: its class stays diffusers'). The first
             call for a new image size or batch compiles; later calls with the same shapes reuse it.
         channels_last: convolution weights in channels_last memory format (faster cuDNN kernels).
         cuda_graphs: replay the compiled denoiser as a CUDA graph; None: on when the denoiser is on CUDA,
-            compiled and not CPU-offloaded.
+            compiled and not CPU-offloaded, decided again at the kit's ``pipe.to`` (:func:`follow_device`).
         compile_options: passed to ``torch.compile`` (e.g. ``mode``, ``backend``, ``fullgraph``); defaults:
             ``dynamic=False``, ``mode="reduce-overhead"`` with CUDA graphs.
     """
+    asked = dict(compile=compile, channels_last=channels_last, cuda_graphs=cuda_graphs, **compile_options)
     disable_fast_sampling(pipe)
     name, module = denoiser_of(pipe)
+    if compile and getattr(torch._dynamo.config, "disable", False):  # torch.compile would return fn as is
+        warn_caller(
+            "enable_fast_sampling: torch.compile is switched off (TORCHDYNAMO_DISABLE=1 or "
+            "torch._dynamo.config.disable); sampling eager",
+            RuntimeWarning,
+        )
+        compile = cuda_graphs = False
     if cuda_graphs is None:
         cuda_graphs = compile and module_device(module).type == "cuda" and not has_offload_hook(module)
     if cuda_graphs and not compile:
         raise ValueError("cuda_graphs: CUDA graphs come from torch.compile; pass compile=True")
     options = compile_kwargs(cuda_graphs, compile_options) if compile else {}
-    state = FastSampling(name, channels_last, compile, cuda_graphs, options)
+    state = FastSampling(name, channels_last, compile, cuda_graphs, options, asked)
     if channels_last:
         module.to(memory_format=torch.channels_last)
     if compile:
@@ -200,18 +210,36 @@ def enable_fast_sampling(
     return state
 
 
-def drop_cuda_graphs(pipe) -> None:
-    """The fast path again without CUDA graphs, once CPU offload moves the weights a graph replays from."""
+def cuda_graphs_on(pipe) -> bool:
     state = fast_sampling_state(pipe)
-    if state is None or not state.cuda_graphs:
+    return state is not None and state.cuda_graphs
+
+
+def drop_cuda_graphs(pipe, had: bool) -> None:
+    """After CPU offload, which moves the weights a graph replays from: the fast path goes on without CUDA
+    graphs, and says so if it ``had`` them (the offload's own ``pipe.to("cpu")`` may have dropped them)."""
+    state = fast_sampling_state(pipe)
+    if not had or state is None:
         return
-    options = {k: v for k, v in state.compile_options.items() if (k, v) != ("mode", "reduce-overhead")}
     warn_caller(
         "enable_fast_sampling: CPU offload moves the denoiser's weights; sampling goes on compiled, without "
         "CUDA graphs",
         UserWarning,
     )
-    enable_fast_sampling(pipe, channels_last=state.channels_last, cuda_graphs=False, **options)
+    if state.cuda_graphs:
+        options = {k: v for k, v in state.compile_options.items() if (k, v) != ("mode", "reduce-overhead")}
+        enable_fast_sampling(pipe, channels_last=state.channels_last, cuda_graphs=False, **options)
+
+
+def follow_device(pipe) -> None:
+    """After ``pipe.to``: a fast path that left CUDA graphs to the device (``cuda_graphs=None``) decides anew,
+    so enabling it before ``.to("cuda")`` gets them too."""
+    state = fast_sampling_state(pipe)
+    if state is None or state.asked.get("cuda_graphs", False) is not None or not state.compiled:
+        return
+    module = denoiser_of(pipe)[1]
+    if state.cuda_graphs != (module_device(module).type == "cuda" and not has_offload_hook(module)):
+        enable_fast_sampling(pipe, **state.asked)
 
 
 def disable_fast_sampling(pipe) -> None:
@@ -245,4 +273,8 @@ def contiguous_weights(pipe):
 
 def fast_sampling_state(pipe) -> FastSampling | None:
     """What is applied now (None: the eager path)."""
-    return getattr(denoiser_of(pipe)[1], STATE, None)
+    module = denoiser_of(pipe)[1]
+    state = getattr(module, STATE, None)
+    if state is not None and state.compiled and not isinstance(module._compiled_call_impl, FastCall):
+        return replace(state, compiled=False, cuda_graphs=False)  # a copy.deepcopy drops the compiled call
+    return state

@@ -21,9 +21,11 @@ from transformers.utils import logging as transformers_logging
 from .fast import (
     FastSampling,
     contiguous_weights,
+    cuda_graphs_on,
     disable_fast_sampling,
     drop_cuda_graphs,
     enable_fast_sampling,
+    follow_device,
 )
 from .hub import dtype_kwarg, explain_unavailable
 from .limits import LIMITS, Limits, abbreviate, check_prompt, raise_hint, warn_caller
@@ -445,22 +447,31 @@ class SuperDiffMixin:
 
     def enable_fast_sampling(self, **options) -> FastSampling:
         """channels_last, torch.compile of the denoiser and, on CUDA, CUDA graphs (:mod:`superdiff.fast`);
-        call after ``.to(device)``. The first call at a new size or batch compiles."""
+        before or after ``.to(device)``. The first call at a new size or batch compiles."""
         return enable_fast_sampling(self, **options)
 
     def disable_fast_sampling(self) -> None:
         """Back to the eager denoiser."""
         disable_fast_sampling(self)
 
+    def to(self, *args, **kwargs):
+        """``DiffusionPipeline.to``; a fast path enabled before, with CUDA graphs left to the device, decides
+        them again on the new one."""
+        super().to(*args, **kwargs)
+        follow_device(self)
+        return self
+
     def enable_model_cpu_offload(self, *args, **kwargs):
         """diffusers' model CPU offload; a fast path enabled before goes on without CUDA graphs."""
+        had = cuda_graphs_on(self)
         super().enable_model_cpu_offload(*args, **kwargs)
-        drop_cuda_graphs(self)
+        drop_cuda_graphs(self, had)
 
     def enable_sequential_cpu_offload(self, *args, **kwargs):
         """diffusers' sequential CPU offload; a fast path enabled before goes on without CUDA graphs."""
+        had = cuda_graphs_on(self)
         super().enable_sequential_cpu_offload(*args, **kwargs)
-        drop_cuda_graphs(self)
+        drop_cuda_graphs(self, had)
 
     def save_pretrained(self, *args, **kwargs):
         """``DiffusionPipeline.save_pretrained``, also after :meth:`enable_fast_sampling` (channels_last)."""

@@ -1,5 +1,6 @@
 """The fast path (superdiff.fast) on the tiny pipeline: same images as eager, no recompiles, fallbacks."""
 
+import copy
 import json
 import logging
 import time
@@ -351,15 +352,61 @@ def test_cuda_graphs_auto_on_cuda_only_without_offload(monkeypatch):
         enable_fast_sampling(pipe, compile=False, cuda_graphs=True)
 
 
-def test_cpu_offload_after_enabling_drops_cuda_graphs(monkeypatch):
+def test_enabled_before_moving_to_cuda_gets_cuda_graphs_there(monkeypatch):
+    """The docs said "call after .to(device)"; a user who called it before got compiled steps, no graphs."""
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
-    monkeypatch.setattr(fast, "module_device", lambda module: torch.device("cuda", 0))
     pipe = tiny_pipeline(seed=0)
-    assert pipe.enable_fast_sampling(fullgraph=True).cuda_graphs
-    monkeypatch.setattr(DiffusionPipeline, "enable_model_cpu_offload", lambda self, *a, **k: None)
+    asked = pipe.enable_fast_sampling(fullgraph=True)
+    assert not asked.cuda_graphs and not pipe.to(torch.float32).unet.__dict__[fast.STATE].cuda_graphs
+    on = {"device": torch.device("cuda", 0)}
+    monkeypatch.setattr(fast, "module_device", lambda module: on["device"])
+    assert pipe.to("cpu") is pipe  # the move itself is faked by module_device
+    state = fast_sampling_state(pipe)
+    assert state.cuda_graphs and state.compile_options == {
+        "dynamic": False,
+        "fullgraph": True,
+        "mode": "reduce-overhead",
+    }
+    on["device"] = torch.device("cpu")
+    pipe.to("cpu")
+    assert not fast_sampling_state(pipe).cuda_graphs and fast_sampling_state(pipe).compiled
+    pipe.enable_fast_sampling(cuda_graphs=False)  # asked for: kept on any device
+    on["device"] = torch.device("cuda", 0)
+    assert not pipe.to("cpu").unet.__dict__[fast.STATE].cuda_graphs
+
+
+def test_the_state_says_eager_where_torch_runs_eager():
+    """torch.compile with dynamo switched off returns the function as it is, and a deepcopy drops the compiled
+    call: the state had said compiled=True in both, with no word."""
+    pipe = tiny_pipeline(seed=0)
+    with torch._dynamo.config.patch(disable=True):
+        with pytest.warns(RuntimeWarning, match=r"torch.compile is switched off \(TORCHDYNAMO_DISABLE=1"):
+            state = pipe.enable_fast_sampling()
+    assert not state.compiled and not state.cuda_graphs and state.channels_last
+    state = pipe.enable_fast_sampling(backend="eager")
+    assert state.compiled and fast_sampling_state(pipe).compiled
+    twin = copy.deepcopy(pipe)
+    assert not fast_sampling_state(twin).compiled and fast_sampling_state(pipe).compiled
+    assert twin.unet._compiled_call_impl is None  # what torch's deepcopy of a compiled module leaves
+
+
+@pytest.mark.parametrize("graphs", [None, True])
+@pytest.mark.parametrize("offload", ["enable_model_cpu_offload", "enable_sequential_cpu_offload"])
+def test_cpu_offload_after_enabling_drops_cuda_graphs(monkeypatch, offload, graphs):
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    on = {"device": torch.device("cuda", 0)}
+    monkeypatch.setattr(fast, "module_device", lambda module: on["device"])
+    pipe = tiny_pipeline(seed=0)
+    assert pipe.enable_fast_sampling(fullgraph=True, cuda_graphs=graphs).cuda_graphs
+
+    def diffusers_offload(self, *args, **kwargs):  # diffusers' own needs accelerate and a GPU; it begins so:
+        on["device"] = torch.device("cpu")
+        self.to("cpu", silence_dtype_warnings=True)
+
+    monkeypatch.setattr(DiffusionPipeline, offload, diffusers_offload)
     with pytest.warns(UserWarning, match="CPU offload moves the denoiser's weights") as warned:
-        pipe.enable_model_cpu_offload()  # diffusers' own needs accelerate and a GPU
-    assert warned[0].filename == __file__
+        getattr(pipe, offload)()
+    assert len(warned) == 1 and warned[0].filename == __file__
     state = fast_sampling_state(pipe)
     assert state.compiled and not state.cuda_graphs and state.channels_last
     assert state.compile_options == {"dynamic": False, "fullgraph": True, "mode": None}
