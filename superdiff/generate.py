@@ -240,8 +240,8 @@ def pick_dtype(dtype: str, device: str):
     """'auto' -> float16 on an accelerator, float32 on CPU."""
     import torch
 
-    if dtype == "auto":
-        return torch.float32 if device == "cpu" else torch.float16
+    if dtype == "auto":  # "cpu:0" too, as a CPU worker of a sweep names its device
+        return torch.float32 if torch.device(device).type == "cpu" else torch.float16
     return getattr(torch, dtype)
 
 

@@ -332,6 +332,66 @@ def test_a_run_started_meanwhile_with_other_settings_is_refused(tmp_path, monkey
     assert steps == 3 and {r["steps"] for r in read_records(out)} == {steps}
 
 
+def test_the_dtype_auto_gives_on_the_device_is_a_setting(tmp_path):
+    """ "auto" is float32 on the CPU, float16 on a GPU: a sweep's CPU worker names its device "cpu:0", which
+    had given float16 (2 processes' images differed from 1's), and sweep.json said "auto" on either."""
+    from contextlib import ExitStack
+
+    from superdiff.generate import pick_dtype
+    from superdiff.sweep.run import check_settings, claim
+
+    assert pick_dtype("auto", "cpu:0") == pick_dtype("auto", "cpu") == torch.float32
+    assert pick_dtype("auto", "cuda:1") == torch.float16
+    tiny = SweepConfig([("a", "b")], ["and"], [0], tmp_path / "tiny", model="tiny", steps=2, guidance_scale=1)
+    with ExitStack() as lock:
+        claim(tiny, "cpu:0", lock)
+    assert json.loads((tiny.out / "sweep.json").read_text())["dtype"] == "float32"
+    check_settings(tiny, "cpu")  # resumes on the CPU
+    with pytest.raises(ValueError, match=r"holds a sweep with other dtype \(dtype='float32'\)"):
+        check_settings(tiny, "cuda:0")
+    digits = SweepConfig(
+        [("3", "8")], ["and"], [0], tmp_path / "d", model="digits", steps=2, guidance_scale=1
+    )
+    assert digits.settings("cpu")["dtype"] is digits.settings("cuda:0")["dtype"] is None  # float32 on the CPU
+
+
+def test_a_run_refused_by_the_lock_leaves_the_folder_to_the_run_that_holds_it(tmp_path, monkeypatch, capsys):
+    """A wrote sweep.json, B took the lock first: A's refusal removed sweep.json and the lock file while B
+    loaded its model, and a third run with other steps then took the folder under B."""
+    import threading
+
+    import superdiff.sweep.run
+
+    out = tmp_path / "sweep"
+    args = ["sweep", *ONE_DIGITS_AND, "--out", str(out)]
+    held, load = superdiff.sweep.run.held, superdiff.sweep.run.load_pipeline
+    loading, go_on, codes = threading.Event(), threading.Event(), {}
+
+    def b_loads_slowly(cfg, device):
+        if threading.current_thread().name == "B":
+            loading.set()
+            assert go_on.wait(60)
+        return load(cfg, device)
+
+    def b_locks_first(cfg):  # A is about to lock when B starts, locks and loads
+        if threading.current_thread().name != "B" and not codes:
+            codes["B"] = None
+            b = threading.Thread(target=lambda: codes.update(B=superdiff_main(args)), name="B")
+            b.start()
+            assert loading.wait(60)
+        return held(cfg)
+
+    monkeypatch.setattr(superdiff.sweep.run, "held", b_locks_first)
+    monkeypatch.setattr(superdiff.sweep.run, "load_pipeline", b_loads_slowly)
+    assert superdiff_main(args) == 2 and "another sweep is running" in capsys.readouterr().err
+    assert (out / "sweep.json").is_file() and (out / ".sweep.lock").is_file()
+    go_on.set()
+    for thread in threading.enumerate():
+        if thread.name == "B":
+            thread.join(120)
+    assert codes["B"] == 0 and len(read_records(out)) == 5  # the 5 pairs of ONE_DIGITS_AND
+
+
 def test_a_second_run_on_a_folder_in_use_is_refused_not_run_twice(tmp_path, monkeypatch, capsys):
     """The same settings, started while the first run samples: it would redo the same pending items."""
     import superdiff.sweep.run

@@ -36,7 +36,6 @@ from .._io import (
     check_no_broken_link,
     png,
     remove_stale_temps,
-    stage,
     terminate_as_exit,
     text,
     write_atomically,
@@ -89,11 +88,15 @@ class SweepConfig:
             raise ValueError(f"--out: {str(self.out)!r} exists and is not a folder")
         self.items = plan(self.pairs, self.methods, self.seeds)
 
-    def settings(self) -> dict:
-        """What makes an item's image and record: a rerun into the same folder must not change them."""
+    def settings(self, device: str) -> dict:
+        """What makes an item's image and record on ``device``: a rerun into the same folder must not change
+        them. The dtype is the one "auto" gives there: float16 on a GPU, float32 on the CPU."""
+        from ..generate import pick_dtype
+
         keys = ("model", "steps", "guidance_scale", "lift", "dtype", "size", "scorer", "clip_model", "pairs")
         settings = {k: getattr(self, k) for k in keys}
-        settings.update(pairs=[list(p) for p in self.pairs])
+        dtype = None if self.model == "digits" else str(pick_dtype(self.dtype, device)).removeprefix("torch.")
+        settings.update(pairs=[list(p) for p in self.pairs], dtype=dtype)  # digits: float32 on the CPU
         if self.scorer != "clip":
             settings["clip_model"] = None
         return settings
@@ -103,7 +106,8 @@ def saved_settings(out: Path) -> dict | None:
     """The settings in out/sweep.json; None if the folder is new or empty; refuses any other folder."""
     path = out / SETTINGS_FILE
     if not path.exists():
-        others = [p.name for p in out.iterdir() if not p.name.endswith(TEMP_SUFFIX)] if out.is_dir() else []
+        names = [p.name for p in out.iterdir()] if out.is_dir() else []
+        others = [n for n in names if not n.endswith(TEMP_SUFFIX) and n != LOCK_FILE]  # locked before written
         if others:
             raise ValueError(
                 f"--out: {str(out)!r} holds files but no {SETTINGS_FILE} (e.g. {sorted(others)[0]!r}), so it "
@@ -119,9 +123,9 @@ def saved_settings(out: Path) -> dict | None:
     return saved
 
 
-def check_settings(cfg: SweepConfig) -> None:
+def check_settings(cfg: SweepConfig, device: str) -> None:
     """A folder holds one sweep: refuse to resume it with settings that would change its images."""
-    saved, now = saved_settings(cfg.out), cfg.settings()
+    saved, now = saved_settings(cfg.out), cfg.settings(device)
     if saved is None:
         return
     changed = [k for k in now if saved.get(k) != now[k]]
@@ -340,28 +344,29 @@ def sweep_state() -> PartialState:
     return PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
-def claim(cfg: SweepConfig) -> list[Path]:
-    """Make --out this sweep's folder before any model loads; returns what was created (undone on failure).
+def claim(cfg: SweepConfig, device: str, lock: ExitStack) -> list[Path]:
+    """Make --out this sweep's folder and take its lock (into ``lock``) before any model loads; returns what
+    was created, for :func:`release`.
 
-    sweep.json is created exclusively (a hard link of a complete temp file), so of two runs started
-    together only one writes it, and the other re-checks its settings against it.
+    The lock comes before sweep.json: of two runs started together, the second is refused before it writes
+    anything, so it cannot remove the first one's sweep.json and lock file while the first loads its model
+    (which let a third run with other settings take the folder).
     """
-    check_settings(cfg)
+    check_settings(cfg, device)
     check_no_broken_link(cfg.out, "--out")
     created = [] if cfg.out.exists() else [cfg.out]
-    settings = text(json.dumps(cfg.settings(), indent=1, allow_nan=False) + "\n")
     try:
         cfg.out.mkdir(parents=True, exist_ok=True)
-        tmp = stage(cfg.out / SETTINGS_FILE, settings)
+        lock.enter_context(held(cfg))
+        check_settings(cfg, device)  # again, locked: a run that held the folder meanwhile may have set them
+        settings = cfg.out / SETTINGS_FILE
+        if not settings.exists():
+            write_atomically(
+                [(settings, text(json.dumps(cfg.settings(device), indent=1, allow_nan=False) + "\n"))]
+            )
+            created.insert(0, settings)
     except OSError as err:
         raise ValueError(f"--out: cannot write to {str(cfg.out)!r} ({err.strerror or err})") from None
-    try:
-        os.link(tmp, cfg.out / SETTINGS_FILE)
-        created.insert(0, cfg.out / SETTINGS_FILE)
-    except FileExistsError:
-        check_settings(cfg)  # another run claimed the folder first: resume it only with its settings
-    finally:
-        tmp.unlink(missing_ok=True)
     return created
 
 
@@ -465,16 +470,13 @@ class Refused(ValueError):
 
 
 def claim_for_all(cfg: SweepConfig, state: PartialState, lock: ExitStack) -> list[Path]:
-    """The main process claims --out and takes its lock (into ``lock``); every process learns whether it
-    could before any model loads. Returns what the claim created."""
+    """The main process claims --out and takes its lock (into ``lock``, :func:`claim`); every process learns
+    whether it could before any model loads. Returns what the claim created."""
     created, refusal = [], None
     if state.is_main_process:
         try:
-            created = claim(cfg)
-            lock.enter_context(held(cfg))
-        except ValueError as err:
-            if created:
-                release(cfg, created, state.process_index)
+            created = claim(cfg, str(state.device), lock)
+        except ValueError as err:  # nothing written but the folder (and its lock file, maybe another run's)
             refusal = err
     if state.num_processes > 1:
         said = broadcast_object_list([None if refusal is None else str(refusal)], from_process=0)
