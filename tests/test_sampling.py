@@ -735,3 +735,32 @@ def test_the_pf_ode_refuses_a_trace_past_the_cores_bound_before_any_model_call()
         ValueError, match=r"^x: a batch of 1024 over 1000000 steps and 1 model keeps 1024001024"
     ):
         probability_flow(model, x, geometric_sigmas(20.0, 0.01, 1_000_000))
+
+
+def test_each_step_adds_noise_of_variance_2_sigma_dsigma():
+    """DESIGN §2's step: ε̂ = 0 from σ = 2 to 1 leaves only the noise, of variance 2·σ_k·|dσ| = 4 (2 with
+    σ_next in place of σ_k, which the 1000-step tests cannot tell apart)."""
+    zero = lambda x, sigma: torch.zeros_like(x)  # noqa: E731
+    x = torch.zeros(200_000, 1, dtype=torch.float64)
+    r = superpose([zero], x, torch.tensor([2.0, 1.0]), generator=torch.Generator().manual_seed(0))
+    assert r.samples.var().item() == pytest.approx(4.0, rel=0.02)
+
+
+def test_guided_field_is_the_unconditional_one_plus_w_times_the_difference():
+    """1 + 3·(2 − 1) = 4 (3·2 = 6 would be a guidance that scales ε̂); κ and log q read the unguided 2."""
+    two, one = (lambda x, sigma: torch.full_like(x, 2.0)), (lambda x, sigma: torch.ones_like(x))
+    pred = Guided([two], one, 3.0)(torch.zeros(2, 3), 1.0)
+    torch.testing.assert_close(pred.field, torch.full((1, 2, 3), 4.0))
+    torch.testing.assert_close(pred.eps, torch.full((1, 2, 3), 2.0))
+
+
+def test_a_lift_missed_by_a_third_of_a_nat_warns():
+    """Models that agree to 1e-4 keep κ at 1/2, so AND's traces end near 0, 0.3 from the lift asked."""
+    near = lambda x, sigma: UP(x, sigma) * (1 + 1e-4)  # noqa: E731
+    with pytest.warns(RuntimeWarning, match=r"ended up to 0\.\d+ nats"):
+        run([UP, near], n=200, batch=16, lift=0.3)
+
+
+def test_fixed_kappa_must_sum_to_one_within_1e_6():
+    with pytest.raises(ValueError, match="kappa: expected 2 weights summing to 1"):
+        run([UP, DOWN], n=5, batch=4, mode="fixed", kappa=[0.6, 0.405])

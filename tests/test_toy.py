@@ -54,3 +54,25 @@ def test_bad_options_are_named_before_training(kwargs, message):
     args = {"data": torch.randn(16, 2)} | kwargs
     with pytest.raises(ValueError, match=message):
         train_eps_model(args.pop("data"), **args)
+
+
+def test_mixture_samples_at_sigma_have_variance_std2_plus_sigma2():
+    from superdiff.toy import GaussianMixture
+
+    x = GaussianMixture([[0.0, 0.0]], 0.5).sample(
+        200_000, sigma=2.0, generator=torch.Generator().manual_seed(0)
+    )
+    torch.testing.assert_close(x.var(0), torch.full((2,), 4.25, dtype=x.dtype), rtol=0.02, atol=0)
+
+
+def test_a_component_of_weight_zero_drops_out_of_the_density():
+    """Weights are documented non-negative: 0 is allowed and leaves the other component's exact log N."""
+    import math
+
+    from superdiff.toy import GaussianMixture
+
+    mix = GaussianMixture([[0.0, 0.0], [3.0, 3.0]], 0.5, weights=[1.0, 0.0])
+    var = 0.25 + 1.3**2
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = -0.5 * x.square().sum(-1) / var - math.log(2 * math.pi * var)
+    torch.testing.assert_close(mix.log_prob(x, 1.3), expected)
