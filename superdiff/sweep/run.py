@@ -313,25 +313,47 @@ def close_logger(index: int) -> None:
 
 
 class Progress:
-    """One bar on the main process, counting the records of all processes."""
+    """One bar on the main process. Alone, it counts the images it wrote; beside other processes it counts
+    the records on disk, at most every ``scan_every`` seconds and 10× as long as a count took (it counted
+    them after every batch: at 10⁵ images that took longer than sampling)."""
 
-    def __init__(self, cfg: SweepConfig, todo: list[Item], state: PartialState):
+    def __init__(self, cfg: SweepConfig, todo: list[Item], state, scan_every: float = 1.0):
         self.cfg, self.todo, self.main = cfg, todo, state.is_main_process
+        self.alone, self.written, self.scan_every, self.next_scan = (
+            state.num_processes == 1,
+            0,
+            scan_every,
+            0.0,
+        )
         self.bar = tqdm(total=len(todo), desc="sweep", unit="image", disable=not self.main or not todo)
 
     def done(self) -> int:
+        """The pending items that have a record by now (all processes')."""
+        if self.alone:
+            return self.written
+        tic = time.perf_counter()
+        done = self.on_disk()
+        self.next_scan = time.perf_counter() + max(self.scan_every, 10 * (time.perf_counter() - tic))
+        return done
+
+    def on_disk(self) -> int:
+        """The pending items whose record is on disk."""
         return sum(record_path(self.cfg.out, item).exists() for item in self.todo)
 
-    def update(self) -> None:
-        if self.main:
+    def update(self, written: int = 0) -> None:
+        """``written`` more images by this process; the bar moves on the main process."""
+        self.written += written
+        if self.main and (self.alone or time.perf_counter() >= self.next_scan):
             self.bar.update(self.done() - self.bar.n)
 
-    def wait_for_all(self, poll: float = 0.5) -> None:
+    def wait_for_all(self) -> None:
         """Main process: keep the bar moving until every process has written its records."""
-        while self.main and self.done() < len(self.todo):
-            self.update()
-            time.sleep(poll)
-        self.update()
+        while self.main:
+            done = self.done()
+            self.bar.update(done - self.bar.n)
+            if done >= len(self.todo) or self.alone:
+                break
+            time.sleep(max(0.0, self.next_scan - time.perf_counter()))
         self.bar.close()
 
 
@@ -444,7 +466,7 @@ def sample_share(cfg: SweepConfig, state: PartialState, pipe, scorer, todo: list
             write_batch(cfg, batch, out.to_pil(), rows, done)
             written += len(batch)
             log.info(f"{' '.join(item.key for item in batch)}: {seconds:.2f} s")
-            progress.update()
+            progress.update(len(batch))
     log.info(f"done: {written} images written by this process")
     return written
 
