@@ -530,12 +530,14 @@ def test_unreadable_records_are_redone(tmp_path, capsys, monkeypatch):
     assert {path: path.stat().st_mtime_ns for path in records[2:]} == stamps  # not redone
     assert "This run: 2 new images" in (out / "summary.md").read_text()
     images = sorted((out / "images").glob("*.png"))
-    images[2].unlink()  # a record whose image is gone, or emptied, is not done
+    kept = {path: path.stat().st_mtime_ns for path in records[:2]}
+    images[2].unlink()  # a record whose image is gone, emptied or cut short is not done
     images[3].write_bytes(b"")
+    images[4].write_bytes(images[4].read_bytes()[:100])  # the PNG signature, not its end: had been kept
     assert superdiff_main(args) == 0
-    assert "This run: 2 new images" in (out / "summary.md").read_text()
-    assert all(Image.open(path).size == (64, 64) for path in images)
-    assert {path: path.stat().st_mtime_ns for path in records[4:]} == {p: stamps[p] for p in records[4:]}
+    assert "This run: 3 new images" in (out / "summary.md").read_text()
+    assert all(Image.open(path).load() is not None and Image.open(path).size == (64, 64) for path in images)
+    assert {path: path.stat().st_mtime_ns for path in records[:2]} == kept
 
 
 def test_a_summary_of_part_of_a_folder_says_what_it_leaves_out(tmp_path, capsys):

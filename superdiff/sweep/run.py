@@ -138,6 +138,7 @@ def check_settings(cfg: SweepConfig, device: str) -> None:
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # the first bytes of every PNG file: an emptied image has none
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # its last chunk: an image cut short has none
 
 
 def record_path(out: Path, item: Item) -> Path:
@@ -156,13 +157,23 @@ def is_record(row, item: Item) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers)
 
 
+def is_complete_png(path: Path) -> bool:
+    """Begins with the PNG signature and ends with its last chunk: not emptied or cut short by a crash."""
+    with open(path, "rb") as image:
+        if image.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+            return False
+        if image.seek(0, os.SEEK_END) < len(PNG_SIGNATURE) + len(PNG_END):
+            return False
+        image.seek(-len(PNG_END), os.SEEK_END)
+        return image.read() == PNG_END
+
+
 def read_record(out: Path, item: Item) -> dict | None:
     """The item's record; None if it or its image is missing or unreadable (empty after a crash, edited,
     the image deleted): an item to redo."""
     try:
         row = json.loads(record_path(out, item).read_text(encoding="utf-8"))
-        with open(image_path(out, item), "rb") as image:
-            is_png = image.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
+        is_png = is_complete_png(image_path(out, item))
     except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
         return None
     return row if is_png and is_record(row, item) else None
