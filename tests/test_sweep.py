@@ -185,6 +185,10 @@ def no_models(monkeypatch):
         ("prompt_1,prompt_2\n3,8\n3,cat\n", "--pairs: pair 2, prompt_2: unknown digit 'cat'"),
         ("prompt_1,prompt_2\n3,8\n,8\n", "--pairs: line 3 of"),
         ("prompt_1,prompt_2\n3,8\n1,7\n3,8\n", "--pairs: line 4 of .* repeats line 2"),
+        (
+            "prompt_1,prompt_2\n3,8\nthree,EIGHT\n",
+            r"--pairs: pair 2 \('three', 'EIGHT'\) names the digits of pair 1",
+        ),
         ("- [3, 8]\n- {prompt_1: 1, prompt_2: [\n", "--pairs: not valid YAML"),
         pytest.param(  # a comma in an unquoted prompt: not cut to its first two fields
             "prompt_1,prompt_2\n3,8\na cat, photorealistic,a dog\n",
@@ -302,6 +306,12 @@ def test_unwritable_out_is_refused_before_any_model_loads(tmp_path, capsys, no_m
     assert (
         err.startswith("superdiff sweep: error: --out: cannot write") and len(err.strip().splitlines()) == 1
     )
+
+
+def test_an_out_name_too_long_is_named(tmp_path, capsys, no_models):
+    """It had been "error: [Errno 36] File name too long", naming no option."""
+    assert superdiff_main(["sweep", "--model", "digits", "--out", str(tmp_path / ("x" * 300))]) == 2
+    assert "superdiff sweep: error: --out: the file name 'xxxx" in capsys.readouterr().err
 
 
 def test_a_broken_link_as_out_is_named(tmp_path, capsys, no_models):
@@ -940,3 +950,20 @@ def test_digits_as_yaml_numbers_are_refused_saying_to_quote_them(tmp_path):
     (tmp_path / "p.yaml").write_text("- [3, 8]\n")
     with pytest.raises(ValueError, match=r'prompts \(text: in YAML, quote a digit, "3"\), got \[3, 8\]'):
         load_pairs(str(tmp_path / "p.yaml"))
+
+
+def test_too_many_images_name_the_three_options_that_multiply():
+    """2000 pairs × 1 method × 1000 seeds had been refused as "--seeds: ...", the pairs being the many."""
+    pairs = [(f"a {i}", "b") for i in range(2000)]
+    with pytest.raises(
+        ValueError, match=r"^--pairs × --methods × --seeds: 2000 pairs × 1 methods × 1000 seeds"
+    ):
+        plan(pairs, ["and"], list(range(1000)))
+
+
+def test_the_sweeps_command_line_reads_its_options_before_torch_loads():
+    """A Ctrl-C in the first seconds of `python -m superdiff.sweep` (what accelerate launch runs) printed
+    50–80 lines of traceback from torch's import: the package imported its runner eagerly."""
+    code = "import sys, superdiff.sweep.cli as c; print(sorted({'torch', 'accelerate'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, check=True)
+    assert done.stdout.strip() == "[]"

@@ -5,19 +5,18 @@ accelerate launch --multi_gpu --num_processes 2 -m superdiff.sweep --model digit
 accelerate launch --num_processes 8 -m superdiff.sweep --pairs paper   # SD v1-4 on 8 GPUs, CLIP scores
 """
 
-from .plan import METHODS, Item, load_pairs, parse_methods, parse_seeds, plan
-from .run import SweepConfig, run_sweep
-from .summary import summarize, write_summary
+import importlib
 
-__all__ = [
-    "METHODS",
-    "Item",
-    "SweepConfig",
-    "load_pairs",
-    "parse_methods",
-    "parse_seeds",
-    "plan",
-    "run_sweep",
-    "summarize",
-    "write_summary",
-]
+from .plan import METHODS, Item, load_pairs, parse_methods, parse_seeds, plan
+
+# imported on first use: `python -m superdiff.sweep` reads its options (and a Ctrl-C stops it with one line)
+# before torch and accelerate load
+LAZY = {"SweepConfig": ".run", "run_sweep": ".run", "summarize": ".summary", "write_summary": ".summary"}
+
+__all__ = ["METHODS", "Item", "load_pairs", "parse_methods", "parse_seeds", "plan", *LAZY]
+
+
+def __getattr__(name: str):
+    if name in LAZY:
+        return getattr(importlib.import_module(LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

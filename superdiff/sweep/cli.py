@@ -11,6 +11,7 @@ from .._io import user_path, user_source
 from ..generate import DEFAULT_MODEL, DTYPES, add_max_size, model_class, refuse_unused_by_digits
 from ..limits import MAX_SIZE, out_of_memory
 from .plan import (
+    DEFAULT_CLIP,
     DEFAULT_METHODS,
     JOINT_METHODS,
     METHODS,
@@ -19,7 +20,6 @@ from .plan import (
     parse_methods,
     parse_seeds,
 )
-from .scoring import DEFAULT_CLIP
 from .summary import other_records_note
 
 SCORERS = ("auto", "clip", "digits", "none")
@@ -109,12 +109,16 @@ def default_guidance(cls) -> float:
 
 
 def check_digit_pairs(pairs: list[tuple[str, str]]) -> None:
-    """Every prompt of --model digits names a digit: refused before any model loads, not mid-sweep."""
+    """Every prompt of --model digits names a digit, and no two pairs the same digits ("3,8" and "three,
+    eight" drew the same images twice): refused before any model loads, not mid-sweep."""
     from ..digits.model import label_of
 
+    seen = {}  # digits -> the pair that named them first
     for i, pair in enumerate(pairs, start=1):
-        for k, prompt in enumerate(pair, start=1):
-            label_of(prompt, f"--pairs: pair {i}, prompt_{k}")
+        digits = tuple(label_of(prompt, f"--pairs: pair {i}, prompt_{k}") for k, prompt in enumerate(pair, 1))
+        if digits in seen:
+            raise ValueError(f"--pairs: pair {i} {pair!r} names the digits of pair {seen[digits]}: {digits}")
+        seen[digits] = i
 
 
 def config(args):

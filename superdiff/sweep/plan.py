@@ -26,6 +26,7 @@ METHODS = {
 }
 JOINT_METHODS = ("joint", "joint_ba")  # need a text encoder: Stable Diffusion only
 DEFAULT_METHODS = ("and", "or", "avg", "joint", "prompt_1", "prompt_2")
+DEFAULT_CLIP = "openai/clip-vit-base-patch32"  # the scorer of Stable Diffusion sweeps (scoring.py)
 
 
 @dataclass(frozen=True)
@@ -164,8 +165,8 @@ def plan(pairs: list[tuple[str, str]], methods: list[str], seeds: list[int]) -> 
     count = len(pairs) * len(methods) * len(seeds)
     if count > MAX_SWEEP_IMAGES:
         raise ValueError(
-            f"--seeds: {len(pairs)} pairs × {len(methods)} methods × {len(seeds)} seeds = {count} images; "
-            f"a sweep holds at most {MAX_SWEEP_IMAGES}"
+            f"--pairs × --methods × --seeds: {len(pairs)} pairs × {len(methods)} methods × "
+            f"{len(seeds)} seeds = {count} images; a sweep holds at most {MAX_SWEEP_IMAGES}"
         )
     return [Item(i, a, b, m, s) for i, (a, b) in enumerate(pairs) for m in methods for s in seeds]
 

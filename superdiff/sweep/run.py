@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .._io import (
     TEMP_SUFFIX,
+    check_name_lengths,
     check_no_broken_link,
     png,
     remove_stale_temps,
@@ -43,8 +44,8 @@ from .._io import (
 from ..limits import LIMITS, MAX_GUIDANCE, MAX_MAGNITUDE
 from ..pipeline_common import check_finite, check_int
 from ..pipeline_superdiff import JOINT_TEMPLATE
-from .plan import Item, batches, plan
-from .scoring import DEFAULT_CLIP, load_scorer
+from .plan import DEFAULT_CLIP, Item, batches, plan
+from .scoring import load_scorer
 from .summary import write_summary
 
 SETTINGS_FILE = "sweep.json"
@@ -84,6 +85,7 @@ class SweepConfig:
             )
         check_finite("--guidance-scale", self.guidance_scale, low=0.0, high=MAX_GUIDANCE)
         check_finite("--lift", self.lift, low=-MAX_MAGNITUDE, high=MAX_MAGNITUDE)
+        check_name_lengths([self.out], "--out")  # else exists() below raises "File name too long" unnamed
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"--out: {str(self.out)!r} exists and is not a folder")
         self.items = plan(self.pairs, self.methods, self.seeds)

@@ -11,8 +11,7 @@ from torch import Tensor
 
 from ..hub import explain_unavailable, folder_errors, offline_kwargs
 from ..output import SuperDiffOutput
-
-DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+from .plan import DEFAULT_CLIP
 
 
 class ClipScorer:
