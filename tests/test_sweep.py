@@ -592,9 +592,9 @@ def test_interrupt_keeps_the_completed_images_and_resumes(tmp_path, capsys, monk
     assert len(read_records(out)) == 5 and "This run: 3 new images" in (out / "summary.md").read_text()
 
 
-def test_sigterm_before_the_first_record_leaves_no_sweep_folder(tmp_path, monkeypatch):
+def test_sigterm_before_the_first_record_leaves_no_sweep_folder(tmp_path, monkeypatch, capsys):
     """kill (SIGTERM) or a closed terminal (SIGHUP) while the model loads: the claimed folder is released,
-    so a rerun may use other settings."""
+    so a rerun may use other settings; the log says so (a scheduler's kill had ended it without a word)."""
     import superdiff.sweep.run
 
     def killed_while_loading(cfg, state):
@@ -607,6 +607,10 @@ def test_sigterm_before_the_first_record_leaves_no_sweep_folder(tmp_path, monkey
         superdiff_main(["sweep", *ONE_DIGITS_AND, "--out", str(out)])
     assert stopped.value.code == 128 + signal.SIGTERM
     assert not out.exists()
+    assert (
+        capsys.readouterr().err
+        == "superdiff sweep: interrupted; completed images are kept, rerun the same command to resume\n"
+    )
 
 
 def test_csv_cells_that_a_spreadsheet_would_run_are_made_text():

@@ -7,7 +7,7 @@ import inspect
 import sys
 from pathlib import Path
 
-from .._io import user_path, user_source
+from .._io import STOP_SIGNALS, user_path, user_source
 from ..generate import DEFAULT_MODEL, DTYPES, add_max_size, model_class, refuse_unused_by_digits
 from ..limits import MAX_SIZE, out_of_memory
 from .plan import (
@@ -188,6 +188,10 @@ def run(args) -> int:
     except KeyboardInterrupt:  # records are written atomically: the completed ones stay valid
         print(f"superdiff sweep{who}: {INTERRUPTED}", file=sys.stderr)
         return 130
+    except SystemExit as stop:  # SIGTERM or SIGHUP (a scheduler's kill, a closed terminal): the same
+        if stop.code in [128 + signum for signum in STOP_SIGNALS]:
+            print(f"superdiff sweep{who}: {INTERRUPTED}", file=sys.stderr)
+        raise
     if state.is_main_process:
         if timing.get("other_records"):
             print(f"superdiff sweep: warning: {other_records_note(timing['other_records'])}", file=sys.stderr)
