@@ -359,6 +359,9 @@ def test_the_dtype_auto_gives_on_the_device_is_a_setting(tmp_path):
     check_settings(tiny, "cpu")  # resumes on the CPU
     with pytest.raises(ValueError, match=r"holds a sweep with other dtype \(dtype='float32'\)"):
         check_settings(tiny, "cuda:0")
+    saved = json.loads((tiny.out / "sweep.json").read_text())
+    (tiny.out / "sweep.json").write_text(json.dumps({**saved, "dtype": "auto"}))  # as earlier versions wrote
+    check_settings(tiny, "cpu")  # a sweep begun before resumes
     digits = SweepConfig(
         [("3", "8")], ["and"], [0], tmp_path / "d", model="digits", steps=2, guidance_scale=1
     )

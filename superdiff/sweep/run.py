@@ -130,6 +130,8 @@ def check_settings(cfg: SweepConfig, device: str) -> None:
     saved, now = saved_settings(cfg.out), cfg.settings(device)
     if saved is None:
         return
+    if saved.get("dtype") == "auto":  # written before "auto" was resolved, where it gave what it gives now
+        saved["dtype"] = now["dtype"]
     changed = [k for k in now if saved.get(k) != now[k]]
     if changed:
         was = ", ".join(f"{k}={saved.get(k)!r}" for k in changed if k != "pairs")
