@@ -234,7 +234,10 @@ def drop_cuda_graphs(pipe, had: bool) -> None:
 def follow_device(pipe) -> None:
     """After ``pipe.to``: a fast path that left CUDA graphs to the device (``cuda_graphs=None``) decides anew,
     so enabling it before ``.to("cuda")`` gets them too."""
-    state = fast_sampling_state(pipe)
+    try:
+        state = fast_sampling_state(pipe)
+    except ValueError:  # a pipeline without its denoiser (unet=None) moves as diffusers moves it
+        return
     if state is None or state.asked.get("cuda_graphs", False) is not None or not state.compiled:
         return
     module = denoiser_of(pipe)[1]

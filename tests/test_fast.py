@@ -370,9 +370,11 @@ def test_enabled_before_moving_to_cuda_gets_cuda_graphs_there(monkeypatch):
     on["device"] = torch.device("cpu")
     pipe.to("cpu")
     assert not fast_sampling_state(pipe).cuda_graphs and fast_sampling_state(pipe).compiled
-    pipe.enable_fast_sampling(cuda_graphs=False)  # asked for: kept on any device
+    kept = pipe.enable_fast_sampling(cuda_graphs=False)  # asked for: kept on any device, not compiled again
     on["device"] = torch.device("cuda", 0)
-    assert not pipe.to("cpu").unet.__dict__[fast.STATE].cuda_graphs
+    assert fast_sampling_state(pipe.to("cpu")) is kept and not kept.cuda_graphs
+    pipe.register_modules(unet=None)
+    assert pipe.to("cpu") is pipe  # without a denoiser, as diffusers moves it
 
 
 def test_the_state_says_eager_where_torch_runs_eager():

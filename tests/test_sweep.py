@@ -310,8 +310,9 @@ def test_unwritable_out_is_refused_before_any_model_loads(tmp_path, capsys, no_m
 
 def test_an_out_name_too_long_is_named(tmp_path, capsys, no_models):
     """It had been "error: [Errno 36] File name too long", naming no option."""
-    assert superdiff_main(["sweep", "--model", "digits", "--out", str(tmp_path / ("x" * 300))]) == 2
-    assert "superdiff sweep: error: --out: the file name 'xxxx" in capsys.readouterr().err
+    for out in (tmp_path / ("x" * 300), tmp_path / ("x" * 300) / "sweep"):
+        assert superdiff_main(["sweep", "--model", "digits", "--out", str(out)]) == 2
+        assert "superdiff sweep: error: --out: the file name 'xxxx" in capsys.readouterr().err
 
 
 def test_a_broken_link_as_out_is_named(tmp_path, capsys, no_models):
@@ -366,6 +367,32 @@ def test_the_dtype_auto_gives_on_the_device_is_a_setting(tmp_path):
         [("3", "8")], ["and"], [0], tmp_path / "d", model="digits", steps=2, guidance_scale=1
     )
     assert digits.settings("cpu")["dtype"] is digits.settings("cuda:0")["dtype"] is None  # float32 on the CPU
+
+
+def test_without_flock_the_run_that_writes_sweep_json_second_checks_the_first_ones(tmp_path, monkeypatch):
+    """Windows has no flock: of two runs claiming a folder at once, the second had replaced the first's
+    sweep.json while the first sampled with its own settings."""
+    from contextlib import ExitStack
+
+    import superdiff.sweep.run
+
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # import fcntl raises ImportError, as on Windows
+    first, second = (
+        SweepConfig([("3", "8")], ["and"], [0], tmp_path / "s", model="digits", steps=k, guidance_scale=1)
+        for k in (4, 3)
+    )
+    write, wrote = superdiff.sweep.run.write_atomically, []
+
+    def the_first_writes_meanwhile(writes, **kwargs):
+        if not wrote:
+            wrote.append(first)
+            superdiff.sweep.run.claim(first, "cpu", ExitStack())
+        return write(writes, **kwargs)
+
+    monkeypatch.setattr(superdiff.sweep.run, "write_atomically", the_first_writes_meanwhile)
+    with pytest.raises(ValueError, match=r"holds a sweep with other steps \(steps=4\)"):
+        superdiff.sweep.run.claim(second, "cpu", ExitStack())
+    assert json.loads((tmp_path / "s" / "sweep.json").read_text())["steps"] == 4
 
 
 def test_a_run_refused_by_the_lock_leaves_the_folder_to_the_run_that_holds_it(tmp_path, monkeypatch, capsys):

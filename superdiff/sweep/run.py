@@ -85,7 +85,8 @@ class SweepConfig:
             )
         check_finite("--guidance-scale", self.guidance_scale, low=0.0, high=MAX_GUIDANCE)
         check_finite("--lift", self.lift, low=-MAX_MAGNITUDE, high=MAX_MAGNITUDE)
-        check_name_lengths([self.out], "--out")  # else exists() below raises "File name too long" unnamed
+        made = [p for p in (self.out, *self.out.parents) if not os.path.lexists(p)]  # lexists never raises
+        check_name_lengths(made, "--out")  # else exists() below raises "File name too long" unnamed
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"--out: {str(self.out)!r} exists and is not a folder")
         self.items = plan(self.pairs, self.methods, self.seeds)
@@ -398,10 +399,11 @@ def claim(cfg: SweepConfig, device: str, lock: ExitStack) -> list[Path]:
         check_settings(cfg, device)  # again, locked: a run that held the folder meanwhile may have set them
         settings = cfg.out / SETTINGS_FILE
         if not settings.exists():
-            write_atomically(
-                [(settings, text(json.dumps(cfg.settings(device), indent=1, allow_nan=False) + "\n"))]
-            )
+            content = text(json.dumps(cfg.settings(device), indent=1, allow_nan=False) + "\n")
+            write_atomically([(settings, content)], exclusive=True)  # without flock (Windows), a race
             created.insert(0, settings)
+    except FileExistsError:
+        check_settings(cfg, device)  # another run wrote it first (no flock): resume it only with its settings
     except OSError as err:
         raise ValueError(f"--out: cannot write to {str(cfg.out)!r} ({err.strerror or err})") from None
     return created
