@@ -580,6 +580,20 @@ def test_unreadable_records_are_redone(tmp_path, capsys, monkeypatch):
     assert {path: path.stat().st_mtime_ns for path in records[:2]} == kept
 
 
+def test_a_record_of_other_settings_is_redone_not_summarized(tmp_path):
+    """A record copied in from another sweep (or left by a run with other --steps) had been counted as done
+    and averaged into a summary that names this sweep's steps."""
+    out = tmp_path / "sweep"
+    args = ["sweep", *ONE_DIGITS_AND, "--out", str(out)]
+    assert superdiff_main(args) == 0
+    record = sorted((out / "records").glob("*.json"))[0]
+    row = json.loads(record.read_text())
+    record.write_text(json.dumps({**row, "steps": 50}))
+    assert superdiff_main(args) == 0
+    assert "This run: 1 new images" in (out / "summary.md").read_text()
+    assert json.loads(record.read_text())["steps"] == 3
+
+
 def test_a_summary_of_part_of_a_folder_says_what_it_leaves_out(tmp_path, capsys):
     out = tmp_path / "sweep"
     assert superdiff_main(["sweep", *ONE_DIGITS_AND, "--seeds", "0-1", "--out", str(out)]) == 0

@@ -154,9 +154,15 @@ def image_path(out: Path, item: Item) -> Path:
     return out / "images" / f"{item.key}.png"
 
 
-def is_record(row, item: Item) -> bool:
-    """row is item's record as the summary reads it: its key and method, finite seconds and scores."""
+RECORDED = ("model", "steps", "guidance_scale", "lift")  # the settings each record repeats
+
+
+def is_record(row, item: Item, cfg: SweepConfig) -> bool:
+    """row is item's record as the summary reads it: its key and method, the sweep's settings (not a record
+    copied from another sweep), finite seconds and scores."""
     if not isinstance(row, dict) or row.get("key") != item.key or row.get("method") != item.method:
+        return False
+    if any(row.get(k) != getattr(cfg, k) for k in RECORDED):
         return False
     numbers = [row.get("seconds")] + [row[k] for k in ("score_min", "score_mean") if row.get(k) is not None]
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers)
@@ -173,20 +179,20 @@ def is_complete_png(path: Path) -> bool:
         return image.read() == PNG_END
 
 
-def read_record(out: Path, item: Item) -> dict | None:
+def read_record(cfg: SweepConfig, item: Item) -> dict | None:
     """The item's record; None if it or its image is missing or unreadable (empty after a crash, edited,
     the image deleted): an item to redo."""
     try:
-        row = json.loads(record_path(out, item).read_text(encoding="utf-8"))
-        is_png = is_complete_png(image_path(out, item))
+        row = json.loads(record_path(cfg.out, item).read_text(encoding="utf-8"))
+        is_png = is_complete_png(image_path(cfg.out, item))
     except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
         return None
-    return row if is_png and is_record(row, item) else None
+    return row if is_png and is_record(row, item, cfg) else None
 
 
 def pending(cfg: SweepConfig) -> list[Item]:
     """The items that have no readable record yet."""
-    return [item for item in cfg.items if read_record(cfg.out, item) is None]
+    return [item for item in cfg.items if read_record(cfg, item) is None]
 
 
 def remove_unreadable_records(cfg: SweepConfig, todo: list[Item]) -> int:
@@ -208,7 +214,7 @@ def other_records(cfg: SweepConfig) -> int:
 
 def load_records(cfg: SweepConfig) -> list[dict]:
     """The record of every item of the sweep's plan, in plan order."""
-    rows = [read_record(cfg.out, item) for item in cfg.items]
+    rows = [read_record(cfg, item) for item in cfg.items]
     missing = [item for item, row in zip(cfg.items, rows, strict=True) if row is None]
     if missing:
         raise RuntimeError(
