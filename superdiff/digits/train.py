@@ -3,7 +3,7 @@
 Writes to ./digits-weights by default (a variant: ./<variant>.safetensors), never into the installed
 package; the shipped weights are regenerated with ``make weights`` (``--out superdiff/digits/weights``).
 
-Seeded and deterministic on CPU (one thread; same torch version ⇒ same bytes). Writes each
+Seeded and deterministic on CPU (one thread; same torch version and CPU kind ⇒ same bytes). Writes each
 safetensors file atomically (temp file + rename) and a README.md with the command, seed, sha256 of
 every file and the classifier's held-out accuracy.
 """
@@ -200,8 +200,8 @@ Trained offline on scikit-learn's bundled 8×8 digits (train part of the seeded 
 Fokker–Planck residual as a penalty (weight {fp_options["fp_weight"]:g}; docs/results-and.md).
 
 Seed: {SEED}. torch {torch.__version__}, 1 thread (bitwise reproducible with the same torch version
-and CPU kind). Evaluation classifier held-out accuracy: **{acc:.4f}**
-(360 held-out images).
+and CPU kind; another CPU's kernels round differently). Evaluation classifier held-out accuracy:
+**{acc:.4f}** (360 held-out images).
 
 | file | size | training time | sha256 |
 |---|---|---|---|
