@@ -527,3 +527,11 @@ def test_replacing_a_limit_that_does_not_exist_names_those_that_do():
         ValueError, match="^Limits.replace: unknown limit 'sizes'; the limits: steps, batch_size,"
     ):
         LIMITS.replace(size=4096, sizes=4096)
+
+
+def test_weak_guidance_names_negative_zero_as_0():
+    """A client's −0.0 (the playground's slider at 0 from below) had been shown as "guidance_scale=-0"."""
+    from superdiff.pipeline_common import warn_weak_guidance
+
+    with pytest.warns(UserWarning, match=r"^guidance_scale=0: each prompt's field"):
+        warn_weak_guidance(-0.0)
