@@ -173,8 +173,8 @@ def warn_weak_guidance(guidance_scale: float, note: str = "") -> None:
     """Classifier-free guidance below 1 steers less than none (at 0 every prompt moves x alike)."""
     if guidance_scale < 1:
         warn_caller(
-            f"guidance_scale={guidance_scale + 0.0:g}: each prompt's field is ε̂_∅ + w·(ε̂_i − ε̂_∅), so below 1 "
-            f"the prompts steer less than unguided, and at 0 not at all{note}"
+            f"guidance_scale={guidance_scale + 0.0:g}: each prompt's field is ε̂_∅ + w·(ε̂_i − ε̂_∅), so "
+            f"below 1 the prompts steer less than unguided, and at 0 not at all{note}"
         )
 
 
