@@ -57,6 +57,11 @@ def module_device(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
+def graphs_can_replay(module: nn.Module) -> bool:
+    """On CUDA and not CPU-offloaded: where ``cuda_graphs=None`` turns CUDA graphs on."""
+    return module_device(module).type == "cuda" and not has_offload_hook(module)
+
+
 def first_of(owner, *names: str):
     """The first of names that owner has (torch renamed them: "cache" became "recompile" in 2.7), or None."""
     return next((getattr(owner, name) for name in names if hasattr(owner, name)), None)
@@ -192,7 +197,7 @@ def enable_fast_sampling(
         )
         compile = cuda_graphs = False
     if cuda_graphs is None:
-        cuda_graphs = compile and module_device(module).type == "cuda" and not has_offload_hook(module)
+        cuda_graphs = compile and graphs_can_replay(module)
     if cuda_graphs and not compile:
         raise ValueError("cuda_graphs: CUDA graphs come from torch.compile; pass compile=True")
     options = compile_kwargs(cuda_graphs, compile_options) if compile else {}
@@ -211,6 +216,7 @@ def enable_fast_sampling(
 
 
 def cuda_graphs_on(pipe) -> bool:
+    """True if the fast path replays CUDA graphs now."""
     state = fast_sampling_state(pipe)
     return state is not None and state.cuda_graphs
 
@@ -240,8 +246,7 @@ def follow_device(pipe) -> None:
         return
     if state is None or state.asked.get("cuda_graphs", False) is not None or not state.compiled:
         return
-    module = denoiser_of(pipe)[1]
-    if state.cuda_graphs != (module_device(module).type == "cuda" and not has_offload_hook(module)):
+    if state.cuda_graphs != graphs_can_replay(denoiser_of(pipe)[1]):
         enable_fast_sampling(pipe, **state.asked)
 
 

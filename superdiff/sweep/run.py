@@ -341,12 +341,8 @@ class Progress:
 
     def __init__(self, cfg: SweepConfig, todo: list[Item], state, scan_every: float = 1.0):
         self.cfg, self.todo, self.main = cfg, todo, state.is_main_process
-        self.alone, self.written, self.scan_every, self.next_scan = (
-            state.num_processes == 1,
-            0,
-            scan_every,
-            0.0,
-        )
+        self.alone, self.scan_every = state.num_processes == 1, scan_every
+        self.written, self.next_scan = 0, 0.0  # this process's images; when the folder is counted next
         self.bar = tqdm(total=len(todo), desc="sweep", unit="image", disable=not self.main or not todo)
 
     def done(self) -> int:
