@@ -17,6 +17,7 @@ import time
 import warnings
 from argparse import Namespace
 from pathlib import Path
+from subprocess import PIPE
 
 import numpy as np
 import pytest
@@ -719,6 +720,38 @@ def test_a_refused_out_stops_every_process_before_any_model_loads(tmp_path):
     ]
     assert "Connection closed" not in run.stderr and "[rank1]" not in run.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_process_that_dies_stops_the_main_one_with_a_message_not_a_wait_without_end(tmp_path, two_pairs):
+    """Launched without torchrun (which stops the others itself), as a scheduler may: process 1 dies at its
+    first write. The main process counted records on disk until all were there, so it had waited forever."""
+    out, args, port = tmp_path / "sweep", [*SMALL, "--pairs", two_pairs, "--batch-size", "2"], free_port()
+
+    def start(rank: int, **env) -> subprocess.Popen:
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank))
+        command = [sys.executable, "-m", "superdiff.sweep", *args, "--out", str(out)]
+        return subprocess.Popen(command, env={**ENV, **env, "LOCAL_RANK": str(rank)}, text=True, stderr=PIPE)
+
+    main, other = start(0), start(1, **{CRASH_AFTER: "0"})
+    try:
+        assert other.wait(timeout=300) == 75
+        err = main.communicate(timeout=120)[1]
+    finally:
+        for process in (main, other):
+            process.kill()
+            process.communicate()
+    assert main.returncode == 2, err[-2000:]
+    logs = str(out / "logs")
+    assert err.splitlines()[-1] == (
+        "superdiff sweep [process 0]: error: another process of this sweep stopped or did not answer within "
+        f"the launch's timeout (see the launcher's output and {logs!r}); the records written are kept: rerun "
+        "the same command to resume"
+    )
+    assert (
+        len(list((out / "records").glob("*.json"))) == 9
+    )  # the main process's 6 batches (2, 1, 2, 1, 2, 1) of 12
+    assert sweep(out, *args).returncode == 0
+    assert [r["key"] for r in read_records(out)] == expected_keys(two_pairs, "and,or,prompt_1", "0-2")
 
 
 def test_crash_then_resume_finishes_without_duplicates_or_corrupt_files(tmp_path, two_pairs):

@@ -171,7 +171,7 @@ def config(args):
 def run(args) -> int:
     """Entry point: 0 when the sweep and its summary are written, 2 with a one-line message on bad input,
     130 when interrupted (Ctrl-C)."""
-    from .run import Refused, run_sweep, sweep_state
+    from .run import PeerStopped, Refused, run_sweep, sweep_state
 
     state = sweep_state()
     who = f" [process {state.process_index}]" if state.num_processes > 1 else ""
@@ -180,8 +180,8 @@ def run(args) -> int:
     except Refused:  # the main process printed why
         return 2
     except (ValueError, OSError, MemoryError, RuntimeError) as err:  # bad input, no weights, out of memory
-        if isinstance(err, RuntimeError) and not out_of_memory(err):  # a bug: its traceback
-            raise
+        if isinstance(err, RuntimeError) and not isinstance(err, PeerStopped) and not out_of_memory(err):
+            raise  # a bug: its traceback
         message = "out of memory; try a smaller --batch-size or --size" if out_of_memory(err) else err
         print(f"superdiff sweep{who}: error: {message}", file=sys.stderr)
         return 2

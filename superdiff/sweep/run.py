@@ -365,14 +365,42 @@ class Progress:
             self.bar.update(self.done() - self.bar.n)
 
     def wait_for_all(self) -> None:
-        """Main process: keep the bar moving until every process has written its records."""
-        while self.main:
-            done = self.done()
-            self.bar.update(done - self.bar.n)
-            if done >= len(self.todo) or self.alone:
-                break
-            time.sleep(max(0.0, self.next_scan - time.perf_counter()))
+        """Wait until every process has written its share, the main one moving the bar meanwhile. The wait
+        is a barrier, so a process that stopped ends it with :class:`PeerStopped` (its records never come)."""
+        if not self.alone:
+            with beside_others(self.cfg):
+                everyone = torch.distributed.barrier(async_op=True)
+                while self.main and not everyone.is_completed():
+                    time.sleep(0.05)
+                    self.update()
+                everyone.wait()
+        if self.main:
+            self.bar.update(self.done() - self.bar.n)
         self.bar.close()
+
+
+class PeerStopped(RuntimeError):
+    """Another process of the launch stopped (it crashed or was killed) while this one waited for it."""
+
+
+@contextmanager
+def beside_others(cfg: SweepConfig):
+    """A step taken together with the other processes: one that stopped is named, not left to a gloo or
+    NCCL traceback (or, as the main process had counted records, to a wait without end)."""
+    try:
+        yield
+    except RuntimeError as err:  # gloo: "Connection closed by peer"; NCCL: its watchdog; either: a timeout
+        raise PeerStopped(
+            f"another process of this sweep stopped or did not answer within the launch's timeout (see the "
+            f"launcher's output and {str(cfg.out / 'logs')!r}); the records written are kept: rerun the same "
+            "command to resume"
+        ) from err
+
+
+def together(cfg: SweepConfig, state: PartialState) -> None:
+    """Wait for every process (:func:`beside_others`)."""
+    with beside_others(cfg):
+        state.wait_for_everyone()
 
 
 def sweep_state() -> PartialState:
@@ -463,9 +491,9 @@ def prepare(cfg: SweepConfig, state: PartialState) -> list[Item]:
             remove_stale_temps(folder)
         todo = pending(cfg)  # each record and image read once here: pending(cfg) again would list the same
         remove_unreadable_records(cfg, todo)
-    state.wait_for_everyone()
+    together(cfg, state)
     todo = pending(cfg) if todo is None else todo
-    state.wait_for_everyone()  # every process has listed the same pending items before anyone writes
+    together(cfg, state)  # every process has listed the same pending items before anyone writes
     return todo
 
 
@@ -502,7 +530,6 @@ def sample(cfg: SweepConfig, state: PartialState) -> dict:
         progress.wait_for_all()
     finally:
         progress.bar.close()  # an error message starts on a line of its own
-    state.wait_for_everyone()
     return {"images": len(todo), "seconds": time.perf_counter() - start, "processes": state.num_processes}
 
 
@@ -520,7 +547,8 @@ def claim_for_all(cfg: SweepConfig, state: PartialState, lock: ExitStack) -> lis
         except ValueError as err:  # nothing written but the folder (and its lock file, maybe another run's)
             refusal = err
     if state.num_processes > 1:
-        said = broadcast_object_list([None if refusal is None else str(refusal)], from_process=0)
+        with beside_others(cfg):
+            said = broadcast_object_list([None if refusal is None else str(refusal)], from_process=0)
         if said[0] is not None and not state.is_main_process:
             raise Refused(said[0])
     if refusal is not None:
