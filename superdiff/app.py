@@ -37,6 +37,7 @@ try:
     from traitlets.config import Config
     from voila.app import Voila
     from voila.handler import VoilaHandler
+    from voila.static_file_handler import TemplateStaticFileHandler
     from voila.tornado.kernel_websocket_handler import VoilaKernelWebsocketHandler
 except ModuleNotFoundError as err:  # the app's extra is not installed
     raise SystemExit(
@@ -189,6 +190,17 @@ def without_hidden_cells(handler, notebook, cwd):
     return notebook
 
 
+class TemplateFiles(TemplateStaticFileHandler):
+    """Voilà's template files at /voila/templates/<template>/static/<file>; another path is a 404 (Voilà
+    answered 500 and printed a traceback in the teacher's terminal for each such request)."""
+
+    def parse_url_path(self, path: str) -> str:
+        template, static, file = (path.split("/", 2) + ["", ""])[:3]
+        if not (template and static == "static" and file):
+            raise web.HTTPError(404)
+        return super().parse_url_path(path)
+
+
 class AppVoila(Voila):
     """Voilà with a Host allowlist: Voilà sets allow_remote_access, which turns jupyter_server's check off."""
 
@@ -196,11 +208,10 @@ class AppVoila(Voila):
     share_url = Unicode("", config=True, help="The URL printed once the server listens.")
 
     def init_handlers(self) -> list:
-        """Voilà's handlers, with BoundedKernelWebsocket for the kernels' websockets."""
-        return [
-            (h[0], BoundedKernelWebsocket, *h[2:]) if h[1] is VoilaKernelWebsocketHandler else h
-            for h in super().init_handlers()
-        ]
+        """Voilà's handlers, with BoundedKernelWebsocket for the kernels' websockets and TemplateFiles for
+        the templates' files."""
+        ours = {VoilaKernelWebsocketHandler: BoundedKernelWebsocket, TemplateStaticFileHandler: TemplateFiles}
+        return [(h[0], ours.get(h[1], h[1]), *h[2:]) for h in super().init_handlers()]
 
     def start(self):
         JupyterHandler.check_host = check_host  # this process serves only the app
