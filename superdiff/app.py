@@ -17,6 +17,7 @@ import errno
 import ipaddress
 import json
 import os
+import posixpath
 import re
 import secrets
 import signal
@@ -30,6 +31,7 @@ from ._io import user_path
 try:
     import nbformat
     import psutil
+    from jupyter_server.auth.logout import LogoutHandler
     from jupyter_server.base.handlers import JupyterHandler
     from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
     from tornado import ioloop, web
@@ -195,10 +197,19 @@ class TemplateFiles(TemplateStaticFileHandler):
     answered 500 and printed a traceback in the teacher's terminal for each such request)."""
 
     def parse_url_path(self, path: str) -> str:
-        template, static, file = (path.split("/", 2) + ["", ""])[:3]
+        template, static, file = (posixpath.normpath(path).split("/", 2) + ["", ""])[:3]
         if not (template and static == "static" and file):
             raise web.HTTPError(404)
         return super().parse_url_path(path)
+
+
+class Logout(LogoutHandler):
+    """/logout forgets the login and goes back to the start page, which asks for the token again
+    (jupyter_server's logout page needs a static file that Voilà does not serve: it answered 500)."""
+
+    def get(self) -> None:
+        self.identity_provider.clear_login_cookie(self)
+        self.redirect(self.base_url)
 
 
 class AppVoila(Voila):
@@ -208,9 +219,13 @@ class AppVoila(Voila):
     share_url = Unicode("", config=True, help="The URL printed once the server listens.")
 
     def init_handlers(self) -> list:
-        """Voilà's handlers, with BoundedKernelWebsocket for the kernels' websockets and TemplateFiles for
-        the templates' files."""
-        ours = {VoilaKernelWebsocketHandler: BoundedKernelWebsocket, TemplateStaticFileHandler: TemplateFiles}
+        """Voilà's handlers, with BoundedKernelWebsocket for the kernels' websockets, TemplateFiles for the
+        templates' files, and Logout."""
+        ours = {
+            VoilaKernelWebsocketHandler: BoundedKernelWebsocket,
+            TemplateStaticFileHandler: TemplateFiles,
+            LogoutHandler: Logout,
+        }
         return [(h[0], ours.get(h[1], h[1]), *h[2:]) for h in super().init_handlers()]
 
     def start(self):

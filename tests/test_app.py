@@ -255,13 +255,16 @@ def test_files_beside_the_notebook_are_not_served(server):
     assert "DeprecationWarning" not in server.log.read_text()  # the allowlist's `=[]` warned at every start
 
 
-def test_paths_that_are_no_template_file_are_a_404_not_a_traceback(server):
-    """Voilà answered 500 to /voila/templates/ and printed a traceback in the teacher's terminal, as often as
-    a student cared to ask."""
-    for path in ["", "lab", "lab/x/y", "lab/static/", "lab/static/no-such-file.js"]:
+def test_voila_paths_that_failed_are_answered_without_a_traceback(server):
+    """Voilà answered 500 to /voila/templates/ and to /logout, and printed a traceback in the teacher's
+    terminal, as often as a student cared to ask."""
+    for path in ["", "lab", "lab/x/y", "lab/static/", "lab/static/no-such-file.js", "lab/static/../../x"]:
         assert get(f"{server.url}/voila/templates/{path}")[0] == 404, path
     status, body = get(f"{server.url}/voila/templates/lab/static/voila.js")
     assert status == 200 and len(body) > 1000  # the page's own script is still served
+    status, page = get(f"{server.url}/logout")  # back to the start page (without a token: the playground)
+    assert status == 200 and '"kernelId": "' in page
+    shutdown(server, kernel_of(page))
     assert "Traceback" not in server.log.read_text()
 
 
