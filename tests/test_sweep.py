@@ -9,7 +9,6 @@ import math
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from servers import free_port
 
 from superdiff.cli import main as superdiff_main
 from superdiff.digits import load_pipeline
@@ -65,12 +65,6 @@ def sweep(out: Path, *args: str, launcher: list[str] | None = None, env=None) ->
     """Run the sweep module in fresh processes (as ``python -m`` or under a launcher)."""
     command = (launcher or [sys.executable]) + ["-m", "superdiff.sweep", *args, "--out", str(out)]
     return subprocess.run(command, capture_output=True, text=True, env=env or ENV, timeout=300)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def read_records(out: Path) -> list[dict]:
