@@ -73,6 +73,20 @@ def test_generator_list_gives_each_image_as_if_it_ran_alone(pipe):
     assert not torch.allclose(batched.samples[0], batched.samples[1])
 
 
+def test_non_square_images_have_height_rows_and_width_columns(pipe):
+    out = pipe(P1, P2, seed=0, num_inference_steps=2, height=64, width=128)
+    assert out.latents.shape == (1, 4, 8, 16) and out.images.shape == (1, 64, 128, 3)
+
+
+def test_the_vae_decodes_latents_over_sd_scaling_factor(pipe, monkeypatch):
+    """SD's VAE decodes z/0.18215, as diffusers' StableDiffusionPipeline: latents / scaling_factor."""
+    seen, decode = [], pipe.vae.decode
+    monkeypatch.setattr(pipe.vae, "decode", lambda z, *a, **k: seen.append(z.clone()) or decode(z, *a, **k))
+    out = pipe(P1, P2, seed=0, **SMALL)
+    assert pipe.vae.config.scaling_factor == 0.18215
+    torch.testing.assert_close(seen[-1], out.latents / 0.18215)
+
+
 # ----------------------------------------------------------------------------- the math through the pipeline
 
 
@@ -205,6 +219,43 @@ def test_attention_slicing_still_samples_the_same():
     )
     for name in SuperDiffPipeline.model_cpu_offload_seq.split("->"):
         assert isinstance(getattr(sliced, name), torch.nn.Module)
+
+
+def test_joint_baseline_traces_and_callback_cover_the_prompts_not_the_joint_one(pipe):
+    """κ and log q (output and callback) are those of prompt_1 … prompt_N: the joint prompt, model N + 1,
+    is cut off, and no prompt of the list moves x, so κ is all zeros."""
+    seen = []
+    out = pipe(
+        P1, P2, seed=0, mode="joint", callback_on_step_end=lambda p, i, t, kw: seen.append(kw), **SMALL
+    )
+    assert out.kappa.shape == (6, 1, 2) and out.log_q.shape == (7, 1, 2)
+    assert (out.kappa == 0).all()
+    assert [kw["kappa"].shape for kw in seen] == [(1, 2)] * 6
+    assert [kw["log_q"].shape for kw in seen] == [(1, 2)] * 6
+    assert all((kw["kappa"] == 0).all() for kw in seen)
+
+
+def test_callback_gets_the_steps_sigma_and_the_next_one(pipe):
+    seen = []
+    out = pipe(
+        P1,
+        P2,
+        seed=0,
+        callback_on_step_end=lambda p, i, t, kw: seen.append((kw["sigma"], kw["sigma_next"])),
+        **SMALL,
+    )
+    expected = [(out.sigmas[i].item(), out.sigmas[i + 1].item()) for i in range(6)]
+    assert [(float(a), float(b)) for a, b in seen] == expected
+
+
+def test_start_latents_are_sigma_max_times_the_seeds_noise_and_log_q_starts_exact(pipe):
+    """x_0 = σ_0·z, z drawn from a CPU generator seeded with ``seed``: log q_i(x_0) is the exact
+    log N(σ_0 z; 0, σ_0²I) = −d/2·log 2π − d·log σ_0 − |z|²/2 for every prompt."""
+    out = pipe(P1, P2, seed=5, batch_size=2, **SMALL)
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5)).double()
+    d, sigma_0 = z[0].numel(), out.sigmas[0].item()
+    expected = -0.5 * d * math.log(2 * math.pi) - d * math.log(sigma_0) - 0.5 * (z**2).sum((1, 2, 3))
+    torch.testing.assert_close(out.log_q[0], expected[:, None].expand(2, 2), atol=1e-3, rtol=0)
 
 
 # ----------------------------------------------------------------------------- prediction types, σ grids

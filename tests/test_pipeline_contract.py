@@ -166,6 +166,21 @@ def test_and_gap_follows_lift_schedule_at_every_step(pipes, family, lift):
     assert not torch.allclose(out.kappa, torch.full_like(out.kappa, 0.5), atol=1e-3)  # AND is not averaging
 
 
+@pytest.mark.parametrize("family", ["sd", "xl"])
+def test_an_edm_schedule_read_through_euler_from_config_is_still_refused(family):
+    """EulerDiscreteScheduler.from_config(an EDM config) keeps sigma_data and gains default linear betas:
+    what check_euler's own advice gives a Playground-v2.5 user; it must not be sampled as a DDPM schedule."""
+    pipe = BUILDERS[family]()
+    edm = EDMDPMSolverMultistepScheduler(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5)
+    euler = EulerDiscreteScheduler.from_config(edm.config)
+    assert "beta_schedule" in euler.config and "sigma_data" in euler.config
+    with pytest.raises(ValueError, match="^scheduler: expected a DDPM noise schedule"):
+        type(pipe)(**{**pipe.components, "scheduler": euler})
+    pipe.scheduler = euler
+    with pytest.raises(ValueError, match="^scheduler: expected a DDPM noise schedule"):
+        pipe(P1, P2, **SMALL)
+
+
 # ----------------------------------------------------------------------------- SD3 and Flux (flow matching)
 
 
@@ -426,3 +441,30 @@ def test_a_long_prompt_gets_one_line_per_encoder_not_the_libraries_logs(family, 
         t5 = pipes(family).max_sequence_length
         assert f"CLIP's 77 tokens for its pooled embedding (T5 reads {t5}); dropped:" in said[0]
     assert logged == [], logged[0][:300]
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_flow_vaes_decode_latents_scaled_and_shifted(family, pipes, monkeypatch):
+    """SD3's and Flux's VAEs decode z/scaling_factor + shift_factor (diffusers' own pipelines)."""
+    pipe = pipes(family)
+    scale, shift = pipe.vae.config.scaling_factor, pipe.vae.config.shift_factor
+    assert scale != 1 and shift != 0  # the real models' values, which the tiny VAEs copy
+    seen, decode = [], pipe.vae.decode
+    monkeypatch.setattr(pipe.vae, "decode", lambda z, *a, **k: seen.append(z.clone()) or decode(z, *a, **k))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = pipe(P1, P2, seed=0, **SMALL)
+    torch.testing.assert_close(seen[-1], out.latents / scale + shift)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_float16_network_samples_float32_latents(family):
+    """x_0 = σ_max·z in float32 and every step's x too, whatever the network's dtype (DESIGN: precision)."""
+    pipe = BUILDERS[family]().to(torch.float16)
+    seen = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pipe(
+            P1, P2, seed=1, callback_on_step_end=lambda p, i, t, kw: seen.append(kw["latents"].dtype), **SMALL
+        )
+    assert seen == [torch.float32] * 6

@@ -78,6 +78,18 @@ def test_a_t5_length_flux_cannot_take_is_refused_before_encoding(pipe, monkeypat
         pipe(P1, P2, seed=0, **SMALL)
 
 
+def test_non_square_images_keep_height_rows_and_width_columns(pipe):
+    """64×128 pixels: latents (1, 16, 8, 16); 4×8 tokens of 2×2 patches whose ids are (0, row, column),
+    row-major, as FluxPipeline._prepare_latent_image_ids lays them out."""
+    calls = []
+    with record_calls(pipe.transformer, calls):
+        out = pipe(P1, P2, seed=0, num_inference_steps=2, height=64, width=128)
+    assert out.latents.shape == (1, 16, 8, 16) and out.images.shape == (1, 64, 128, 3)
+    rows, cols = torch.meshgrid(torch.arange(4.0), torch.arange(8.0), indexing="ij")
+    expected = torch.stack([torch.zeros(32), rows.flatten(), cols.flatten()], dim=-1)
+    assert torch.equal(calls[0]["img_ids"].reshape(-1, 32, 3)[0].float(), expected)
+
+
 # ----------------------------------------------------------------------------- parity with diffusers
 
 

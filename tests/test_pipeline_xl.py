@@ -1,6 +1,7 @@
 """SuperDiff on tiny random SDXL components: the card's call, one UNet call, parity, loading."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -218,3 +219,17 @@ def test_prompts_past_clips_window_warn(pipe, recwarn):
     assert not [w for w in recwarn if "CLIP" in str(w.message)]
     with pytest.warns(UserWarning, match="cut to CLIP's 77 tokens; dropped: .*tail"):
         pipe("a flamingo " + "x" * 80 + " tail", P2, seed=0, num_inference_steps=1, height=64, width=64)
+
+
+def test_xl_vae_input_uses_latents_mean_and_std_where_the_vae_has_them():
+    """As diffusers' SDXL: z·std/scaling_factor + mean per channel where the VAE has them, else
+    z/scaling_factor."""
+    z = torch.ones(1, 4, 2, 2)
+    plain = SimpleNamespace(vae=SimpleNamespace(config=SimpleNamespace(scaling_factor=0.5)))
+    torch.testing.assert_close(SuperDiffXLPipeline.vae_input(plain, z), torch.full((1, 4, 2, 2), 2.0))
+    config = SimpleNamespace(
+        scaling_factor=0.5, latents_mean=[1.0, 2.0, 3.0, 4.0], latents_std=[1.0, 0.5, 0.25, 2.0]
+    )
+    stats = SimpleNamespace(vae=SimpleNamespace(config=config))
+    expected = torch.tensor([3.0, 3.0, 3.5, 8.0]).view(1, 4, 1, 1).expand(1, 4, 2, 2)  # 1·std/0.5 + mean
+    torch.testing.assert_close(SuperDiffXLPipeline.vae_input(stats, z), expected)
