@@ -239,3 +239,14 @@ def test_sd_residual_from_probes_matches_the_exact_one():
     probed = score_fpe_residual(eps, x, sigma, hutchinson=64, generator=torch.Generator().manual_seed(0))
     assert exact.abs().max() > 1  # random weights: far from the equation
     assert (probed.detach() - exact).norm() < 0.1 * exact.norm()  # measured 0.009 with 16 × 4 probes
+
+
+def test_fp_residual_is_the_mean_over_samples_when_the_last_part_is_shorter(monkeypatch):
+    """It averaged the parts' means with equal weight: with n = 50 (parts of 40 and 10) a part's mean of
+    its size gave (40 + 10)/2 = 25 where the mean over samples is (40·40 + 10·10)/50 = 34."""
+    import superdiff.and_study
+
+    monkeypatch.setattr(
+        superdiff.and_study, "fp_penalty", lambda net, x, sigma, y: torch.tensor(len(x) * 1.0)
+    )
+    assert fp_residual(None, n=50) == pytest.approx(34.0)
