@@ -6,8 +6,19 @@ import re
 import pytest
 import torch
 
-from superdiff.and_study import curvature_term, start_gap, trace_bias
+from superdiff import and_study
+from superdiff.and_study import (
+    curvature_term,
+    isotropic_curvature_sum,
+    judged_run,
+    mean_sd,
+    med_abs,
+    start_gap,
+    table,
+    trace_bias,
+)
 from superdiff.digits import DigitModels, default_sigmas, load_conditional, load_fokker_planck
+from superdiff.digits.gaussian import load_gaussian_models
 from superdiff.digits.model import Conditional
 from superdiff.sampling import geometric_sigmas, log_likelihood, superpose
 from superdiff.toy import up_and_down
@@ -184,3 +195,47 @@ def test_ctrl_c_is_one_line_and_leaves_the_report(tmp_path, monkeypatch, capsys)
     assert and_study.main(["--out", str(out)]) == 130
     assert capsys.readouterr().err.startswith("superdiff.and_study: interrupted; the report is unchanged")
     assert out.read_text() == and_study.TITLE + "\n"
+
+
+def test_mean_sd_is_the_mean_and_the_sample_sd():
+    assert mean_sd([1, 2, 3]) == "2.00 ± 1.00"  # sample sd 1 (population sd 0.82)
+    assert mean_sd([0.5], 1) == "0.5 ± 0.0"
+
+
+def test_med_abs_is_the_median_of_the_absolute_values():
+    assert med_abs(torch.tensor([-3.0, 1.0, 2.0])) == 2.0  # |median| would be 1
+
+
+def test_table_is_a_markdown_table_with_one_separator_per_column():
+    assert table(["a", "b"], [[1, 2], ["x", 3.5]]) == "| a | b |\n|---|---|\n| 1 | 2 |\n| x | 3.5 |"
+
+
+def test_isotropic_curvature_sum_is_the_integral_of_the_isotropic_curvature_terms():
+    """Σ |dσ|·σ/(σ² + s²) over a fine geometric grid from 20 to 0.01 tends to ∫ σ/(σ² + s²) dσ."""
+    s = 0.4
+    sig = geometric_sigmas(20.0, 0.01, 100_000)
+    mid = (sig[1:] + sig[:-1]) / 2
+    riemann = ((sig[:-1] - sig[1:]) * mid / (mid**2 + s**2)).sum().item()
+    assert isotropic_curvature_sum(s) == pytest.approx(riemann, rel=1e-6)
+    assert isotropic_curvature_sum(s) == pytest.approx(3.912, abs=1e-3)  # ½·ln(400.16/0.1601)
+
+
+def test_exact_runs_on_the_toy_give_the_design_numbers(monkeypatch):
+    """DESIGN §4 on the 2-D toy: AND gap ≈ 0.1 vs ≈ 5 for averaging, OR ≈ half up, and the Itô error of the
+    difference small (both models' errors are measured against their own exact densities)."""
+    monkeypatch.setattr(and_study, "DIMS", (2,))
+    monkeypatch.setattr(and_study, "STEPS", (200,))
+    monkeypatch.setattr(and_study, "SEEDS", (0,))
+    r = and_study.exact_runs(200)[2, 200, 0]
+    assert r["and"] < 0.5 and r["avg"] > 3
+    assert 0.4 < r["or"] < 0.6
+    assert r["err_diff"] < 0.5 and r["err"] < 2
+
+
+def test_judged_run_judges_the_final_samples_at_the_grids_last_sigma():
+    r = judged_run(DigitModels(), "gaussian", (3, 8), 1.0, 20, "and", 0, 4)
+    digits, _ = load_gaussian_models()
+    x = r["samples"].double()
+    torch.testing.assert_close(r["la"], digits[3].log_prob(x, 0.01))
+    torch.testing.assert_close(r["lb"], digits[8].log_prob(x, 0.01))
+    torch.testing.assert_close(r["gap"], r["la"] - r["lb"])

@@ -7,7 +7,7 @@ from PIL import Image
 
 from superdiff import demo
 from superdiff.cli import main
-from superdiff.demo import toy_runs
+from superdiff.demo import equal_density_report, toy_runs
 from superdiff.toy import up_and_down
 
 
@@ -103,3 +103,17 @@ def test_demo_runs_show_the_paper_toy_behaviour():
     assert gap("AND") < 0.5 < 3 < gap("average")
     assert (runs["up"].samples[:, 1] > 0).all() and (runs["down"].samples[:, 1] < 0).all()
     assert 0.4 < (runs["OR"].samples[:, 1] > 0).double().mean() < 0.6
+
+
+def test_equal_density_report_rows_are_the_exact_toy_gaps_and_mean_sd_over_seeds():
+    runs = toy_runs(steps=50, batch=50)
+    up, down = up_and_down()
+
+    def gap(name):
+        x = runs[name].samples
+        return (up.log_prob(x, 0.01) - down.log_prob(x, 0.01)).abs().median().item()
+
+    report = equal_density_report(runs, {"gaussian": {"and": [1.0, 2.0, 3.0], "avg": [4.0, 4.0, 4.0]}}, 0)
+    toy = next(line for line in report.splitlines() if line.strip().startswith("toy")).split()
+    assert toy[-2:] == [f"{gap('AND'):.1f}", f"{gap('average'):.1f}"]
+    assert "2.0 ± 1.0" in report and "4.0 ± 0.0" in report and "seeds 0–2" in report

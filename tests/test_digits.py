@@ -10,10 +10,15 @@ import pytest
 import torch
 
 from superdiff.digits import classifier, default_sigmas, digits_split, load_half_models, load_pipeline
-from superdiff.digits.experiments import class_histogram, coverage, sample
-from superdiff.digits.model import FILES, WEIGHTS, Conditional, EpsNet, label_of
-from superdiff.digits.pipeline import DigitsPipeline
-from superdiff.digits.train import sha256, train_eps
+from superdiff.digits import demo as digits_demo
+from superdiff.digits import pipeline as digits_pipeline
+from superdiff.digits.demo import mosaic
+from superdiff.digits.experiments import class_histogram, coverage, entropy_bits, frechet, sample
+from superdiff.digits.gaussian import load_gaussian_models
+from superdiff.digits.model import FILES, NULL, WEIGHTS, Conditional, EpsNet, label_of
+from superdiff.digits.pipeline import DigitPredictor, DigitsPipeline
+from superdiff.digits.train import P_UNCOND, fp_penalty, lr_at, sha256, train_eps
+from superdiff.sampling import superpose
 
 
 @pytest.fixture(scope="module")
@@ -487,3 +492,107 @@ def test_limits_that_are_not_a_limits_are_refused_naming_them(monkeypatch):
         ValueError, match=r"^pipe.limits: expected a Limits, got dict; `del pipe.limits` restores"
     ):
         pipe("3", "8", num_inference_steps=3)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_the_training_target_is_the_F_that_makes_eps_the_noise():
+    """ε̂ = σ/(σ² + σ_d²)·x − σ_d/√(σ² + σ_d²)·F with F = target(x₀, ε, σ) gives ε̂ = ε exactly."""
+    net = EpsNet(width=8, depth=1)
+    x0, noise = torch.randn(5, 1, 8, 8, generator=gen(3)), torch.randn(5, 1, 8, 8, generator=gen(4))
+    sigma = torch.tensor([0.01, 0.1, 0.85, 3.0, 10.0])
+    target = net.target(x0, noise, sigma)
+    net.raw = lambda x_in, s, labels: target
+    eps = net(x0 + sigma[:, None, None, None] * noise, sigma)
+    torch.testing.assert_close(eps, noise, atol=1e-5, rtol=1e-5)
+
+
+def test_default_sigmas_are_geometric_from_10_to_0_01():
+    torch.testing.assert_close(default_sigmas(3), torch.tensor([10.0, 1.0, 0.1, 0.01], dtype=torch.float64))
+
+
+def test_digit_predictor_guides_each_prompt_against_the_null_class():
+    torch.manual_seed(0)
+    net = EpsNet(num_classes=10, width=16, depth=1).eval()
+    x = torch.randn(3, 1, 8, 8, generator=gen(5))
+    with torch.no_grad():
+        pred = DigitPredictor(net, [3, 8], 2.5)(x, 0.7)
+        null = net(x, 0.7, torch.full((3,), NULL))
+        for i, c in enumerate((3, 8)):
+            eps = net(x, 0.7, torch.full((3,), c))
+            torch.testing.assert_close(pred.eps[i], eps)
+            torch.testing.assert_close(pred.field[i], null + 2.5 * (eps - null))
+
+
+def test_entropy_and_histogram_of_classes():
+    assert entropy_bits(torch.full((10,), 0.1, dtype=torch.float64)) == pytest.approx(math.log2(10))
+    assert entropy_bits(torch.tensor([0.5, 0.5, 0.0])) == pytest.approx(1.0)
+    x, _ = digits_split("held_out")
+    assert class_histogram(x).sum().item() == pytest.approx(1.0)
+
+
+def test_frechet_distance_of_two_point_sets_with_known_moments():
+    """a: mean 0, covariance (2/3)·I; b = 2a + (1, 0): mean (1, 0), (8/3)·I.
+    FD = ‖Δμ‖² + tr(C_a + C_b − 2(C_a C_b)^½) = 1 + 20/3 − 16/3 = 7/3."""
+    a = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    b = 2 * a + torch.tensor([1.0, 0.0])
+    assert frechet(a, b) == pytest.approx(7 / 3)
+    assert frechet(a, a) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_mosaic_draws_ink_dark_on_white():
+    ink, paper = mosaic(torch.ones(1, 1, 8, 8), ncols=1), mosaic(-torch.ones(1, 1, 8, 8), ncols=1)
+    assert ink.shape == (10, 10) and (ink[1:9, 1:9] == 0).all() and (paper[1:9, 1:9] == 1).all()
+    assert ink[0].eq(1).all() and ink[:, 0].eq(1).all()  # the gap is white
+
+
+def test_judged_gaps_judge_the_unclamped_latents(monkeypatch):
+    monkeypatch.setattr(digits_demo, "JUDGED", {"gaussian": "Gaussian per digit"})
+    gaps = digits_demo.judged_gaps(batch=4, seeds=(0,), steps=20)
+    digits, _ = load_gaussian_models()
+    for mode in ("and", "avg"):
+        out = load_pipeline("gaussian")("3", "8", seed=0, batch_size=4, mode=mode, num_inference_steps=20)
+        x = out.latents.double()
+        exact = (digits[3].log_prob(x, 0.01) - digits[8].log_prob(x, 0.01)).abs().median().item()
+        assert gaps["gaussian"][mode] == [pytest.approx(exact, rel=1e-6)]
+
+
+def test_lr_schedule_warms_up_then_decays_by_cosine_to_5_percent():
+    assert lr_at(0, 1200, 1.0) == pytest.approx(1 / 200)
+    assert lr_at(200, 1200, 1.0) == pytest.approx(1.0)
+    assert lr_at(700, 1200, 1.0) == pytest.approx(0.05 + 0.95 * 0.5)
+    assert lr_at(1200, 1200, 1.0) == pytest.approx(0.05)
+
+
+def test_training_drops_a_p_uncond_share_of_labels_to_the_null_class():
+    x, y = digits_split("train")
+    net, seen = EpsNet(num_classes=10, width=8, depth=1), []
+    raw = net.raw
+    net.raw = lambda x_in, s, labels: seen.append(labels) or raw(x_in, s, labels)
+    train_eps(net, x, y, steps=2, seed=0, batch=4000)
+    share = torch.cat(seen).eq(NULL).double().mean().item()
+    assert share == pytest.approx(P_UNCOND, abs=0.02)  # 8000 draws: sd 0.004
+
+
+def test_fp_penalty_of_a_batch_is_the_mean_of_each_images_own():
+    """Each image's Jacobian rows carry its own label: the batch penalty is the mean of the single ones."""
+    torch.manual_seed(0)
+    net = EpsNet(num_classes=10, width=16, depth=1)
+    x = torch.randn(3, 64, generator=gen(6))
+    sigma, labels = torch.tensor([0.2, 0.7, 2.0]), torch.tensor([1, 5, 9])
+    alone = [fp_penalty(net, x[i : i + 1], sigma[i : i + 1], labels[i : i + 1]) for i in range(3)]
+    torch.testing.assert_close(fp_penalty(net, x, sigma, labels), torch.stack(alone).mean())
+
+
+def test_sample_draws_the_start_noise_then_the_step_noise_from_one_seeded_stream():
+    """The step noise continues the seed's stream after x: restarting it would make the first step's z
+    equal to the start noise x/σ_max."""
+    m04, _ = load_half_models()
+    sigmas, g = default_sigmas(5), gen(3)
+    x = sigmas[0].item() * torch.randn(4, 1, 8, 8, generator=g)
+    expected = superpose([m04], x, sigmas, mode="avg", generator=g)
+    torch.testing.assert_close(
+        digits_pipeline.sample([m04], 4, "avg", seed=3, steps=5).samples, expected.samples
+    )

@@ -16,6 +16,7 @@ from torch import Tensor
 from superdiff import SuperDiffPipeline
 from superdiff.hub import WeightsUnavailableError
 from superdiff.limits import LIMITS, Limits, SuperDiffWarning
+from superdiff.output import to_uint8
 from superdiff.pipeline_superdiff import CUSTOM_PIPELINE, PromptPredictor, euler_grid
 from superdiff.sampling import NonFiniteError, guide
 from superdiff.testing import sd_scheduler, tiny_pipeline
@@ -85,6 +86,13 @@ def test_the_vae_decodes_latents_over_sd_scaling_factor(pipe, monkeypatch):
     out = pipe(P1, P2, seed=0, **SMALL)
     assert pipe.vae.config.scaling_factor == 0.18215
     torch.testing.assert_close(seen[-1], out.latents / 0.18215)
+
+
+def test_to_uint8_maps_minus_one_to_zero_and_one_to_255():
+    images = torch.tensor([-1.0, 0.0, 1.0, 2.0]).reshape(1, 1, 2, 2).expand(1, 3, 2, 2)
+    out = to_uint8(images)
+    assert out.shape == (1, 2, 2, 3) and out.dtype == torch.uint8
+    assert out[0, :, :, 0].flatten().tolist() == [0, 128, 255, 255]  # 127.5 rounds half to even: 128
 
 
 # ----------------------------------------------------------------------------- the math through the pipeline
