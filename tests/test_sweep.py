@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import json
 import math
@@ -17,7 +18,9 @@ import warnings
 from argparse import Namespace
 from pathlib import Path
 from subprocess import PIPE
+from types import SimpleNamespace
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -29,13 +32,14 @@ from superdiff.digits import load_pipeline
 from superdiff.hub import WeightsUnavailableError
 from superdiff.pipeline_superdiff import SuperDiffMixin
 from superdiff.sweep import load_pairs, parse_methods, parse_seeds, plan
-from superdiff.sweep.plan import Item, batches
+from superdiff.sweep.plan import Item, batches, distinct
 from superdiff.sweep.run import CRASH_AFTER, SweepConfig, pipeline_call, records
-from superdiff.sweep.scoring import ClipScorer
-from superdiff.sweep.summary import to_csv
+from superdiff.sweep.scoring import ClipScorer, DigitsScorer
+from superdiff.sweep.summary import bar_plot, flat, markdown, summarize, to_csv, write_summary
 from superdiff.testing import tiny_clip, tiny_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the in-process sweeps run tiny models
+plan_module = importlib.import_module("superdiff.sweep.plan")  # superdiff.sweep.plan is also the function
 
 # 2 digit pairs × 3 methods × 3 seeds = 18 images; 10 steps: each run is about a second of sampling
 SMALL = ["--model", "digits", "--methods", "and,or,prompt_1", "--seeds", "0-2", "--steps", "10"]
@@ -1042,3 +1046,161 @@ def test_the_sweeps_command_line_reads_its_options_before_torch_loads():
     code = "import sys, superdiff.sweep.cli as c; print(sorted({'torch', 'accelerate'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, check=True)
     assert done.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------- summary, plan, scoring
+
+
+def record(method, score_min, score_mean, seconds=1.0, **extra):
+    return {"method": method, "score_min": score_min, "score_mean": score_mean, "seconds": seconds, **extra}
+
+
+def test_summary_of_two_images_has_their_sample_std_and_mean_seconds():
+    # min 0.2, 0.4: mean 0.3, sample std |0.4 − 0.2| / √2 = 0.14142 (ddof 0 would give 0.1)
+    # mean 0.5, 0.9: 0.7, std 0.4 / √2 = 0.28284
+    # seconds 1 and 3 per image: 2 s per image (a mean, not the total 4)
+    (row,) = summarize([record("and", 0.2, 0.5, seconds=1.0), record("and", 0.4, 0.9, seconds=3.0)])
+    assert row["images"] == 2
+    assert row["score_min_mean"] == pytest.approx(0.3)
+    assert row["score_min_std"] == pytest.approx(0.2 / math.sqrt(2))
+    assert row["score_mean_mean"] == pytest.approx(0.7)
+    assert row["score_mean_std"] == pytest.approx(0.4 / math.sqrt(2))
+    assert row["seconds_per_image"] == pytest.approx(2.0)
+    (one,) = summarize([record("or", 0.25, 0.5)])
+    assert one["score_min_std"] == 0.0 and one["score_min_mean"] == 0.25
+
+
+def test_summary_counts_a_score_of_zero_and_orders_methods_as_METHODS():
+    # a classifier probability rounded to 0.0 is a score: min 0.0 and 0.5 average to 0.25, not 0.5
+    rows = [record("prompt_1", 0.0, 0.3), record("prompt_1", 0.5, 0.7), record("and", 0.1, 0.2)]
+    table = summarize(rows)
+    assert [t["method"] for t in table] == ["and", "prompt_1"]  # METHODS order, not the records' order
+    assert table[1]["score_min_mean"] == pytest.approx(0.25)
+    # no scores at all (--scorer none): NaN, shown as "—"
+    (none,) = summarize([record("avg", None, None)])
+    assert math.isnan(none["score_min_mean"]) and math.isnan(none["score_mean_std"])
+
+
+def test_flat_spreads_lists_over_columns_numbered_from_one():
+    assert flat({"key": "k", "scores": [0.9, 0.2]}) == {"key": "k", "scores_1": 0.9, "scores_2": 0.2}
+
+
+def test_summary_csv_has_every_column_and_records_csv_numbers_the_scores(tmp_path):
+    rows = [
+        record("and", 0.2, 0.5, seconds=1.0, scorer="p", scores=[0.2, 0.8]),
+        record("and", 0.4, 0.9, seconds=3.0, scorer="p", scores=[1.4, 0.4]),
+    ]
+    write_summary(sweep_cfg(out=tmp_path), rows, {"images": 2, "seconds": 4.0, "processes": 1})
+    with open(tmp_path / "summary.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        header, (row,) = reader.fieldnames, list(reader)
+    assert header == [
+        "method",
+        "description",
+        "images",
+        "score_min_mean",
+        "score_min_std",
+        "score_mean_mean",
+        "score_mean_std",
+        "seconds_per_image",
+    ]
+    assert row["images"] == "2" and float(row["seconds_per_image"]) == pytest.approx(2.0)
+    assert float(row["score_min_mean"]) == pytest.approx(0.3)
+    with open(tmp_path / "records.csv", newline="") as f:
+        first = next(csv.DictReader(f))
+    assert (first["scores_1"], first["scores_2"]) == ("0.2", "0.8")
+
+
+def sweep_cfg(**changes):
+    cfg = dict(
+        model="digits",
+        pairs=[("3", "8"), ("1", "7")],
+        methods=["and", "or", "avg"],
+        seeds=[0, 1, 2, 3],
+        items=[None] * 24,
+        steps=10,
+        guidance_scale=2.0,
+        lift=0.0,
+        fast=False,
+    )
+    return SimpleNamespace(**{**cfg, **changes})
+
+
+def test_markdown_names_the_grid_and_the_seconds_per_image():
+    table = summarize([record("and", 0.2, 0.5, seconds=1.0), record("and", 0.4, 0.9, seconds=5.0)])
+    timing = {"images": 2, "seconds": 6.0, "processes": 1}
+    text = markdown(table, "classifier probability", timing, sweep_cfg())
+    assert "2 prompt pairs × 3 methods × 4 seeds = 24 images; 10 steps" in text
+    (line,) = [x for x in text.splitlines() if x.startswith("| and ")]
+    # 2 images, min 0.300 ± 0.141, mean 0.700 ± 0.283, (1 + 5) / 2 = 3.000 s per image
+    assert line.endswith("| 2 | 0.300 ± 0.141 | 0.700 ± 0.283 | 3.000 |")
+
+
+def test_bar_plot_draws_min_and_mean_with_their_std_as_error_bars():
+    table = summarize([record("and", 0.2, 0.5), record("and", 0.4, 0.9), record("or", 0.1, 0.6)])
+    fig = bar_plot(table, "classifier probability")
+    plt.close(fig)
+    ax = fig.axes[0]
+    bars = {c.get_label(): c for c in ax.containers if hasattr(c, "patches")}
+    assert set(bars) == {"min over the two prompts", "mean over the two prompts"}
+    heights = {k: [p.get_height() for p in c.patches] for k, c in bars.items()}
+    assert heights["min over the two prompts"] == pytest.approx([0.3, 0.1])
+    assert heights["mean over the two prompts"] == pytest.approx([0.7, 0.6])
+    lefts = {k: [p.get_x() + p.get_width() / 2 for p in c.patches] for k, c in bars.items()}
+    assert lefts["min over the two prompts"] == pytest.approx([-0.2, 0.8])  # min left of mean
+    # the error bar of "and"'s min bar spans 0.3 ± 0.2/√2
+    (segment, _) = bars["min over the two prompts"].errorbar.lines[2][0].get_segments()
+    s = 0.2 / math.sqrt(2)
+    assert [y for _, y in segment] == pytest.approx([0.3 - s, 0.3 + s])
+    assert ax.get_ylabel() == "classifier probability"
+
+
+def test_a_one_seed_range_and_the_largest_seed_are_seeds():
+    assert parse_seeds("5-5") == [5]
+    assert parse_seeds(str(2**32 - 1)) == [2**32 - 1]  # MAX_SEED itself is allowed
+
+
+def test_distinct_counts_each_integer_once():
+    # {0, 1, 2} ∪ {2, 3, 4} ∪ {10}: 6 integers
+    assert distinct([range(0, 3), range(2, 5), range(10, 11)]) == 6
+    assert distinct([range(0, 3)]) == 3
+
+
+def test_the_image_cap_itself_is_allowed(monkeypatch):
+    monkeypatch.setattr(plan_module, "MAX_SWEEP_IMAGES", 6)
+    assert parse_seeds("0-5") == list(range(6))  # 6 seeds: exactly the cap
+    with pytest.raises(ValueError, match="^--seeds: expected at most 6 seeds"):
+        parse_seeds("0-6")
+    assert len(plan([("a", "b"), ("c", "d")], ["and"], [0, 1, 2])) == 6  # 2 × 1 × 3 = the cap
+    with pytest.raises(ValueError, match="= 8 images; a sweep holds at most 6"):
+        plan([("a", "b"), ("c", "d")], ["and", "or"], [0, 1])
+
+
+def test_item_key_is_the_documented_stem():
+    assert Item(3, "a", "b", "and", 17).key == "p003_and_s0017"
+
+
+def test_yaml_items_are_numbered_from_one(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("- [a, b]\n- [x]\n")
+    with pytest.raises(ValueError, match=r"^--pairs: item 2 of .* must be two non-empty prompts"):
+        load_pairs(str(path))
+
+
+def test_digits_scores_follow_the_prompts_order():
+    """Columns in the order of the prompts: for ("8", "3") the flip of ("3", "8")."""
+    out = load_pipeline()("3", "8", seed=0, num_inference_steps=5, batch_size=3)
+    scorer = DigitsScorer()
+    with torch.no_grad():
+        forward, backward = scorer(out, ["3", "8"]), scorer(out, ["8", "3"])
+    assert torch.equal(backward, forward.flip(-1))
+    assert not torch.equal(forward[:, 0], forward[:, 1])
+
+
+def test_clip_scores_a_prompt_longer_than_the_text_encoder_reads(tmp_path):
+    """Prompts may be up to 2000 characters; CLIP reads its first max_position_embeddings tokens."""
+    model, processor = tiny_clip()
+    out = tiny_pipeline()("a cat", "a dog", seed=0, num_inference_steps=2, batch_size=1, height=64, width=64)
+    long = " ".join(["a cat"] * 200)
+    scores = ClipScorer(model, processor)(out, [long, "a dog"])
+    assert scores.shape == (1, 2) and torch.isfinite(scores).all()
