@@ -81,8 +81,8 @@ def plot_kappa(
             s, kappa[:, :, i].mean(dim=1).numpy(), color=f"C{i}", lw=2, label=f"κ of {names[i]} (batch mean)"
         )
     ax.axhline(1.0 / n_models, color="gray", ls=":", lw=1, label="1/N (averaging)")
-    shown_values = kappa[:, :trajectories, shown].flatten().double()
-    lo, hi = torch.quantile(shown_values, torch.tensor([0.01, 0.99], dtype=torch.float64)).tolist()
+    shown_values = kappa[:, :trajectories, shown].flatten().numpy()
+    lo, hi = np.quantile(shown_values, [0.01, 0.99]).tolist()  # torch.quantile refuses over 2²⁴ values
     pad = 0.05 * max(hi - lo, 1.0)
     ax.set_ylim(min(lo, 0.0) - pad, max(hi, 1.0) + pad)
     _sigma_axis(ax, title, "κ")

@@ -157,3 +157,13 @@ def test_image_grid_has_a_place_for_every_image():
     images = torch.zeros(7, 4, 4, 3, dtype=torch.uint8)
     fig = image_grid(images)  # 6 columns: 2 rows, 12 axes, 7 with an image
     assert len(fig.axes) == 12 and sum(bool(ax.get_images()) for ax in fig.axes) == 7
+
+
+def test_kappa_of_a_long_run_of_three_models_is_plotted():
+    """torch.quantile refuses more than 2²⁴ values: 699 051 steps × 8 trajectories × 3 models (a run the
+    core allows, up to 10⁶ steps) had raised "quantile() input tensor is too large" from the y-range."""
+    n = 2**24 // 24 + 1
+    kappa = torch.full((n, 8, 3), 1 / 3)
+    kappa[::2, :, 0] = 2.0  # half the values at 2: the 99 % quantile, and the y-range's top
+    ax = plot_kappa(kappa, geometric_sigmas(20.0, 0.01, n))
+    assert ax.get_ylim()[1] == pytest.approx(2.0 + 0.05 * (2.0 - 1 / 3))
