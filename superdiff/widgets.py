@@ -384,6 +384,11 @@ def kappa_figure(kappa: Tensor, sigmas: Tensor, labels, title: str, window: int 
 # ----------------------------------------------------------------------------- the playground
 
 
+def plural(n: int, noun: str) -> str:
+    """ "1 sample", "2 samples"."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def signed(value) -> str:
     """A number of nats with its sign and one decimal, "+0.0" for a tiny negative one."""
     return f"{round(float(value), 1) + 0.0:+.1f}"
@@ -597,8 +602,9 @@ class Playground:
                 tic = time.perf_counter()
                 self._judge(p)
                 judged = f", judged in {time.perf_counter() - tic:.1f} s"
+            steps, samples = self.result.kappa.shape[:2]  # the steps run: a scheduler may drop some
             self._set_status(
-                f"Done: {self.result.kappa.shape[1]} samples, {p['steps']} steps in {self.seconds:.1f} s"
+                f"Done: {plural(samples, 'sample')}, {plural(steps, 'step')} in {self.seconds:.1f} s"
                 f"{judged}." + "".join(f" Warning: {note}" for note in notes)
             )
         except Exception as err:  # any failure, see the docstring; a result already sampled is kept

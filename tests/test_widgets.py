@@ -585,10 +585,19 @@ def test_a_greyed_out_slider_is_not_passed_so_the_status_line_has_no_warning(nam
         assert "Done" in pg.status.value and "Warning" not in pg.status.value, (mode, pg.status.value)
 
 
-def test_status_line_says_samples_and_steps(toy):
+def test_status_line_says_samples_and_steps_run(toy):
+    """The steps run, not those asked for: a scheduler with timestep_spacing "leading" drops one of 10 (the
+    status had said 10 steps beside the warning that 9 ran), in the singular for one sample."""
     toy.steps.value, toy.batch_size.value = 12, 5
     toy.generate()
     assert "Done: 5 samples, 12 steps in " in toy.status.value
+    testing = require("superdiff.testing")
+    pipe = testing.tiny_pipeline()
+    pipe.scheduler = testing.sd_scheduler(timestep_spacing="leading", num_train_timesteps=10)
+    sd = playground(pipe)
+    sd.steps.value, sd.batch_size.value = 10, 1
+    assert len(sd.generate().kappa) == 9
+    assert "Done: 1 sample, 9 steps in " in sd.status.value and "sampling runs the other 9" in sd.status.value
 
 
 def signed(x) -> str:
