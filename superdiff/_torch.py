@@ -7,6 +7,11 @@ from contextlib import contextmanager
 import torch
 
 
+def gen(seed: int) -> torch.Generator:
+    """A CPU generator seeded with ``seed``: the same numbers on every machine."""
+    return torch.Generator().manual_seed(seed)
+
+
 @contextmanager
 def one_thread():
     """Run torch on one thread: tiny tensors gain nothing from more, and on shared CPUs they lose 10–30×."""

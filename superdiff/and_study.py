@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ._io import check_targets, check_writable, text, user_path, write_atomically
-from ._torch import one_thread
+from ._torch import gen, one_thread
 from .digits.demo import mosaic
 from .digits.densities import ODE_STEPS, PROBES, DigitModels
 from .digits.experiments import class_histogram, coverage, fids
@@ -75,10 +75,6 @@ def table(head: list[str], rows: list[list]) -> str:
     """A Markdown table."""
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 # ----------------------------------------------------------------------------- (a) exact scores

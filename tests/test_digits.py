@@ -9,6 +9,7 @@ import re
 import pytest
 import torch
 
+from superdiff._torch import gen
 from superdiff.digits import classifier, default_sigmas, digits_split, load_half_models, load_pipeline
 from superdiff.digits import demo as digits_demo
 from superdiff.digits import pipeline as digits_pipeline
@@ -492,10 +493,6 @@ def test_limits_that_are_not_a_limits_are_refused_naming_them(monkeypatch):
         ValueError, match=r"^pipe.limits: expected a Limits, got dict; `del pipe.limits` restores"
     ):
         pipe("3", "8", num_inference_steps=3)
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def test_the_training_target_is_the_F_that_makes_eps_the_noise():

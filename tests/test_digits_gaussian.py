@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from superdiff import superpose
+from superdiff._torch import gen
 from superdiff.digits import default_sigmas, digits_split, load_pipeline
 from superdiff.digits.densities import log_densities
 from superdiff.digits.gaussian import GaussianDigitPredictor, fit_gaussians, load_gaussian_models
@@ -52,10 +53,6 @@ def test_gaussian_pipeline_runs_the_card_call_and_keeps_the_and_invariant():
 def test_model_argument_is_checked():
     with pytest.raises(ValueError, match="model"):
         load_pipeline("gan")
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def test_gaussian_judge_rows_are_the_labels_exact_densities_in_order():

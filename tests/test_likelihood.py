@@ -6,14 +6,11 @@ import pytest
 import torch
 
 from superdiff import geometric_sigmas, log_likelihood
+from superdiff._torch import gen
 from superdiff.sampling import divergence
 from superdiff.toy import FullGaussianMixture, GaussianMixture, up_and_down
 
 UP, _ = up_and_down()
-
-
-def gen(seed):
-    return torch.Generator().manual_seed(seed)
 
 
 def random_mixture(d: int, k: int = 2, seed: int = 0) -> FullGaussianMixture:

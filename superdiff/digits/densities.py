@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._torch import one_thread
+from .._torch import gen, one_thread
 from ..limits import LIMITS
 from ..pipeline_common import check_int
 from ..sampling import is_real, log_likelihood, superpose
@@ -20,10 +20,6 @@ from .pipeline import MODELS, DigitsPipeline
 
 PROBES = 8  # Hutchinson probes per ODE evaluation of the network's likelihood (checked against exact)
 ODE_STEPS = 100  # Heun steps of the likelihood on the digits grid
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 class DigitModels:
