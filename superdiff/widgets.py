@@ -385,7 +385,7 @@ def kappa_figure(kappa: Tensor, sigmas: Tensor, labels, title: str, window: int 
 
 
 def plural(n: int, noun: str) -> str:
-    """ "1 sample", "2 samples"."""
+    """n and the noun, in the plural unless n is 1: "1 sample", "2 samples"."""
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
