@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import importlib
 import io
@@ -13,9 +14,11 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from argparse import Namespace
+from contextlib import ExitStack
 from pathlib import Path
 from subprocess import PIPE
 from types import SimpleNamespace
@@ -156,6 +159,7 @@ def test_seeds_and_methods_specs():
         (["--size", "100000"], "--size"),
         (["--lift", "1e300"], "--lift"),
         (["--guidance-scale", "1e30"], "--guidance-scale"),
+        (["--guidance-scale", "-1"], "--guidance-scale"),
     ],
 )
 def test_bad_options_exit_2_naming_the_option_and_write_nothing(tmp_path, capsys, args, option):
@@ -245,8 +249,6 @@ def test_size_not_a_multiple_of_the_familys_is_refused_before_any_model_loads(
 )
 def test_default_guidance_is_the_familys(tmp_path, flux_folder, model, option, expected):
     """Flux's guidance is the transformer's embedded one (diffusers' default 3.5), not CFG's 7.5."""
-    import argparse
-
     from superdiff.sweep.cli import add_arguments, config
 
     parser = argparse.ArgumentParser()
@@ -345,8 +347,6 @@ def test_a_run_started_meanwhile_with_other_settings_is_refused(tmp_path, monkey
 def test_the_dtype_auto_gives_on_the_device_is_a_setting(tmp_path):
     """ "auto" is float32 on the CPU, float16 on a GPU: a sweep's CPU worker names its device "cpu:0", which
     had given float16 (2 processes' images differed from 1's), and sweep.json said "auto" on either."""
-    from contextlib import ExitStack
-
     from superdiff.generate import pick_dtype
     from superdiff.sweep.run import check_settings, claim
 
@@ -371,8 +371,6 @@ def test_the_dtype_auto_gives_on_the_device_is_a_setting(tmp_path):
 def test_without_flock_the_run_that_writes_sweep_json_second_checks_the_first_ones(tmp_path, monkeypatch):
     """Windows has no flock: of two runs claiming a folder at once, the second had replaced the first's
     sweep.json while the first sampled with its own settings."""
-    from contextlib import ExitStack
-
     import superdiff.sweep.run
 
     monkeypatch.setitem(sys.modules, "fcntl", None)  # import fcntl raises ImportError, as on Windows
@@ -397,8 +395,6 @@ def test_without_flock_the_run_that_writes_sweep_json_second_checks_the_first_on
 def test_a_run_refused_by_the_lock_leaves_the_folder_to_the_run_that_holds_it(tmp_path, monkeypatch, capsys):
     """A wrote sweep.json, B took the lock first: A's refusal removed sweep.json and the lock file while B
     loaded its model, and a third run with other steps then took the folder under B."""
-    import threading
-
     import superdiff.sweep.run
 
     out = tmp_path / "sweep"
@@ -668,6 +664,156 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_made_text():
     }
 
 
+def test_a_batch_of_exactly_the_pixels_of_one_call_is_allowed(tmp_path):
+    """64 images of 2048² are the 2**28 pixels one call allows; 65 are more."""
+    grid = dict(pairs=[("a", "b")], methods=["and"], seeds=[0], out=tmp_path / "s", model="tiny", steps=1)
+    assert SweepConfig(**grid, guidance_scale=1.0, size=2048, batch_size=64).batch_size == 64
+    with pytest.raises(ValueError, match="^--batch-size: 65 images of 2048²"):
+        SweepConfig(**grid, guidance_scale=1.0, size=2048, batch_size=65)
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_model_loads(tmp_path, capsys, no_models):
+    (tmp_path / "notes").write_text("mine")
+    assert superdiff_main(["sweep", "--model", "digits", "--out", str(tmp_path / "notes")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"superdiff sweep: error: --out: {str(tmp_path / 'notes')!r} exists and is not a folder\n"
+    assert (tmp_path / "notes").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (dict(lift=1.0), "lift (lift=0.0)"),
+        (dict(size=72), "size (size=64)"),
+        (dict(pairs=[("a", "c")]), "pairs"),  # not spelled out: there may be thousands of them
+        (dict(scorer="clip"), "scorer, clip_model (scorer='none', clip_model=None)"),
+    ],
+)
+def test_resuming_with_a_setting_that_changes_the_images_is_refused(tmp_path, change, named):
+    """Each setting that changes an image or a record refuses a resume, naming its saved value (the pairs
+    only by name); --clip-model without CLIP scores is no setting."""
+    from dataclasses import replace
+
+    from superdiff.sweep.run import check_settings, claim
+
+    cfg = SweepConfig(
+        [("a", "b")], ["and"], [0], tmp_path, model="tiny", steps=2, guidance_scale=1.0, size=64
+    )
+    with ExitStack() as lock:
+        claim(cfg, "cpu", lock)
+    check_settings(replace(cfg, clip_model="other/clip", seeds=[0, 1]), "cpu")
+    with pytest.raises(ValueError, match=f"holds a sweep with other {re.escape(named)}; use a new folder"):
+        check_settings(replace(cfg, **change), "cpu")
+
+
+def test_records_that_are_not_the_items_are_redone(tmp_path):
+    """A record naming another item or method, made with another lift, or with seconds or a score that are not
+    finite numbers is not the item's: it is redone, not summarized."""
+    out = tmp_path / "sweep"
+    args = ["sweep", *ONE_DIGITS_AND, "--out", str(out)]
+    assert superdiff_main(args) == 0
+    paths = sorted((out / "records").glob("*.json"))
+    rows = [json.loads(path.read_text()) for path in paths]
+    edits = [
+        {"key": rows[1]["key"]},
+        {"method": "or"},
+        {"lift": 1.0},
+        {"seconds": True},
+        {"score_min": math.nan},
+    ]
+    for path, row, edit in zip(paths, rows, edits, strict=True):
+        path.write_text(json.dumps({**row, **edit}))
+    assert superdiff_main(args) == 0
+    assert "This run: 5 new images" in (out / "summary.md").read_text()
+    for path in paths:
+        row = json.loads(path.read_text())
+        assert (row["key"], row["method"], row["lift"]) == (path.stem, "and", 0.0)
+        assert type(row["seconds"]) is float and math.isfinite(row["score_min"])
+
+
+def test_joint_ba_asks_for_the_second_prompt_that_looks_like_the_first():
+    cfg = SweepConfig([("a cat", "a dog")], ["joint", "joint_ba"], [0], "unused", "tiny", 2, 1.0)
+    joint, joint_ba = (pipeline_call(cfg, (item,), 64) for item in cfg.items)
+    assert joint_ba["mode"] == "joint" and joint_ba["joint_prompt"] == "a dog that looks like a cat"
+    assert "joint_prompt" not in joint  # the pipeline's own: "a cat that looks like a dog"
+    assert (joint_ba["prompt_1"], joint_ba["prompt_2"]) == ("a cat", "a dog")
+
+
+def test_an_image_depends_on_its_seed_not_on_its_batch(tmp_path, two_pairs):
+    """Each image of a batch has its own seed's generator: batches of 3 draw the images of single calls."""
+    args = ["sweep", "--model", "digits", "--pairs", two_pairs, "--methods", "and", "--seeds", "0-2"]
+    args += ["--steps", "2"]
+    for size in ("1", "3"):
+        assert superdiff_main([*args, "--batch-size", size, "--out", str(tmp_path / size)]) == 0
+    keys = expected_keys(two_pairs, "and", "0-2")
+    ones, threes = ([pixels(tmp_path / size / "images" / f"{key}.png") for key in keys] for size in "13")
+    assert all(np.array_equal(a, b) for a, b in zip(ones, threes, strict=True))
+    assert not np.array_equal(ones[0], ones[1])  # the seeds differ, so do their images
+
+
+def test_a_record_on_disk_means_its_image_is_complete(tmp_path, monkeypatch):
+    """Killed between the renames of a batch (here: Ctrl-C after the first), the folder holds no record
+    without its image: the other processes' records count as done images (Progress.on_disk)."""
+    replace, renamed = os.replace, []
+
+    def stopped_after_one(src, dst):
+        if renamed:
+            raise KeyboardInterrupt
+        renamed.append(dst)
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", stopped_after_one)
+    out = tmp_path / "sweep"
+    args = ["sweep", *ONE_DIGITS_AND, "--batch-size", "1", "--out", str(out)]
+    assert superdiff_main(args) == 130 and len(renamed) == 1
+    assert all((out / "images" / f"{path.stem}.png").is_file() for path in (out / "records").glob("*.json"))
+    monkeypatch.setattr(os, "replace", replace)
+    assert superdiff_main(args) == 0 and len(read_records(out)) == 5
+
+
+def test_a_run_that_claimed_the_folder_between_the_checks_is_seen_under_the_lock(tmp_path, monkeypatch):
+    """The settings are checked again once the lock is held: a run that wrote sweep.json (and ended) after
+    this one's first check had been resumed with other settings."""
+    import superdiff.sweep.run
+
+    first, second = (
+        SweepConfig([("3", "8")], ["and"], [0], tmp_path / "s", model="digits", steps=k, guidance_scale=1)
+        for k in (4, 3)
+    )
+    held = superdiff.sweep.run.held
+
+    def the_first_claims_meanwhile(cfg):
+        if cfg is second:
+            with ExitStack() as lock:
+                superdiff.sweep.run.claim(first, "cpu", lock)
+        return held(cfg)
+
+    monkeypatch.setattr(superdiff.sweep.run, "held", the_first_claims_meanwhile)
+    with ExitStack() as lock, pytest.raises(ValueError, match=r"holds a sweep with other steps \(steps=4\)"):
+        superdiff.sweep.run.claim(second, "cpu", lock)
+    assert json.loads((tmp_path / "s" / "sweep.json").read_text())["steps"] == 4
+
+
+def test_default_steps_methods_and_size_limits(tmp_path):
+    """Defaults as --help gives them: 1000 steps for Stable Diffusion, 100 for digits, whose default methods
+    leave out the joint ones (no text encoder); --max-size and --size go down to 64."""
+    from superdiff.sweep.cli import add_arguments, config
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+
+    def cfg(*args):
+        return config(parser.parse_args([*args, "--out", str(tmp_path / "s")]))
+
+    tiny, digits = cfg("--model", "tiny"), cfg("--model", "digits")
+    assert tiny.steps == 1000 and digits.steps == 100
+    assert {"joint", "joint_ba"} & set(digits.methods) == set() and "joint" in tiny.methods
+    assert "and" in digits.methods
+    assert cfg("--model", "tiny", "--max-size", "64", "--size", "64").size == 64
+    with pytest.raises(ValueError, match="^--max-size: expected an integer from 64 to"):
+        cfg("--model", "tiny", "--max-size", "63")
+
+
 # ----------------------------------------------------------------------------- processes, crash, resume
 
 
@@ -782,6 +928,102 @@ def test_resuming_with_other_settings_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("superdiff sweep: error: --out: ") and "steps=3" in err
     assert superdiff_main([*base, "--seeds", "0-1", "--steps", "3", "--out", str(out)]) == 0  # grid may grow
+
+
+def test_beside_other_processes_the_bar_counts_the_folder_rarely_and_ends_with_every_record(
+    tmp_path, monkeypatch
+):
+    """The folder is counted again after scan_every seconds, or 10× as long as a count took if longer; the
+    wait for the others ends with their records counted."""
+    import superdiff.sweep.run
+    from superdiff.sweep.run import record_path
+
+    now, counted = [0.0], []
+    monkeypatch.setattr(
+        superdiff.sweep.run, "time", SimpleNamespace(perf_counter=lambda: now[0], sleep=time.sleep)
+    )
+
+    class Progress(superdiff.sweep.run.Progress):
+        def on_disk(self):
+            counted.append(now[0])
+            now[0] += 5.0  # a count takes 5 s: the next one is 50 s after it
+            return super().on_disk()
+
+    cfg = SweepConfig(
+        [("3", "8")], ["and"], [0, 1, 2, 3], tmp_path, model="digits", steps=1, guidance_scale=1
+    )
+    (tmp_path / "records").mkdir()
+    progress = Progress(
+        cfg, cfg.items, SimpleNamespace(is_main_process=True, num_processes=2), scan_every=1.0
+    )
+    progress.update(1)
+    for item in cfg.items[:3]:  # another process's records
+        record_path(tmp_path, item).write_text("{}")
+    now[0] = 54.0
+    progress.update(1)
+    assert counted == [0.0] and progress.bar.n == 0
+    now[0] = 55.0
+    progress.update(1)
+    assert counted == [0.0, 55.0] and progress.bar.n == 3
+    record_path(tmp_path, cfg.items[3]).write_text("{}")
+    everyone_done = SimpleNamespace(is_completed=lambda: True, wait=lambda: None)
+    monkeypatch.setattr(torch.distributed, "barrier", lambda async_op: everyone_done)
+    progress.wait_for_all()
+    assert progress.bar.n == 4
+
+
+def test_a_peer_that_stops_during_a_step_taken_together_is_named(tmp_path):
+    """gloo's error at a barrier becomes PeerStopped: one line naming the logs and the resume."""
+    from superdiff.sweep.run import PeerStopped, together
+
+    cfg = SweepConfig([("3", "8")], ["and"], [0], tmp_path, model="digits", steps=1, guidance_scale=1)
+
+    def closed():
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:29500")
+
+    with pytest.raises(PeerStopped, match="^another process of this sweep stopped .* rerun the same command"):
+        together(cfg, SimpleNamespace(wait_for_everyone=closed))
+
+
+def test_no_process_writes_before_every_process_has_listed_the_pending_items(tmp_path, monkeypatch):
+    """Two processes (threads here) prepare: the main one returns, and may write, only once the other has
+    listed the pending items, else the two could split different lists (items run twice or never)."""
+    import superdiff.sweep.run
+
+    cfg = SweepConfig([("3", "8")], ["and"], [0, 1], tmp_path, model="digits", steps=1, guidance_scale=1)
+    pending, listed, theirs = superdiff.sweep.run.pending, threading.Event(), []
+    barrier = threading.Barrier(2, timeout=60)
+
+    def slowly_listed(cfg):
+        if threading.current_thread().name == "other":
+            time.sleep(0.3)
+            listed.set()
+        return pending(cfg)
+
+    monkeypatch.setattr(superdiff.sweep.run, "pending", slowly_listed)
+    state = SimpleNamespace(is_main_process=False, wait_for_everyone=barrier.wait)
+    other = threading.Thread(
+        target=lambda: theirs.append(superdiff.sweep.run.prepare(cfg, state)), name="other"
+    )
+    other.start()
+    mine = superdiff.sweep.run.prepare(
+        cfg, SimpleNamespace(is_main_process=True, wait_for_everyone=barrier.wait)
+    )
+    assert listed.is_set()
+    other.join(60)
+    assert theirs == [mine] and mine == cfg.items
+
+
+def test_a_refused_process_exits_2_without_a_word(tmp_path, monkeypatch, capsys):
+    """The main process printed why --out was refused; the others exit 2 too, silently."""
+    import superdiff.sweep.run
+
+    def refused(*args):
+        raise superdiff.sweep.run.Refused("--out: the main process said why")
+
+    monkeypatch.setattr(superdiff.sweep.run, "run_sweep", refused)
+    assert superdiff_main(["sweep", "--model", "digits", "--out", str(tmp_path / "s")]) == 2
+    assert capsys.readouterr().err == ""
 
 
 # ----------------------------------------------------------------------------- scores and summary
@@ -1013,8 +1255,6 @@ def test_an_interrupted_summary_leaves_the_earlier_one_whole(tmp_path, monkeypat
         return write
 
     monkeypatch.setattr(summary, "png", interrupted)
-    import argparse
-
     from superdiff.sweep.cli import add_arguments
 
     parser = argparse.ArgumentParser()
