@@ -520,3 +520,89 @@ def test_a_running_exports_temp_folder_is_kept(tmp_path, monkeypatch):
         "model_index.json",
         "pipeline.py",
     ]
+
+
+def test_a_new_out_folder_gets_the_permissions_mkdir_gives(tmp_path, monkeypatch):
+    """mkdtemp makes 0700 folders: a new OUT is 0777 less the umask, as a plain mkdir makes it."""
+    monkeypatch.setattr(export, "pipeline_source", lambda: "# pipeline.py\n")
+    umask = os.umask(0o022)
+    try:
+        export.export_hub(tmp_path / "repo")
+        (tmp_path / "plain").mkdir()
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "repo").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777 == 0o755
+
+
+def test_out_written_to_during_the_export_is_one_line_and_keeps_its_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(export, "pipeline_source", lambda: "# pipeline.py\n")
+    card = export.model_card
+
+    def meanwhile(*args):  # another program writes into the empty OUT while this export runs
+        (tmp_path / "repo" / "notes.txt").write_text("mine")
+        return card(*args)
+
+    monkeypatch.setattr(export, "model_card", meanwhile)
+    (tmp_path / "repo").mkdir()
+    err = one_line_error(["export-hub", str(tmp_path / "repo")], capsys)
+    assert f"{str(tmp_path / 'repo')!r} changed during the export" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["repo"]
+    assert [p.name for p in (tmp_path / "repo").iterdir()] == ["notes.txt"]
+
+
+def test_only_a_code_only_card_says_it_holds_no_weights():
+    said = "holds the pipeline's code, not weights: it runs on those of `CompVis/stable-diffusion-v1-4`"
+    assert said in export.model_card()
+    assert "not weights" not in export.model_card(pipe=tiny_pipeline())
+
+
+def test_a_bad_base_model_is_refused_before_the_model_loads(tmp_path, capsys, no_load):
+    argv = ["export-hub", str(tmp_path / "repo"), "--model", "tiny", "--base-model", "models/my/sd"]
+    assert 'expected a Hub repository id "namespace/name"' in one_line_error(argv, capsys, "--base-model")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_that_is_no_pipeline_is_refused(tmp_path):
+    with pytest.raises(
+        ValueError, match="^model: expected a pipeline, 'tiny', a Hub id or a folder, got 42$"
+    ):
+        export.export_hub(tmp_path / "repo", 42)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_index_keeps_no_private_config_of_the_pipeline():
+    """A pipeline loaded from a local folder remembers its path: not published in model_index.json."""
+    pipe = tiny_pipeline()
+    pipe.register_to_config(_name_or_path="/home/me/private/sd")
+    index = export.model_index(pipe)
+    assert [k for k in index if k.startswith("_")] == ["_class_name", "_diffusers_version"]
+    assert index["_class_name"] == "SuperDiffPipeline" and "/home/me" not in json.dumps(index)
+
+
+def test_the_generated_file_is_checked_for_imports_beyond_its_dependencies():
+    export.check_source("import numpy\nimport torch\nfrom diffusers import DiffusionPipeline\n")
+    with pytest.raises(ValueError, match=r"pipeline.py: imports \['superdiff'\] beyond"):
+        export.check_source("import torch\n\ndef f():\n    from superdiff import limits\n")
+    with pytest.raises(ValueError, match=r"imports \['\.'\] beyond"):
+        export.check_source("from .limits import LIMITS\n")
+
+
+def test_a_name_defined_in_two_modules_is_refused():
+    """Merging two modules that both define a name would keep one silently."""
+    statements = [("limits", ast.parse("x = 1").body[0]), ("hub", ast.parse("x = 2").body[0])]
+    with pytest.raises(ValueError, match="^superdiff.hub: 'x' is also defined in an earlier module$"):
+        export._needed(statements, {"x"})
+
+
+def test_an_out_name_of_exactly_the_limit_is_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "pipeline_source", lambda: "# pipeline.py\n")
+    out = export.export_hub(tmp_path / ("r" * os.pathconf(tmp_path, "PC_NAME_MAX")))
+    assert (out / "pipeline.py").is_file() and [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_out_in_a_folder_that_cannot_be_entered_is_refused(tmp_path, capsys, monkeypatch, no_load):
+    """Writing a folder's entries needs its search (x) permission as well as w."""
+    monkeypatch.setattr(export.os, "access", lambda path, mode: not mode & os.X_OK)  # a 0666 folder
+    argv = ["export-hub", str(tmp_path / "repo"), "--model", "tiny"]
+    assert "is not writable" in one_line_error(argv, capsys)
+    assert list(tmp_path.iterdir()) == []

@@ -39,13 +39,18 @@ def test_writes_image_and_kappa_plot(tmp_path, capsys):
 
 
 def test_batch_writes_one_file_per_image(tmp_path):
-    assert generate(tmp_path, "--batch-size", "2", "--mode", "or", "--height", "72", "--width", "64") == 0
+    options = ("--mode", "or", "--temperature", "2", "--guidance-scale", "3")
+    assert generate(tmp_path, "--batch-size", "2", *options, "--height", "72", "--width", "64") == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "flamingo_0.png",
         "flamingo_1.png",
         "flamingo_kappa.png",
     ]
     assert Image.open(tmp_path / "flamingo_1.png").size == (64, 72)
+    saved = [json.loads(Image.open(tmp_path / f"flamingo_{i}.png").text["superdiff"]) for i in (0, 1)]
+    assert [s["index"] for s in saved] == [0, 1] and saved[0]["seed"] == saved[1]["seed"] == 1
+    assert (saved[1]["mode"], saved[1]["temperature"], saved[1]["guidance_scale"]) == ("or", 2.0, 3.0)
+    assert "lift" not in saved[1]  # the call had none: --mode or takes --temperature only
 
 
 def test_same_seed_same_image(tmp_path):
@@ -118,6 +123,7 @@ def test_digits_model_when_installed(tmp_path):
         ([], tuple(f"prompt {i}" for i in range(17)), "prompts"),
         (["--mode", "joint"], ("a", "b", "c"), "--mode"),
         (["--max-size", "100000", "--height", "99992"], None, "--max-size"),
+        (["--max-size", "56"], None, "--max-size"),
         (["--device", "no-such-device"], None, "--device"),
         # sizes past the limits: refused before any allocation (issue 13)
         (["--batch-size", "1000000000"], None, "--batch-size"),
@@ -135,6 +141,7 @@ def test_digits_model_when_installed(tmp_path):
         (["--model", "digits", "--height", "64"], ("3", "8"), "--height, --width"),
         (["--model", "digits", "--dtype", "float16", "--cpu-offload"], ("3", "8"), "--dtype, --cpu-offload"),
         (["--model", "digits", "--max-size", "4096"], ("3", "8"), "--max-size"),
+        (["--model", "digits", "--max-size", "1024"], ("3", "8"), "--max-size"),
         (["--model", "digits"], ("3", "cat"), "prompts"),
         (["--model", "digits"], ("3", "²"), "prompts"),  # a digit to str.isdigit, not a digit name
         (["--model", "digits", "--guidance-scale", "nan"], ("3", "8"), "--guidance-scale"),
@@ -208,6 +215,7 @@ def test_ctrl_c_while_the_command_starts_up_is_one_line_too(monkeypatch, capsys)
         (["--mode", "or", "--lift", "2"], ["--lift"]),
         (["--mode", "avg", "--lift", "2", "--temperature", "3"], ["--lift", "--temperature"]),
         (["--mode", "and", "--temperature", "3"], ["--temperature"]),
+        (["--mode", "avg", "--lift", "-2", "--temperature", "0.5"], ["--lift", "--temperature"]),
         (["--mode", "and", "--lift", "2"], []),
         (["--mode", "or", "--temperature", "3"], []),
     ],
@@ -314,10 +322,15 @@ def test_a_failing_plot_never_costs_the_sampled_images(tmp_path, monkeypatch, ca
     assert "flamingo_kappa.png" not in out
 
 
-def test_a_folder_in_the_way_of_one_image_writes_none(tmp_path, capsys):
+@pytest.mark.parametrize("overwrite", [(), ("--overwrite",)])
+def test_a_folder_in_the_way_of_one_image_writes_none(tmp_path, monkeypatch, capsys, overwrite):
+    """Refused before the work, --overwrite or not: no rename replaces a folder."""
+    import superdiff.generate
+
+    monkeypatch.setattr(superdiff.generate, "load", lambda *a, **k: pytest.fail("loaded before the refusal"))
     (tmp_path / "y_1.png").mkdir()
-    assert generate(tmp_path, "--batch-size", "2", out="y.png") == 2
-    assert "y_1.png" in capsys.readouterr().err
+    assert generate(tmp_path, "--batch-size", "2", *overwrite, out="y.png") == 2
+    assert f"--out: {str(tmp_path / 'y_1.png')!r} is a folder in the way" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["y_1.png"]
 
 
@@ -376,6 +389,8 @@ def test_negative_e_notation_reaches_the_option(tmp_path, monkeypatch):
     monkeypatch.setattr(superdiff.generate, "run", lambda args: seen.append(args) or 0)
     assert main(["generate", "a", "b", "--lift", "-1E1", "--temperature", "-.5e0", "--cpu-offload"]) == 0
     assert (seen[0].prompts, seen[0].lift, seen[0].temperature) == (["a", "b"], -10.0, -0.5)
+    assert main(["generate", "-1", "-2", "--lift", "-3"]) == 0  # prompts that read as numbers stay prompts
+    assert (seen[1].prompts, seen[1].lift) == (["-1", "-2"], -3.0)
 
 
 def test_a_file_made_at_out_during_the_run_is_kept_and_the_run_takes_the_next_name(
@@ -505,3 +520,119 @@ def test_limit_messages_name_what_the_command_line_can_change(tmp_path, capsys, 
     assert generate(tmp_path, *options, prompts=prompts) == 2
     err = capsys.readouterr().err
     assert expected in err and "pipe.limits" not in err
+
+
+def test_an_upper_case_png_suffix_is_a_png_name(tmp_path):
+    """--out X.PNG is taken as x.png is (the suffix is compared case-insensitively)."""
+    from superdiff.generate import check_out
+
+    assert check_out(tmp_path / "X.PNG", 1) == tmp_path / "X.PNG"
+
+
+def test_out_names_what_exists_and_overwrite_names_what_it_keeps(tmp_path, capsys):
+    """Two files in the way: the first and "1 more"; a run's numbered images only (a glob-like stem too)."""
+    from superdiff.generate import check_out
+
+    (tmp_path / "f.png").write_text("mine")
+    (tmp_path / "f_kappa.png").write_text("mine")
+    with pytest.raises(ValueError, match=r"f\.png' and 1 more exist; pass --overwrite"):
+        check_out(tmp_path / "f.png", 1)
+    out = tmp_path / "run[1].png"
+    for name in ("0", "1", "2", "3", "", "x1"):  # four images of a run with --batch-size 4; two other files
+        (tmp_path / f"run[1]_{name}.png").write_text("")
+    assert check_out(out, 1) == out and capsys.readouterr().err == ""  # nothing is replaced: no warning
+    check_out(out, 1, overwrite=True)
+    assert capsys.readouterr().err == (
+        "superdiff generate: warning: --overwrite keeps run[1]_0.png, run[1]_1.png, run[1]_2.png and 1 more, "
+        "images of an earlier run with another --batch-size\n"
+    )
+
+
+def test_a_run_takes_the_first_free_name_of_out_to_out_100(tmp_path, capsys):
+    """out taken: out-2, with a warning; out to out-99 taken: out-100; all 100 taken: an error naming out."""
+    from superdiff._io import text
+    from superdiff.generate import write_outputs
+
+    out = tmp_path / "f.png"
+    out.write_text("someone's")
+    written = write_outputs([text("image"), text("plot")], out, 1, overwrite=False)
+    assert written == [tmp_path / "f-2.png", tmp_path / "f-2_kappa.png"]
+    assert f"{str(out)!r} was made during the run and is kept; this run's files are named 'f-2.png'" in (
+        capsys.readouterr().err
+    )
+    for n in range(3, 100):
+        (tmp_path / f"f-{n}.png").write_text("someone's")
+    assert write_outputs([text("image")], out, 1, overwrite=False) == [tmp_path / "f-100.png"]
+    with pytest.raises(FileExistsError, match="100 names from") as err:
+        write_outputs([text("image")], out, 1, overwrite=False)
+    assert err.value.filename == str(out) and out.read_text() == "someone's"
+
+
+def test_a_larger_max_size_reaches_the_pipeline(tmp_path):
+    """--max-size 2056 lets a 2056-pixel image through the pipeline's own check too."""
+    assert generate(tmp_path, "--max-size", "2056", "--height", "2056", "--steps", "1") == 0
+    assert Image.open(tmp_path / "flamingo.png").size == (64, 2056)
+
+
+def test_digits_take_the_values_they_run_at(tmp_path):
+    """--dtype float32 and --max-size at its default change nothing for the digits model: not refused."""
+    options = ("--model", "digits", "--dtype", "float32", "--max-size", "2048", "--steps", "2")
+    assert generate(tmp_path, *options, prompts=("3", "8")) == 0
+
+
+def test_options_the_digits_model_has_no_use_for_are_named(tmp_path, capsys):
+    """One option: "leave it out"; two: "leave them out"."""
+    digits = ("--model", "digits")
+    assert generate(tmp_path, *digits, "--cpu-offload", prompts=("3", "8")) == 2
+    assert capsys.readouterr().err == (
+        "superdiff generate: error: --cpu-offload: the digits model runs in float32 at 64×64 on the CPU; "
+        "leave it out\n"
+    )
+    assert generate(tmp_path, *digits, "--cpu-offload", "--attention-slicing", prompts=("3", "8")) == 2
+    assert capsys.readouterr().err.endswith(
+        ": --cpu-offload, --attention-slicing: the digits model runs in "
+        "float32 at 64×64 on the CPU; leave them out\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_device_this_machine_lacks_is_refused_before_loading(tmp_path, monkeypatch, capsys):
+    import superdiff.generate
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(superdiff.generate, "load", lambda *a, **k: pytest.fail("loaded before the refusal"))
+    assert generate(tmp_path, "--device", "cuda:0") == 2
+    assert capsys.readouterr().err == (
+        "superdiff generate: error: --device: 'cuda:0' is not available on this machine; try --device cpu\n"
+    )
+
+
+def test_the_kappa_plot_names_the_prompts_and_the_mode_and_the_sampler_shows_progress(
+    tmp_path, monkeypatch, capsys
+):
+    import matplotlib.pyplot as plt
+
+    import superdiff.viz
+
+    drawn, plot = [], superdiff.viz.plot_kappa
+    monkeypatch.setattr(superdiff.viz, "plot_kappa", lambda *a, **k: drawn.append(k) or plot(*a, **k))
+    long = "a flamingo standing on one leg in a shallow lagoon at sunset"
+    plt.close("all")
+    assert generate(tmp_path, "--mode", "or", prompts=("a flamingo", long)) == 0
+    assert drawn[0]["labels"] == ["a flamingo", long[:39] + "…"]  # at most 40 characters
+    assert drawn[0]["title"] == "κ over σ (OR)"
+    assert "4/4" in capsys.readouterr().err  # the progress bar of the 4 steps
+    assert plt.get_fignums() == []  # the figure is closed once written
+
+
+def test_only_the_chosen_subcommands_module_is_imported(monkeypatch, capsys):
+    """`superdiff export-hub --help` need not import the sweep's or generate's modules (torch, diffusers)."""
+    import superdiff.cli
+
+    imported, real = [], superdiff.cli.importlib.import_module
+    monkeypatch.setattr(
+        superdiff.cli.importlib, "import_module", lambda name: imported.append(name) or real(name)
+    )
+    with pytest.raises(SystemExit):
+        superdiff.cli.main(["export-hub", "--help"])
+    assert imported == ["superdiff.export"] and "REPO_OR_DIR" in capsys.readouterr().out

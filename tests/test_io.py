@@ -1,16 +1,30 @@
 """Atomic writes: all files or none, no temp left behind (even on SIGTERM or SIGHUP), only the kit's temps
 removed."""
 
+import errno
+import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from superdiff._io import remove_stale_temps, stage, text, write_atomically
+from superdiff._io import (
+    check_name_lengths,
+    check_writable,
+    png,
+    remove_stale_temps,
+    scratch_folder,
+    stage,
+    text,
+    write_atomically,
+)
 
 
 def test_a_folder_in_the_way_replaces_no_file(tmp_path):
@@ -158,3 +172,131 @@ def test_the_apps_notebook_expands_the_home_folder(tmp_path, monkeypatch):
     (tmp_path / "course").mkdir()
     shutil.copy(Path(app.NOTEBOOK), tmp_path / "course" / "04.ipynb")
     assert app.parse_args(["--notebook=~/course/04.ipynb"]).notebook == tmp_path / "course" / "04.ipynb"
+
+
+def test_written_files_have_the_permissions_open_gives(tmp_path):
+    """mkstemp makes 0600 files: a written file is 0666 less the umask, as a plain open() makes it."""
+    umask = os.umask(0o022)
+    try:
+        write_atomically([(tmp_path / "a.txt", text("x"))])
+        (tmp_path / "b.txt").write_text("x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_each_file_is_staged_beside_its_target_under_a_name_the_cleanup_finds(tmp_path):
+    """The temp file is beside the target (a rename there is atomic), named .<name>.*.superdiff.tmp."""
+    staged = []
+    write_atomically([(tmp_path / "a.txt", lambda tmp: staged.append(tmp) or tmp.write_text("x"))])
+    assert staged[0].parent == tmp_path and staged[0].name.startswith(".a.txt.")
+    assert staged[0].name.endswith(".superdiff.tmp") and not staged[0].exists()
+
+
+def test_someone_elses_signal_handler_is_kept_and_the_default_restored_after(tmp_path):
+    def theirs(signum, frame):
+        pass
+
+    seen = []
+
+    def write(tmp):
+        seen.append((signal.getsignal(signal.SIGHUP), signal.getsignal(signal.SIGTERM)))
+        tmp.write_text("x")
+
+    previous = signal.signal(signal.SIGHUP, theirs), signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        write_atomically([(tmp_path / "a.txt", write)])
+        after = (signal.getsignal(signal.SIGHUP), signal.getsignal(signal.SIGTERM))
+    finally:
+        signal.signal(signal.SIGHUP, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+    assert seen[0][0] is theirs and seen[0][1] not in (signal.SIG_DFL, signal.SIG_IGN)  # SIGTERM: ours
+    assert after == (theirs, signal.SIG_DFL)
+
+
+def test_a_thread_writes_too(tmp_path):
+    """Only the main thread may set signal handlers: another thread's writes go without them."""
+    errors = []
+
+    def work():
+        try:
+            write_atomically([(tmp_path / "a.txt", text("x"))])
+        except Exception as err:  # noqa: BLE001  (reported below)
+            errors.append(err)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert errors == [] and (tmp_path / "a.txt").read_text() == "x"
+
+
+def test_an_existing_folder_is_probed_itself_not_its_parent(tmp_path, monkeypatch):
+    """A writable folder inside a read-only one (a home folder in /home) is taken."""
+    real = tempfile.TemporaryDirectory
+
+    def only_in_mine(*args, dir, **kwargs):  # root may write anywhere: fake a read-only tmp_path
+        if not str(dir).startswith(str(tmp_path / "mine")):
+            raise PermissionError(13, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    (tmp_path / "mine").mkdir()
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", only_in_mine)
+    check_writable(tmp_path / "mine", "--out")
+    check_writable(tmp_path / "mine" / "new" / "deeper", "--out")  # to be made inside mine
+    with pytest.raises(ValueError, match=f"--out: cannot write in {str(tmp_path)!r}"):
+        check_writable(tmp_path / "other", "--out")
+
+
+def test_the_name_limit_counts_bytes_and_takes_a_name_of_exactly_the_limit(tmp_path):
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    longest = tmp_path / ("k" * limit)
+    check_name_lengths([longest], "--out")
+    write_atomically([(longest, text("whole"))])  # it fits indeed
+    wide = tmp_path / ("é" * (limit // 2 + 1))  # fewer characters than the limit, more bytes
+    with pytest.raises(ValueError, match=f"has {2 * (limit // 2 + 1)} bytes, more than the {limit}"):
+        check_name_lengths([wide], "--out")
+    with pytest.raises(OSError):  # as the filesystem says
+        wide.write_text("")
+
+
+def test_a_scratch_folder_is_removed_after_use_and_after_an_error(tmp_path):
+    with scratch_folder(tmp_path / "out", ".figures.") as folder:
+        (folder / "a.png").write_text("x")
+        assert folder.parent == tmp_path / "out"
+    with pytest.raises(RuntimeError), scratch_folder(tmp_path / "out", ".figures.") as folder:
+        (folder / "b.png").write_text("x")
+        raise RuntimeError("a failing figure")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_exclusive_writes_without_hard_links_replace_nothing(tmp_path, monkeypatch):
+    """On a filesystem without hard links (link() fails) a target is checked for, then renamed to."""
+
+    def no_links(source, target):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    (tmp_path / "b.txt").write_text("someone's")
+    with pytest.raises(FileExistsError) as err:
+        write_atomically(
+            [(tmp_path / "a.txt", text("new")), (tmp_path / "b.txt", text("new"))], exclusive=True
+        )
+    assert err.value.filename == str(tmp_path / "b.txt")
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"b.txt": "someone's"}
+    write_atomically([(tmp_path / "c.txt", text("new"))], exclusive=True)
+    assert (tmp_path / "c.txt").read_text() == "new"
+
+
+def test_a_figure_is_written_cropped_to_what_it_draws(tmp_path):
+    """png(figure): a small axes in a big empty figure gives a small image (bbox_inches="tight")."""
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(8, 8))
+    fig.add_axes((0.45, 0.45, 0.1, 0.1)).set_axis_off()
+    fig.axes[0].plot([0, 1], [0, 1])
+    try:
+        write_atomically([(tmp_path / "f.png", png(fig, dpi=50))])
+    finally:
+        plt.close(fig)
+    width, height = Image.open(tmp_path / "f.png").size
+    assert width < 8 * 50 / 2 and height < 8 * 50 / 2  # the full figure: 400 × 400

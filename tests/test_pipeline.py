@@ -95,6 +95,15 @@ def test_to_uint8_maps_minus_one_to_zero_and_one_to_255():
     assert out[0, :, :, 0].flatten().tolist() == [0, 128, 255, 255]  # 127.5 rounds half to even: 128
 
 
+def test_to_uint8_warns_of_a_single_nan_or_infinite_pixel_naming_its_images():
+    images = torch.zeros(3, 3, 2, 2)
+    images[1, 0, 0, 1], images[2, 2, 1, 0] = math.nan, math.inf
+    with pytest.warns(
+        RuntimeWarning, match=r"^images: the VAE decoded NaN or infinite values in image 1, 2, "
+    ):
+        to_uint8(images)
+
+
 # ----------------------------------------------------------------------------- the math through the pipeline
 
 
