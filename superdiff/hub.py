@@ -103,9 +103,10 @@ def hub_reachable() -> bool:
     way out): huggingface_hub retries an unreachable Hub for about 30 s before it fails."""
     if any(os.environ.get(name) for name in PROXIES):
         return True
-    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
     try:
-        socket.create_connection((host, 443), timeout=PROBE_S).close()
+        socket.create_connection((endpoint.hostname, port), timeout=PROBE_S).close()
     except OSError:
         return False
     return True
