@@ -284,7 +284,7 @@ def test_fallback_when_the_compiler_fails_at_the_first_call(eager):
 def test_a_bad_call_raises_its_own_error_and_keeps_the_compiled_path():
     pipe = tiny_pipeline(seed=0)
     state = enable_fast_sampling(pipe, channels_last=False, backend="eager")
-    with pytest.raises(RuntimeError):
+    with torch.no_grad(), pytest.raises(RuntimeError):  # with autograd on, the call would run eager anyway
         pipe.unet(torch.zeros(1, 3, 8, 8), torch.tensor(1.0), encoder_hidden_states=torch.zeros(1, 77, 32))
     assert state.compiled and isinstance(pipe.unet._compiled_call_impl, fast.FastCall)
 
@@ -332,9 +332,10 @@ def test_cuda_graphs_mark_each_step_and_copy_the_outputs(monkeypatch, eager):
     assert log["calls"] == log["steps"] == CALL["num_inference_steps"]  # one step begun per UNet call
     assert torch.equal(out.samples, eager.samples) and torch.equal(out.kappa, eager.kappa)
     x = torch.zeros(3, 4, 8, 8)
-    first = pipe.unet(x, torch.tensor(999.0), encoder_hidden_states=torch.zeros(3, 77, 32)).sample
-    kept = first.clone()
-    pipe.unet(x + 1, torch.tensor(1.0), encoder_hidden_states=torch.zeros(3, 77, 32))  # the next "replay"
+    with torch.no_grad():  # as in sampling: with autograd on, the call runs eager
+        first = pipe.unet(x, torch.tensor(999.0), encoder_hidden_states=torch.zeros(3, 77, 32)).sample
+        kept = first.clone()
+        pipe.unet(x + 1, torch.tensor(1.0), encoder_hidden_states=torch.zeros(3, 77, 32))  # the next "replay"
     assert first.data_ptr() != log["graph"].buffer.data_ptr() and torch.equal(first, kept)
 
 
@@ -466,3 +467,170 @@ def test_denoiser_is_the_unet_or_the_transformer():
     assert fast.denoiser_of(SimpleNamespace(denoiser_name="prior", prior=transformer))[0] == "prior"
     with pytest.raises(ValueError, match="pipe: expected a denoiser"):
         fast.denoiser_of(SimpleNamespace(net=transformer))
+
+
+# ----------------------------------------------------------------------------- options, state, offload
+def unet_call(pipe, batch: int = 1, size: int = 8):
+    """One denoiser call on zeros, without autograd (as in sampling)."""
+    with torch.no_grad():
+        x, text = torch.zeros(batch, 4, size, size), torch.zeros(batch, 77, 32)
+        return pipe.unet(x, torch.tensor(999.0), encoder_hidden_states=text).sample
+
+
+def test_cuda_graphs_only_on_cuda_and_never_with_an_offload_hook_anywhere(monkeypatch):
+    """Sequential offload hooks the leaf modules; mps has no CUDA graphs; cuda_graphs=False stays off."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    pipe = tiny_pipeline(seed=0)
+    device = {"type": "mps"}
+    monkeypatch.setattr(fast, "module_device", lambda module: torch.device(device["type"]))
+    assert not enable_fast_sampling(pipe).cuda_graphs
+    device["type"] = "cuda"
+    assert not enable_fast_sampling(pipe, cuda_graphs=False).cuda_graphs
+    pipe.unet.down_blocks[0].resnets[0].conv1._hf_hook = object()
+    assert not enable_fast_sampling(pipe).cuda_graphs
+
+
+def test_the_compiled_call_runs_the_denoisers_hooks(monkeypatch):
+    """torch.compile gets module._call_impl, not forward: forward hooks (and accelerate's) still run."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    pipe = tiny_pipeline(seed=0)
+    enable_fast_sampling(pipe, channels_last=False)
+    calls = []
+    pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape))
+    unet_call(pipe)
+    assert calls == [torch.Size([1, 4, 8, 8])] and isinstance(pipe.unet._compiled_call_impl, fast.FastCall)
+
+
+def test_the_users_compile_options_win_over_the_defaults(monkeypatch):
+    log = {"calls": 0, "steps": 0}
+    fake_compile(monkeypatch, log)
+    state = enable_fast_sampling(tiny_pipeline(seed=0), mode="max-autotune", dynamic=True)
+    assert (
+        log["kwargs"]
+        == state.compile_options
+        == {"dynamic": True, "fullgraph": False, "mode": "max-autotune"}
+    )
+
+
+def test_without_cuda_graphs_no_step_is_marked_and_no_output_copied(monkeypatch):
+    log = {"calls": 0, "steps": 0}
+    fake_compile(monkeypatch, log)
+    pipe = tiny_pipeline(seed=0)
+    enable_fast_sampling(pipe, channels_last=False, cuda_graphs=False)
+    out = unet_call(pipe)
+    assert log["calls"] == 1 and log["steps"] == 0 and out.data_ptr() == log["graph"].buffer.data_ptr()
+
+
+def test_a_failed_compilation_says_why_in_one_line_and_drops_cuda_graphs(monkeypatch):
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("not supported\non this platform\n\nSet TORCHDYNAMO_VERBOSE=1 for the stack trace")
+
+    monkeypatch.setattr(torch, "compile", unavailable)
+    pipe = tiny_pipeline(seed=0)
+    with pytest.warns(RuntimeWarning) as warned:
+        state = enable_fast_sampling(pipe, channels_last=False, cuda_graphs=True)
+    assert str(warned[0].message) == (
+        "enable_fast_sampling: torch.compile failed (RuntimeError: not supported on this platform); "
+        "sampling eager"
+    )
+    assert not state.compiled and not state.cuda_graphs and not fast.cuda_graphs_on(pipe)
+
+
+def test_a_recompile_the_user_forbade_raises(monkeypatch):
+    """config.error_on_recompile is the user's own check: it raises, not a fallback to eager."""
+    pipe = tiny_pipeline(seed=0)
+    state = enable_fast_sampling(pipe, channels_last=False, backend="eager")
+    unet_call(pipe, batch=1)
+    with torch._dynamo.config.patch(error_on_recompile=True), warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(torch._dynamo.exc.RecompileError):
+            unet_call(pipe, batch=2)
+    assert state.compiled and isinstance(pipe.unet._compiled_call_impl, fast.FastCall)
+
+
+@pytest.mark.skipif(fast.LIMIT_FLAG is None, reason="torch < 2.5 has no such flag")
+def test_the_recompile_limit_flag_is_set_only_during_the_call():
+    pipe = tiny_pipeline(seed=0)
+    enable_fast_sampling(pipe, channels_last=False, backend="eager")
+    with torch._dynamo.config.patch({fast.LIMIT_FLAG: False}):  # torch's default, whatever ran before
+        unet_call(pipe)
+        assert getattr(torch._dynamo.config, fast.LIMIT_FLAG) is False
+
+
+def test_signature_tells_shapes_strides_and_dtypes_apart():
+    x = torch.zeros(2, 4, 8, 8)
+    key = fast.signature((x,), {"t": 1.0})
+    assert key == fast.signature((torch.ones(2, 4, 8, 8),), {"t": 2.0})
+    assert key != fast.signature((x.to(memory_format=torch.channels_last),), {"t": 1.0})
+    assert key != fast.signature((x.half(),), {"t": 1.0})
+    assert key != fast.signature((x[:1],), {"t": 1.0})
+
+
+def test_enabling_again_replaces_what_was_applied():
+    pipe = tiny_pipeline(seed=0)
+    enable_fast_sampling(pipe, compile=False)
+    state = enable_fast_sampling(pipe, compile=False, channels_last=False)
+    assert not state.channels_last and state.compile_options == {}
+    assert all(w.is_contiguous() for w in conv_weights(pipe.unet))
+
+
+def test_with_dynamo_off_channels_last_alone_is_silent_and_cuda_graphs_fall_back():
+    pipe = tiny_pipeline(seed=0)
+    with torch._dynamo.config.patch(disable=True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            assert enable_fast_sampling(pipe, compile=False).channels_last
+        with pytest.warns(RuntimeWarning, match="torch.compile is switched off"):
+            state = enable_fast_sampling(pipe, cuda_graphs=True)
+    assert not state.compiled and not state.cuda_graphs
+
+
+def test_cpu_offload_without_cuda_graphs_says_nothing_and_keeps_the_fast_path(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    monkeypatch.setattr(DiffusionPipeline, "enable_model_cpu_offload", lambda self: self.to("cpu"))
+    pipe = tiny_pipeline(seed=0)
+    state = pipe.enable_fast_sampling(channels_last=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipe.enable_model_cpu_offload()
+    assert fast_sampling_state(pipe) is state and not state.cuda_graphs
+
+
+def test_cpu_offload_drops_cuda_graphs_but_not_the_asked_memory_format(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    monkeypatch.setattr(fast, "module_device", lambda module: torch.device("cuda", 0))
+    monkeypatch.setattr(DiffusionPipeline, "enable_model_cpu_offload", lambda self: self.to("cpu"))
+    pipe = tiny_pipeline(seed=0)
+    assert pipe.enable_fast_sampling(channels_last=False, cuda_graphs=True).cuda_graphs
+    with pytest.warns(UserWarning, match="CPU offload moves the denoiser's weights"):
+        pipe.enable_model_cpu_offload()
+    state = fast_sampling_state(pipe)
+    assert state.compiled and not state.cuda_graphs and not state.channels_last
+    assert all(w.is_contiguous() for w in conv_weights(pipe.unet))
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_weights_are_contiguous_only_while_saving(channels_last):
+    pipe = tiny_pipeline(seed=0)
+    enable_fast_sampling(pipe, compile=False, channels_last=channels_last)
+    with fast.contiguous_weights(pipe):
+        assert all(w.is_contiguous() for w in conv_weights(pipe.unet))
+    assert all(w.is_contiguous() for w in conv_weights(pipe.unet)) != channels_last
+
+
+def test_disabling_leaves_a_compile_of_the_users_own():
+    pipe = tiny_pipeline(seed=0)
+    pipe.unet.compile(backend="eager")
+    own = pipe.unet._compiled_call_impl
+    enable_fast_sampling(pipe, compile=False)
+    pipe.disable_fast_sampling()
+    assert pipe.unet._compiled_call_impl is own
+
+
+def test_a_deep_copy_says_it_has_no_cuda_graphs(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    monkeypatch.setattr(fast, "module_device", lambda module: torch.device("cuda", 0))
+    pipe = tiny_pipeline(seed=0)
+    assert enable_fast_sampling(pipe, channels_last=False).cuda_graphs
+    twin = copy.deepcopy(pipe)
+    assert not fast.cuda_graphs_on(twin) and fast.cuda_graphs_on(pipe)
