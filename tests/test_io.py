@@ -52,11 +52,14 @@ def test_a_stop_signal_while_staging_leaves_no_temp_file(tmp_path, signum):
         write_atomically([(Path({str(tmp_path)!r}) / "a.txt", slow)])
         """
     )
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert child.stdout.readline().strip() == "staged"
-    assert [p.name for p in tmp_path.iterdir()]  # the temp file is there
-    child.send_signal(signum)
-    assert child.wait(timeout=30) == 128 + signum
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as child:
+        try:
+            assert child.stdout.readline().strip() == "staged"
+            assert [p.name for p in tmp_path.iterdir()]  # the temp file is there
+            child.send_signal(signum)
+            assert child.wait(timeout=30) == 128 + signum
+        finally:
+            child.kill()  # after a failure: no child sleeping on past the test
     assert list(tmp_path.iterdir()) == []
 
 
