@@ -12,6 +12,7 @@ import torch
 
 from . import viz
 from ._io import check_targets, check_writable, png, text, user_path, write_atomically
+from ._torch import gen
 from .and_study import mean_sd
 from .digits.demo import DPI, JUDGED, digits_figures, judged_gaps
 from .limits import LIMITS, MAX_SEED
@@ -28,7 +29,7 @@ def toy_runs(steps: int = 500, batch: int = 500, seed: int = 0) -> dict:
     """Samples of "up", "down" and their OR, AND and average, all from the same initial noise."""
     up, down = up_and_down()
     sigmas = geometric_sigmas(SIGMA_MAX, SIGMA_MIN, steps)
-    x = sigmas[0] * torch.randn(batch, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x = sigmas[0] * torch.randn(batch, 2, generator=gen(seed), dtype=torch.float64)
     setups = {
         "up": ([up], "and"),
         "down": ([down], "and"),
@@ -37,7 +38,7 @@ def toy_runs(steps: int = 500, batch: int = 500, seed: int = 0) -> dict:
         "average": ([up, down], "avg"),
     }
     return {
-        name: superpose(models, x, sigmas, mode=mode, generator=torch.Generator().manual_seed(seed + 1))
+        name: superpose(models, x, sigmas, mode=mode, generator=gen(seed + 1))
         for name, (models, mode) in setups.items()
     }
 

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ._torch import gen
 from .pipeline_common import check_int
 
 MAX_SAMPLES = 10_000_000  # exact samples a call: 160 MB of float64 in 2-D
@@ -169,8 +170,7 @@ def up_and_down(std: float = 0.4, dim: int = 2, seed: int = 0) -> tuple[Gaussian
     if dim == 2:
         means = torch.tensor([[[-1.5, 1.5], [1.5, 1.5]], [[-1.5, -1.5], [1.5, -1.5]]], dtype=torch.float64)
     else:
-        gen = torch.Generator().manual_seed(1000 + seed)
-        means = torch.randn(2, 2, dim, generator=gen, dtype=torch.float64)
+        means = torch.randn(2, 2, dim, generator=gen(1000 + seed), dtype=torch.float64)
         means = 1.5 * math.sqrt(2) * means / means.norm(dim=-1, keepdim=True)
     return GaussianMixture(means[0], std), GaussianMixture(means[1], std)
 
@@ -230,7 +230,7 @@ def train_eps_model(
 ) -> MLPEps:
     """Denoising score matching on (N, D) samples with σ log-uniform in [sigma_min, sigma_max]."""
     check_training(data, sigma_min, sigma_max, steps, batch_size, lr, seed)
-    gen = torch.Generator().manual_seed(seed)
+    g = gen(seed)
     data = data.float()
     with torch.random.fork_rng(devices=[]):  # the initial weights from the seed; the global RNG untouched
         torch.manual_seed(seed)
@@ -240,9 +240,9 @@ def train_eps_model(
     lo, hi = math.log(sigma_min), math.log(sigma_max)
     bar = tqdm(range(steps), disable=not progress, desc="train eps-model")
     for _ in bar:
-        x0 = data[torch.randint(len(data), (batch_size,), generator=gen)]
-        sigma = (lo + (hi - lo) * torch.rand(batch_size, generator=gen)).exp()
-        eps = torch.randn(x0.shape, generator=gen)
+        x0 = data[torch.randint(len(data), (batch_size,), generator=g)]
+        sigma = (lo + (hi - lo) * torch.rand(batch_size, generator=g)).exp()
+        eps = torch.randn(x0.shape, generator=g)
         loss = (model(x0 + sigma[:, None] * eps, sigma) - eps).square().mean()
         opt.zero_grad()
         loss.backward()

@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from . import viz
-from ._torch import one_thread
+from ._torch import gen, one_thread
 from .limits import APP_CULL_ENV, APP_ENV, MAX_SEED, noting_warnings
 from .pipeline_common import check_finite, check_int, check_seed_value, parse_mode, superpose_options
 from .sampling import geometric_sigmas, superpose
@@ -87,15 +87,15 @@ class ToyBackend:
 
     def run(self, p: dict, on_step: StepFn):
         """Sample the superposition; returns a SuperpositionResult."""
-        sigmas, gen = self.sigmas(p["steps"]), torch.Generator().manual_seed(p["seed"])
-        x = sigmas[0] * torch.randn(p["batch_size"], 2, generator=gen, dtype=torch.float64)
+        sigmas, g = self.sigmas(p["steps"]), gen(p["seed"])
+        x = sigmas[0] * torch.randn(p["batch_size"], 2, generator=g, dtype=torch.float64)
         options = superpose_options(p["mode"], 2, *parse_mode(p["mode"], 2), **acting(p), log_weights=None)
         return superpose(
             list(self.models),
             x,
             sigmas,
             **options,
-            generator=gen,
+            generator=g,
             callback=lambda d: on_step(d["i"], d["kappa"]),
         )
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .._torch import one_thread
+from .._torch import gen, one_thread
 from ..limits import LIMITS
 from ..output import SuperDiffOutput, to_uint8
 from ..pipeline_common import (
@@ -194,7 +194,7 @@ class DigitsPipeline:
 def sample(models, n: int, mode: str, seed: int, steps: int = STEPS):
     """n model-space samples of the superposition of unconditional digit eps-models (one model: alone)."""
     sigmas = default_sigmas(steps)
-    g = torch.Generator().manual_seed(seed)
+    g = gen(seed)
     x = sigmas[0].item() * torch.randn(n, 1, 8, 8, generator=g)
     with one_thread():
         return superpose(list(models), x, sigmas, mode=mode, generator=g)

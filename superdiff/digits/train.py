@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .._io import check_targets, check_writable, copy_of, scratch_folder, stage, user_path, write_atomically
+from .._torch import gen
 from ..fokker_planck import score_fpe_residual
 from .model import FILES, NULL, SEED, SIGMA_MAX, WEIGHTS, Classifier, EpsNet, digits_split, load_module
 
@@ -123,7 +124,7 @@ def train_eps(
     divergence) at the first ``fp_batch`` noised images of each batch with σ ≥ ``fp_sigma_min`` (≈ 30 ms an
     image on one CPU thread).
     """
-    g = torch.Generator().manual_seed(seed)
+    g = gen(seed)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
     ema = copy.deepcopy(net).requires_grad_(False)
     conditional = net.label_emb is not None
@@ -164,7 +165,7 @@ def fp_penalty(net: EpsNet, x_sigma: Tensor, sigma: Tensor, labels: Tensor | Non
 def train_classifier(x: Tensor, y: Tensor, seed: int, steps: int = 600, noise: float = 0.1) -> Classifier:
     """Full-batch AdamW; light pixel noise so that near-real samples classify well."""
     torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
+    g = gen(seed)
     clf = Classifier()
     opt = torch.optim.AdamW(clf.parameters(), lr=3e-3, weight_decay=1e-2)
     for _ in tqdm(range(steps), desc="classifier", mininterval=1.0):

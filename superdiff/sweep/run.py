@@ -41,6 +41,7 @@ from .._io import (
     text,
     write_atomically,
 )
+from .._torch import gen
 from ..limits import LIMITS, MAX_GUIDANCE, MAX_MAGNITUDE
 from ..pipeline_common import check_finite, check_int
 from ..pipeline_superdiff import JOINT_TEMPLATE
@@ -245,7 +246,7 @@ def pipeline_call(cfg: SweepConfig, batch: tuple[Item, ...], size: int | None) -
         guidance_scale=cfg.guidance_scale,
         lift=cfg.lift if mode == "and" else 0.0,  # lift acts on AND only
         batch_size=len(batch),
-        generator=[torch.Generator("cpu").manual_seed(item.seed) for item in batch],
+        generator=[gen(item.seed) for item in batch],
         output_type="pil",
         **kwargs,
     )
