@@ -82,6 +82,11 @@ def expected_keys(pairs: str, methods: str, seeds: str) -> list[str]:
     return [item.key for item in plan(load_pairs(pairs), parse_methods(methods), parse_seeds(seeds))]
 
 
+def digits_and(out: Path, seeds=(0,), steps: int = 1) -> SweepConfig:
+    """A sweep of "3" AND "8" on the digits model, unguided: the one the tests of its settings take."""
+    return SweepConfig([("3", "8")], ["and"], list(seeds), out, model="digits", steps=steps, guidance_scale=1)
+
+
 def pixels(path: Path) -> np.ndarray:
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
@@ -362,9 +367,7 @@ def test_the_dtype_auto_gives_on_the_device_is_a_setting(tmp_path):
     saved = json.loads((tiny.out / "sweep.json").read_text())
     (tiny.out / "sweep.json").write_text(json.dumps({**saved, "dtype": "auto"}))  # as earlier versions wrote
     check_settings(tiny, "cpu")  # a sweep begun before resumes
-    digits = SweepConfig(
-        [("3", "8")], ["and"], [0], tmp_path / "d", model="digits", steps=2, guidance_scale=1
-    )
+    digits = digits_and(tmp_path / "d", steps=2)
     assert digits.settings("cpu")["dtype"] is digits.settings("cuda:0")["dtype"] is None  # float32 on the CPU
 
 
@@ -374,10 +377,7 @@ def test_without_flock_the_run_that_writes_sweep_json_second_checks_the_first_on
     import superdiff.sweep.run
 
     monkeypatch.setitem(sys.modules, "fcntl", None)  # import fcntl raises ImportError, as on Windows
-    first, second = (
-        SweepConfig([("3", "8")], ["and"], [0], tmp_path / "s", model="digits", steps=k, guidance_scale=1)
-        for k in (4, 3)
-    )
+    first, second = (digits_and(tmp_path / "s", steps=k) for k in (4, 3))
     write, wrote = superdiff.sweep.run.write_atomically, []
 
     def the_first_writes_meanwhile(writes, **kwargs):
@@ -526,9 +526,7 @@ def test_progress_reads_the_folder_only_beside_other_processes_and_then_rarely(t
     monkeypatch.setattr(superdiff.sweep.run, "Progress", Progress)
     assert superdiff_main(["sweep", *ONE_DIGITS_AND, "--out", str(tmp_path / "a")]) == 0
     assert reads == [] and made[0].bar.n == 5  # one process: it counts what it wrote
-    cfg = SweepConfig(
-        [("3", "8")], ["and"], list(range(50)), tmp_path / "b", model="digits", steps=1, guidance_scale=1
-    )
+    cfg = digits_and(tmp_path / "b", range(50))
     two = SimpleNamespace(is_main_process=True, num_processes=2)
     progress = Progress(cfg, cfg.items, two, scan_every=60)
     for _ in range(50):
@@ -776,10 +774,7 @@ def test_a_run_that_claimed_the_folder_between_the_checks_is_seen_under_the_lock
     this one's first check had been resumed with other settings."""
     import superdiff.sweep.run
 
-    first, second = (
-        SweepConfig([("3", "8")], ["and"], [0], tmp_path / "s", model="digits", steps=k, guidance_scale=1)
-        for k in (4, 3)
-    )
+    first, second = (digits_and(tmp_path / "s", steps=k) for k in (4, 3))
     held = superdiff.sweep.run.held
 
     def the_first_claims_meanwhile(cfg):
@@ -949,9 +944,7 @@ def test_beside_other_processes_the_bar_counts_the_folder_rarely_and_ends_with_e
             now[0] += 5.0  # a count takes 5 s: the next one is 50 s after it
             return super().on_disk()
 
-    cfg = SweepConfig(
-        [("3", "8")], ["and"], [0, 1, 2, 3], tmp_path, model="digits", steps=1, guidance_scale=1
-    )
+    cfg = digits_and(tmp_path, range(4))
     (tmp_path / "records").mkdir()
     progress = Progress(
         cfg, cfg.items, SimpleNamespace(is_main_process=True, num_processes=2), scan_every=1.0
@@ -976,7 +969,7 @@ def test_a_peer_that_stops_during_a_step_taken_together_is_named(tmp_path):
     """gloo's error at a barrier becomes PeerStopped: one line naming the logs and the resume."""
     from superdiff.sweep.run import PeerStopped, together
 
-    cfg = SweepConfig([("3", "8")], ["and"], [0], tmp_path, model="digits", steps=1, guidance_scale=1)
+    cfg = digits_and(tmp_path)
 
     def closed():
         raise RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:29500")
@@ -990,7 +983,7 @@ def test_no_process_writes_before_every_process_has_listed_the_pending_items(tmp
     listed the pending items, else the two could split different lists (items run twice or never)."""
     import superdiff.sweep.run
 
-    cfg = SweepConfig([("3", "8")], ["and"], [0, 1], tmp_path, model="digits", steps=1, guidance_scale=1)
+    cfg = digits_and(tmp_path, [0, 1])
     pending, listed, theirs = superdiff.sweep.run.pending, threading.Event(), []
     barrier = threading.Barrier(2, timeout=60)
 
