@@ -1,8 +1,9 @@
 """The ipywidgets playground without a browser: set controls, press Generate, inspect results and outputs."""
 
+import base64
 import html
-import importlib
-import importlib.util
+import re
+import struct
 import subprocess
 import sys
 import threading
@@ -10,11 +11,13 @@ import types
 import warnings
 
 import ipywidgets
+import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from superdiff import geometric_sigmas
-from superdiff.limits import abbreviate, check_prompt, noting_warnings, warn_caller
+from superdiff import digits, geometric_sigmas, superpose, testing
+from superdiff.limits import MAX_SEED, abbreviate, check_prompt, noting_warnings, warn_caller
+from superdiff.toy import up_and_down
 from superdiff.widgets import Playground, enable_colab_widgets, kappa_figure, playground
 
 STEPS, BATCH = 20, 64
@@ -29,13 +32,6 @@ def toy():
     pg = playground("toy")
     pg.steps.value, pg.batch_size.value, pg.seed.value = STEPS, BATCH, 3
     return pg
-
-
-def require(name: str):
-    """Import a module other engineers may not have written yet: skip only if it does not exist."""
-    if importlib.util.find_spec(name) is None:
-        pytest.skip(f"{name} does not exist yet")
-    return importlib.import_module(name)
 
 
 def count_changes(widget, trait: str) -> list:
@@ -205,14 +201,14 @@ def test_prompts_are_checked():
     toy = playground("toy")
     toy.prompt_2.value = "<b>anything</b>"  # a Text widget: a client can set any text, even if disabled
     assert toy.generate() is None and "prompt_2: the toy's models are fixed" in str(toy.error)
-    digits = require("superdiff.digits") and playground("digits")
+    digits = playground("digits")
     for prompt, message in (("x" * 5000, "at most 1000 characters, got 5000"), ("11", "expected one of")):
         with pytest.raises(ValueError, match=f"prompt_1: .*{message}"):
             digits.check_params({**digits.params(), "prompt_1": prompt})
 
 
 def test_digits_model_is_checked():
-    digits = require("superdiff.digits") and playground("digits")
+    digits = playground("digits")
     from superdiff.digits.pipeline import MODELS
 
     assert [v for _, v in digits.model.options] == list(MODELS)
@@ -287,7 +283,6 @@ def test_an_error_before_sampling_leaves_no_plot_of_the_previous_run(toy):
 
 
 def test_digits_playground_runs_the_chosen_model_and_judges_its_unclamped_samples():
-    digits = require("superdiff.digits")
     from superdiff.digits.gaussian import load_gaussian_models
 
     pg = playground("digits")
@@ -318,7 +313,6 @@ def test_digits_playground_runs_the_chosen_model_and_judges_its_unclamped_sample
 
 def test_the_kits_warnings_of_a_run_show_in_the_status_line_each_run(recwarn):
     """A button's warnings went to the kernel's log: guidance w = 0.5 steered less than none, unseen."""
-    require("superdiff.digits")
     pg = playground("digits")
     pg.steps.value, pg.batch_size.value, pg.guidance_scale.value = 10, 2, 0.5
     for silenced in (False, False, True):  # a warning shows once per line; notebooks often silence them
@@ -334,11 +328,10 @@ def test_the_kits_warnings_of_a_run_show_in_the_status_line_each_run(recwarn):
 
 
 def test_a_given_pipeline_has_no_model_choice_and_stable_diffusion_no_judge():
-    digits = require("superdiff.digits")
     pg = playground(digits.load_pipeline("gaussian"))
     assert pg.model.layout.display == "none" and "model" not in pg.params()
     assert pg.backend.pipeline(pg.params()).model == "gaussian" and pg.judge.layout.display != "none"
-    sd = playground(require("superdiff.testing").tiny_pipeline())
+    sd = playground(testing.tiny_pipeline())
     sd.judge.value = True  # a client can tick a hidden checkbox
     sd.steps.value, sd.batch_size.value = 2, 1
     assert sd.judge.layout.display == "none" and sd.params()["judge"] is False
@@ -437,7 +430,6 @@ def test_unknown_backend():
 
 
 def test_digits_backend():
-    require("superdiff.digits")
     pg = playground("digits")
     pg.prompt_1.value, pg.prompt_2.value, pg.steps.value, pg.batch_size.value = "1", "7", 10, 2
     result = pg.generate()
@@ -447,7 +439,6 @@ def test_digits_backend():
 
 
 def test_digits_images_are_titled_with_the_classifier_label():
-    digits = require("superdiff.digits")
     pg = playground("digits")
     pg.steps.value, pg.batch_size.value, pg.guidance_scale.value = 20, 3, 4.0
     result = pg.generate()
@@ -460,7 +451,6 @@ def test_digits_images_are_titled_with_the_classifier_label():
 
 
 def test_stable_diffusion_backend():
-    testing = require("superdiff.testing")
     pg = playground(testing.tiny_pipeline())
     pg.steps.value, pg.batch_size.value = 3, 1
     result = pg.generate()
@@ -472,7 +462,6 @@ def test_stable_diffusion_backend():
 
 
 def test_prompt_with_mathtext_dollars_is_drawn_and_a_failing_plot_keeps_the_result(monkeypatch):
-    testing = require("superdiff.testing")
     pg = playground(testing.tiny_pipeline())
     pg.steps.value, pg.batch_size.value = 2, 1
     pg.prompt_1.value = "a $x^$ b"  # invalid mathtext: matplotlib raises if it parses it
@@ -503,7 +492,6 @@ def test_and_kappa_is_plotted_as_a_running_mean_and_sd_grid_is_the_pipelines(mon
     assert and_window == 5 and "running mean of 5 steps" in and_title
     assert or_window is None and "running mean" not in or_title
 
-    testing = require("superdiff.testing")
     pipe = testing.tiny_pipeline(timestep_spacing="leading")
     sd = playground(pipe)
     sd.steps.value, sd.batch_size.value = 1000, 1
@@ -566,7 +554,7 @@ def test_one_past_a_bound_is_refused(toy, name, value, message):
 
 
 def test_a_prompt_of_exactly_the_widgets_limit_is_allowed():
-    sd = playground(require("superdiff.testing").tiny_pipeline())
+    sd = playground(testing.tiny_pipeline())
     sd.check_params({**sd.params(), "prompt_1": "x" * 1000})
     with pytest.raises(ValueError, match="at most 1000 characters, got 1001"):
         sd.check_params({**sd.params(), "prompt_1": "x" * 1001})
@@ -591,7 +579,6 @@ def test_status_line_says_samples_and_steps_run(toy):
     toy.steps.value, toy.batch_size.value = 12, 5
     toy.generate()
     assert "Done: 5 samples, 12 steps in " in toy.status.value
-    testing = require("superdiff.testing")
     pipe = testing.tiny_pipeline()
     pipe.scheduler = testing.sd_scheduler(timestep_spacing="leading", num_train_timesteps=10)
     sd = playground(pipe)
@@ -676,3 +663,263 @@ def test_a_runs_warnings_are_noted_once_each():
 
 def test_abbreviate_keeps_n_characters():
     assert abbreviate("abcdef", 4) == "abc…" and abbreviate("abcd", 4) == "abcd"
+
+
+# ----------------------------------------------------------------------------- what a run samples and shows
+
+
+def test_the_toy_samples_as_superpose_does_with_one_generator_seeded_by_the_seed_box():
+    """The seed box seeds one CPU generator that draws the starting noise and then the steps' noise, as the
+    digits pipeline does: at the playground's defaults (AND, lift 0, seed 0), and in OR (T = 1) at seed 7."""
+    pg = playground("toy")
+    pg.steps.value, pg.batch_size.value = 20, 16
+    models, sigmas = list(up_and_down()), geometric_sigmas(20.0, 0.01, 20)
+    for mode, seed in (("and", 0), ("or", 7)):
+        pg.mode.value = mode
+        if mode != "and":
+            pg.seed.value = seed
+        g = torch.Generator().manual_seed(seed)
+        x = sigmas[0] * torch.randn(16, 2, generator=g, dtype=torch.float64)
+        expected = superpose(models, x, sigmas, mode=mode, generator=g)
+        result = pg.generate()
+        assert pg.error is None, pg.status.value
+        assert torch.equal(result.samples, expected.samples) and torch.equal(result.kappa, expected.kappa)
+
+
+def test_the_digits_network_is_judged_with_the_runs_seed():
+    """The network's likelihood estimates a divergence with random probes: they are seeded by the run's seed,
+    so the seed alone reproduces a run and its verdict."""
+    from superdiff.digits.densities import log_densities
+
+    pg = playground("digits")
+    pg.steps.value, pg.batch_size.value, pg.seed.value, pg.judge.value = 10, 2, 6, True
+    result = pg.generate()
+    assert pg.error is None, pg.status.value
+    sigma = float(result.sigmas[-1])
+    expected = log_densities(digits.load_pipeline("net"), [3, 8], result.latents, sigma, seed=6)
+    assert torch.allclose(pg.judged, expected.double())
+
+
+def test_toy_samples_are_drawn_over_the_densities_at_the_runs_last_sigma_under_the_modes_title(
+    toy, monkeypatch
+):
+    import superdiff.widgets as w
+
+    seen = []
+    real = w.viz.scatter_over_models
+    monkeypatch.setattr(w.viz, "scatter_over_models", lambda *a, **k: seen.append((a, k)) or real(*a, **k))
+    for mode, name in (("and", "AND"), ("avg", "average"), ("prompt_1", "up only")):
+        toy.mode.value = mode
+        result = toy.generate()
+        (samples, _, sigma), kwargs = seen[-1]
+        assert torch.equal(samples, result.samples) and sigma == float(result.sigmas[-1])
+        assert kwargs["title"] == f"{name}: 'up' and 'down'"
+
+
+def test_live_kappa_plots_say_how_far_the_run_is_and_the_final_one_does_not(toy, monkeypatch):
+    import superdiff.widgets as w
+
+    titles = []
+    real = w.kappa_figure
+    monkeypatch.setattr(w, "kappa_figure", lambda *a, **k: titles.append(a[3]) or real(*a, **k))
+    toy.redraw_seconds, toy.mode.value = 0.0, "or"
+    toy.generate()
+    live = [f"κ over σ, OR — step {i}/{STEPS}" for i in range(2, STEPS, 2)]
+    assert titles == [*live, "κ over σ, OR"]
+
+
+def test_kappa_plot_names_the_first_models_curve_after_it(toy, monkeypatch):
+    """With two models the plot draws κ of the first one (κ of the second is 1 − it): its batch mean, named
+    after “up”."""
+    import superdiff.widgets as w
+
+    figures = []
+    real = w.kappa_figure
+    monkeypatch.setattr(w, "kappa_figure", lambda *a, **k: figures.append(real(*a, **k)) or figures[-1])
+    toy.mode.value = "or"
+    result = toy.generate()
+    lines = {line.get_label(): line for line in figures[-1].axes[0].get_lines()}
+    mean = lines["κ of up (batch mean)"].get_ydata()
+    assert torch.allclose(torch.as_tensor(mean).double(), result.kappa[:, :, 0].mean(1).double(), atol=1e-6)
+
+
+def test_the_session_notice_without_an_idle_time_names_the_apps_and_polls_at_most_once_a_second(monkeypatch):
+    """The app's --cull-idle can be as short as 1 s: a poll period of a quarter of it would round to 0 ms, a
+    busy loop of requests."""
+    from superdiff import app, widgets
+    from superdiff.limits import APP_CULL_ENV, APP_ENV
+
+    monkeypatch.setenv(APP_ENV, "1")
+    monkeypatch.delenv(APP_CULL_ENV, raising=False)
+    script = widgets.session_notice().data
+    assert f"idle for more than {app.CULL_IDLE // 60} minutes" in script and "}, 30000);" in script
+    for idle in ("1", "3"):
+        monkeypatch.setenv(APP_CULL_ENV, idle)
+        assert "}, 1000);" in widgets.session_notice().data
+
+
+def test_a_run_leaves_no_pyplot_figure_open():
+    """The digits' image grid is a pyplot figure: left open, every run's would show again under %matplotlib
+    inline and pile up in the kernel."""
+    pg = playground("digits")
+    pg.steps.value, pg.batch_size.value = 5, 2
+    before = plt.get_fignums()
+    assert pg.generate() is not None and plt.get_fignums() == before
+
+
+def png_width(data: str) -> int:
+    """The width in pixels of a base64 PNG (its IHDR chunk)."""
+    return struct.unpack(">I", base64.b64decode(data)[16:20])[0]
+
+
+def test_the_digits_samples_fit_beside_the_kappa_plot():
+    """Samples and κ sit side by side: 64-pixel digits are drawn small, not at Stable Diffusion's size."""
+    pg = playground("digits")
+    pg.steps.value, pg.batch_size.value = 5, 4
+    pg.generate()
+    (samples,), (kappa,) = pngs(pg.samples_out), pngs(pg.kappa_out)
+    assert png_width(samples) <= png_width(kappa)
+
+
+def test_a_tiny_negative_gap_is_shown_as_plus_zero():
+    from superdiff.widgets import signed
+
+    assert [signed(x) for x in (-0.04, 0.0, 0.04, -0.06, 1.0)] == ["+0.0", "+0.0", "+0.0", "-0.1", "+1.0"]
+
+
+def test_a_fresh_playground_greys_out_temperature_for_its_default_and():
+    pg = playground("toy")
+    assert pg.mode.value == "and" and not pg.lift.disabled and pg.temperature.disabled
+
+
+def test_the_seed_box_holds_every_seed_the_kernel_accepts(toy):
+    toy.seed.value = MAX_SEED
+    assert toy.seed.value == MAX_SEED == 2**32 - 1
+    toy.check_params(toy.params())
+
+
+@pytest.mark.parametrize("name", ["toy", "digits"])
+def test_steps_and_batch_start_at_the_backends_defaults_below_their_maxima(name):
+    pg = playground(name)
+    b = pg.backend
+    assert (pg.steps.value, pg.batch_size.value) == (b.steps, b.batch)
+    assert b.steps < b.max_steps and b.batch < b.max_batch
+
+
+def test_the_toy_hides_its_fixed_prompts_and_model_and_digits_shows_both():
+    toy, digits = playground("toy"), playground("digits")
+
+    def prompts_box(pg):
+        return next(c for c in pg.widget.children if pg.prompt_1 in getattr(c, "children", ()))
+
+    assert prompts_box(toy).layout.display == "none" and toy.model.layout.display == "none"
+    assert prompts_box(digits).layout.display != "none" and digits.model.layout.display != "none"
+
+
+def test_a_mode_the_backend_does_not_offer_is_refused_before_sampling():
+    toy = playground("toy")
+    modes = r"\['and', 'or', 'avg', 'prompt_1', 'prompt_2'\]"
+    with pytest.raises(ValueError, match=f"mode: expected one of {modes}, got 'joint'"):
+        toy.check_params({**toy.params(), "mode": "joint"})  # a mode of Stable Diffusion's playground
+
+
+def test_the_digits_batch_is_bounded_by_the_digits_maximum():
+    """README: batch size 1 … 2000 (toy) / 64 (digits)."""
+    pg = playground("digits")
+    pg.check_params({**pg.params(), "batch_size": 64})
+    with pytest.raises(ValueError, match="batch_size: expected an integer from 1 to 64, got 65"):
+        pg.check_params({**pg.params(), "batch_size": 65})
+
+
+def test_the_status_line_gives_the_runs_time_to_a_tenth_of_a_second(toy):
+    toy.generate()
+    assert f"steps in {toy.seconds:.1f} s, judged in " in toy.status.value
+
+
+def red(status: str) -> bool:
+    """Whether the status line's colour is a red (#rrggbb with red well above green and blue)."""
+    match = re.search(r"color:\s*#([0-9a-fA-F]{2})([0-9a-fA-F]{2})([0-9a-fA-F]{2})", status)
+    r, g, b = (int(c, 16) for c in match.groups()) if match else (0, 0, 0)
+    return r >= 0x99 and max(g, b) <= r // 2
+
+
+def test_errors_show_in_red_and_done_does_not(toy):
+    toy.generate()
+    assert "Done" in toy.status.value and not red(toy.status.value)
+    set_past_bounds(toy.seed, -1)
+    toy.generate()
+    assert "Error: seed" in toy.status.value and red(toy.status.value)
+
+
+def test_the_status_line_says_what_judges_while_judging(toy):
+    statuses = count_changes(toy.status, "value")
+    toy.generate()
+    assert any("Judging the samples by the exact densities" in c["new"] for c in statuses)
+
+
+def test_or_verdict_gives_the_median_size_of_the_gap(toy):
+    toy.mode.value = "or"
+    result = toy.generate()
+    up, down = toy.backend.models
+    gaps = up.log_prob(result.samples, 0.01) - down.log_prob(result.samples, 0.01)
+    assert f"(median |gap| {gaps.abs().median():.1f} nats)" in html.unescape(toy.verdict.value)
+
+
+def test_the_status_line_shows_a_prompt_with_markup_as_text():
+    toy = playground("toy")
+    toy.prompt_2.value = "<b>anything</b>"
+    assert toy.generate() is None
+    assert "<b>" not in toy.status.value and "got '<b>anything</b>'" in html.unescape(toy.status.value)
+
+
+@pytest.mark.parametrize("name", ["toy", "tiny"])
+def test_tiny_backends_sample_on_one_torch_thread(name, monkeypatch):
+    """Tiny tensors lose 10–30× on more threads of a shared CPU (the digits pipeline takes one itself)."""
+    pg = playground(name)
+    pg.steps.value, pg.batch_size.value = 3, 1
+    threads, run = [], pg.backend.run
+
+    def counting(p, on_step):
+        return run(p, lambda i, kappa: threads.append(torch.get_num_threads()) or on_step(i, kappa))
+
+    monkeypatch.setattr(pg.backend, "run", counting)
+    outside = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        pg.generate()
+    finally:
+        torch.set_num_threads(outside)
+    assert pg.error is None, pg.status.value
+    assert threads == [1, 1, 1]
+
+
+def test_the_digits_judge_measures_the_chosen_digits():
+    from superdiff.digits.gaussian import load_gaussian_models
+
+    pg = playground("digits")
+    pg.model.value, pg.prompt_1.value, pg.prompt_2.value = "gaussian", "1", "7"
+    pg.steps.value, pg.batch_size.value, pg.judge.value = 10, 2, True
+    result = pg.generate()
+    assert pg.error is None, pg.status.value
+    gaussians, _ = load_gaussian_models()
+    sigma = float(result.sigmas[-1])
+    exact = torch.stack([gaussians[c].log_prob(result.latents.double(), sigma) for c in (1, 7)])
+    assert torch.allclose(pg.judged, exact)
+
+
+def test_the_digits_progress_bar_moves_once_per_step():
+    """The bar's maximum clamps it, so a bar one step ahead still ended full: it filled a step early."""
+    pg = playground("digits")
+    pg.steps.value, pg.batch_size.value = 6, 1
+    progress = count_changes(pg.progress, "value")
+    assert pg.generate() is not None and pg.progress.max == 6
+    assert [c["new"] for c in progress] == list(range(1, 7))
+
+
+def test_a_schedulers_dropped_step_is_noted_in_the_status_line_not_also_logged(recwarn):
+    pipe = testing.tiny_pipeline()
+    pipe.scheduler = testing.sd_scheduler(timestep_spacing="leading", num_train_timesteps=10)
+    sd = playground(pipe)
+    sd.steps.value, sd.batch_size.value = 10, 1
+    assert sd.generate() is not None and "sampling runs the other 9" in sd.status.value
+    assert not [w for w in recwarn if "zero length" in str(w.message)]
