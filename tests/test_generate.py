@@ -93,11 +93,7 @@ def test_without_seed_one_is_chosen_printed_and_saved_so_the_run_repeats(tmp_pat
     assert pixels[0] == pixels[1]
 
 
-def test_digits_model_when_installed(tmp_path):
-    try:
-        from superdiff.digits import load_pipeline  # noqa: F401  (built alongside; may be absent)
-    except ImportError:
-        pytest.skip("superdiff.digits.load_pipeline not available")
+def test_digits_prompts_draw_with_the_shipped_digits_model(tmp_path):
     assert generate(tmp_path, prompts=("zero", "one"), out="digits.png") == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.png", "digits_kappa.png"]
 

@@ -486,7 +486,6 @@ def test_a_predictor_that_returns_the_wrong_shapes_is_named(predictor, message):
 
 
 def test_number_types_numpy_and_python_alike():
-    np = pytest.importorskip("numpy")
     a = run([UP, DOWN], n=20, batch=8, mode="or", temperature=np.float32(2.0), lift=np.float64(0.0))
     b = run([UP, DOWN], n=20, batch=8, mode="or", temperature=2.0)
     assert torch.equal(a.samples, b.samples)
