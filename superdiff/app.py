@@ -250,6 +250,7 @@ def listen_error(host: str, port: int = 0) -> str | None:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:  # socket.gaierror: a name that does not resolve
         return "not an address of this machine"
+    bound = False
     for family, _, _, _, address in infos:
         try:
             with socket.socket(family, socket.SOCK_STREAM) as s:
@@ -258,7 +259,10 @@ def listen_error(host: str, port: int = 0) -> str | None:
                 if family == socket.AF_INET6:
                     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 s.bind(address[:2])  # released at once
+                bound = True
         except OSError as err:
+            if err.errno == errno.EAFNOSUPPORT:  # as tornado: a family this machine lacks (IPv6 off at boot)
+                continue
             if err.errno == errno.EADDRNOTAVAIL and host == "localhost" and address[0] == "::1":
                 continue
             if err.errno == errno.EADDRINUSE:
@@ -266,7 +270,7 @@ def listen_error(host: str, port: int = 0) -> str | None:
             if err.errno == errno.EADDRNOTAVAIL:
                 return "not an address of this machine"
             return err.strerror or str(err)
-    return None
+    return None if bound else "not an address of this machine"  # tornado would listen nowhere
 
 
 def is_local(host: str) -> bool:
@@ -279,19 +283,23 @@ def is_local(host: str) -> bool:
         return False
 
 
-def lan_address() -> str:
-    """This machine's address on its default route (a UDP connect sends nothing), else 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("10.255.255.255", 1))
+def lan_address(family: int = socket.AF_INET) -> str:
+    """This machine's address on its default route (a UDP connect sends nothing), else the loopback one;
+    ``family``: socket.AF_INET6 for its IPv6 address."""
+    probe, loopback = (
+        (("2001:db8::1", 1), "::1") if family == socket.AF_INET6 else (("10.255.255.255", 1), "127.0.0.1")
+    )
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:  # OSError too where the family is missing
+            s.connect(probe)
             return s.getsockname()[0]
-        except OSError:
-            return "127.0.0.1"
+    except OSError:
+        return loopback
 
 
 def machine_names() -> set[str]:
     """This machine's host names and addresses, as students may type them."""
-    names = {socket.gethostname(), socket.getfqdn(), lan_address()}
+    names = {socket.gethostname(), socket.getfqdn(), lan_address(), lan_address(socket.AF_INET6)}
     try:
         names |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
     except OSError:
@@ -390,8 +398,9 @@ def share_url(args: argparse.Namespace) -> str:
     if is_local(args.host):  # localhost answers on 127.0.0.1 and ::1; another loopback address only on itself
         name = "localhost" if args.host in LOCAL_HOSTS else args.host
         return f"SuperDiff playground: http://{name}:{args.port}/{token}  ({limits}; Ctrl-C stops it)"
-    host = lan_address() if args.host in ("0.0.0.0", "::") else args.host
-    url = f"http://{host}:{args.port}/{token}"
+    # tornado listens on "::" for IPv6 only (IPV6_V6ONLY): the URL names an IPv6 address then, in brackets
+    host = {"0.0.0.0": lan_address(), "::": lan_address(socket.AF_INET6)}.get(args.host, args.host)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{args.port}/{token}"
     return f"Share this URL with the class: {url}\n({limits}; Ctrl-C stops the server)"
 
 

@@ -5,10 +5,12 @@ port, no browser: fast enough (≈ 40 s) for `make pytest`; every server is stop
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import errno
 import html
 import json
+import os
 import re
 import signal
 import socket
@@ -72,13 +74,24 @@ def is_kernel(process: psutil.Process) -> bool:
 XSRF: dict[str, str] = {}  # kernel id -> the _xsrf cookie its page set, as a browser keeps it
 
 
+def read_within(response, timeout: float) -> bytes:
+    """A reply's body, or TimeoutError if it is not complete within ``timeout`` s."""
+    deadline, chunks = time.monotonic() + timeout, []
+    while chunk := response.read1(2**16):
+        chunks.append(chunk)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{response.url}: the reply went on for more than {timeout} s")
+    return b"".join(chunks)
+
+
 def get(url: str, host: str | None = None, timeout: float = REPLY_TIMEOUT) -> tuple[int, str]:
     """(status, body) of a GET, errors included; ``host`` replaces the Host header. A page's _xsrf cookie
-    goes into XSRF under its kernel id."""
+    goes into XSRF under its kernel id. The whole reply must come within ``timeout`` s: Voilà streams a page
+    while its kernel starts, and one whose kernel died at start streamed on without end."""
     request = urllib.request.Request(url, headers={"Host": host} if host else {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, body = response.status, response.read().decode(errors="replace")
+            status, body = response.status, read_within(response, timeout).decode(errors="replace")
             cookies = response.headers.get_all("Set-Cookie") or []
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode(errors="replace")
@@ -483,6 +496,7 @@ async def never_read(server: App, kernel_id: str, n: int) -> tuple[int, int, int
     received = 0
     while await asyncio.wait_for(client.ws.read_message(), REPLY_TIMEOUT) is not None:
         received += 1
+    assert (client.ws.close_code, client.ws.close_reason) == (1008, "Too many replies unread")  # a policy's
     return n * size, peak - before, received
 
 
@@ -537,14 +551,19 @@ def test_a_kernel_that_dies_is_not_restarted_so_its_page_can_say_it_stopped(tmp_
 def test_a_hangup_stops_the_server_as_ctrl_c_does(tmp_path):
     """Closing the terminal (SIGHUP) shuts the kernels down and removes Voilà's connection files, as SIGTERM
     and Ctrl-C do; the default action left the /tmp/voila_* folder behind."""
-    with serve(tmp_path) as server:
-        kernel_id = open_page(server)
-        (kernel,) = server.kernels()
-        files = Path(re.search(r"Storing connection files in (\S+?)\.?$", server.log.read_text(), re.M)[1])
-        assert (files / f"kernel-{kernel_id}.json").is_file()
-        server.proc.send_signal(signal.SIGHUP)
-        server.proc.wait(30)
-        kernel.wait(30)
+    ignored = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # under nohup the server would inherit SIG_IGN
+    try:
+        with serve(tmp_path) as server:
+            kernel_id = open_page(server)
+            (kernel,) = server.kernels()
+            log = server.log.read_text()
+            files = Path(re.search(r"Storing connection files in (\S+?)\.?$", log, re.M)[1])
+            assert (files / f"kernel-{kernel_id}.json").is_file()
+            server.proc.send_signal(signal.SIGHUP)
+            server.proc.wait(30)
+            kernel.wait(30)
+    finally:
+        signal.signal(signal.SIGHUP, ignored)
     assert not files.exists() and "Handle signal 1." in server.log.read_text()
 
 
@@ -686,3 +705,352 @@ def test_pages_of_the_app_leave_stable_diffusion_out(monkeypatch, capsys):
     monkeypatch.setenv(app.APP_ENV, "0")  # in Jupyter: the GPU branch
     with pytest.raises(AssertionError, match="built the Stable Diffusion playground"):
         exec(cell.source, {"torch": torch, "playground": never, "display": never})
+
+
+def test_the_server_prints_the_url_once_it_listens(server):
+    assert f"SuperDiff playground: http://localhost:{server.port}/ " in server.log.read_text()
+    assert "(at most 2 open pages;" in server.log.read_text()
+
+
+def test_a_page_that_reads_its_replies_may_receive_more_than_the_unread_limit(tmp_path):
+    """app.MAX_UNREAD bounds the replies waiting for a client, not all that a page receives while open."""
+    notebook = tmp_path / "megabyte.ipynb"
+    notebook.write_text(
+        json.dumps({**TINY_NOTEBOOK, "cells": [code("import ipywidgets\nipywidgets.Text('x' * 2**20)")]})
+    )
+
+    async def read_megabytes(server: App, n: int) -> tuple[int, str]:
+        client = await WidgetClient.connect(server, open_page(server))
+        await client.load_states()
+        (text,) = [i for i, state in client.states.items() if state.get("_model_name") == "TextModel"]
+        received = 0
+        for _ in range(n):  # one at a time: never more than a megabyte unread
+            await client.send("comm_msg", {"comm_id": text, "data": {"method": "request_state"}})
+            reply = await client.receive(lambda m: m["content"].get("comm_id") == text)
+            received += len(reply["content"]["data"]["state"]["value"])
+        status = (await client.kernel_info())["content"]["status"]
+        client.ws.close()
+        return received, status
+
+    with serve(tmp_path, notebook=notebook) as server:
+        received, status = asyncio.run(read_megabytes(server, app.MAX_UNREAD // 2**20 + 2))
+    assert received > app.MAX_UNREAD and status == "ok"
+
+
+def test_logging_out_asks_for_the_token_again(tmp_path):
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())  # keeps the login cookie
+    with serve(tmp_path, "--token", TOKEN) as server:
+        with browser.open(f"{server.url}/?token={TOKEN}", timeout=REPLY_TIMEOUT) as response:
+            first = response.read().decode()
+        with browser.open(server.url + "/", timeout=REPLY_TIMEOUT) as response:
+            again = response.read().decode()  # the cookie stands for the token
+        with browser.open(server.url + "/logout", timeout=REPLY_TIMEOUT) as response:
+            after = response.read().decode()
+    assert '"kernelId": "' in first and '"kernelId": "' in again
+    assert "kernelId" not in after and "token" in after.lower()
+
+
+def test_a_kernel_id_chosen_by_the_caller_does_not_pass_the_cap(tmp_path, monkeypatch):
+    from tornado import web
+
+    for name in ("CONFIG", "DATA", "RUNTIME"):
+        monkeypatch.setenv(f"JUPYTER_{name}_DIR", str(tmp_path / name.lower()))
+
+    async def start_two() -> tuple[int, int]:
+        manager = app.CappedKernelManager(max_kernels=1, connection_dir=str(tmp_path))
+        try:
+            await manager.start_kernel(kernel_name="python3")
+            with pytest.raises(web.HTTPError) as refused:
+                await manager.start_kernel(kernel_name="python3", kernel_id=str(uuid.uuid4()))
+            return refused.value.status_code, len(manager.list_kernel_ids())
+        finally:
+            await manager.shutdown_all(now=True)
+
+    assert asyncio.run(start_two()) == (503, 1)
+
+
+def test_a_kernel_without_a_process_id_is_shut_down_as_one_that_cannot_be_capped(monkeypatch):
+    """A provisioner that runs no local process has no pid to cap: its kernel is not left running uncapped."""
+    from types import SimpleNamespace
+
+    from tornado import web
+
+    manager, stopped = app.CappedKernelManager(), []
+
+    async def shutdown_kernel(kernel_id: str, now: bool = False) -> None:
+        stopped.append(kernel_id)
+
+    monkeypatch.setattr(
+        manager, "get_kernel", lambda kernel_id: SimpleNamespace(provisioner=SimpleNamespace(pid=None))
+    )
+    monkeypatch.setattr(manager, "shutdown_kernel", shutdown_kernel)
+    with pytest.raises(web.HTTPError) as refused:
+        asyncio.run(manager.cap_memory("remote"))
+    assert refused.value.status_code == 500 and stopped == ["remote"]
+
+
+def test_voila_gets_the_launchers_settings():
+    """What Voilà and the kernel manager make of voila_argv: a typo in an option's name would be ignored."""
+    from jupyter_client.restarter import KernelRestarter
+    from voila.configuration import VoilaConfiguration
+
+    notebook = str(ROOT / "notebooks" / "04_playground.ipynb")
+    argv = ["--host", "0.0.0.0", "--token", TOKEN, "--max-kernels", "3", "--kernel-memory", "1.25"]
+    for cull_idle in (1, 7, 900, app.MAX_CULL_IDLE):
+        args = app.parse_args([*argv, "--cull-idle", str(cull_idle), "--notebook", notebook])
+        voila = app.AppVoila()
+        voila.parse_command_line(app.voila_argv(args))
+        assert (voila.ip, voila.port, voila.token, voila.open_browser) == ("0.0.0.0", args.port, TOKEN, False)
+        assert voila.port_retries == 0  # the URL printed names this port: no other one
+        configuration = VoilaConfiguration(config=voila.config)
+        assert configuration.multi_kernel_manager_class is app.CappedKernelManager
+        assert configuration.preheat_kernel is False  # a kernel only for an open page
+        kernels = app.CappedKernelManager(config=voila.config)
+        assert (kernels.max_kernels, kernels.kernel_memory, kernels.cull_idle_timeout) == (3, 1.25, cull_idle)
+        assert kernels.cull_connected and not kernels.buffer_offline_messages
+        assert 1 <= kernels.cull_interval <= min(60, cull_idle)  # an idle kernel is found within a minute
+        assert KernelRestarter(config=voila.config).restart_limit == 0
+
+
+def test_the_launcher_hands_its_options_to_voila(monkeypatch):
+    launched = {}
+    monkeypatch.setattr(app.AppVoila, "launch_instance", lambda **kwargs: launched.update(kwargs))
+    monkeypatch.setenv(app.APP_ENV, "0")  # restored after the test
+    monkeypatch.setenv(app.APP_CULL_ENV, "0")
+    notebook = str(ROOT / "notebooks" / "04_playground.ipynb")
+    argv = ["--host", "0.0.0.0", "--token", TOKEN, "--cull-idle", "120", "--allow-host", "Class.Example:80"]
+    app.main([*argv, "--notebook", notebook])
+    assert app.os.environ[app.APP_CULL_ENV] == "120"  # the page says when its kernel is shut down
+    assert app.host_name("class.example") in launched["allowed_hosts"]
+    assert f"--Voila.token={TOKEN}" in launched["argv"] and f"?token={TOKEN}" in launched["share_url"]
+
+
+def test_the_url_to_share_names_the_limits(monkeypatch):
+    monkeypatch.setattr(app, "memory_gib", lambda: 8.0)
+    notebook = str(ROOT / "notebooks" / "04_playground.ipynb")
+    options = ["--max-kernels", "3", "--cull-idle", "120", "--kernel-memory", "1.25", "--notebook", notebook]
+    for host in ("localhost", "0.0.0.0"):
+        url = app.share_url(app.parse_args(["--host", host, "--token", TOKEN, *options]))
+        assert "at most 3 open pages; a page idle for 120 s loses its kernel" in url
+        assert ("each holds at most 1.25 GiB" in url) == sys.platform.startswith("linux")
+
+
+@pytest.mark.parametrize("memory", [2.0, 4.0, 4.2, 5.0, 8.0, 12.0, 16.0, 24.0, 64.0])
+def test_the_default_kernel_cap_fits_in_memory_and_serves_one_page_at_least(memory, monkeypatch):
+    monkeypatch.setattr(app, "memory_gib", lambda: memory)
+    notebook = str(ROOT / "notebooks" / "04_playground.ipynb")
+    n = app.parse_args(["--notebook", notebook]).max_kernels
+    assert 1 <= n <= app.MAX_KERNELS
+    assert n == 1 or n * app.KERNEL_GIB + app.RESERVE_GIB <= memory
+
+
+def test_the_launcher_accepts_the_bounds_its_messages_name(monkeypatch):
+    monkeypatch.setattr(app, "memory_gib", lambda: 8.0)  # (8 − 3.5) / 0.61: 7 kernels fit
+    monkeypatch.setattr(app, "listen_error", lambda host, port=0: None)  # any port, even one in use or root's
+    notebook = str(ROOT / "notebooks" / "04_playground.ipynb")
+    for option, value in [
+        ("--port", 1),
+        ("--port", 65535),
+        ("--max-kernels", 1),
+        ("--max-kernels", 7),
+        ("--cull-idle", 1),
+        ("--cull-idle", app.MAX_CULL_IDLE),
+        ("--kernel-memory", 1.0),
+        ("--kernel-memory", 8.0),
+    ]:
+        args = app.parse_args([option, str(value), "--notebook", notebook])
+        assert getattr(args, option[2:].replace("-", "_")) == value, option
+
+
+def test_host_names_are_compared_without_case_or_spaces(monkeypatch):
+    """Students type a name as they like; a Host header arrives lower case (host_name) and must match."""
+    monkeypatch.setattr(app.socket, "gethostname", lambda: "Class-PC")
+    monkeypatch.setattr(app.socket, "getfqdn", lambda *a: "Class-PC.School.Example")
+    hosts = app.allowed_hosts("Teacher.School.Example", [" Projector.School.Example "])
+    for name in ("Class-PC", "CLASS-PC.school.example", "Teacher.School.Example", "projector.school.example"):
+        assert app.host_name(f"{name}:8866") in hosts, name
+    assert "::" not in app.allowed_hosts("::", []) and "0.0.0.0" not in app.allowed_hosts("0.0.0.0", [])
+
+
+def test_malformed_host_headers_name_no_allowed_host():
+    allowed = app.allowed_hosts("localhost", [])
+    for header in ("[::1", "[::1x", "::1]", "[localhost", "[127.0.0.1:8866"):
+        assert app.host_name(header) not in allowed, header
+
+
+def test_classroom_mode_works_on_a_machine_offline_whose_name_does_not_resolve(monkeypatch):
+    class Offline(socket.socket):
+        def connect(self, address):
+            raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
+    def unresolvable(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    notebook = str(ROOT / "notebooks" / "04_playground.ipynb")
+    args = app.parse_args(["--host", "0.0.0.0", "--notebook", notebook])
+    monkeypatch.setattr(app.socket, "socket", Offline)
+    monkeypatch.setattr(app.socket, "getaddrinfo", unresolvable)
+    hosts = app.allowed_hosts("0.0.0.0", [])
+    url = urllib.parse.urlsplit(app.share_url(args).split()[6])
+    assert "localhost" in hosts and url.port == args.port and url.hostname in hosts
+
+
+def tornado_listens(host: str, port: int) -> bool:
+    """Whether tornado, as Voilà calls it, would listen on ``host`` at ``port`` (on one address at least)."""
+    from tornado.netutil import bind_sockets
+
+    try:
+        sockets = bind_sockets(port, host)
+    except OSError:
+        return False
+    for s in sockets:
+        s.close()
+    return bool(sockets)
+
+
+class IPv6Unassigned(socket.socket):
+    """A machine whose IPv6 is switched off (sysctl): ::1 cannot be bound."""
+
+    def bind(self, address):
+        if address[0] == "::1":
+            raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+        return super().bind(address)
+
+
+class IPv6Absent(socket.socket):
+    """A machine booted without IPv6 (ipv6.disable=1): no IPv6 socket can be made."""
+
+    def __init__(self, family=socket.AF_INET, *args, **kwargs):
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        super().__init__(family, *args, **kwargs)
+
+
+def listening(address: str, reuse: bool = False) -> socket.socket:
+    """A socket listening on a free port of ``address``; ``reuse``: with SO_REUSEADDR, as tornado's."""
+    s = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(reuse))
+    s.bind((address, 0))
+    s.listen()
+    return s
+
+
+def left_in_time_wait() -> int:
+    """A loopback port whose server closed a connection first, as a stopped server does: in TIME_WAIT."""
+    with (
+        listening("127.0.0.1", reuse=True) as listener,
+        socket.create_connection(listener.getsockname()) as client,
+    ):
+        connection, _ = listener.accept()
+        connection.close()
+        assert client.recv(1) == b""
+        port = listener.getsockname()[1]
+    with socket.socket() as s, pytest.raises(OSError):
+        s.bind(("127.0.0.1", port))  # taken, without SO_REUSEADDR
+    return port
+
+
+@pytest.mark.parametrize(
+    "situation",
+    [
+        "ipv4 wildcard taken",
+        "time wait",
+        "one address taken",
+        "ipv6 off",
+        "localhost elsewhere",
+        "ipv6 absent",
+    ],
+)
+def test_the_port_check_agrees_with_how_tornado_listens(situation, monkeypatch):
+    """listen_error(host, port) is None where the server would listen: no --host or --port refused that would
+    work, none accepted that would not."""
+    real, names, held = socket.getaddrinfo, {}, []
+
+    def resolve(host, port, *args, **kwargs):
+        return [i for a in names.get(host, [host]) for i in real(a, port, *args, **kwargs)]
+
+    monkeypatch.setattr(app.socket, "getaddrinfo", resolve)  # the socket module: tornado's too
+    if situation == "ipv4 wildcard taken":
+        held.append(listening("0.0.0.0"))
+        port, hosts = held[0].getsockname()[1], ["::", "::1", "0.0.0.0", "127.0.0.1", "localhost"]
+    elif situation == "time wait":
+        port, hosts = left_in_time_wait(), ["127.0.0.1", "0.0.0.0", "localhost"]
+    elif situation == "one address taken":
+        names["class.test"] = ["::1", "127.0.0.1"]
+        held.append(listening("127.0.0.1"))
+        port, hosts = held[0].getsockname()[1], ["class.test"]
+    elif situation == "ipv6 absent":
+        monkeypatch.setattr(app.socket, "socket", IPv6Absent)
+        names["localhost"] = ["::1", "127.0.0.1"]  # as /etc/hosts names it, with IPv6 off at boot
+        port, hosts = free_port(), ["localhost", "::1", "127.0.0.1"]
+    else:
+        monkeypatch.setattr(app.socket, "socket", IPv6Unassigned)
+        names["localhost"] = ["::1", "127.0.0.1" if situation == "ipv6 off" else "192.0.2.1"]  # TEST-NET
+        port, hosts = free_port(), ["localhost", "::1"]
+    try:
+        for host in hosts:
+            assert (app.listen_error(host, port) is None) == tornado_listens(host, port), (host, situation)
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_a_port_the_system_refuses_is_named_with_its_reason(monkeypatch, capsys):
+    class Privileged(socket.socket):
+        def bind(self, address):
+            if address[1] == 80:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+            return super().bind(address)
+
+    monkeypatch.setattr(app.socket, "socket", Privileged)
+    notebook = str(ROOT / "notebooks" / "04_playground.ipynb")
+    with pytest.raises(SystemExit):
+        app.parse_args(["--host", "127.0.0.1", "--port", "80", "--notebook", notebook])
+    reason = os.strerror(errno.EACCES)
+    assert (
+        f"--port: cannot listen on 127.0.0.1 port 80: {reason}; choose another --port"
+        in capsys.readouterr().err
+    )
+
+
+def test_a_kernel_id_is_forgotten_once_its_websockets_are_gone(monkeypatch):
+    """The websockets are counted by kernel id, which the client chooses: an id with none left is dropped,
+    else asking for made-up kernels would grow the server without end."""
+    from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
+    from tornado import web
+
+    async def get(self, kernel_id):  # jupyter_server's, once the request is authenticated
+        self.kernel_id = kernel_id
+        await self.pre_get()
+
+    async def pre_get(self):
+        raise web.HTTPError(404)  # no such kernel
+
+    monkeypatch.setattr(KernelWebsocketHandler, "get", get)
+    monkeypatch.setattr(KernelWebsocketHandler, "pre_get", pre_get)
+    made_up = str(uuid.uuid4())
+    with pytest.raises(web.HTTPError):
+        asyncio.run(object.__new__(app.BoundedKernelWebsocket).get(made_up))
+    assert made_up not in app.BoundedKernelWebsocket.sockets
+
+
+def test_the_url_to_share_reaches_the_server():
+    """tornado listens on "::" for IPv6 only: the URL printed must name an address it answers on."""
+    from tornado.netutil import bind_sockets
+
+    for host in ("0.0.0.0", "::"):
+        (listener,) = bind_sockets(0, host)  # as Voilà listens
+        port = listener.getsockname()[1]
+        args = argparse.Namespace(
+            host=host, port=port, token=TOKEN, max_kernels=2, cull_idle=900, kernel_memory=1
+        )
+        url = urllib.parse.urlsplit(app.share_url(args).split()[6])
+        try:
+            socket.create_connection((url.hostname, url.port), timeout=5).close()
+        finally:
+            listener.close()
+    args = argparse.Namespace(
+        host="2001:db8::5", port=8870, token="", max_kernels=2, cull_idle=900, kernel_memory=1
+    )
+    url = urllib.parse.urlsplit(app.share_url(args).split()[6])
+    assert (url.hostname, url.port) == ("2001:db8::5", 8870)
