@@ -111,6 +111,11 @@ def test_curvature_term_is_the_quadratic_form_of_the_models_jacobians():
         ),
         ([3, 8], torch.zeros(2, 1, 8, 8), 20.0, "sigma: expected a noise level > 0 and < 10"),
         ([3, 8], torch.zeros(2, 1, 8, 8), float("nan"), "sigma: expected a noise level"),
+        ([3, 8], torch.zeros(2, 1, 8, 8), 0.0, "sigma: expected a noise level > 0"),
+        ([3, 8], torch.zeros(2, 1, 8, 8), 10.0, "sigma: expected a noise level > 0 and < 10"),
+        ([3, 8], torch.zeros(2, 3, 8, 8), 0.01, r"x: expected model-space samples .*\(2, 3, 8, 8\)"),
+        (3, torch.zeros(2, 1, 8, 8), 0.01, "labels: expected a non-empty list of digits"),
+        ([], torch.zeros(2, 1, 8, 8), 0.01, "labels: expected a non-empty list of digits"),
     ],
 )
 @pytest.mark.parametrize("kind", ["net", "gaussian"])
@@ -120,6 +125,44 @@ def test_the_judge_refuses_what_it_cannot_judge_by_name(kind, labels, x, sigma, 
 
     with pytest.raises(ValueError, match=message):
         log_densities(load_pipeline(kind), labels, x, sigma)
+
+
+@pytest.mark.parametrize("kind", ["net", "gaussian"])
+def test_the_judge_refuses_zero_ode_steps(kind):
+    from superdiff.digits.densities import log_densities
+    from superdiff.digits.pipeline import load_pipeline
+
+    with pytest.raises(ValueError, match="ode_steps"):
+        log_densities(load_pipeline(kind), [3, 8], torch.zeros(2, 1, 8, 8), 0.01, ode_steps=0)
+
+
+def test_the_judges_seed_picks_its_probes():
+    dig = DigitModels(ode_steps=6)
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.5
+
+    def log_q(seed):
+        return dig.log_densities("net", (3,), x, 0.01, probes=2, seed=seed)
+
+    assert torch.equal(log_q(5), log_q(5)) and not torch.equal(log_q(5), log_q(6))
+
+
+def test_digit_models_keep_x_after_the_steps_asked_for():
+    res, kept = DigitModels(ode_steps=6).run(
+        "gaussian", (3, 8), 1.0, 10, "and", seed=0, batch=2, keep={1, 10}
+    )
+    assert sorted(kept) == [1, 10]
+    torch.testing.assert_close(kept[10], res.samples, atol=0, rtol=0)  # after the last step: the samples
+    assert not torch.equal(kept[1], kept[10])
+
+
+def test_alone_samples_the_first_label_whatever_the_second():
+    dig, lo = DigitModels(ode_steps=6), default_sigmas(20)[-1].item()
+    three, _ = dig.run("gaussian", (3, 8), 1.0, 20, "alone", seed=0, batch=4)
+    also_three, _ = dig.run("gaussian", (3, 5), 1.0, 20, "alone", seed=0, batch=4)
+    torch.testing.assert_close(three.samples, also_three.samples, atol=0, rtol=0)
+    digits, _ = load_gaussian_models()
+    x = three.samples.double()
+    assert (digits[3].log_prob(x, lo) > digits[8].log_prob(x, lo)).all()
 
 
 def test_the_judge_takes_labels_as_the_pipeline_takes_prompts():

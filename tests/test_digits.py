@@ -545,6 +545,20 @@ def test_mosaic_draws_ink_dark_on_white():
     assert ink[0].eq(1).all() and ink[:, 0].eq(1).all()  # the gap is white
 
 
+def test_mosaic_of_a_partial_last_row_draws_every_digit():
+    samples = -torch.ones(9, 1, 8, 8)
+    samples[8] = 1.0  # the ninth digit, alone on the second row: all ink
+    grid = mosaic(samples, ncols=8)
+    assert grid.shape == (2 * 9 + 1, 8 * 9 + 1)
+    assert (grid[10:18, 1:9] == 0).all() and (grid[10:18, 10:] == 1).all()
+
+
+def test_digits_figures_are_named_by_their_mode_and_drawn_at_the_seed(monkeypatch):
+    monkeypatch.setattr(digits_demo, "and_figure", lambda seed: ("AND", seed))
+    monkeypatch.setattr(digits_demo, "or_figure", lambda seed: ("OR", seed))
+    assert digits_demo.digits_figures(seed=7) == {"digits_and.png": ("AND", 7), "digits_or.png": ("OR", 7)}
+
+
 def test_judged_gaps_judge_the_unclamped_latents(monkeypatch):
     monkeypatch.setattr(digits_demo, "JUDGED", {"gaussian": "Gaussian per digit"})
     gaps = digits_demo.judged_gaps(batch=4, seeds=(0,), steps=20)

@@ -83,6 +83,17 @@ def test_network_judge_evaluates_at_the_samples_sigma_not_the_grids_end():
         assert (row - digits[c].log_prob(x.double(), sigma)).abs().max() < 3
 
 
+def test_each_digits_model_is_its_class_gaussian_noised_to_sigma():
+    """digits[c] at σ is N(μ_c, Σ_c + σ²I) of the fitted class c, for every c."""
+    means, covs, _ = fit_gaussians()
+    digits, _ = load_gaussian_models()
+    x = 0.5 * torch.randn(3, 1, 8, 8, generator=gen(3), dtype=torch.float64)
+    noise = 0.3**2 * torch.eye(64, dtype=torch.float64)
+    for c in range(10):
+        exact = torch.distributions.MultivariateNormal(means[c], covs[c] + noise)
+        torch.testing.assert_close(digits[c].log_prob(x, 0.3), exact.log_prob(x.flatten(1)))
+
+
 def test_the_ridge_is_added_once_to_each_class_covariance():
     _, plain, _ = fit_gaussians(ridge=0.0)
     _, ridged, _ = fit_gaussians(ridge=0.01)

@@ -12,7 +12,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from superdiff import geometric_sigmas, superpose
-from superdiff.flow import VelocityEps, flow_sigmas, log_prob_flow, t_of_sigma
+from superdiff.flow import FALLBACK_SIGMA_MAX, VelocityEps, flow_sigmas, log_prob_flow, t_of_sigma
 from superdiff.toy import FlowGaussianMixture, GaussianMixture, flow_up_and_down, up_and_down
 
 UP, DOWN = flow_up_and_down()
@@ -196,11 +196,31 @@ def test_flow_sigmas_extrapolates_the_top_and_roundtrips_finite_grids():
         [1.0, 0.3, 0.5],
         [0.5, 0.5],
         [float("nan"), 0.0],
+        [[1.0, 0.5], [0.5, 0.0]],
     ],
 )
 def test_bad_flow_time_grids_raise_value_error_naming_ts(ts):
     with pytest.raises(ValueError, match="ts"):
         flow_sigmas(ts)
+
+
+def test_a_grid_that_goes_back_up_is_refused_at_its_first_rise():
+    with pytest.raises(ValueError, match=r"got t\[1\] = 0.8, t\[2\] = 0.9$"):
+        flow_sigmas([1.0, 0.8, 0.9, 0.7, 0.75])
+
+
+def test_a_three_point_grid_from_t_1_extrapolates_its_one_ratio():
+    """[1, 0.5, 0.2]: σ_1 = 1 and σ_2 = 0.25 follow t = 1, so σ_0 = σ_1²/σ_2 = 4 (not the fallback)."""
+    s = flow_sigmas([1.0, 0.5, 0.2])
+    torch.testing.assert_close(s[1:], torch.tensor([1.0, 0.25], dtype=torch.float64))
+    assert s[0] / s[1] == pytest.approx(s[1] / s[2])
+
+
+def test_a_short_grid_whose_first_sigma_passes_the_fallback_starts_at_twice_it():
+    t1 = 0.995  # σ_1 = t/(1 − t) = 199 > FALLBACK_SIGMA_MAX
+    s = flow_sigmas([1.0, t1, 0.0])
+    assert s[1].item() == pytest.approx(199.0, rel=1e-12) and s[1] > FALLBACK_SIGMA_MAX
+    assert s[0].item() == 2 * s[1].item()  # doubling is exact in float64: nothing rounded on the way
 
 
 # ----------------------------------------------------------------------------- the core on the flow toy
@@ -261,3 +281,9 @@ def test_a_velocity_model_is_asked_only_at_finite_positive_sigma(sigma):
 
     with pytest.raises(ValueError, match="sigma: expected a finite noise level > 0"):
         VelocityEps(velocity)(torch.zeros(2, 2), sigma)
+
+
+@pytest.mark.parametrize("model", [3, None, "velocity"])
+def test_velocity_eps_refuses_a_model_that_is_not_callable(model):
+    with pytest.raises(ValueError, match="model: expected a velocity callable"):
+        VelocityEps(model)

@@ -4,10 +4,11 @@ training on it lowers it."""
 import pytest
 import torch
 
+from superdiff._torch import gen
 from superdiff.and_study import fp_residual
 from superdiff.digits.model import EpsNet, digits_split
 from superdiff.digits.train import train_eps
-from superdiff.fokker_planck import score_fpe_residual
+from superdiff.fokker_planck import noise_levels, score_fpe_residual
 from superdiff.toy import FullGaussianMixture, GaussianMixture, up_and_down
 
 
@@ -165,6 +166,8 @@ def test_exact_divergence_of_latents_is_refused_before_any_model_call():
         ((None, torch.zeros(2, 8), torch.ones(3)), r"sigma: .* got shape \(3,\)"),
         ((None, torch.zeros(2, 8), "1"), "sigma: expected a number or 2 values"),
         ((None, torch.zeros(2, 8), [1.0, float("nan")]), "sigma: expected"),
+        ((None, torch.zeros(2, 8), float("inf")), r"sigma: expected .* finite and > 0, got \[inf, inf\]"),
+        ((None, torch.zeros(2, 8), torch.ones(2, 1)), r"sigma: .* got shape \(2, 1\)"),
         ((None, torch.full((2, 8), float("nan")), 1.0), "x: contains NaN"),
     ],
 )
@@ -175,6 +178,55 @@ def test_bad_input_is_refused_before_any_model_call(args, message):
     eps_model, x, sigma = args
     with pytest.raises(ValueError, match=message):
         score_fpe_residual(eps_model or model, x, sigma)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_noise_levels_are_the_given_sigmas_in_the_samples_dtype(dtype):
+    x = torch.zeros(3, 8, dtype=dtype)
+    exact = torch.tensor([0.1, 0.2, 0.3], dtype=dtype)
+    for sigma in (0.1, [0.1, 0.2, 0.3], torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)):
+        s = noise_levels(sigma, x)
+        assert s.dtype == dtype
+        torch.testing.assert_close(s, exact if len(torch.as_tensor(sigma).shape) else exact[:1].expand(3))
+
+
+def test_the_residual_differentiates_through_both_terms_to_the_models_parameters():
+    """Training backpropagates the residual: d/dc of the mis-scheduled Gaussian's ‖residual‖² is its closed
+    form's, 2σ³(c² − 1)·x/v² with v = a² + c²σ² (both ∂_σ s and σ·∇(∇·s + ‖s‖²) carry the graph)."""
+    x, sigma = points()
+    a, model = 0.7, GaussianMixture(torch.zeros(1, 8, dtype=torch.float64), 0.7)
+    c = torch.tensor(1.25, dtype=torch.float64, requires_grad=True)
+    residual = score_fpe_residual(lambda y, s: model(y, c * s) / c, x, sigma)
+    (got,) = torch.autograd.grad(residual.square().sum(), c)
+    v = a**2 + (c * sigma[:, None]) ** 2
+    (expected,) = torch.autograd.grad((2 * sigma[:, None] ** 3 * (c**2 - 1) * x / v**2).square().sum(), c)
+    torch.testing.assert_close(got, expected)
+
+
+def test_hutchinson_residual_is_drawn_from_its_generator():
+    x, sigma = points(b=3)
+    up, _ = up_and_down(dim=8)  # a mixture: the divergence varies with x, so its estimate's gradient does too
+
+    def residual(seed):
+        return score_fpe_residual(up, x, sigma, hutchinson=2, generator=gen(seed)).detach()
+
+    assert torch.equal(residual(0), residual(0)) and not torch.equal(residual(0), residual(1))
+
+
+def test_a_list_of_generators_draws_each_samples_probes_from_its_own():
+    """Sample i's probes come from generator i, as in the core: its row is the same alone or in a batch."""
+    x, _ = points(b=3)
+    sigma = torch.tensor([1.0, 1.5, 2.0], dtype=torch.float64)  # where both components of "up" have weight
+    up, _ = up_and_down(dim=8)
+
+    def residual(rows, seeds):
+        gens = [gen(s) for s in seeds]
+        return score_fpe_residual(up, x[rows], sigma[rows], hutchinson=4, generator=gens).detach()
+
+    batch = residual([0, 1, 2], [10, 11, 12])
+    for i in range(3):
+        torch.testing.assert_close(batch[i], residual([i], [10 + i])[0], rtol=1e-9, atol=1e-12)
+    assert ((batch - residual([0, 1, 2], [11, 12, 10])).norm(dim=1) > 1e-3).all()  # the probes matter
 
 
 def test_one_sigma_for_the_batch_is_that_sigma_for_every_sample():
