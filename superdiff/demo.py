@@ -14,7 +14,7 @@ from . import viz
 from ._io import check_targets, check_writable, png, text, user_path, write_atomically
 from ._torch import gen
 from .and_study import mean_sd
-from .digits.demo import DPI, JUDGED, digits_figures, judged_gaps
+from .digits.demo import DPI, JUDGED, JUDGED_BATCH, JUDGED_STEPS, digits_figures, judged_gaps
 from .limits import LIMITS, MAX_SEED
 from .pipeline_common import check_int
 from .sampling import geometric_sigmas, superpose
@@ -87,8 +87,11 @@ def toy_gap(runs: dict, name: str) -> float:
     return (up.log_prob(x, SIGMA_MIN) - down.log_prob(x, SIGMA_MIN)).abs().median().item()
 
 
-def equal_density_report(runs: dict, digits: dict, seed: int) -> str:
-    """Does AND reach equal density? The gaps of AND and averaging by each model's own density."""
+def equal_density_report(
+    runs: dict, digits: dict, seed: int, batch: int = JUDGED_BATCH, steps: int = JUDGED_STEPS
+) -> str:
+    """Does AND reach equal density? The gaps of AND and averaging by each model's own density (the toy's
+    ``runs``; the digits' gaps per seed from ``seed`` on, of ``batch`` samples in ``steps`` steps)."""
     how = {"net": "PF-ODE likelihood", "fokker_planck": "PF-ODE likelihood", "gaussian": "exact"}
     rows = [("toy “up” & “down”", "exact", f"{toy_gap(runs, 'AND'):.1f}", f"{toy_gap(runs, 'average'):.1f}")]
     rows += [
@@ -101,8 +104,10 @@ def equal_density_report(runs: dict, digits: dict, seed: int) -> str:
     return "\n".join(
         [
             "Equal density? AND keeps the Itô estimates of log q_1 and log q_2 equal; the median",
-            "|log q_1 − log q_2| of the samples by each model's own density, in nats (toy: 500 samples,",
-            f"seed {seed}; digits: 16 samples at each of seeds {seeds}, 200 steps; mean ± sd over seeds):",
+            "|log q_1 − log q_2| of the samples by each model's own density, in nats (toy: "
+            f"{len(runs['AND'].samples)} samples,",
+            f"{len(runs['AND'].sigmas) - 1} steps, seed {seed}; digits: {batch} samples at each of seeds "
+            f"{seeds}, {steps} steps; mean ± sd over seeds):",
             head,
             *lines,
             "Over pairs and seeds: https://github.com/superdiff-kit/superdiff-kit#what-and-achieves-measured",

@@ -7,7 +7,8 @@ from PIL import Image
 
 from superdiff import demo
 from superdiff.cli import main
-from superdiff.demo import equal_density_report, toy_runs
+from superdiff.demo import TOY_DPI, equal_density_report, toy_runs
+from superdiff.digits.demo import DPI, JUDGED
 from superdiff.toy import up_and_down
 
 
@@ -117,3 +118,63 @@ def test_equal_density_report_rows_are_the_exact_toy_gaps_and_mean_sd_over_seeds
     toy = next(line for line in report.splitlines() if line.strip().startswith("toy")).split()
     assert toy[-2:] == [f"{gap('AND'):.1f}", f"{gap('average'):.1f}"]
     assert "2.0 ± 1.0" in report and "4.0 ± 0.0" in report and "seeds 0–2" in report
+
+
+def test_demo_writes_its_four_files_announces_each_and_closes_its_figures(tmp_path, capsys, monkeypatch):
+    """Figures and judges stubbed (the slow test above runs them): the four files, each announced, the
+    report as printed and ending in a newline, each figure at its DPI, and no figure left open."""
+    import matplotlib.pyplot as plt
+
+    runs, real_toy_runs = {}, demo.toy_runs
+
+    def toy(steps, seed):
+        runs.update(real_toy_runs(steps, seed=seed))
+        return runs
+
+    monkeypatch.setattr(demo, "toy_runs", toy)
+    monkeypatch.setattr(demo, "toy_figure", lambda runs: plt.figure(figsize=(2, 2)))
+    monkeypatch.setattr(
+        demo,
+        "digits_figures",
+        lambda seed: {name: plt.figure(figsize=(2, 2)) for name in ("digits_and.png", "digits_or.png")},
+    )
+    monkeypatch.setattr(
+        demo,
+        "judged_gaps",
+        lambda seeds: {m: {"and": [1.0, 2.0, 3.0], "avg": [4.0, 5.0, 6.0]} for m in JUDGED},
+    )
+    open_before = plt.get_fignums()
+    assert main(["demo", "--out", str(tmp_path), "--steps", "2", "--seed", "4"]) == 0
+    assert plt.get_fignums() == open_before
+    out = capsys.readouterr().out
+    names = ["toy_superposition.png", "digits_and.png", "digits_or.png", "equal_density.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
+    assert all(f"wrote {tmp_path / name}\n" in out for name in names)
+    report = (tmp_path / "equal_density.txt").read_text(encoding="utf-8")
+    assert report.endswith("\n") and report in out
+    assert (
+        f"toy: {len(runs['AND'].samples)} samples" in report and "seed 4;" in report and "seeds 4–6" in report
+    )
+    for name, dpi in (("toy_superposition.png", TOY_DPI), ("digits_and.png", DPI), ("digits_or.png", DPI)):
+        assert Image.open(tmp_path / name).info["dpi"] == pytest.approx((dpi, dpi), abs=0.01), name
+
+
+def test_equal_density_report_names_each_models_judge_and_its_seeds():
+    runs = toy_runs(steps=5, batch=20)
+    gaps = {"net": {"and": [1.0, 3.0], "avg": [7.0, 7.0]}, "gaussian": {"and": [2.0, 2.0], "avg": [5.0, 9.0]}}
+    report = equal_density_report(runs, gaps, 5)
+    rows = {line[:43].strip(): line[43:].split() for line in report.splitlines() if "“" in line[:20]}
+    assert rows["digits “3” & “8”: trained network"] == [
+        "PF-ODE",
+        "likelihood",
+        "2.0",
+        "±",
+        "1.4",
+        "7.0",
+        "±",
+        "0.0",
+    ]
+    assert rows["digits “3” & “8”: Gaussian per digit"] == ["exact", "2.0", "±", "0.0", "7.0", "±", "2.8"]
+    assert "seed 5;" in report and "seeds 5–6" in report
+    said = " ".join(equal_density_report(runs, gaps, 5, batch=4, steps=30).split())
+    assert "(toy: 20 samples, 5 steps, seed 5; digits: 4 samples at each of seeds 5–6, 30 steps;" in said

@@ -20,6 +20,10 @@ JUDGED = {
     "fokker_planck": "Fokker–Planck network",
     "gaussian": "Gaussian per digit",
 }
+JUDGED_BATCH, JUDGED_STEPS = (
+    16,
+    200,
+)  # samples per seed and sampling steps of the judged AND and averaging runs
 
 
 def mosaic(samples: Tensor, ncols: int = 8, gap: int = 1) -> Tensor:
@@ -72,7 +76,9 @@ def digits_figures(seed: int = 0) -> dict:
         return {"digits_and.png": and_figure(seed=seed), "digits_or.png": or_figure(seed=seed)}
 
 
-def judged_gaps(prompts=("3", "8"), batch: int = 16, seeds=(0, 1, 2), steps: int = 200) -> dict:
+def judged_gaps(
+    prompts=("3", "8"), batch: int = JUDGED_BATCH, seeds=(0, 1, 2), steps: int = JUDGED_STEPS
+) -> dict:
     """model -> {mode: [median |log q_1 − log q_2| per seed]} of AND and averaging samples, by each model's
     own density (exact for the Gaussians, else the network's PF-ODE likelihood) at the unclamped samples."""
     labels, sigma_min = [label_of(p) for p in prompts], default_sigmas(1)[-1].item()
