@@ -54,7 +54,7 @@ pytest-widgets7: $(W7)/.installed
 	$(W7)/bin/python -c 'import ipywidgets as w; assert w.__version__ == "7.7.1", w.__file__'
 	$(W7)/bin/python -m pytest -q -W ignore::DeprecationWarning tests/test_widgets.py
 
-# The verified range (not part of `make test`; ≈ 13 min; README "Dependencies"): the pytest suite without browser tests
+# The verified range (not part of `make test`; ≈ 20 min; README "Dependencies"): the pytest suite without browser tests
 # in venvs that see .venv's packages (a .pth) under their own Hugging Face stack, at the model card's versions
 # and at the declared lower bounds. torch stays .venv's: another torch is a multi-GB download.
 COMPAT_card := diffusers==0.32.1 transformers==4.47.1 accelerate==1.2.1
