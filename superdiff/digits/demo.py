@@ -20,10 +20,8 @@ JUDGED = {
     "fokker_planck": "Fokker–Planck network",
     "gaussian": "Gaussian per digit",
 }
-JUDGED_BATCH, JUDGED_STEPS = (
-    16,
-    200,
-)  # samples per seed and sampling steps of the judged AND and averaging runs
+# samples per seed and sampling steps of the judged AND and averaging runs
+JUDGED_BATCH, JUDGED_STEPS = 16, 200
 
 
 def mosaic(samples: Tensor, ncols: int = 8, gap: int = 1) -> Tensor:
