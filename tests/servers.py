@@ -22,12 +22,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def jupyter_dirs(tmp: Path) -> dict:
+    """Jupyter's config, data and runtime folders in ``tmp``: no user settings leak in."""
+    return {f"JUPYTER_{name}_DIR": str(tmp / name.lower()) for name in ("CONFIG", "DATA", "RUNTIME")}
+
+
 def server_env(tmp: Path) -> dict:
-    """Config, data and runtime in a temp dir (no user settings leak in); torch on one thread."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
-    for name in ("CONFIG", "DATA", "RUNTIME"):
-        env[f"JUPYTER_{name}_DIR"] = str(tmp / name.lower())
-    return env
+    """Config, data and runtime in a temp dir (jupyter_dirs); torch on one thread."""
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg", **jupyter_dirs(tmp))
 
 
 def log_tail(log: Path, lines: int = 40) -> str:

@@ -28,12 +28,13 @@ from pathlib import Path
 
 import psutil
 import pytest
-from servers import free_port, log_tail, running
+from servers import free_port, jupyter_dirs, log_tail, running
 
 from superdiff import app
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "test-token-0123456789"
+PLAYGROUND = str(ROOT / "notebooks" / "04_playground.ipynb")  # a notebook the launcher accepts
 START_TIMEOUT, REPLY_TIMEOUT = 60, 60  # seconds
 TINY_NOTEBOOK = {
     "cells": [{"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": "1"}],
@@ -404,8 +405,8 @@ def test_a_kernel_that_cannot_be_capped_is_shut_down_before_it_runs_the_notebook
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(app, "limit_memory", refuse)
-    for name in ("CONFIG", "DATA", "RUNTIME"):
-        monkeypatch.setenv(f"JUPYTER_{name}_DIR", str(tmp_path / name.lower()))
+    for name, folder in jupyter_dirs(tmp_path).items():
+        monkeypatch.setenv(name, folder)
 
     async def start() -> tuple[int, list[str]]:
         manager = app.CappedKernelManager(kernel_memory=1.0, connection_dir=str(tmp_path))
@@ -580,10 +581,9 @@ def test_a_hangup_stops_the_server_as_ctrl_c_does(tmp_path):
 
 
 def test_classroom_mode_requires_a_token_and_prints_the_url_to_share():
-    tiny = str(ROOT / "notebooks" / "04_playground.ipynb")
-    local = app.parse_args(["--notebook", tiny])
+    local = app.parse_args(["--notebook", PLAYGROUND])
     assert local.token is None and "--Voila.token" not in " ".join(app.voila_argv(local))
-    classroom = app.parse_args(["--host", "0.0.0.0", "--notebook", tiny])
+    classroom = app.parse_args(["--host", "0.0.0.0", "--notebook", PLAYGROUND])
     assert len(classroom.token) >= 20 and f"--Voila.token={classroom.token}" in app.voila_argv(classroom)
     url = app.share_url(classroom)
     assert url.startswith("Share this URL with the class: http://") and f"/?token={classroom.token}" in url
@@ -634,14 +634,13 @@ def test_a_port_in_use_is_refused_before_the_server_starts(capsys):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        notebook = str(ROOT / "notebooks" / "04_playground.ipynb")
         with pytest.raises(SystemExit) as info:
-            app.parse_args(["--host", "127.0.0.1", "--port", str(port), "--notebook", notebook])
+            app.parse_args(["--host", "127.0.0.1", "--port", str(port), "--notebook", PLAYGROUND])
     assert info.value.code == 2
     assert (
         f"--port: cannot listen on 127.0.0.1 port {port}: in use (another server?)" in capsys.readouterr().err
     )
-    assert app.parse_args(["--host", "127.0.0.1", "--port", str(port), "--notebook", notebook]).port == port
+    assert app.parse_args(["--host", "127.0.0.1", "--port", str(port), "--notebook", PLAYGROUND]).port == port
 
 
 def test_localhost_without_ipv6_is_usable_and_a_missing_address_is_not(monkeypatch):
@@ -670,10 +669,9 @@ def test_localhost_without_ipv6_is_usable_and_a_missing_address_is_not(monkeypat
 @pytest.mark.parametrize("memory, default", [(8.0, 7), (16.0, 20), (64.0, app.MAX_KERNELS)])
 def test_the_kernel_cap_is_what_fits_in_memory(memory, default, monkeypatch):
     monkeypatch.setattr(app, "memory_gib", lambda: memory)
-    notebook = str(ROOT / "notebooks" / "04_playground.ipynb")
-    assert app.parse_args(["--notebook", notebook]).max_kernels == default
-    assert app.parse_args(["--notebook", notebook, "--max-kernels", str(default)]).max_kernels == default
-    classroom = app.parse_args(["--host", "0.0.0.0", "--token", "12345678", "--notebook", notebook])
+    assert app.parse_args(["--notebook", PLAYGROUND]).max_kernels == default
+    assert app.parse_args(["--notebook", PLAYGROUND, "--max-kernels", str(default)]).max_kernels == default
+    classroom = app.parse_args(["--host", "0.0.0.0", "--token", "12345678", "--notebook", PLAYGROUND])
     assert classroom.token == "12345678" and f"at most {default} open pages" in app.share_url(classroom)
 
 
@@ -681,10 +679,9 @@ def test_allowed_hosts():
     assert app.allowed_hosts("localhost", ["class.example"]) == ["127.0.0.1", "::1", "localhost"]
     # another loopback address: the only one the server listens on, so the one the URL names
     assert app.allowed_hosts("127.0.0.2", []) == ["127.0.0.1", "127.0.0.2", "::1", "localhost"]
-    notebook = str(ROOT / "notebooks" / "04_playground.ipynb")
-    url = app.share_url(app.parse_args(["--host", "127.0.0.2", "--port", "8870", "--notebook", notebook]))
+    url = app.share_url(app.parse_args(["--host", "127.0.0.2", "--port", "8870", "--notebook", PLAYGROUND]))
     assert url.startswith("SuperDiff playground: http://127.0.0.2:8870/ ")
-    url = app.share_url(app.parse_args(["--host", "::1", "--port", "8870", "--notebook", notebook]))
+    url = app.share_url(app.parse_args(["--host", "::1", "--port", "8870", "--notebook", PLAYGROUND]))
     assert url.startswith("SuperDiff playground: http://localhost:8870/ ")
     hosts = app.allowed_hosts("0.0.0.0", ["Class.Example:8866"])
     assert {"localhost", "class.example", app.lan_address()} <= set(hosts) and "0.0.0.0" not in hosts
@@ -762,8 +759,8 @@ def test_logging_out_asks_for_the_token_again(tmp_path):
 def test_a_kernel_id_chosen_by_the_caller_does_not_pass_the_cap(tmp_path, monkeypatch):
     from tornado import web
 
-    for name in ("CONFIG", "DATA", "RUNTIME"):
-        monkeypatch.setenv(f"JUPYTER_{name}_DIR", str(tmp_path / name.lower()))
+    for name, folder in jupyter_dirs(tmp_path).items():
+        monkeypatch.setenv(name, folder)
 
     async def start_two() -> tuple[int, int]:
         manager = app.CappedKernelManager(max_kernels=1, connection_dir=str(tmp_path))
@@ -803,10 +800,9 @@ def test_voila_gets_the_launchers_settings():
     from jupyter_client.restarter import KernelRestarter
     from voila.configuration import VoilaConfiguration
 
-    notebook = str(ROOT / "notebooks" / "04_playground.ipynb")
     argv = ["--host", "0.0.0.0", "--token", TOKEN, "--max-kernels", "3", "--kernel-memory", "1.25"]
     for cull_idle in (1, 7, 900, app.MAX_CULL_IDLE):
-        args = app.parse_args([*argv, "--cull-idle", str(cull_idle), "--notebook", notebook])
+        args = app.parse_args([*argv, "--cull-idle", str(cull_idle), "--notebook", PLAYGROUND])
         voila = app.AppVoila()
         voila.parse_command_line(app.voila_argv(args))
         assert (voila.ip, voila.port, voila.token, voila.open_browser) == ("0.0.0.0", args.port, TOKEN, False)
@@ -826,9 +822,8 @@ def test_the_launcher_hands_its_options_to_voila(monkeypatch):
     monkeypatch.setattr(app.AppVoila, "launch_instance", lambda **kwargs: launched.update(kwargs))
     monkeypatch.setenv(app.APP_ENV, "0")  # restored after the test
     monkeypatch.setenv(app.APP_CULL_ENV, "0")
-    notebook = str(ROOT / "notebooks" / "04_playground.ipynb")
     argv = ["--host", "0.0.0.0", "--token", TOKEN, "--cull-idle", "120", "--allow-host", "Class.Example:80"]
-    app.main([*argv, "--notebook", notebook])
+    app.main([*argv, "--notebook", PLAYGROUND])
     assert app.os.environ[app.APP_CULL_ENV] == "120"  # the page says when its kernel is shut down
     assert app.host_name("class.example") in launched["allowed_hosts"]
     assert f"--Voila.token={TOKEN}" in launched["argv"] and f"?token={TOKEN}" in launched["share_url"]
@@ -836,10 +831,11 @@ def test_the_launcher_hands_its_options_to_voila(monkeypatch):
 
 def test_the_url_to_share_names_the_limits(monkeypatch):
     monkeypatch.setattr(app, "memory_gib", lambda: 8.0)
-    notebook = str(ROOT / "notebooks" / "04_playground.ipynb")
-    options = ["--max-kernels", "3", "--cull-idle", "120", "--kernel-memory", "1.25", "--notebook", notebook]
+    options = ["--max-kernels", "3", "--cull-idle", "120", "--kernel-memory", "1.25"]
     for host in ("localhost", "0.0.0.0"):
-        url = app.share_url(app.parse_args(["--host", host, "--token", TOKEN, *options]))
+        url = app.share_url(
+            app.parse_args(["--host", host, "--token", TOKEN, *options, "--notebook", PLAYGROUND])
+        )
         assert "at most 3 open pages; a page idle for 120 s loses its kernel" in url
         assert ("each holds at most 1.25 GiB" in url) == sys.platform.startswith("linux")
 
@@ -847,8 +843,7 @@ def test_the_url_to_share_names_the_limits(monkeypatch):
 @pytest.mark.parametrize("memory", [2.0, 4.0, 4.2, 5.0, 8.0, 12.0, 16.0, 24.0, 64.0])
 def test_the_default_kernel_cap_fits_in_memory_and_serves_one_page_at_least(memory, monkeypatch):
     monkeypatch.setattr(app, "memory_gib", lambda: memory)
-    notebook = str(ROOT / "notebooks" / "04_playground.ipynb")
-    n = app.parse_args(["--notebook", notebook]).max_kernels
+    n = app.parse_args(["--notebook", PLAYGROUND]).max_kernels
     assert 1 <= n <= app.MAX_KERNELS
     assert n == 1 or n * app.KERNEL_GIB + app.RESERVE_GIB <= memory
 
@@ -856,7 +851,6 @@ def test_the_default_kernel_cap_fits_in_memory_and_serves_one_page_at_least(memo
 def test_the_launcher_accepts_the_bounds_its_messages_name(monkeypatch):
     monkeypatch.setattr(app, "memory_gib", lambda: 8.0)  # (8 − 3.5) / 0.61: 7 kernels fit
     monkeypatch.setattr(app, "listen_error", lambda host, port=0: None)  # any port, even one in use or root's
-    notebook = str(ROOT / "notebooks" / "04_playground.ipynb")
     for option, value in [
         ("--port", 1),
         ("--port", 65535),
@@ -867,7 +861,7 @@ def test_the_launcher_accepts_the_bounds_its_messages_name(monkeypatch):
         ("--kernel-memory", 1.0),
         ("--kernel-memory", 8.0),
     ]:
-        args = app.parse_args([option, str(value), "--notebook", notebook])
+        args = app.parse_args([option, str(value), "--notebook", PLAYGROUND])
         assert getattr(args, option[2:].replace("-", "_")) == value, option
 
 
@@ -895,8 +889,7 @@ def test_classroom_mode_works_on_a_machine_offline_whose_name_does_not_resolve(m
     def unresolvable(host, *args, **kwargs):
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
-    notebook = str(ROOT / "notebooks" / "04_playground.ipynb")
-    args = app.parse_args(["--host", "0.0.0.0", "--notebook", notebook])
+    args = app.parse_args(["--host", "0.0.0.0", "--notebook", PLAYGROUND])
     monkeypatch.setattr(app.socket, "socket", Offline)
     monkeypatch.setattr(app.socket, "getaddrinfo", unresolvable)
     hosts = app.allowed_hosts("0.0.0.0", [])
@@ -1012,9 +1005,8 @@ def test_a_port_the_system_refuses_is_named_with_its_reason(monkeypatch, capsys)
             return super().bind(address)
 
     monkeypatch.setattr(app.socket, "socket", Privileged)
-    notebook = str(ROOT / "notebooks" / "04_playground.ipynb")
     with pytest.raises(SystemExit):
-        app.parse_args(["--host", "127.0.0.1", "--port", "80", "--notebook", notebook])
+        app.parse_args(["--host", "127.0.0.1", "--port", "80", "--notebook", PLAYGROUND])
     reason = os.strerror(errno.EACCES)
     assert (
         f"--port: cannot listen on 127.0.0.1 port 80: {reason}; choose another --port"

@@ -41,6 +41,19 @@ def count_changes(widget, trait: str) -> list:
     return changes
 
 
+def calls_to(monkeypatch, owner, name: str) -> list[tuple]:
+    """(args, kwargs, result) of each call to ``owner.name`` from now on; the calls go through."""
+    calls, real = [], getattr(owner, name)
+
+    def recorded(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append((args, kwargs, result))
+        return result
+
+    monkeypatch.setattr(owner, name, recorded)
+    return calls
+
+
 def pngs(output_widget) -> list[str]:
     return [o["data"]["image/png"] for o in output_widget.outputs if "image/png" in o["data"]]
 
@@ -480,15 +493,13 @@ def test_prompt_with_mathtext_dollars_is_drawn_and_a_failing_plot_keeps_the_resu
 def test_and_kappa_is_plotted_as_a_running_mean_and_sd_grid_is_the_pipelines(monkeypatch):
     import superdiff.widgets as w
 
-    seen = []
-    real = w.kappa_figure
-    monkeypatch.setattr(w, "kappa_figure", lambda *a, **k: seen.append(a) or real(*a, **k))
+    calls = calls_to(monkeypatch, w, "kappa_figure")
     pg = playground("toy")
     pg.steps.value, pg.batch_size.value = 100, 4
     for mode in ("and", "or"):
         pg.mode.value = mode
         assert pg.generate() is not None, pg.status.value
-    (*_, and_title, and_window), (*_, or_title, or_window) = seen[-2], seen[-1]
+    (*_, and_title, and_window), (*_, or_title, or_window) = (args for args, _, _ in calls[-2:])
     assert and_window == 5 and "running mean of 5 steps" in and_title
     assert or_window is None and "running mean" not in or_title
 
@@ -606,12 +617,10 @@ def test_and_verdict_shows_the_signed_median_gap_and_the_itos(toy):
 def test_only_and_is_plotted_as_a_running_mean(toy, monkeypatch):
     import superdiff.widgets as w
 
-    seen = []
-    real = w.kappa_figure
-    monkeypatch.setattr(w, "kappa_figure", lambda *a, **k: seen.append(a) or real(*a, **k))
+    calls = calls_to(monkeypatch, w, "kappa_figure")
     toy.mode.value = "avg"
     toy.generate()
-    *_, title, window = seen[-1]
+    *_, title, window = calls[-1][0]
     assert window is None and "running mean" not in title
 
 
@@ -705,13 +714,11 @@ def test_toy_samples_are_drawn_over_the_densities_at_the_runs_last_sigma_under_t
 ):
     import superdiff.widgets as w
 
-    seen = []
-    real = w.viz.scatter_over_models
-    monkeypatch.setattr(w.viz, "scatter_over_models", lambda *a, **k: seen.append((a, k)) or real(*a, **k))
+    calls = calls_to(monkeypatch, w.viz, "scatter_over_models")
     for mode, name in (("and", "AND"), ("avg", "average"), ("prompt_1", "up only")):
         toy.mode.value = mode
         result = toy.generate()
-        (samples, _, sigma), kwargs = seen[-1]
+        (samples, _, sigma), kwargs, _ = calls[-1]
         assert torch.equal(samples, result.samples) and sigma == float(result.sigmas[-1])
         assert kwargs["title"] == f"{name}: 'up' and 'down'"
 
@@ -719,13 +726,11 @@ def test_toy_samples_are_drawn_over_the_densities_at_the_runs_last_sigma_under_t
 def test_live_kappa_plots_say_how_far_the_run_is_and_the_final_one_does_not(toy, monkeypatch):
     import superdiff.widgets as w
 
-    titles = []
-    real = w.kappa_figure
-    monkeypatch.setattr(w, "kappa_figure", lambda *a, **k: titles.append(a[3]) or real(*a, **k))
+    calls = calls_to(monkeypatch, w, "kappa_figure")
     toy.redraw_seconds, toy.mode.value = 0.0, "or"
     toy.generate()
     live = [f"κ over σ, OR — step {i}/{STEPS}" for i in range(2, STEPS, 2)]
-    assert titles == [*live, "κ over σ, OR"]
+    assert [args[3] for args, _, _ in calls] == [*live, "κ over σ, OR"]
 
 
 def test_kappa_plot_names_the_first_models_curve_after_it(toy, monkeypatch):
@@ -733,12 +738,10 @@ def test_kappa_plot_names_the_first_models_curve_after_it(toy, monkeypatch):
     after “up”."""
     import superdiff.widgets as w
 
-    figures = []
-    real = w.kappa_figure
-    monkeypatch.setattr(w, "kappa_figure", lambda *a, **k: figures.append(real(*a, **k)) or figures[-1])
+    calls = calls_to(monkeypatch, w, "kappa_figure")
     toy.mode.value = "or"
     result = toy.generate()
-    lines = {line.get_label(): line for line in figures[-1].axes[0].get_lines()}
+    lines = {line.get_label(): line for line in calls[-1][2].axes[0].get_lines()}
     mean = lines["κ of up (batch mean)"].get_ydata()
     assert torch.allclose(torch.as_tensor(mean).double(), result.kappa[:, :, 0].mean(1).double(), atol=1e-6)
 
